@@ -1,0 +1,275 @@
+"""The configuration tree: one msgspec Struct, decoded from TOML, overridden by
+the environment and the command line, validated before any of it is used.
+
+Guarantees:
+- Every setting has an embedded default, so the daemon starts with no file.
+- Unknown keys and wrong types are errors that name the offending key
+  (``ConfigError.key``), never silently ignored.
+- A ``Config`` is immutable; a reload builds a new one and the caller swaps it.
+
+Precedence (lowest first): embedded defaults, the TOML file, ``KNHKD_*``
+environment variables, command-line flags. A relative path written in a file
+is relative to that file's directory; any other relative path (defaults,
+environment, flags) is relative to the working directory.
+
+Must never: open the data directory, bind sockets, or import above layer 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+Fraction = Annotated[float, Meta(gt=0, le=1)]
+
+
+class ConfigError(Exception):
+    """A configuration could not be used. ``key`` is the dotted path at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    data_dir: str = "./var/knhkd"
+    # LMDB map size at start; a sparse file, so a large value costs no disk.
+    map_size_mb: PositiveInt = 1024
+    # The map doubles on MapFullError up to this ceiling.
+    max_map_size_mb: PositiveInt = 65536
+
+
+class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    bind: str = "127.0.0.1:8080"
+    max_body_bytes: PositiveInt = 1_048_576
+    max_batch_items: PositiveInt = 10_000
+    # How long an ingest request waits for room in the ingest queue before 503.
+    enqueue_timeout_s: PositiveFloat = 2.0
+    # How long it waits for its commit before 503 (the data may still commit).
+    commit_timeout_s: PositiveFloat = 10.0
+    graceful_timeout_s: PositiveFloat = 5.0
+    keep_alive_timeout_s: PositiveFloat = 30.0
+
+
+class AdminConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Empty: ``admin.sock`` inside the data directory.
+    socket: str = ""
+
+
+class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Empty: ``keys/signing.key`` inside the data directory, generated on first start.
+    signing_key: str = ""
+
+
+class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    ontology_dir: str = "conf/ontology"
+    shapes_dir: str = "conf/shapes"
+
+
+class HighFrequencyConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    window_s: PositiveFloat = 60.0
+    threshold: PositiveInt = 100
+
+
+class ErrorSpikeConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    window_s: PositiveFloat = 60.0
+    min_events: PositiveInt = 10
+    error_rate: Fraction = 0.05
+
+
+class AbsenceConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    window_s: PositiveFloat = 10.0
+
+
+class SchemaDriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    window_s: PositiveFloat = 5.0
+
+
+class AnalyzeConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    high_frequency: HighFrequencyConfig = HighFrequencyConfig()
+    error_spike: ErrorSpikeConfig = ErrorSpikeConfig()
+    absence: AbsenceConfig = AbsenceConfig()
+    schema_drift: SchemaDriftConfig = SchemaDriftConfig()
+    # Per-key detector state is bounded: past this many distinct keys the
+    # least recently seen key is evicted (and counted).
+    max_keys: PositiveInt = 10_000
+    # How many evidence ids a pattern carries at most.
+    evidence_sample: PositiveInt = 16
+
+
+class ValidateConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Stage 6 (rollback) and 7 (compatibility) failures reject instead of warn.
+    strict: bool = False
+
+
+class LoopConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    interval_s: PositiveFloat = 5.0
+    # Bounded channels between actors; they carry batches, so this counts batches.
+    channel_capacity: PositiveInt = 64
+    # A cycle promotes at most this many proposals.
+    max_promotions_per_cycle: PositiveInt = 8
+
+
+class SupervisorConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    backoff_initial_s: PositiveFloat = 0.1
+    backoff_max_s: PositiveFloat = 30.0
+    # More than ``max_restarts`` restarts of one actor within ``window_s`` ends
+    # the daemon with a non-zero status, so systemd restarts the whole process.
+    max_restarts: PositiveInt = 5
+    window_s: PositiveFloat = 60.0
+
+
+class ShutdownConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    timeout_s: PositiveFloat = 10.0
+
+
+class TelemetryConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    traces: Literal["none", "console"] = "none"
+    service_name: str = "knhkd"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Struct, forbid_unknown_fields=True, frozen=True):
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+    admin: AdminConfig = AdminConfig()
+    keys: KeysConfig = KeysConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    analyze: AnalyzeConfig = AnalyzeConfig()
+    validate: ValidateConfig = ValidateConfig()
+    loop: LoopConfig = LoopConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    # ---- derived paths ---------------------------------------------------- #
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def admin_socket(self) -> Path:
+        return Path(self.admin.socket) if self.admin.socket else self.data_dir / "admin.sock"
+
+    @property
+    def signing_key_path(self) -> Path:
+        if self.keys.signing_key:
+            return Path(self.keys.signing_key)
+        return self.data_dir / "keys" / "signing.key"
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical encoding; receipts record which config decided."""
+        return hashlib.sha256(msgspec.msgpack.encode(self, order="sorted")).hexdigest()
+
+
+ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
+    "KNHKD_DATA_DIR": ("storage", "data_dir"),
+    "KNHKD_HTTP_BIND": ("http", "bind"),
+    "KNHKD_ADMIN_SOCKET": ("admin", "socket"),
+    "KNHKD_LOOP_INTERVAL_S": ("loop", "interval_s"),
+    "KNHKD_LOG_LEVEL": ("telemetry", "log_level"),
+}
+
+
+def _error_key(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's "msg - at `$.a.b`" into ("a.b", msg)."""
+    text = str(exc)
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:
+        msg, where = text, ""
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    if "unknown field `" in msg:
+        field = msg.split("unknown field `", 1)[1].split("`", 1)[0]
+        path = f"{path}.{field}" if path else field
+    return path, msg
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("http.bind", f"expected HOST:PORT, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def build(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    """Decode and validate a configuration mapping with env and flag overrides."""
+    tree: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    layered: dict[tuple[str, str], Any] = {}
+    for var, dest in ENV_OVERRIDES.items():
+        if env is not None and var in env:
+            layered[dest] = env[var]
+    layered.update(overrides or {})
+    for (section, key), value in layered.items():
+        sect = tree.setdefault(section, {})
+        if not isinstance(sect, dict):
+            raise ConfigError(section, "expected a table")
+        sect[key] = value
+    try:
+        cfg = msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        key, msg = _error_key(exc)
+        raise ConfigError(key, msg) from None
+    parse_bind(cfg.http.bind)
+    if cfg.storage.max_map_size_mb < cfg.storage.map_size_mb:
+        raise ConfigError("storage.max_map_size_mb", "must be at least storage.map_size_mb")
+    if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
+        raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
+    return cfg
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("", f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError("", f"{path}: {exc.strerror}") from None
+
+
+def load(
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    """Load the configuration the daemon runs with."""
+    env = os.environ if env is None else env
+    raw = {} if path is None else _anchor_paths(read_file(path), path.resolve().parent)
+    return build(raw, env=env, overrides=overrides)
+
+
+PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("storage", "data_dir"),
+    ("admin", "socket"),
+    ("keys", "signing_key"),
+    ("knowledge", "ontology_dir"),
+    ("knowledge", "shapes_dir"),
+)
+
+
+def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    for section, key in PATH_KEYS:
+        sect = raw.get(section)
+        if isinstance(sect, dict) and isinstance(sect.get(key), str) and sect[key]:
+            if not Path(sect[key]).is_absolute():
+                sect[key] = str(base / sect[key])
+    return raw

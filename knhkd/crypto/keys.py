@@ -1,0 +1,150 @@
+"""Ed25519 signing keys: generation, the secret-key file, key ids, export.
+
+Guarantees:
+- A secret key file is created with mode 0600 (in a 0700 directory) and is
+  refused at load when group or others can read it, as ssh does.
+- The key id is the first 8 bytes of SHA-256 over the raw 32-byte public key,
+  in lowercase hex: anyone holding the public key can recompute it.
+- The public export (``PublicKeyring``, format ``knhkd-keyring-v1``) is JSON:
+  ``{"format": "knhkd-keyring-v1", "keys": [{"key_id", "algorithm":
+  "ed25519", "public_key": base64(32 bytes), "not_before_ns",
+  "not_after_ns"}]}``.
+
+Must never: write a secret key anywhere but its file, log it, or export it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from knhkd.model import PublicKeyEntry, PublicKeyring
+
+SECRET_FORMAT = "knhkd-ed25519-secret-v1"
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed or unsafe."""
+
+
+class _SecretFile(msgspec.Struct, forbid_unknown_fields=True):
+    format: str
+    seed: str  # base64 of the 32-byte ed25519 seed
+    created_ns: int
+
+
+def key_id_of(public_key: bytes) -> str:
+    return hashlib.sha256(public_key).digest()[:8].hex()
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A loaded signing key."""
+
+    key: SigningKey
+    key_id: str
+    created_ns: int
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.key.verify_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self.key.sign(message).signature)
+
+    def public_entry(self) -> PublicKeyEntry:
+        return PublicKeyEntry(
+            key_id=self.key_id,
+            algorithm="ed25519",
+            public_key=base64.b64encode(self.public_key).decode(),
+            not_before_ns=self.created_ns,
+        )
+
+
+def load_or_create(path: Path, now_ns: int) -> Signer:
+    """Load the signing key at ``path``, generating it when the file is absent."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = SigningKey.generate()
+        body = msgspec.json.encode(
+            _SecretFile(
+                format=SECRET_FORMAT,
+                seed=base64.b64encode(bytes(key)).decode(),
+                created_ns=now_ns,
+            )
+        )
+        # O_EXCL: two starts racing on a fresh data dir never both write a key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return load(path)
+
+
+def load(path: Path) -> Signer:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such key file") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open; "
+            "the signing key must be 0600"
+        )
+    try:
+        secret = msgspec.json.decode(path.read_bytes(), type=_SecretFile)
+        if secret.format != SECRET_FORMAT:
+            raise KeyFileError(f"{path}: unknown key format {secret.format!r}")
+        seed = base64.b64decode(secret.seed, validate=True)
+        key = SigningKey(seed)
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path}: not a knhkd signing key ({exc})") from None
+    return Signer(key=key, key_id=key_id_of(bytes(key.verify_key)), created_ns=secret.created_ns)
+
+
+class Verifier:
+    """Public keys by key id: all an offline verifier holds."""
+
+    def __init__(self, keyring: PublicKeyring) -> None:
+        self._keys: dict[str, VerifyKey] = {}
+        for entry in keyring.keys:
+            raw = base64.b64decode(entry.public_key, validate=True)
+            if key_id_of(raw) != entry.key_id:
+                raise KeyFileError(f"key {entry.key_id}: id does not match its public key")
+            self._keys[entry.key_id] = VerifyKey(raw)
+
+    def verify(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        key = self._keys.get(key_id)
+        if key is None:
+            return False
+        try:
+            key.verify(message, signature)
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Verifier:
+        try:
+            ring = msgspec.json.decode(data, type=PublicKeyring)
+        except msgspec.DecodeError as exc:
+            raise KeyFileError(f"not a knhkd public keyring: {exc}") from None
+        return cls(ring)
+
+
+def keyring_of(*signers: Signer) -> PublicKeyring:
+    return PublicKeyring(format="knhkd-keyring-v1", keys=[s.public_entry() for s in signers])

@@ -1,0 +1,402 @@
+"""Every wire and storage record of knhkd, defined once.
+
+Guarantees:
+- Each record is a ``msgspec.Struct``; the same type is used for the LMDB value,
+  the HTTP body and the admin-socket payload, so a field cannot mean two things.
+- Input records (``ObservationIn``, ``ProposalIn``) reject unknown fields and
+  carry their own bounds, so decoding *is* validation.
+- Times stored on disk are integer nanoseconds since the Unix epoch (UTC).
+
+Must never: import anything from the project, perform I/O, read a clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# --------------------------------------------------------------------------- #
+# Shared vocabularies
+# --------------------------------------------------------------------------- #
+
+Sector = Literal["finance", "healthcare", "manufacturing", "logistics", "generic"]
+SECTORS: tuple[Sector, ...] = ("finance", "healthcare", "manufacturing", "logistics", "generic")
+
+EventType = Annotated[
+    str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*$")
+]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=128)]
+MetadataValue = Annotated[str, Meta(max_length=4096)]
+
+
+# --------------------------------------------------------------------------- #
+# Monitor: observations
+# --------------------------------------------------------------------------- #
+
+
+class ObservationIn(Struct, forbid_unknown_fields=True):
+    """An observation as a producer submits it (HTTP body or one NDJSON line)."""
+
+    event_type: EventType
+    sector: Sector
+    value: Any = None
+    metadata: dict[MetadataKey, MetadataValue] = {}
+    # The producer's own event time, kept as given; never used for ordering.
+    event_time: datetime | None = None
+
+
+class Observation(Struct):
+    """An accepted, durable observation (LMDB ``observations`` value)."""
+
+    id: str
+    seq: int
+    event_type: str
+    sector: Sector
+    value: Any
+    metadata: dict[str, str]
+    ingested_at_ns: int
+    event_time: datetime | None = None
+
+
+class IngestAccepted(Struct):
+    """201 body for one observation."""
+
+    id: str
+
+
+class IngestBatchAccepted(Struct):
+    """201 body for a batch: ids in the order the items were sent."""
+
+    ids: list[str]
+    count: int
+
+
+# --------------------------------------------------------------------------- #
+# Analyze: patterns
+# --------------------------------------------------------------------------- #
+
+PatternKind = Literal["high_frequency", "error_spike", "no_observations", "schema_mismatch"]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Observe(Struct, tag="observe"):
+    pass
+
+
+class ProposeChange(Struct, tag="propose_change"):
+    description: str
+
+
+class EnforceInvariant(Struct, tag="enforce_invariant"):
+    invariant: str
+
+
+class Alert(Struct, tag="alert"):
+    severity: Severity
+
+
+Action = Observe | ProposeChange | EnforceInvariant | Alert
+
+
+class DetectedPattern(Struct):
+    """A pattern found in a bounded window. ``id`` is content-addressed."""
+
+    id: str
+    name: str
+    kind: PatternKind
+    sector: Sector | None
+    confidence: float
+    detected_at_ns: int
+    window_seconds: float
+    evidence_count: int
+    evidence_ids: list[str]
+    recommended_action: Action
+    # What the pattern is about: the event type of a burst, the off-schema
+    # metadata keys of a drift. Empty where it does not apply.
+    event_type: str | None = None
+    metadata_keys: list[str] = []
+
+
+# --------------------------------------------------------------------------- #
+# Plan: proposals (ΔΣ)
+# --------------------------------------------------------------------------- #
+
+# One RDF term in N-Triples syntax: <iri>, _:label, or a literal with its
+# language tag or datatype ("42"^^<http://www.w3.org/2001/XMLSchema#integer>).
+NTerm = Annotated[str, Meta(min_length=1, max_length=8192)]
+
+
+class Triple(Struct, array_like=True, frozen=True, order=True):
+    """A triple as three N-Triples terms; on the wire a 3-element array."""
+
+    s: NTerm
+    p: NTerm
+    o: NTerm
+
+
+class Delta(Struct, frozen=True):
+    """ΔΣ: triples removed from the parent snapshot, then triples added."""
+
+    remove: list[Triple] = []
+    add: list[Triple] = []
+
+
+class ProposalIn(Struct, forbid_unknown_fields=True):
+    """A ΔΣ as an operator (or the planner) submits it."""
+
+    sector: Sector
+    description: Annotated[str, Meta(max_length=4096)]
+    delta: Delta
+    reasoning: Annotated[str, Meta(max_length=16384)] = ""
+    confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
+    estimated_ticks: Annotated[int, Meta(ge=0)] = 0
+    signers: list[str] = []
+    resources: dict[str, float] = {}
+    pattern_id: str | None = None
+    # The snapshot the delta was written against; the current one when absent.
+    parent_snapshot_id: str | None = None
+
+
+class Proposal(Struct):
+    """A stored proposal. ``id`` is the SHA-256 of its canonical content."""
+
+    id: str
+    parent_snapshot_id: str
+    sector: Sector
+    description: str
+    reasoning: str
+    confidence: float
+    estimated_ticks: int
+    signers: list[str]
+    resources: dict[str, float]
+    delta: Delta
+    pattern_id: str | None
+    can_rollback: bool
+    created_at_ns: int
+
+
+# --------------------------------------------------------------------------- #
+# Validate: the pipeline's report
+# --------------------------------------------------------------------------- #
+
+StageVerdict = Literal["passed", "failed", "warning"]
+
+
+class StageResult(Struct):
+    stage: int
+    name: str
+    passed: bool
+    verdict: StageVerdict
+    message: str
+    duration_ms: float
+
+
+class ValidationReport(Struct):
+    proposal_id: str
+    passed: bool
+    stages: list[StageResult]
+    timestamp_ns: int
+    # Stages that are not yet implemented are named here, never reported as passed.
+    stages_not_run: list[str] = []
+
+
+# --------------------------------------------------------------------------- #
+# Knowledge: snapshots
+# --------------------------------------------------------------------------- #
+
+
+class Snapshot(Struct):
+    """Snapshot metadata. ``snapshot_id`` is SHA-256 of the canonical N-Triples."""
+
+    snapshot_id: str
+    parent_id: str | None
+    version: int
+    promoted_at_ns: int
+    triple_count: int
+    proposal_id: str | None = None
+
+
+class SnapshotRecord(Struct):
+    """LMDB ``snapshots`` value: the metadata and the canonical N-Triples text."""
+
+    meta: Snapshot
+    ntriples: str
+
+
+# --------------------------------------------------------------------------- #
+# Receipts
+# --------------------------------------------------------------------------- #
+
+ReceiptKind = Literal[
+    "genesis",
+    "observation_batch_committed",
+    "pattern_detected",
+    "proposal_generated",
+    "validation_executed",
+    "snapshot_promoted",
+    "snapshot_rolled_back",
+    "cycle_completed",
+]
+OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
+
+
+class Outcome(Struct):
+    status: OutcomeStatus
+    # The reason of a rejection or error, the next step of a pending decision.
+    detail: str = ""
+
+
+class ReceiptBody(Struct):
+    """Everything a receipt's signature covers (see receipts/canonical.py)."""
+
+    format: int
+    seq: int
+    kind: ReceiptKind
+    subject_ids: list[str]
+    outcome: Outcome
+    sector: str
+    timestamp_ns: int
+    prev_hash: str
+    key_id: str
+    # Hashes of the inputs the decision depended on (snapshot id, delta hash, ...).
+    inputs: dict[str, str] = {}
+
+
+class SignedReceipt(Struct):
+    """LMDB ``receipts`` value and export record."""
+
+    body: ReceiptBody
+    signature: bytes
+
+
+class ReceiptView(Struct):
+    """A receipt as the API shows it, with its id and hash spelled out."""
+
+    id: str
+    hash: str
+    body: ReceiptBody
+    signature: str
+
+
+class ChainVerification(Struct):
+    """The seed's verify-chain report (§4.4.1), with the range it covered."""
+
+    total_count: int
+    verified_count: int
+    signature_failures: list[str]
+    chain_breaks: list[str]
+    retrocausation_violations: list[str]
+    verified: bool
+    head_hash: str
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+class PublicKeyEntry(Struct):
+    key_id: str
+    algorithm: Literal["ed25519"]
+    public_key: str  # base64 of the 32 raw bytes
+    not_before_ns: int
+    not_after_ns: int | None = None
+
+
+class PublicKeyring(Struct):
+    """The documented public-key export: what an offline verifier needs."""
+
+    format: Literal["knhkd-keyring-v1"]
+    keys: list[PublicKeyEntry]
+
+
+# --------------------------------------------------------------------------- #
+# MAPE-K cycle
+# --------------------------------------------------------------------------- #
+
+CycleOutcome = Literal["completed", "failed"]
+
+
+class CycleReport(Struct):
+    id: str
+    started_at: datetime
+    completed_at: datetime
+    duration_ms: float
+    patterns_detected: int
+    proposals_generated: int
+    validations_passed: int
+    validations_failed: int
+    snapshots_promoted: int
+    outcome: CycleOutcome
+    receipt_ids: list[str]
+    trigger: Literal["interval", "on_demand"] = "interval"
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- #
+# Operations: health, problems, admin protocol
+# --------------------------------------------------------------------------- #
+
+
+class ActorStatus(Struct):
+    state: Literal["starting", "running", "restarting", "stopped", "failed"]
+    restarts: int
+    last_error: str | None = None
+
+
+class Health(Struct):
+    """``GET /health`` (seed §3.2.1), with knhkd's own dependencies."""
+
+    status: Literal["healthy", "degraded"]
+    timestamp: datetime
+    uptime_seconds: int
+    dependencies: dict[str, str]
+    actors: dict[str, ActorStatus]
+
+
+class FieldError(Struct, omit_defaults=True):
+    field: str
+    message: str
+    index: int | None = None
+
+
+class Problem(Struct, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    errors: list[FieldError] = []
+
+
+class AdminRequest(Struct, forbid_unknown_fields=True):
+    cmd: str
+    args: dict[str, Any] = {}
+
+
+class AdminResponse(Struct, omit_defaults=True):
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+class StatusReport(Struct):
+    version: str
+    pid: int
+    uptime_seconds: int
+    data_dir: str
+    http_bind: str
+    observations: int
+    receipts: int
+    head_hash: str
+    current_snapshot: Snapshot | None
+    actors: dict[str, ActorStatus]
+    key_id: str
+
+
+def encode_json(obj: Any) -> bytes:
+    return _JSON.encode(obj)
+
+
+_JSON = msgspec.json.Encoder()

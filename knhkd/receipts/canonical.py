@@ -1,0 +1,52 @@
+"""The one canonical encoding of a receipt, used to sign, hash, export, verify.
+
+Rules (format 1):
+- The signed bytes are ``b"knhkd/receipt/v1\\n"`` followed by the MessagePack
+  encoding of ``ReceiptBody`` as a map, every map's keys (struct fields and the
+  ``inputs`` dict alike) sorted bytewise. Integers use the smallest MessagePack
+  form; strings are UTF-8. Any MessagePack library that sorts map keys
+  reproduces these bytes.
+- A receipt's hash is SHA-256 of those same bytes, in lowercase hex. It is what
+  the next receipt's ``prev_hash`` names; the first receipt's ``prev_hash`` is
+  64 zeros.
+- The signature is ed25519 over the signed bytes by the key ``key_id`` names.
+
+Must never: encode a receipt any other way for any of these purposes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from knhkd.model import ReceiptBody, SignedReceipt
+
+DOMAIN = b"knhkd/receipt/v1\n"
+FORMAT = 1
+GENESIS_PREV = "0" * 64
+
+_body_encoder = msgspec.msgpack.Encoder(order="sorted")
+_record_encoder = msgspec.msgpack.Encoder(order="sorted")
+_record_decoder = msgspec.msgpack.Decoder(SignedReceipt)
+
+
+def signed_bytes(body: ReceiptBody) -> bytes:
+    return DOMAIN + _body_encoder.encode(body)
+
+
+def receipt_hash(body: ReceiptBody) -> str:
+    return hashlib.sha256(signed_bytes(body)).hexdigest()
+
+
+def encode_record(receipt: SignedReceipt) -> bytes:
+    """Storage form (LMDB value, export line): MessagePack, keys sorted."""
+    return _record_encoder.encode(receipt)
+
+
+def decode_record(data: bytes) -> SignedReceipt:
+    return _record_decoder.decode(data)
+
+
+def receipt_id(seq: int) -> str:
+    return f"rcpt-{seq:012d}"

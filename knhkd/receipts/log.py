@@ -1,0 +1,116 @@
+"""The append-only receipt log, written inside the state change it records.
+
+Guarantees:
+- ``append`` runs inside a write transaction (on the writer thread) and puts
+  the receipt and the new chain head in that same transaction: a receipt is
+  durable exactly when the state it records is.
+- Sequence numbers are contiguous from 0; ``prev_hash`` names the previous
+  receipt's hash (receipts/canonical.py); a receipt's time is never before its
+  predecessor's (the clock is clamped forward, never the receipt moved back).
+- The head is read from the transaction, never cached: an aborted transaction
+  leaves no trace in the chain.
+
+Must never: overwrite or delete a stored receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import lmdb
+import msgspec
+
+from knhkd.crypto.keys import Signer
+from knhkd.model import Outcome, ReceiptBody, ReceiptKind, ReceiptView, SignedReceipt
+from knhkd.receipts import canonical
+from knhkd.store.env import META_RECEIPT_HEAD, Store
+from knhkd.store.ids import key_seq, seq_key
+
+
+class ReceiptLogError(Exception):
+    """The log could not be appended to (it would have been overwritten)."""
+
+
+class _Head(msgspec.Struct, array_like=True):
+    next_seq: int
+    hash: str
+    timestamp_ns: int
+
+
+_head_decoder = msgspec.msgpack.Decoder(_Head)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A decision to be receipted; the log fills in sequence, time, chain, key."""
+
+    kind: ReceiptKind
+    outcome: Outcome
+    subject_ids: list[str] = field(default_factory=list)
+    sector: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+class ReceiptLog:
+    def __init__(self, store: Store, signer: Signer, clock_ns: Callable[[], int]) -> None:
+        self._store = store
+        self._signer = signer
+        self._clock_ns = clock_ns
+        self._db = store.db("receipts")
+        self._meta = store.db("meta")
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    def head(self, txn: lmdb.Transaction) -> _Head:
+        raw = txn.get(META_RECEIPT_HEAD, db=self._meta)
+        if raw is None:
+            return _Head(0, canonical.GENESIS_PREV, 0)
+        return _head_decoder.decode(raw)
+
+    def append(self, txn: lmdb.Transaction, draft: Draft) -> SignedReceipt:
+        head = self.head(txn)
+        body = ReceiptBody(
+            format=canonical.FORMAT,
+            seq=head.next_seq,
+            kind=draft.kind,
+            subject_ids=list(draft.subject_ids),
+            outcome=draft.outcome,
+            sector=draft.sector,
+            timestamp_ns=max(self._clock_ns(), head.timestamp_ns),
+            prev_hash=head.hash,
+            key_id=self._signer.key_id,
+            inputs=dict(draft.inputs),
+        )
+        signed = SignedReceipt(body=body, signature=self._signer.sign(canonical.signed_bytes(body)))
+        if not txn.put(
+            seq_key(body.seq), canonical.encode_record(signed), db=self._db, overwrite=False
+        ):
+            raise ReceiptLogError(f"receipt {body.seq} already exists")
+        new_head = _Head(body.seq + 1, canonical.receipt_hash(body), body.timestamp_ns)
+        txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(new_head), db=self._meta)
+        return signed
+
+
+def view(signed: SignedReceipt) -> ReceiptView:
+    import base64
+
+    return ReceiptView(
+        id=canonical.receipt_id(signed.body.seq),
+        hash=canonical.receipt_hash(signed.body),
+        body=signed.body,
+        signature=base64.b64encode(signed.signature).decode(),
+    )
+
+
+def iter_raw(
+    store: Store, txn: lmdb.Transaction, *, after: int = -1
+) -> Iterator[tuple[int, bytes]]:
+    """(seq, stored bytes) in sequence order, starting after ``after``."""
+    cursor = txn.cursor(db=store.db("receipts"))
+    if not cursor.set_range(seq_key(after + 1)):
+        return
+    for key, value in cursor:
+        yield key_seq(key), value

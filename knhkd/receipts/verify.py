@@ -1,0 +1,94 @@
+"""Verification of a receipt chain with public keys only.
+
+Guarantees:
+- Each receipt is judged on its own signature (ed25519 over the canonical
+  bytes, by the key its ``key_id`` names), its link to its predecessor
+  (``prev_hash``, contiguous ``seq``) and its time (never before its
+  predecessor's: invariant Q1, no retrocausation).
+- A damaged receipt is named once, under ``signature_failures``; the link from
+  its successor is not then held against the successor (the successor's own
+  ``prev_hash`` is signed, so it is the damaged one that changed). Altering one
+  stored byte therefore names exactly the receipt that holds it.
+- Works on anything that yields ``(seq, stored bytes)``: a live store, a copy of
+  a stopped daemon's data dir, an export.
+
+Must never: trust a stored hash or head it has not recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from knhkd.crypto.keys import Verifier
+from knhkd.model import ChainVerification
+from knhkd.receipts import canonical
+
+
+def verify_chain(
+    records: Iterable[tuple[int, bytes]],
+    verifier: Verifier,
+    *,
+    expected_head: tuple[int, str] | None = None,
+) -> ChainVerification:
+    """Verify ``records`` in order. ``expected_head`` is (next_seq, hash) as stored."""
+    total = verified = 0
+    sig_failures: list[str] = []
+    breaks: list[str] = []
+    retro: list[str] = []
+    expected_seq = 0
+    last_hash: str | None = canonical.GENESIS_PREV
+    last_ts = 0
+    first: int | None = None
+    last: int | None = None
+    for seq, raw in records:
+        total += 1
+        first = seq if first is None else first
+        last = seq
+        rid = canonical.receipt_id(seq)
+        try:
+            signed = canonical.decode_record(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            sig_failures.append(rid)
+            expected_seq, last_hash = seq + 1, None
+            continue
+        body = signed.body
+        if body.seq != seq or not verifier.verify(
+            body.key_id, canonical.signed_bytes(body), signed.signature
+        ):
+            sig_failures.append(rid)
+            expected_seq, last_hash = seq + 1, None
+            continue
+        ok = True
+        if seq != expected_seq:
+            breaks.append(rid)
+            ok = False
+        elif last_hash is not None and body.prev_hash != last_hash:
+            breaks.append(rid)
+            ok = False
+        if body.timestamp_ns < last_ts:
+            retro.append(rid)
+            ok = False
+        verified += ok
+        expected_seq = seq + 1
+        last_hash = canonical.receipt_hash(body)
+        last_ts = body.timestamp_ns
+    head_hash = last_hash or ""
+    if expected_head is not None and (
+        expected_head[0] != expected_seq or (last_hash is not None and expected_head[1] != last_hash)
+    ):
+        # The stored head disagrees with the last receipt: a truncated or
+        # rewritten tail.
+        breaks.append("head")
+    return ChainVerification(
+        total_count=total,
+        verified_count=verified,
+        signature_failures=sig_failures,
+        chain_breaks=breaks,
+        retrocausation_violations=retro,
+        verified=not (sig_failures or breaks or retro),
+        head_hash=head_hash,
+        first_seq=first,
+        last_seq=last,
+    )

@@ -1,0 +1,1 @@
+"""Layer 2: the LMDB environment and its single writer thread."""

@@ -1,0 +1,229 @@
+"""The LMDB environment: named databases, schema version, map growth, readers.
+
+Guarantees:
+- One environment per data directory, under ``<data_dir>/lmdb``, opened with
+  ``sync=True``: a committed write transaction is on disk when commit returns.
+- One daemon per data directory: ``open_store(..., exclusive=True)`` holds an
+  ``flock`` on ``<data_dir>/knhkd.lock`` for the life of the store.
+- Stale reader slots left by crashed processes are cleared at open
+  (``reader_check``).
+- The map is grown only while no transaction is open anywhere in the process:
+  readers hold the shared side of ``MapGate``; ``grow`` holds the exclusive side
+  (PLATFORM_NOTES, LMDB: ``set_mapsize`` does not refuse an open transaction).
+- A store whose schema version is not ours is refused, never migrated silently.
+
+Must never: open a write transaction outside the writer thread (store/writer.py),
+hold a transaction across an ``await``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+SCHEMA_VERSION = 1
+
+DB_NAMES = (
+    "observations",
+    "patterns",
+    "proposals",
+    "snapshots",
+    "receipts",
+    "cycles",
+    "meta",
+)
+
+# Keys of the ``meta`` database.
+META_SCHEMA = b"schema_version"
+META_OBS_NEXT = b"observations.next_seq"
+META_RECEIPT_HEAD = b"receipts.head"
+META_SNAPSHOT_CURRENT = b"snapshots.current"
+META_SNAPSHOT_HISTORY = b"snapshots.history"
+
+MB = 1024 * 1024
+
+
+class StoreError(Exception):
+    """The store cannot be used (locked, wrong schema, unreadable)."""
+
+
+class MapGate:
+    """A readers/writer gate around LMDB map resizing, writer-preferring."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+        self._waiting_resize = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing or self._waiting_resize:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_resize += 1
+            while self._readers or self._resizing:
+                self._cond.wait()
+            self._waiting_resize -= 1
+            self._resizing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Store:
+    """An open LMDB environment with knhkd's named databases."""
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        dbs: dict[str, Any],
+        *,
+        max_map_size: int,
+        lock_fd: int | None,
+        readonly: bool,
+    ) -> None:
+        self.env = env
+        self.dbs = dbs
+        self.max_map_size = max_map_size
+        self.readonly = readonly
+        self.gate = MapGate()
+        self._lock_fd = lock_fd
+
+    def db(self, name: str) -> Any:
+        return self.dbs[name]
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; keep it short and never await inside it."""
+        with self.gate.shared(), self.env.begin(buffers=False) as txn:
+            yield txn
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def grow(self) -> int:
+        """Double the map (up to the ceiling). Call with no transaction open."""
+        current = self.map_size()
+        if current >= self.max_map_size:
+            raise StoreError(
+                f"LMDB map is full at its ceiling of {current // MB} MiB "
+                "(storage.max_map_size_mb)"
+            )
+        new = min(current * 2, self.max_map_size)
+        with self.gate.exclusive():
+            self.env.set_mapsize(new)
+        return new
+
+    def close(self) -> None:
+        self.env.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    fd = os.open(data_dir / "knhkd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{data_dir} is in use by another knhkd process") from None
+    return fd
+
+
+def open_store(
+    data_dir: Path,
+    *,
+    map_size: int = 1024 * MB,
+    max_map_size: int = 65536 * MB,
+    readonly: bool = False,
+    exclusive: bool = True,
+) -> Store:
+    """Open (creating when writable) the environment under ``data_dir``."""
+    path = data_dir / "lmdb"
+    if readonly:
+        if not (path / "data.mdb").exists():
+            raise StoreError(f"no knhkd store under {data_dir}")
+    else:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_fd = _lock_data_dir(data_dir) if exclusive and not readonly else None
+    try:
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=len(DB_NAMES) + 2,
+            sync=True,
+            metasync=True,
+            readonly=readonly,
+            lock=True,
+            readahead=False,
+            meminit=False,
+        )
+    except lmdb.Error as exc:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise StoreError(f"cannot open LMDB at {path}: {exc}") from None
+    # Crashed readers (a kill -9 mid-read) leave slots that pin old pages.
+    env.reader_check()
+    if readonly:
+        dbs = {}
+        with env.begin() as txn:
+            for name in DB_NAMES:
+                try:
+                    dbs[name] = env.open_db(name.encode(), txn=txn, create=False)
+                except lmdb.NotFoundError:
+                    env.close()
+                    raise StoreError(f"store under {data_dir} lacks database {name!r}") from None
+    else:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
+    store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
+    try:
+        _check_schema(store)
+    except StoreError:
+        store.close()
+        raise
+    return store
+
+
+def _check_schema(store: Store) -> None:
+    with store.env.begin(write=not store.readonly) as txn:
+        found = txn.get(META_SCHEMA, db=store.db("meta"))
+        if found is None:
+            if store.readonly:
+                raise StoreError("store has no schema version (never started?)")
+            txn.put(META_SCHEMA, str(SCHEMA_VERSION).encode(), db=store.db("meta"))
+            return
+        if found != str(SCHEMA_VERSION).encode():
+            raise StoreError(
+                f"store schema version {found.decode(errors='replace')} is not "
+                f"{SCHEMA_VERSION}; refusing to open"
+            )
+
+
+def count(store: Store, name: str) -> int:
+    with store.reader() as txn:
+        return int(txn.stat(store.db(name))["entries"])
