@@ -59,6 +59,8 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     commit_timeout_s: PositiveFloat = 10.0
     graceful_timeout_s: PositiveFloat = 5.0
     keep_alive_timeout_s: PositiveFloat = 30.0
+    # POST /api/v1/_noop: the stack's baseline for bench/ (off in production).
+    noop_endpoint: bool = False
 
 
 class AdminConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -269,7 +271,12 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
 def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for section, key in PATH_KEYS:
         sect = raw.get(section)
-        if isinstance(sect, dict) and isinstance(sect.get(key), str) and sect[key]:
-            if not Path(sect[key]).is_absolute():
-                sect[key] = str(base / sect[key])
+        value = sect.get(key) if isinstance(sect, dict) else None
+        if (
+            isinstance(sect, dict)
+            and isinstance(value, str)
+            and value
+            and not Path(value).is_absolute()
+        ):
+            sect[key] = str(base / value)
     return raw

@@ -118,6 +118,10 @@ class DetectedPattern(Struct):
     # metadata keys of a drift. Empty where it does not apply.
     event_type: str | None = None
     metadata_keys: list[str] = []
+    # The bound the detector compared the evidence against (events per window,
+    # error rate, seconds of silence), so a plan can be replayed from the
+    # pattern alone. None where no single bound applies (schema drift).
+    threshold: float | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -231,7 +235,6 @@ class SnapshotRecord(Struct):
 # --------------------------------------------------------------------------- #
 
 ReceiptKind = Literal[
-    "genesis",
     "observation_batch_committed",
     "pattern_detected",
     "proposal_generated",

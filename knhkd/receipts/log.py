@@ -15,15 +15,24 @@ Must never: overwrite or delete a stored receipt.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import lmdb
 import msgspec
 
-from knhkd.crypto.keys import Signer
-from knhkd.model import Outcome, ReceiptBody, ReceiptKind, ReceiptView, SignedReceipt
+from knhkd.crypto.keys import Signer, Verifier
+from knhkd.model import (
+    ChainVerification,
+    Outcome,
+    ReceiptBody,
+    ReceiptKind,
+    ReceiptView,
+    SignedReceipt,
+)
 from knhkd.receipts import canonical
+from knhkd.receipts.verify import verify_chain
 from knhkd.store.env import META_RECEIPT_HEAD, Store
 from knhkd.store.ids import key_seq, seq_key
 
@@ -32,13 +41,22 @@ class ReceiptLogError(Exception):
     """The log could not be appended to (it would have been overwritten)."""
 
 
-class _Head(msgspec.Struct, array_like=True):
+class Head(msgspec.Struct, array_like=True):
+    """The chain head as stored in ``meta``: what the next receipt links to."""
+
     next_seq: int
     hash: str
     timestamp_ns: int
 
 
-_head_decoder = msgspec.msgpack.Decoder(_Head)
+_head_decoder = msgspec.msgpack.Decoder(Head)
+
+
+def read_head(store: Store, txn: lmdb.Transaction) -> Head:
+    raw = txn.get(META_RECEIPT_HEAD, db=store.db("meta"))
+    if raw is None:
+        return Head(0, canonical.GENESIS_PREV, 0)
+    return _head_decoder.decode(raw)
 
 
 @dataclass(frozen=True)
@@ -64,11 +82,8 @@ class ReceiptLog:
     def signer(self) -> Signer:
         return self._signer
 
-    def head(self, txn: lmdb.Transaction) -> _Head:
-        raw = txn.get(META_RECEIPT_HEAD, db=self._meta)
-        if raw is None:
-            return _Head(0, canonical.GENESIS_PREV, 0)
-        return _head_decoder.decode(raw)
+    def head(self, txn: lmdb.Transaction) -> Head:
+        return read_head(self._store, txn)
 
     def append(self, txn: lmdb.Transaction, draft: Draft) -> SignedReceipt:
         head = self.head(txn)
@@ -89,14 +104,12 @@ class ReceiptLog:
             seq_key(body.seq), canonical.encode_record(signed), db=self._db, overwrite=False
         ):
             raise ReceiptLogError(f"receipt {body.seq} already exists")
-        new_head = _Head(body.seq + 1, canonical.receipt_hash(body), body.timestamp_ns)
+        new_head = Head(body.seq + 1, canonical.receipt_hash(body), body.timestamp_ns)
         txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(new_head), db=self._meta)
         return signed
 
 
 def view(signed: SignedReceipt) -> ReceiptView:
-    import base64
-
     return ReceiptView(
         id=canonical.receipt_id(signed.body.seq),
         hash=canonical.receipt_hash(signed.body),
@@ -113,4 +126,13 @@ def iter_raw(
     if not cursor.set_range(seq_key(after + 1)):
         return
     for key, value in cursor:
-        yield key_seq(key), value
+        yield key_seq(bytes(key)), bytes(value)
+
+
+def verify_store(store: Store, verifier: Verifier) -> ChainVerification:
+    """Verify the whole stored chain, and that the stored head matches its tail."""
+    with store.reader() as txn:
+        head = read_head(store, txn)
+        return verify_chain(
+            iter_raw(store, txn), verifier, expected_head=(head.next_seq, head.hash)
+        )

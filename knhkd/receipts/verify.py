@@ -5,6 +5,8 @@ Guarantees:
   bytes, by the key its ``key_id`` names), its link to its predecessor
   (``prev_hash``, contiguous ``seq``) and its time (never before its
   predecessor's: invariant Q1, no retrocausation).
+- A stored record that is not exactly the canonical encoding of a validly
+  signed receipt counts as a signature failure.
 - A damaged receipt is named once, under ``signature_failures``; the link from
   its successor is not then held against the successor (the successor's own
   ``prev_hash`` is signed, so it is the damaged one that changed). Altering one
@@ -49,22 +51,23 @@ def verify_chain(
         rid = canonical.receipt_id(seq)
         try:
             signed = canonical.decode_record(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.MsgspecError, ValueError):
+            # Undecodable (including invalid UTF-8): damaged beyond reading.
             sig_failures.append(rid)
             expected_seq, last_hash = seq + 1, None
             continue
         body = signed.body
-        if body.seq != seq or not verifier.verify(
+        # Stored bytes must be the canonical encoding of what they decode to: a
+        # change msgpack would tolerate (an unknown key, a wider integer form)
+        # is still a change to the record.
+        if canonical.encode_record(signed) != raw or body.seq != seq or not verifier.verify(
             body.key_id, canonical.signed_bytes(body), signed.signature
         ):
             sig_failures.append(rid)
             expected_seq, last_hash = seq + 1, None
             continue
         ok = True
-        if seq != expected_seq:
-            breaks.append(rid)
-            ok = False
-        elif last_hash is not None and body.prev_hash != last_hash:
+        if seq != expected_seq or (last_hash is not None and body.prev_hash != last_hash):
             breaks.append(rid)
             ok = False
         if body.timestamp_ns < last_ts:
@@ -75,9 +78,11 @@ def verify_chain(
         last_hash = canonical.receipt_hash(body)
         last_ts = body.timestamp_ns
     head_hash = last_hash or ""
-    if expected_head is not None and (
-        expected_head[0] != expected_seq or (last_hash is not None and expected_head[1] != last_hash)
-    ):
+    head_moved = expected_head is not None and expected_head[0] != expected_seq
+    head_differs = (
+        expected_head is not None and last_hash is not None and expected_head[1] != last_hash
+    )
+    if head_moved or head_differs:
         # The stored head disagrees with the last receipt: a truncated or
         # rewritten tail.
         breaks.append("head")

@@ -34,6 +34,7 @@ DB_NAMES = (
     "observations",
     "patterns",
     "proposals",
+    "validations",
     "snapshots",
     "receipts",
     "cycles",
@@ -129,8 +130,7 @@ class Store:
         current = self.map_size()
         if current >= self.max_map_size:
             raise StoreError(
-                f"LMDB map is full at its ceiling of {current // MB} MiB "
-                "(storage.max_map_size_mb)"
+                f"LMDB map is full at its ceiling of {current // MB} MiB (storage.max_map_size_mb)"
             )
         new = min(current * 2, self.max_map_size)
         with self.gate.exclusive():
@@ -190,13 +190,14 @@ def open_store(
     env.reader_check()
     if readonly:
         dbs = {}
-        with env.begin() as txn:
-            for name in DB_NAMES:
-                try:
-                    dbs[name] = env.open_db(name.encode(), txn=txn, create=False)
-                except lmdb.NotFoundError:
-                    env.close()
-                    raise StoreError(f"store under {data_dir} lacks database {name!r}") from None
+        for name in DB_NAMES:
+            # No explicit txn: a handle opened in a read transaction that ends
+            # without commit would be invalid; py-lmdb commits its own.
+            try:
+                dbs[name] = env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:
+                env.close()
+                raise StoreError(f"store under {data_dir} lacks database {name!r}") from None
     else:
         with env.begin(write=True) as txn:
             dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}

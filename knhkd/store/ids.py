@@ -23,11 +23,7 @@ class BadId(ValueError):
 
 def observation_id(ingested_at_ns: int, seq: int) -> str:
     ms = ingested_at_ns // 1_000_000
-    raw = (
-        ms.to_bytes(6, "big")
-        + seq.to_bytes(8, "big")
-        + secrets.token_bytes(2)
-    )
+    raw = ms.to_bytes(6, "big") + seq.to_bytes(8, "big") + secrets.token_bytes(2)
     return str(ULID.from_bytes(raw))
 
 

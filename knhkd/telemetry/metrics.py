@@ -45,7 +45,10 @@ class Metrics:
             "knhk_patterns_detected", "Patterns detected.", ["pattern_type"], registry=r
         )
         self.pattern_confidence = Gauge(
-            "knhk_pattern_confidence", "Confidence of the last pattern.", ["pattern_type"], registry=r
+            "knhk_pattern_confidence",
+            "Confidence of the last pattern.",
+            ["pattern_type"],
+            registry=r,
         )
         self.pattern_detection_duration_ms = Histogram(
             "knhk_pattern_detection_duration_ms",

@@ -1,0 +1,373 @@
+"""The ingest benchmark (``make bench``): durable ingest against the no-op baseline.
+
+One run, in this order:
+1. client ceiling: ``bench/loadgen.py`` against its own trivial server, to show
+   the generator is not what limits the figures that follow;
+2. the real daemon (``knhkd run``) on a fresh temporary data directory, bound to
+   127.0.0.1 on a free port, with ``[http] noop_endpoint = true``; ready when
+   ``GET /ready`` answers 200;
+3. closed loop on ``POST /api/v1/_noop`` (same stack, no work) → 200;
+4. closed loop on ``POST /api/v1/observations`` (one observation per request,
+   durable before the 201) → 201; the ratio ingest/no-op (target ≥ 0.90);
+5. open loop at a fixed 1,000 obs/s on the same endpoint, latency measured from
+   each request's intended send time (target p99 ≤ 10 ms);
+6. cross-check: the daemon's ``knhk_observations_ingested_total`` is at least the
+   number of 201s it sent; then SIGTERM, and the daemon must exit 0.
+
+Guarantees: the load generator runs in its own process (the daemon gets one core,
+the generator the other); every phase is bounded in time; traffic goes to
+loopback only; the daemon is stopped (SIGTERM, then SIGKILL after a timeout) and
+its data directory removed whatever happens.
+
+Exit status: 0 every target met; 1 a target or check missed; 2 the bench could
+not run (the daemon did not start, a phase failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOADGEN = HERE / "loadgen.py"
+BODY = '{"event_type":"bench.tick","value":{"n":1},"sector":"generic","metadata":{}}'
+NOOP_PATH = "/api/v1/_noop"
+INGEST_PATH = "/api/v1/observations"
+
+
+class BenchError(Exception):
+    """The bench could not run (exit status 2)."""
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds`` (other work skews a benchmark)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return float("nan")
+    dt = total1 - total0
+    return 0.0 if dt <= 0 else 1.0 - (idle1 - idle0) / dt
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def loadgen(mode: str, port: int, path: str, args: argparse.Namespace, **opts: Any) -> Any:
+    """Run one load-generator phase in its own process; its JSON summary."""
+    cmd = [
+        sys.executable, str(LOADGEN), mode,
+        "--url", f"http://127.0.0.1:{port}{path}",
+        "--body", BODY,
+        "--duration", str(opts.pop("duration", args.duration)),
+        "--warmup", str(args.warmup),
+        "--json",
+    ]  # fmt: skip
+    for key, value in opts.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    limit = args.duration + args.warmup + 60
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"loadgen {mode} {path} did not finish within {limit:.0f} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"loadgen {mode} {path} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; (exit status, seconds taken)."""
+    t0 = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- #
+# The servers
+# --------------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def trivial_server() -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, str(LOADGEN), "serve-trivial", "--max-lifetime", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        m = re.match(r"PORT (\d+)", line)
+        if not m:
+            raise BenchError(f"trivial server did not start: {line!r}")
+        yield int(m.group(1))
+    finally:
+        stop(proc, 5)
+
+
+def daemon_command(args: argparse.Namespace) -> list[str]:
+    if args.daemon_cmd:
+        return shlex.split(args.daemon_cmd)
+    script = Path(sys.executable).parent / "knhkd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from knhkd.cli.knhkd import main; sys.exit(main())"]
+
+
+@contextlib.contextmanager
+def daemon(args: argparse.Namespace, report: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+    """Start the daemon on a temp data dir; yield (port, process); always stop it."""
+    with tempfile.TemporaryDirectory(prefix="knhkd-bench-") as tmp:
+        tmpdir = Path(tmp)
+        data_dir = tmpdir / "data"
+        config = tmpdir / "knhkd.toml"
+        config.write_text("[http]\nnoop_endpoint = true\n", encoding="utf-8")
+        port = free_port()
+        cmd = [
+            *daemon_command(args), "run",
+            "--config", str(config),
+            "--data-dir", str(data_dir),
+            "--http-bind", f"127.0.0.1:{port}",
+        ]  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("KNHKD_") and k != "NOTIFY_SOCKET"
+        }
+        log_path = tmpdir / "daemon.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                _wait_ready(proc, port, args.start_timeout, log_path)
+                report["daemon"] = {"command": shlex.join(cmd), "pid": proc.pid}
+                yield port, proc
+            finally:
+                code, took = stop(proc, args.stop_timeout)
+                report.setdefault("shutdown", {"exit_status": code, "seconds": round(took, 3)})
+                if code != 0:
+                    report["daemon_log_tail"] = _tail(log_path)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"daemon exited with {proc.returncode} at start:\n{_tail(log)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_get(port, "/ready", timeout=1.0)[0] == 200:
+                return
+        time.sleep(0.1)
+    raise BenchError(f"daemon not ready after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def ingested_total(port: int) -> float | None:
+    """Sum of knhk_observations_ingested_total over sectors, from /metrics."""
+    try:
+        status, body = http_get(port, "/metrics")
+    except (OSError, http.client.HTTPException):
+        return None
+    if status != 200:
+        return None
+    found = re.findall(rb"^knhk_observations_ingested_total(?:\{[^}]*\})? (\S+)$", body, re.M)
+    return sum(float(x) for x in found) if found else None
+
+
+# --------------------------------------------------------------------------- #
+# The run
+# --------------------------------------------------------------------------- #
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "targets": {"min_ratio": args.min_ratio, "max_open_p99_ms": args.max_p99_ms},
+    }
+    busy = cpu_busy()
+    report["cpu_busy_before"] = round(busy, 3)
+    if not args.skip_calibration:
+        with trivial_server() as port:
+            report["client_ceiling"] = loadgen(
+                "closed", port, NOOP_PATH, args, duration=min(args.duration, 3.0),
+                connections=args.connections,
+            )  # fmt: skip
+    with daemon(args, report) as (port, _proc):
+        report["noop"] = loadgen("closed", port, NOOP_PATH, args, connections=args.connections)
+        report["ingest"] = loadgen("closed", port, INGEST_PATH, args, connections=args.connections)
+        report["open"] = loadgen(
+            "open", port, INGEST_PATH, args, rate=args.rate, connections=args.open_connections
+        )
+        acked = report["ingest"]["all_ok"] + report["open"]["all_ok"]
+        durable = ingested_total(port)
+        report["durability"] = {"acknowledged_201": acked, "ingested_total_metric": durable}
+    return report
+
+
+def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | None]:
+    noop, ingest, opn = r["noop"], r["ingest"], r["open"]
+    ratio = ingest["ok_rps"] / noop["ok_rps"] if noop["ok_rps"] else 0.0
+    r["ratio_ingest_noop"] = round(ratio, 3)
+    p99 = opn["latency_ms"]["p99"]
+    durable = r["durability"]["ingested_total_metric"]
+    clean = all(p["non_2xx"] == 0 and p["errors"] == 0 and p["unanswered"] == 0
+                for p in (noop, ingest, opn))  # fmt: skip
+    return {
+        "ratio": ratio >= args.min_ratio,
+        "open_p99": p99 is not None and p99 <= args.max_p99_ms,
+        "open_rate_held": opn["ok"] >= 0.99 * opn["scheduled"],
+        "all_2xx": clean,
+        "durable_ge_acknowledged": (
+            None if durable is None else durable >= r["durability"]["acknowledged_201"]
+        ),
+        "clean_shutdown": r.get("shutdown", {}).get("exit_status") == 0,
+    }
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    lat = s["latency_ms"]
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    return (
+        f"{name:<38}{s['ok_rps']:>9,.0f}{f(lat['p50']):>9}{f(lat['p95']):>9}{f(lat['p99']):>9}"
+        f"{f(lat['max']):>9}{s['non_2xx']:>9}{s['errors'] + s['unanswered']:>8}"
+    )
+
+
+def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace) -> str:
+    def mark(ok: bool | None) -> str:
+        return {True: "PASS", False: "FAIL", None: "n/a"}[ok]
+
+    out = [
+        f"knhkd ingest bench: {r['cpus']} CPUs, loopback, {args.connections} connections "
+        f"(open loop {args.open_connections}), {args.duration:g} s per phase "
+        f"+ {args.warmup:g} s warm-up; CPU busy before start {r['cpu_busy_before']:.0%}",
+        f"{'phase':<38}{'ok/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'non-2xx':>9}{'errors':>8}",
+    ]
+    if "client_ceiling" in r:
+        out.append(_row("client ceiling (trivial server)", r["client_ceiling"]))
+    out.append(_row(f"no-op   POST {NOOP_PATH}", r["noop"]))
+    out.append(_row(f"ingest  POST {INGEST_PATH}", r["ingest"]))
+    opn = r["open"]
+    out.append(_row(f"open    {args.rate:,.0f}/s POST {INGEST_PATH}", opn))
+    lag = opn["send_lag_ms"]
+    out += [
+        "",
+        f"ratio ingest/no-op      {r['ratio_ingest_noop']:.3f}  (target ≥ {args.min_ratio})  "
+        f"{mark(v['ratio'])}",
+        f"open-loop p99           {opn['latency_ms']['p99']} ms  (target ≤ {args.max_p99_ms} ms)"
+        f"  {mark(v['open_p99'])}; rate held {mark(v['open_rate_held'])}; "
+        f"generator send lag p50 {lag['p50']} ms p99 {lag['p99']} ms; "
+        f"{opn['queued_for_connection']} requests waited for a connection",
+        f"every response 2xx      {mark(v['all_2xx'])}",
+        f"durability              201s sent {r['durability']['acknowledged_201']:,}, "
+        f"knhk_observations_ingested_total {r['durability']['ingested_total_metric']}  "
+        f"{mark(v['durable_ge_acknowledged'])}",
+        f"shutdown                SIGTERM → exit {r['shutdown']['exit_status']} in "
+        f"{r['shutdown']['seconds']} s  {mark(v['clean_shutdown'])}",
+    ]
+    if r["cpu_busy_before"] > 0.10:
+        out.append(
+            f"WARNING: {r['cpu_busy_before']:.0%} of the CPUs were busy before the run; "
+            "other work on this machine lowers these figures."
+        )
+    return "\n".join(out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/ingest.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per phase")
+    p.add_argument("--connections", type=int, default=16, help="closed-loop connections")
+    p.add_argument("--open-connections", type=int, default=64, help="open-loop pool size")
+    p.add_argument("--rate", type=float, default=1000.0, help="open-loop requests per second")
+    p.add_argument("--min-ratio", type=float, default=0.90, help="target ingest/no-op ratio")
+    p.add_argument("--max-p99-ms", type=float, default=10.0, help="target open-loop p99")
+    p.add_argument("--daemon-cmd", help="command instead of knhkd (e.g. the stand-in)")
+    p.add_argument("--start-timeout", type=float, default=60.0)
+    p.add_argument("--stop-timeout", type=float, default=30.0)
+    p.add_argument("--skip-calibration", action="store_true", help="no client-ceiling phase")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not 0 < args.duration <= 300 or not 0 <= args.warmup <= 30:
+        print("bench: duration must be in (0, 300] and warmup in [0, 30]", file=sys.stderr)
+        return 2
+    try:
+        report = run(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    v = verdicts(report, args)
+    report["verdicts"] = v
+    report["passed"] = all(x is not False for x in v.values())
+    print(json.dumps(report, indent=2) if args.json else table(report, v, args))
+    if not args.json and "daemon_log_tail" in report:
+        print("\ndaemon log (tail):\n" + report["daemon_log_tail"], file=sys.stderr)
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

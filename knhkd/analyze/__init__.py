@@ -1,0 +1,1 @@
+"""Analyze: incremental, deterministic pattern detectors over observations."""

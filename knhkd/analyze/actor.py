@@ -1,0 +1,164 @@
+"""The analyzer actor: committed observations in, patterns out.
+
+Guarantees:
+- Detector windows are rebuilt from the store when the actor (re)starts, and
+  observations already counted are never counted twice (sequence floor).
+- On a cycle, the detectors are evaluated once; every pattern is stored with a
+  ``pattern_detected`` receipt in one transaction before the cycle moves on.
+
+Must never: block the event loop on storage beyond a short read transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lmdb
+import msgspec
+import trio
+
+from knhkd.analyze.detectors import Detectors
+from knhkd.config import Config
+from knhkd.model import (
+    Alert,
+    DetectedPattern,
+    EnforceInvariant,
+    Observation,
+    Outcome,
+    ProposeChange,
+    SignedReceipt,
+)
+from knhkd.receipts import canonical
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.cycle import AnalyzerMessage, Cycle
+from knhkd.runtime.knowledge import KnowledgeState
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.store.env import Store
+from knhkd.store.writer import Job
+from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import span
+
+_obs_decoder = msgspec.msgpack.Decoder(Observation)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _outcome(pattern: DetectedPattern) -> Outcome:
+    action = pattern.recommended_action
+    if isinstance(action, ProposeChange):
+        return Outcome("pending", "plan")
+    if isinstance(action, Alert):
+        return Outcome("approved", f"alert:{action.severity}")
+    if isinstance(action, EnforceInvariant):
+        return Outcome("approved", f"enforce:{action.invariant}")
+    return Outcome("approved", "observe")
+
+
+def store_patterns_job(
+    store: Store, receipts: ReceiptLog, patterns: list[DetectedPattern]
+) -> Job[list[SignedReceipt]]:
+    def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
+        out = []
+        for p in patterns:
+            key = p.detected_at_ns.to_bytes(8, "big") + p.id.encode()
+            txn.put(key, _encoder.encode(p), db=store.db("patterns"))
+            out.append(
+                receipts.append(
+                    txn,
+                    Draft(
+                        kind="pattern_detected",
+                        outcome=_outcome(p),
+                        subject_ids=[p.id],
+                        sector=p.sector or "",
+                        inputs={
+                            "name": p.name,
+                            "confidence": f"{p.confidence:.6f}",
+                            "evidence_count": str(p.evidence_count),
+                        },
+                    ),
+                )
+            )
+        return out
+
+    return job
+
+
+class Analyzer:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        writer: ReceiptWriter,
+        receipts: ReceiptLog,
+        knowledge: Callable[[], KnowledgeState],
+        metrics: Metrics,
+        inbox: trio.MemoryReceiveChannel[AnalyzerMessage],
+        to_planner: trio.MemorySendChannel[Cycle],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self._knowledge = knowledge
+        self._metrics = metrics
+        self._inbox = inbox
+        self._to_planner = to_planner
+        self.detectors: Detectors | None = None
+
+    def _rebuild(self) -> tuple[Detectors, int]:
+        cfg = self._config().analyze
+        now = time.time_ns()
+        horizon = now - int(
+            max(cfg.high_frequency.window_s, cfg.error_spike.window_s, cfg.schema_drift.window_s)
+            * 1e9
+        )
+        recent: list[Observation] = []
+        floor = -1
+        with self._store.reader() as txn:
+            cursor = txn.cursor(db=self._store.db("observations"))
+            if cursor.last():
+                floor = int.from_bytes(cursor.key(), "big")
+                for _, raw in cursor.iterprev():
+                    obs = _obs_decoder.decode(raw)
+                    if obs.ingested_at_ns < horizon:
+                        break
+                    recent.append(obs)
+        recent.reverse()
+        last_seen = recent[-1].ingested_at_ns if recent else now
+        detectors = Detectors(cfg, self._knowledge().schema, start_ns=last_seen)
+        if recent:
+            detectors.observe(recent)
+        return detectors, floor
+
+    async def run(self) -> None:
+        detectors, floor = self._rebuild()
+        self.detectors = detectors
+        while True:
+            try:
+                msg = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            if isinstance(msg, Cycle):
+                await msg.run_phase(self._analyze(detectors, msg))
+                continue
+            fresh = [o for o in msg if o.seq > floor]
+            if fresh:
+                detectors.observe(fresh)
+
+    async def _analyze(self, detectors: Detectors, cycle: Cycle) -> None:
+        started = time.perf_counter()
+        with span("knhk.mape_k.analyze", **{"knhk.mape_k.cycle_id": cycle.id}):
+            detectors.set_schema(self._knowledge().schema)
+            patterns = detectors.evaluate(time.time_ns())
+        self._metrics.pattern_detection_duration_ms.observe((time.perf_counter() - started) * 1e3)
+        if patterns:
+            signed = await self._writer.submit(
+                store_patterns_job(self._store, self._receipts, patterns)
+            )
+            cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for r in signed)
+            self._metrics.receipts_appended.labels("pattern_detected").inc(len(signed))
+            for p in patterns:
+                self._metrics.patterns_detected.labels(p.kind).inc()
+                self._metrics.pattern_confidence.labels(p.kind).set(p.confidence)
+        cycle.patterns = patterns
+        await self._to_planner.send(cycle)

@@ -1,0 +1,192 @@
+"""The admin Unix socket: local operator commands for ``knhkctl``.
+
+Protocol: newline-delimited JSON. Each line is an ``AdminRequest``
+(``{"cmd": "...", "args": {...}}``); each answer one ``AdminResponse`` line
+(``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``). A
+connection may carry many requests.
+
+Guarantees:
+- The socket file is created mode 0600 inside the 0700 data directory and
+  removed at exit (Hypercorn-style leftovers are not left behind).
+- Peer credentials are checked (``SO_PEERCRED``): only the daemon's own uid and
+  root may issue commands; others are answered with an error and disconnected.
+- A malformed line gets an error answer, never a dropped connection without a
+  word, and never a crash of the daemon.
+
+Must never: accept a command from another uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from knhkd.execute.promotion import RollbackRefused
+from knhkd.model import AdminRequest, AdminResponse
+from knhkd.runtime.cycle import CycleFailed
+from knhkd.runtime.daemon import Daemon, NotFound
+from knhkd.runtime.knowledge import SnapshotConflict
+
+log = logging.getLogger("knhkd.admin")
+
+MAX_LINE = 1 << 20
+_request_decoder = msgspec.json.Decoder(AdminRequest)
+_encoder = msgspec.json.Encoder()
+
+
+class CommandError(Exception):
+    """A command was refused; the message goes back to the client."""
+
+
+def _arg_int(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = args.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise CommandError(f"{name} must be an integer between {lo} and {hi}")
+    return value
+
+
+def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+    async def status(args: dict[str, Any]) -> Any:
+        return daemon.status()
+
+    async def receipts_list(args: dict[str, Any]) -> Any:
+        return daemon.list_receipts(
+            after=_arg_int(args, "after", -1, -1, 2**63 - 1),
+            limit=_arg_int(args, "limit", 20, 1, 100_000),
+        )
+
+    async def receipts_verify(args: dict[str, Any]) -> Any:
+        return await daemon.verify()
+
+    async def snapshots_list(args: dict[str, Any]) -> Any:
+        return {
+            "current": daemon.knowledge.current.snapshot_id,
+            "snapshots": daemon.list_snapshots(),
+        }
+
+    async def snapshots_rollback(args: dict[str, Any]) -> Any:
+        try:
+            return await daemon.rollback()
+        except (RollbackRefused, SnapshotConflict) as exc:
+            raise CommandError(str(exc)) from None
+
+    async def cycle_run(args: dict[str, Any]) -> Any:
+        try:
+            return await daemon.run_cycle()
+        except CycleFailed as exc:
+            raise CommandError(str(exc)) from None
+
+    async def keys_export_public(args: dict[str, Any]) -> Any:
+        return daemon.public_keyring()
+
+    async def health(args: dict[str, Any]) -> Any:
+        return daemon.health()
+
+    return {
+        "status": status,
+        "health": health,
+        "receipts.list": receipts_list,
+        "receipts.verify": receipts_verify,
+        "snapshots.list": snapshots_list,
+        "snapshots.rollback": snapshots_rollback,
+        "cycle.run": cycle_run,
+        "keys.export_public": keys_export_public,
+    }
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+async def _handle(
+    stream: trio.SocketStream,
+    commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]],
+) -> None:
+    async def answer(resp: AdminResponse) -> None:
+        await stream.send_all(_encoder.encode(resp) + b"\n")
+
+    uid = peer_uid(stream.socket)
+    if uid not in (os.getuid(), 0):
+        log.warning("admin connection from uid %d refused", uid)
+        await answer(AdminResponse(ok=False, error=f"uid {uid} may not use this socket"))
+        await stream.aclose()
+        return
+    buf = b""
+    async with stream:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            buf += chunk
+            if len(buf) > MAX_LINE and b"\n" not in buf:
+                await answer(AdminResponse(ok=False, error="request line too long"))
+                return
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                await answer(await _dispatch(line, commands))
+
+
+async def _dispatch(
+    line: bytes, commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
+) -> AdminResponse:
+    try:
+        req = _request_decoder.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return AdminResponse(ok=False, error=f"malformed request: {exc}")
+    fn = commands.get(req.cmd)
+    if fn is None:
+        return AdminResponse(ok=False, error=f"unknown command {req.cmd!r}")
+    try:
+        return AdminResponse(ok=True, result=await fn(req.args))
+    except (CommandError, NotFound) as exc:
+        return AdminResponse(ok=False, error=str(exc))
+
+
+async def _bind(path: Path) -> trio.socket.SocketType:
+    if path.exists() or path.is_symlink():
+        # A leftover from a killed daemon: the data-dir lock proves it is stale.
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+async def serve_admin(
+    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    path = daemon.cfg.admin_socket
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = await _bind(path)
+    commands = _commands(daemon)
+    try:
+        listener = trio.SocketListener(sock)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await _handle(stream, commands)
+
+        task_status.started()
+        await trio.serve_listeners(handler, [listener])
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

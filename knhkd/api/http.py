@@ -1,0 +1,278 @@
+"""The HTTP API (quart-trio on Hypercorn's trio worker, inside the daemon's run).
+
+Guarantees:
+- ``POST /api/v1/observations`` answers 201 only after the observations are
+  durably committed; a batch (JSON array or NDJSON) is all-or-nothing.
+- Every error is ``application/problem+json`` (api/problems.py); bodies over
+  ``http.max_body_bytes`` get 413 before they are read whole.
+- While the daemon drains (SIGTERM), ingest answers 503 with ``Retry-After``
+  and ``/ready`` answers 503; ``/health`` answers 503 when degraded.
+- Hypercorn is served programmatically with a shutdown trigger: the Hypercorn
+  CLI exits 0 when its worker crashes, and installs no signal handling in
+  ``serve`` (PLATFORM_NOTES, Hypercorn).
+
+Must never: open LMDB transactions itself (it calls ``Daemon``), or send a
+success status for data that was not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hypercorn.trio
+import msgspec
+import trio
+from hypercorn.config import Config as HypercornConfig
+from prometheus_client import CONTENT_TYPE_LATEST
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from knhkd.api.problems import ApiProblem, for_status, problem_response
+from knhkd.execute.promotion import RollbackRefused
+from knhkd.model import IngestAccepted, IngestBatchAccepted, ObservationIn, encode_json
+from knhkd.monitor.decode import DecodeFailed, decode_body
+from knhkd.monitor.ingest import Closed, Overloaded
+from knhkd.runtime.cycle import CycleFailed
+from knhkd.runtime.daemon import Daemon, NotFound
+from knhkd.runtime.knowledge import SnapshotConflict
+from knhkd.runtime.receipt_writer import CommitFailed, WriterClosed
+
+log = logging.getLogger("knhkd.http")
+
+JSON = "application/json"
+_detect_decoder = msgspec.json.Decoder(list[ObservationIn])
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(encode_json(obj), status=status, content_type=JSON)
+
+
+def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiProblem(
+            400, "invalid-parameter", "Invalid query parameter", f"{name} must be an integer"
+        ) from None
+    if not lo <= value <= hi:
+        raise ApiProblem(
+            400,
+            "invalid-parameter",
+            "Invalid query parameter",
+            f"{name} must be between {lo} and {hi}",
+        )
+    return value
+
+
+async def _body() -> bytes:
+    data = await request.get_data(cache=False, as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def create_app(daemon: Daemon) -> QuartTrio:
+    app = QuartTrio("knhkd")
+    app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
+    metrics = daemon.metrics
+
+    @app.errorhandler(ApiProblem)
+    async def _problem(exc: ApiProblem) -> Response:
+        return problem_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        return problem_response(for_status(exc.code or 500, exc.description or ""))
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(for_status(500, "an internal error occurred; see the daemon log"))
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        if response.status_code < 400:
+            metrics.requests_success.inc()
+        elif response.status_code < 500:
+            metrics.requests_client_error.inc()
+        else:
+            metrics.requests_error.inc()
+        return response
+
+    # ---------------------------------------------------------------- ingest
+
+    @app.post("/api/v1/observations")
+    async def ingest() -> Response:
+        if daemon.draining:
+            raise ApiProblem(
+                503,
+                "draining",
+                "Shutting down",
+                "knhkd is shutting down",
+                headers={"Retry-After": "5"},
+            )
+        body = await _body()
+        cfg = daemon.cfg.http
+        try:
+            decoded = decode_body(body, request.mimetype, max_items=cfg.max_batch_items)
+        except DecodeFailed as exc:
+            slug = {400: "malformed-json", 413: "batch-too-large"}.get(
+                exc.status, "invalid-observation"
+            )
+            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
+        try:
+            ids = await daemon.ingest.submit(
+                decoded.items,
+                enqueue_timeout=cfg.enqueue_timeout_s,
+                commit_timeout=cfg.commit_timeout_s,
+            )
+        except Overloaded as exc:
+            raise ApiProblem(
+                503, "overloaded", "Overloaded", str(exc), headers={"Retry-After": "1"}
+            ) from None
+        except (Closed, WriterClosed) as exc:
+            raise ApiProblem(
+                503, "draining", "Shutting down", str(exc), headers={"Retry-After": "5"}
+            ) from None
+        except CommitFailed as exc:
+            raise ApiProblem(
+                503,
+                "storage-unavailable",
+                "Storage unavailable",
+                f"nothing was stored: {exc}",
+                headers={"Retry-After": "5"},
+            ) from None
+        if decoded.single:
+            return _json(IngestAccepted(id=ids[0]), 201)
+        return _json(IngestBatchAccepted(ids=ids, count=len(ids)), 201)
+
+    @app.get("/api/v1/observations/<obs_id>")
+    async def get_observation(obs_id: str) -> Response:
+        try:
+            return _json(daemon.get_observation(obs_id))
+        except NotFound as exc:
+            raise ApiProblem(404, "not-found", "Observation not found", str(exc)) from None
+
+    if daemon.cfg.http.noop_endpoint:
+
+        @app.post("/api/v1/_noop")
+        async def noop() -> Response:
+            # The stack's baseline for bench/: same server, no work.
+            await request.get_data(cache=False, as_text=False)
+            return Response(b"{}", status=200, content_type=JSON)
+
+    # ---------------------------------------------------------------- analyze
+
+    @app.post("/api/v1/patterns/detect")
+    async def detect() -> Response:
+        body = await _body()
+        if not body.strip():
+            body = b"[]"
+        try:
+            items = _detect_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise ApiProblem(422, "invalid-observation", "Invalid observations", str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
+        return _json(daemon.detect(items))
+
+    @app.get("/api/v1/patterns")
+    async def patterns() -> Response:
+        return _json(daemon.list_patterns(limit=_int_arg("limit", 100, lo=1, hi=1000)))
+
+    # ---------------------------------------------------------------- knowledge
+
+    @app.get("/api/v1/snapshots")
+    async def snapshots() -> Response:
+        return _json(
+            {
+                "current": daemon.knowledge.current.snapshot_id,
+                "snapshots": daemon.list_snapshots(),
+            }
+        )
+
+    @app.get("/api/v1/snapshots/current")
+    async def current_snapshot() -> Response:
+        return _json(daemon.knowledge.current)
+
+    @app.post("/api/v1/snapshots/rollback")
+    async def rollback() -> Response:
+        try:
+            return _json(await daemon.rollback())
+        except RollbackRefused as exc:
+            raise ApiProblem(409, "rollback-refused", "Rollback refused", str(exc)) from None
+        except SnapshotConflict as exc:
+            raise ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc)) from None
+
+    # ---------------------------------------------------------------- loop
+
+    @app.post("/api/v1/mape-k/execute")
+    async def execute() -> Response:
+        try:
+            return _json(await daemon.run_cycle())
+        except CycleFailed as exc:
+            raise ApiProblem(500, "cycle-failed", "Cycle failed", str(exc)) from None
+
+    # ---------------------------------------------------------------- receipts
+
+    @app.get("/api/v1/receipts")
+    async def receipts() -> Response:
+        after = _int_arg("after", -1, lo=-1, hi=2**63 - 1)
+        limit = _int_arg("limit", 100, lo=1, hi=1000)
+        items = daemon.list_receipts(after=after, limit=limit)
+        return _json({"receipts": items, "next_after": items[-1].body.seq if items else None})
+
+    # ---------------------------------------------------------------- operations
+
+    @app.get("/health")
+    async def health() -> Response:
+        report = daemon.health()
+        return _json(report, 200 if report.status == "healthy" else 503)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if daemon.ready and not daemon.draining:
+            return _json({"ready": True})
+        raise ApiProblem(503, "not-ready", "Not ready", "knhkd is starting or draining")
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        daemon.health()  # refresh knhk_health_status
+        return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def hypercorn_config(daemon: Daemon) -> HypercornConfig:
+    cfg = daemon.cfg.http
+    hc = HypercornConfig()
+    hc.bind = [cfg.bind]
+    hc.graceful_timeout = cfg.graceful_timeout_s
+    hc.keep_alive_timeout = cfg.keep_alive_timeout_s
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("knhkd.hypercorn")
+    return hc
+
+
+async def serve_http(
+    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
+    app = create_app(daemon)
+    try:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                lambda task_status: hypercorn.trio.serve(
+                    app,
+                    hypercorn_config(daemon),
+                    shutdown_trigger=daemon.shutdown_requested.wait,
+                    task_status=task_status,
+                )
+            )
+            daemon.http_bound = list(bound)
+            task_status.started()
+    finally:
+        daemon.http_done.set()

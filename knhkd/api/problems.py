@@ -1,0 +1,64 @@
+"""RFC 9457 problem details: the one way the API reports an error.
+
+Guarantees: every error response is ``application/problem+json`` with a stable
+``type`` URI (``urn:knhkd:problem:<slug>``), a title, the status, a detail,
+and, for invalid input, ``errors`` naming each offending field (and item index
+in a batch).
+Must never: leak a stack trace or an internal exception text for a 5xx.
+"""
+
+from __future__ import annotations
+
+from quart import Response
+
+from knhkd.model import FieldError, Problem, encode_json
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """Raise from a handler to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str = "",
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.problem = Problem(
+            type=f"urn:knhkd:problem:{slug}",
+            title=title,
+            status=status,
+            detail=detail,
+            errors=errors or [],
+        )
+        self.headers = headers or {}
+
+
+def problem_response(exc: ApiProblem) -> Response:
+    return Response(
+        encode_json(exc.problem),
+        status=exc.problem.status,
+        content_type=PROBLEM_JSON,
+        headers=exc.headers,
+    )
+
+
+_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    500: ("internal-error", "Internal error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def for_status(status: int, detail: str = "") -> ApiProblem:
+    slug, title = _SLUGS.get(status, ("error", "Error"))
+    return ApiProblem(status, slug, title, detail)

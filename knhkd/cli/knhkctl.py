@@ -1,0 +1,292 @@
+"""``knhkctl``: operator commands over the admin socket.
+
+Exit status: 0 fine; 1 verification failed; 2 usage or connection error, with
+one line on stderr.
+
+``receipts verify-chain`` and ``keys export-public`` also work on the data
+directory of a stopped daemon: when the admin socket does not answer they read
+the store read-only and the public keyring ``keys/public.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import msgspec
+
+from knhkd.model import AdminRequest, AdminResponse
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CtlError(Exception):
+    """A usage or connection problem: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="knhkctl", description="Operate a knhkd daemon.")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("KNHKD_DATA_DIR", "./var/knhkd"),
+        help="the daemon's data directory (default: $KNHKD_DATA_DIR or ./var/knhkd)",
+    )
+    p.add_argument("--socket", help="admin socket (default: DATA_DIR/admin.sock)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
+    sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+
+    def fmt(sp: argparse.ArgumentParser, default: str = "table") -> None:
+        sp.add_argument("--format", choices=("json", "table"), default=default)
+
+    fmt(sub.add_parser("status", help="daemon status"))
+    rc = sub.add_parser("receipts", help="the receipt log").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    lst = rc.add_parser("list", help="list receipts")
+    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--after", type=int, default=-1, help="list receipts after this sequence")
+    fmt(lst)
+    fmt(rc.add_parser("verify-chain", help="verify signatures, chain and time order"), "table")
+    sn = sub.add_parser("snapshots", help="knowledge snapshots").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    fmt(sn.add_parser("list", help="list snapshots"))
+    fmt(sn.add_parser("rollback", help="make the current snapshot's parent current"), "json")
+    cy = sub.add_parser("cycle", help="the MAPE-K loop").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    fmt(cy.add_parser("run", help="run one cycle now and print its report"), "json")
+    ks = sub.add_parser("keys", help="signing keys").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    ks.add_parser("export-public", help="print the public keyring (JSON)")
+    return p
+
+
+# ---------------------------------------------------------------------- #
+# Transport
+# ---------------------------------------------------------------------- #
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    return Path(args.socket) if args.socket else Path(args.data_dir) / "admin.sock"
+
+
+def call(path: Path, cmd: str, args: dict[str, Any], timeout: float) -> Any:
+    """One request over the admin socket. Raises ConnectionError if nobody answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise CtlError(f"{path}: the daemon closed the connection")
+            buf += chunk
+    resp = msgspec.json.decode(buf.split(b"\n", 1)[0], type=AdminResponse)
+    if not resp.ok:
+        raise CtlError(resp.error or "the daemon refused the command")
+    return resp.result
+
+
+def _daemon_or_none(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -> Any:
+    path = _socket_path(args)
+    try:
+        return call(path, cmd, cargs, args.timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
+def _require_daemon(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -> Any:
+    path = _socket_path(args)
+    try:
+        return call(path, cmd, cargs, args.timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CtlError(f"no daemon answers on {path} (is knhkd running?)") from None
+    except PermissionError:
+        raise CtlError(f"{path}: permission denied") from None
+    except TimeoutError:
+        raise CtlError(f"{path}: no answer within {args.timeout:g}s") from None
+
+
+# ---------------------------------------------------------------------- #
+# Offline paths (stopped daemon)
+# ---------------------------------------------------------------------- #
+
+
+def _offline_verify(data_dir: Path) -> Any:
+    from knhkd.crypto.keys import KeyFileError, Verifier
+    from knhkd.receipts.log import verify_store
+    from knhkd.store.env import StoreError, open_store
+
+    ring = data_dir / "keys" / "public.json"
+    try:
+        verifier = Verifier.from_json(ring.read_bytes())
+    except FileNotFoundError:
+        raise CtlError(f"{ring}: no public keyring (never started?)") from None
+    except KeyFileError as exc:
+        raise CtlError(str(exc)) from None
+    try:
+        store = open_store(data_dir, readonly=True, exclusive=False)
+    except StoreError as exc:
+        raise CtlError(str(exc)) from None
+    try:
+        return msgspec.to_builtins(verify_store(store, verifier))
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------- #
+# Output
+# ---------------------------------------------------------------------- #
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(obj), indent=2).decode() + "\n")
+
+
+def _ts(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _out(args: argparse.Namespace, obj: Any, table: Any) -> None:
+    if getattr(args, "format", "json") == "json":
+        _print_json(obj)
+    else:
+        table(obj)
+
+
+def _receipts_table(items: list[dict[str, Any]]) -> None:
+    _table(
+        [
+            [
+                str(r["body"]["seq"]),
+                _ts(r["body"]["timestamp_ns"]),
+                r["body"]["kind"],
+                r["body"]["outcome"]["status"],
+                r["body"]["sector"] or "-",
+                r["hash"][:16],
+            ]
+            for r in items
+        ],
+        ["SEQ", "TIME", "KIND", "OUTCOME", "SECTOR", "HASH"],
+    )
+
+
+def _chain_ok(rep: dict[str, Any]) -> bool:
+    return not (
+        rep["signature_failures"] or rep["chain_breaks"] or rep["retrocausation_violations"]
+    )
+
+
+def _verify_table(rep: dict[str, Any]) -> None:
+    ok = _chain_ok(rep)
+    print(f"Total receipts: {rep['total_count']}")
+    print(f"Verified: {rep['verified_count']}")
+    print(f"Signature failures: {len(rep['signature_failures'])} {rep['signature_failures'] or ''}")
+    print(f"Chain breaks: {len(rep['chain_breaks'])} {rep['chain_breaks'] or ''}")
+    print(
+        "Retrocausation violations: "
+        f"{len(rep['retrocausation_violations'])} {rep['retrocausation_violations'] or ''}"
+    )
+    print("Receipt chain integrity verified" if ok else "Receipt chain integrity COMPROMISED")
+
+
+def _snapshots_table(res: dict[str, Any]) -> None:
+    _table(
+        [
+            [
+                "*" if s["snapshot_id"] == res["current"] else "",
+                str(s["version"]),
+                s["snapshot_id"][:16],
+                (s["parent_id"] or "-")[:16],
+                str(s["triple_count"]),
+                _ts(s["promoted_at_ns"]),
+            ]
+            for s in res["snapshots"]
+        ],
+        ["", "VERSION", "ID", "PARENT", "TRIPLES", "PROMOTED"],
+    )
+
+
+def _status_table(st: dict[str, Any]) -> None:
+    snap = st.get("current_snapshot") or {}
+    print(f"knhkd {st['version']} pid {st['pid']} up {st['uptime_seconds']}s")
+    print(f"data dir:     {st['data_dir']}")
+    print(f"http:         {st['http_bind']}")
+    print(f"observations: {st['observations']}")
+    print(f"receipts:     {st['receipts']} (head {st['head_hash'][:16]})")
+    print(f"snapshot:     v{snap.get('version')} {str(snap.get('snapshot_id'))[:16]}")
+    print(f"signing key:  {st['key_id']}")
+    for name, a in sorted(st["actors"].items()):
+        print(f"actor {name:<15} {a['state']} restarts={a['restarts']}")
+
+
+# ---------------------------------------------------------------------- #
+
+
+def run(args: argparse.Namespace) -> int:
+    group, action = args.group, getattr(args, "action", None)
+    if group == "status":
+        _out(args, _require_daemon(args, "status", {}), _status_table)
+    elif (group, action) == ("receipts", "list"):
+        if args.limit < 1:
+            raise CtlError("--limit must be at least 1")
+        res = _require_daemon(args, "receipts.list", {"limit": args.limit, "after": args.after})
+        _out(args, res, _receipts_table)
+    elif (group, action) == ("receipts", "verify-chain"):
+        rep = _daemon_or_none(args, "receipts.verify", {})
+        if rep is None:
+            rep = _offline_verify(Path(args.data_dir))
+        _out(args, rep, _verify_table)
+        return EXIT_OK if _chain_ok(rep) else EXIT_VERIFY_FAILED
+    elif (group, action) == ("snapshots", "list"):
+        _out(args, _require_daemon(args, "snapshots.list", {}), _snapshots_table)
+    elif (group, action) == ("snapshots", "rollback"):
+        _print_json(_require_daemon(args, "snapshots.rollback", {}))
+    elif (group, action) == ("cycle", "run"):
+        _print_json(_require_daemon(args, "cycle.run", {}))
+    elif (group, action) == ("keys", "export-public"):
+        ring = _daemon_or_none(args, "keys.export_public", {})
+        if ring is None:
+            path = Path(args.data_dir) / "keys" / "public.json"
+            try:
+                ring = msgspec.json.decode(path.read_bytes())
+            except FileNotFoundError:
+                raise CtlError(f"no daemon answers and {path} does not exist") from None
+        _print_json(ring)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except CtlError as exc:
+        print(f"knhkctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, msgspec.DecodeError) as exc:
+        print(f"knhkctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

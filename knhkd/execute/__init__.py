@@ -1,0 +1,1 @@
+"""Execute: pure snapshot transitions (genesis, promotion, rollback target)."""

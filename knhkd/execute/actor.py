@@ -1,0 +1,275 @@
+"""The executor actor: validates each proposal, promotes those that pass, and
+closes the cycle.
+
+Guarantees:
+- Every proposal of a cycle gets a ``validation_executed`` receipt carrying the
+  verdict and the hashes it depended on (parent snapshot, proposal); the full
+  report is stored under the proposal id.
+- A passing proposal is promoted atomically (store/knowledge.py): snapshot,
+  current pointer and ``snapshot_promoted`` receipt in one transaction. A
+  promotion refused at commit time (stale parent, Q1) is receipted as rejected.
+- A proposal made stale by an earlier promotion in the same cycle is rebased on
+  the new current snapshot as a new, receipted proposal and validated afresh.
+- Every cycle ends with a stored ``CycleReport`` and a ``cycle_completed``
+  receipt; its waiter is woken whatever happens.
+
+Must never: promote a proposal whose validation did not pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lmdb
+import msgspec
+import trio
+
+from knhkd.config import Config
+from knhkd.execute.promotion import PromotionError, promote
+from knhkd.knowledge.rdf import apply_delta
+from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
+from knhkd.plan.actor import proposal_draft, store_proposals_job
+from knhkd.plan.proposals import make_proposal
+from knhkd.receipts import canonical
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.cycle import Cycle
+from knhkd.runtime.knowledge import (
+    KnowledgeState,
+    SnapshotConflict,
+    install_job,
+    state_of,
+)
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.store.env import Store
+from knhkd.store.writer import Job
+from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import span
+from knhkd.validate.pipeline import Pipeline
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _failure_reason(report: ValidationReport) -> str:
+    for stage in report.stages:
+        if stage.verdict == "failed":
+            return f"stage {stage.stage} {stage.name}: {stage.message}"
+    return ""
+
+
+def validation_job(
+    store: Store, receipts: ReceiptLog, proposal: Proposal, report: ValidationReport
+) -> Job[SignedReceipt]:
+    def job(txn: lmdb.Transaction) -> SignedReceipt:
+        txn.put(proposal.id.encode(), _encoder.encode(report), db=store.db("validations"))
+        outcome = (
+            Outcome("approved", "all stages run passed")
+            if report.passed
+            else Outcome("rejected", _failure_reason(report))
+        )
+        stages = ",".join(f"{s.stage}:{s.verdict}" for s in report.stages)
+        return receipts.append(
+            txn,
+            Draft(
+                kind="validation_executed",
+                outcome=outcome,
+                subject_ids=[proposal.id],
+                sector=proposal.sector,
+                inputs={
+                    "parent_snapshot_id": proposal.parent_snapshot_id,
+                    "proposal_id": proposal.id,
+                    "stages": stages,
+                    "stages_not_run": ",".join(report.stages_not_run),
+                },
+            ),
+        )
+
+    return job
+
+
+def refusal_job(receipts: ReceiptLog, proposal: Proposal, reason: str) -> Job[SignedReceipt]:
+    def job(txn: lmdb.Transaction) -> SignedReceipt:
+        return receipts.append(
+            txn,
+            Draft(
+                kind="snapshot_promoted",
+                outcome=Outcome("rejected", reason),
+                subject_ids=[proposal.id],
+                sector=proposal.sector,
+                inputs={"parent_snapshot_id": proposal.parent_snapshot_id},
+            ),
+        )
+
+    return job
+
+
+def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[SignedReceipt]:
+    def job(txn: lmdb.Transaction) -> SignedReceipt:
+        signed = receipts.append(
+            txn,
+            Draft(
+                kind="cycle_completed",
+                outcome=Outcome(
+                    "approved" if report.outcome == "completed" else "error", report.detail
+                ),
+                subject_ids=[report.id],
+                inputs={
+                    "patterns_detected": str(report.patterns_detected),
+                    "proposals_generated": str(report.proposals_generated),
+                    "validations_passed": str(report.validations_passed),
+                    "validations_failed": str(report.validations_failed),
+                    "snapshots_promoted": str(report.snapshots_promoted),
+                    "trigger": report.trigger,
+                },
+            ),
+        )
+        final = msgspec.structs.replace(
+            report, receipt_ids=[*report.receipt_ids, canonical.receipt_id(signed.body.seq)]
+        )
+        txn.put(report.id.encode(), _encoder.encode(final), db=store.db("cycles"))
+        return signed
+
+    return job
+
+
+class Executor:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        writer: ReceiptWriter,
+        receipts: ReceiptLog,
+        knowledge: Callable[[], KnowledgeState],
+        set_knowledge: Callable[[KnowledgeState], None],
+        pipeline: Pipeline,
+        metrics: Metrics,
+        inbox: trio.MemoryReceiveChannel[Cycle],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self._knowledge = knowledge
+        self._set_knowledge = set_knowledge
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._inbox = inbox
+
+    async def run(self) -> None:
+        while True:
+            try:
+                cycle = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            await cycle.run_phase(self._execute(cycle))
+
+    async def validate(self, proposal: Proposal) -> ValidationReport:
+        """Run the pipeline off the event loop (pySHACL holds the CPU for ms)."""
+        state = self._knowledge()
+        strict = self._config().validate.strict
+        started = time.perf_counter()
+        with span("knhk.mape_k.knowledge", **{"proposal.id": proposal.id}):
+            report = await trio.to_thread.run_sync(
+                lambda: self._pipeline.run(
+                    proposal,
+                    state.graph,
+                    state.shapes,
+                    strict=strict,
+                    now_ns=time.time_ns(),
+                    perf_counter=time.perf_counter,
+                )
+            )
+        self._metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
+        self._metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
+        return report
+
+    async def _rebase(self, proposal: Proposal, cycle: Cycle) -> Proposal:
+        current = self._knowledge().current.snapshot_id
+        fresh = make_proposal(
+            ProposalIn(
+                sector=proposal.sector,
+                description=proposal.description,
+                delta=proposal.delta,
+                reasoning=proposal.reasoning,
+                confidence=proposal.confidence,
+                estimated_ticks=proposal.estimated_ticks,
+                signers=proposal.signers,
+                resources=proposal.resources,
+                pattern_id=proposal.pattern_id,
+            ),
+            current,
+            time.time_ns(),
+        )
+        stored = await self._writer.submit(
+            store_proposals_job(
+                self._store,
+                self._receipts,
+                [(fresh, proposal_draft(fresh, rebased_from=proposal.id))],
+            )
+        )
+        cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
+        return fresh
+
+    async def judge(
+        self, proposal: Proposal, cycle: Cycle | None = None
+    ) -> tuple[ValidationReport, bool]:
+        """Validate and, when it passes, promote. Returns (report, promoted)."""
+        report = await self.validate(proposal)
+        signed = await self._writer.submit(
+            validation_job(self._store, self._receipts, proposal, report)
+        )
+        ids = [canonical.receipt_id(signed.body.seq)]
+        promoted = False
+        if report.passed:
+            promoted, rid = await self.promote(proposal)
+            ids.append(rid)
+        if cycle is not None:
+            cycle.receipt_ids.extend(ids)
+            if report.passed:
+                cycle.validations_passed += 1
+            else:
+                cycle.validations_failed += 1
+            cycle.snapshots_promoted += promoted
+        return report, promoted
+
+    async def promote(self, proposal: Proposal) -> tuple[bool, str]:
+        state = self._knowledge()
+        with span("knhk.mape_k.execute", **{"proposal.id": proposal.id}):
+            try:
+                result = apply_delta(state.graph, proposal.delta)
+                record = promote(state.current, proposal, result, time.time_ns())
+                signed = await self._writer.submit(
+                    install_job(
+                        self._store,
+                        self._receipts,
+                        record,
+                        expect_current=state.current.snapshot_id,
+                    )
+                )
+            except (PromotionError, SnapshotConflict) as exc:
+                refused = await self._writer.submit(refusal_job(self._receipts, proposal, str(exc)))
+                return False, canonical.receipt_id(refused.body.seq)
+        self._set_knowledge(state_of(record, state.shapes))
+        self._metrics.snapshots_promoted.inc()
+        self._metrics.snapshot_version.set(record.meta.version)
+        self._metrics.receipts_appended.labels("snapshot_promoted").inc()
+        return True, canonical.receipt_id(signed.body.seq)
+
+    async def _execute(self, cycle: Cycle) -> None:
+        budget = self._config().loop.max_promotions_per_cycle
+        for planned in cycle.proposals:
+            if cycle.snapshots_promoted >= budget:
+                break
+            proposal = planned
+            if planned.parent_snapshot_id != self._knowledge().current.snapshot_id:
+                proposal = await self._rebase(planned, cycle)
+            await self.judge(proposal, cycle)
+        report = cycle.build_report(outcome="completed", detail="")
+        signed = await self._writer.submit(cycle_job(self._store, self._receipts, report))
+        report = msgspec.structs.replace(
+            report, receipt_ids=[*report.receipt_ids, canonical.receipt_id(signed.body.seq)]
+        )
+        self._metrics.cycles.labels("completed").inc()
+        self._metrics.cycle_duration_ms.observe(report.duration_ms)
+        self._metrics.receipts_appended.labels("cycle_completed").inc()
+        cycle.finish(report)

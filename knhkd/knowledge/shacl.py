@@ -1,0 +1,178 @@
+"""SHACL validation of a data graph against the daemon's shapes.
+
+Guarantees:
+- ``Shapes.validate`` runs plain ``pyshacl.validate`` with no inference, no
+  ``focus_nodes`` (pySHACL silently skips constraints reached through nested
+  ``sh:node`` shapes when it is given), no JavaScript and no advanced
+  features, against a fresh copy of the shapes graph (pySHACL adds triples to
+  the shapes graph it is given), so results never depend on earlier calls.
+- ``conforms`` is false exactly when a result has severity ``sh:Violation``;
+  warnings and infos are reported in ``violations`` without breaking
+  conformance.
+- ``violations`` is sorted, and every field is text that does not depend on
+  blank-node labels pySHACL invents (property paths are written out as SPARQL
+  property-path expressions).
+- ``Shapes.load`` rejects a shapes graph pySHACL cannot use, at load time
+  rather than on the first proposal.
+
+Must never: mutate the data graph or the loaded shapes graph, or read files
+other than those in the directory it is asked to load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyshacl
+from pyshacl.errors import ReportableRuntimeError
+from rdflib import BNode, Graph, Literal, URIRef
+from rdflib.collection import Collection
+from rdflib.namespace import RDF, SH
+from rdflib.term import Node
+
+from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id, load_ontology
+
+
+class ShapesError(KnowledgeError):
+    """A shapes graph pySHACL cannot validate with."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Violation:
+    """One SHACL validation result, as text. ``severity`` is the local name of
+    the severity IRI: ``Violation``, ``Warning`` or ``Info``."""
+
+    focus_node: str
+    path: str
+    constraint: str
+    message: str
+    severity: str
+    value: str = ""
+
+    def describe(self) -> str:
+        value = f" (value {self.value})" if self.value else ""
+        return (
+            f"{self.severity} at {self.focus_node} path {self.path or '-'}: "
+            f"{self.constraint}{value}: {self.message}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShaclResult:
+    conforms: bool
+    violations: list[Violation]
+
+
+
+
+def _term_text(t: Node) -> str:
+    if isinstance(t, URIRef):
+        return f"<{t}>"
+    if isinstance(t, Literal):
+        return t.n3()
+    if isinstance(t, BNode):
+        # pySHACL reports data-graph blank nodes; their labels are the data
+        # graph's, which is stable when the graph came from canonical text.
+        return f"_:{t}"
+    return str(t)
+
+
+def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
+    """A SHACL property path as a SPARQL property-path expression."""
+    if isinstance(path, URIRef):
+        return f"<{path}>"
+    if not isinstance(path, BNode) or depth > 16:
+        return _term_text(path)
+    if (path, RDF.first, None) in report:
+        steps = (_path_text(report, p, depth + 1) for p in Collection(report, path))
+        return "(" + "/".join(steps) + ")"
+    unary = (
+        (SH.inversePath, "^{}"),
+        (SH.zeroOrMorePath, "({})*"),
+        (SH.oneOrMorePath, "({})+"),
+        (SH.zeroOrOnePath, "({})?"),
+    )
+    for pred, fmt in unary:
+        inner = report.value(path, pred)
+        if inner is not None:
+            return fmt.format(_path_text(report, inner, depth + 1))
+    alt = report.value(path, SH.alternativePath)
+    if alt is not None:
+        options = (_path_text(report, p, depth + 1) for p in Collection(report, alt))
+        return "(" + "|".join(options) + ")"
+    return "?"
+
+
+def _violations(report: Graph) -> list[Violation]:
+    out = []
+    for r in report.subjects(RDF.type, SH.ValidationResult):
+        focus = report.value(r, SH.focusNode)
+        path = report.value(r, SH.resultPath)
+        component = report.value(r, SH.sourceConstraintComponent)
+        severity = report.value(r, SH.resultSeverity)
+        value = report.value(r, SH.value)
+        messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
+        out.append(
+            Violation(
+                focus_node="" if focus is None else _term_text(focus),
+                path="" if path is None else _path_text(report, path),
+                constraint="" if component is None else _term_text(component),
+                message="; ".join(messages),
+                severity="" if severity is None else str(severity).rpartition("#")[2],
+                value="" if value is None else _term_text(value),
+            )
+        )
+    return sorted(out)
+
+
+class Shapes:
+    """A loaded, checked shapes graph. ``digest`` is the SHA-256 of its
+    canonical N-Triples: what a receipt records as the shapes it applied."""
+
+    __slots__ = ("_graph", "digest")
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+        self.digest = content_id(canonical_ntriples(graph))
+        # pySHACL parses a shape's constraints only when the shape has a focus
+        # node, so a broken shape would surface on the first proposal. Check
+        # the shapes against SHACL-SHACL, and give every class target one
+        # probe instance, so that it surfaces here instead.
+        probe = Graph()
+        targets = sorted({t for t in graph.objects(None, SH.targetClass) if isinstance(t, URIRef)})
+        for i, cls in enumerate(targets):
+            probe.add((BNode(f"probe{i}"), RDF.type, cls))
+        try:
+            self._run(probe, meta_shacl=True)
+        except (ReportableRuntimeError, re.error) as exc:
+            raise ShapesError(f"shapes graph is not usable: {exc}") from exc
+
+    @classmethod
+    def load(cls, directory: Path) -> Shapes:
+        return cls(load_ontology(directory))
+
+    def _run(self, data: Graph, *, meta_shacl: bool = False) -> ShaclResult:
+        shapes = Graph()
+        shapes += self._graph
+        conforms, report, _text = pyshacl.validate(
+            data,
+            shacl_graph=shapes,
+            inference="none",
+            abort_on_first=False,
+            allow_warnings=True,
+            allow_infos=True,
+            advanced=False,
+            js=False,
+            meta_shacl=meta_shacl,
+        )
+        if not isinstance(report, Graph):
+            raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
+        return ShaclResult(conforms=bool(conforms), violations=_violations(report))
+
+    def validate(self, data: Graph) -> ShaclResult:
+        try:
+            return self._run(data)
+        except (ReportableRuntimeError, re.error) as exc:
+            raise ShapesError(f"SHACL validation failed to run: {exc}") from exc

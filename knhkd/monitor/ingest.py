@@ -1,0 +1,220 @@
+"""The ingest actor: accepted observations become durable, then flow on.
+
+Guarantees:
+- ``Ingest.submit`` returns ids only after the observations are durably
+  committed, together with their ``observation_batch_committed`` receipts, in
+  one LMDB transaction; an acknowledged observation survives ``kill -9``.
+- Requests queued while a commit is in flight share the next commit (group
+  commit); one receipt per sector per commit records the sequence range, the
+  count and a SHA-256 digest of the exact stored records.
+- Ids are assigned inside the committing transaction from a stored sequence:
+  unique under any concurrency (store/ids.py).
+- Committed observations reach the analyzer *before* their submitters are
+  woken, so a cycle requested after an acknowledgement sees them.
+- A full intake is explicit back-pressure: ``Overloaded`` after
+  ``enqueue_timeout``; the daemon stopping: ``Closed``.
+
+Must never: acknowledge an observation that is not committed; store part of a
+request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lmdb
+import msgspec
+import trio
+
+from knhkd.model import Observation, ObservationIn, Outcome
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.receipt_writer import CommitFailed, ReceiptWriter, WriterClosed
+from knhkd.store.env import META_OBS_NEXT, Store
+from knhkd.store.ids import observation_id, seq_key
+from knhkd.telemetry.metrics import Metrics
+
+
+class Overloaded(Exception):
+    """The ingest queue stayed full; retry later."""
+
+
+class Closed(Exception):
+    """The daemon is stopping and takes no more observations."""
+
+
+@dataclass(eq=False)
+class _Request:
+    items: list[ObservationIn]
+    done: trio.Event = field(default_factory=trio.Event)
+    ids: list[str] = field(default_factory=list)
+    error: Exception | None = None
+
+
+_obs_encoder = msgspec.msgpack.Encoder()
+
+
+def commit_job(
+    store: Store,
+    receipts: ReceiptLog,
+    items: list[ObservationIn],
+    clock_ns: Callable[[], int],
+) -> Callable[[lmdb.Transaction], list[Observation]]:
+    """The writer-thread job that stores ``items`` and their receipts."""
+    db = store.db("observations")
+    meta = store.db("meta")
+
+    def job(txn: lmdb.Transaction) -> list[Observation]:
+        raw_next = txn.get(META_OBS_NEXT, db=meta)
+        seq = int(raw_next) if raw_next is not None else 0
+        now = clock_ns()
+        out: list[Observation] = []
+        by_sector: dict[str, list[tuple[Observation, bytes]]] = {}
+        for item in items:
+            obs = Observation(
+                id=observation_id(now, seq),
+                seq=seq,
+                event_type=item.event_type,
+                sector=item.sector,
+                value=item.value,
+                metadata=item.metadata,
+                ingested_at_ns=now,
+                event_time=item.event_time,
+            )
+            record = _obs_encoder.encode(obs)
+            txn.put(seq_key(seq), record, db=db, append=True)
+            out.append(obs)
+            by_sector.setdefault(obs.sector, []).append((obs, record))
+            seq += 1
+        txn.put(META_OBS_NEXT, str(seq).encode(), db=meta)
+        for sector in sorted(by_sector):
+            group = by_sector[sector]
+            digest = hashlib.sha256()
+            for _, record in group:
+                digest.update(record)
+            receipts.append(
+                txn,
+                Draft(
+                    kind="observation_batch_committed",
+                    outcome=Outcome("approved"),
+                    subject_ids=[group[0][0].id, group[-1][0].id],
+                    sector=sector,
+                    inputs={
+                        "count": str(len(group)),
+                        "first_seq": str(group[0][0].seq),
+                        "last_seq": str(group[-1][0].seq),
+                        "records_sha256": digest.hexdigest(),
+                    },
+                ),
+            )
+        return out
+
+    return job
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        writer: ReceiptWriter,
+        receipts: ReceiptLog,
+        metrics: Metrics,
+        to_analyzer: trio.MemorySendChannel[list[Observation]],
+        *,
+        capacity: int,
+        max_items_per_commit: int = 8192,
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self._metrics = metrics
+        self._to_analyzer = to_analyzer
+        self._send, self._recv = trio.open_memory_channel[_Request](capacity)
+        self._max_items = max_items_per_commit
+        self._closed = False
+
+    async def submit(
+        self, items: list[ObservationIn], *, enqueue_timeout: float, commit_timeout: float
+    ) -> list[str]:
+        if self._closed:
+            raise Closed("knhkd is shutting down")
+        request = _Request(items)
+        with trio.move_on_after(enqueue_timeout) as scope:
+            try:
+                await self._send.send(request)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise Closed("knhkd is shutting down") from None
+        if scope.cancelled_caught:
+            self._metrics.ingest_rejected.labels("overloaded").inc()
+            raise Overloaded("the ingest queue is full")
+        with trio.move_on_after(commit_timeout) as scope:
+            await request.done.wait()
+        if scope.cancelled_caught:
+            self._metrics.ingest_rejected.labels("commit_timeout").inc()
+            raise Overloaded("the commit did not complete in time; it may still commit")
+        if request.error is not None:
+            raise request.error
+        return request.ids
+
+    def close(self) -> None:
+        """Stop taking requests; the actor commits what is queued, then returns."""
+        self._closed = True
+        self._send.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                first = await self._recv.receive()
+            except trio.EndOfChannel:
+                return
+            batch = [first]
+            count = len(first.items)
+            while count < self._max_items:
+                try:
+                    nxt = self._recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                batch.append(nxt)
+                count += len(nxt.items)
+            await self._commit(batch, count)
+
+    @staticmethod
+    def _fail(batch: list[_Request], exc: Exception) -> None:
+        for req in batch:
+            req.error = exc
+            req.done.set()
+
+    async def _commit(self, batch: list[_Request], count: int) -> None:
+        started = time.perf_counter()
+        items = [item for req in batch for item in req.items]
+        try:
+            stored = await self._writer.submit(
+                commit_job(self._store, self._receipts, items, time.time_ns)
+            )
+        except (CommitFailed, WriterClosed) as exc:
+            # The writer's failure, supervised there: fail these requests only.
+            self._fail(batch, exc)
+            return
+        except Exception as exc:
+            self._fail(batch, exc)
+            raise
+        self._metrics.store_commit_batch_size.observe(count)
+        self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
+        for obs in stored:
+            self._metrics.ingested_by_sector[obs.sector].inc()
+        self._metrics.receipts_appended.labels("observation_batch_committed").inc(
+            len({o.sector for o in stored})
+        )
+        # Stopping: the observations are durable and the analyzer rebuilds its
+        # windows from the store when it starts again.
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._to_analyzer.send(stored)
+        pos = 0
+        for req in batch:
+            n = len(req.items)
+            req.ids = [o.id for o in stored[pos : pos + n]]
+            pos += n
+            req.done.set()

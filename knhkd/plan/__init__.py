@@ -1,0 +1,1 @@
+"""Plan: turning detected patterns into ΔΣ proposals, and content-addressing them."""

@@ -1,0 +1,114 @@
+"""The planner actor: patterns in, stored ΔΣ proposals out.
+
+Guarantees:
+- Proposals are content-addressed against the current snapshot; one already
+  stored (same parent, same delta) is not generated again, so a rejected
+  change is not re-proposed every cycle while its pattern persists.
+- Every new proposal is stored with a ``proposal_generated`` receipt in one
+  transaction before the cycle moves on to validation.
+
+Must never: mutate knowledge; that is the executor's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lmdb
+import msgspec
+import trio
+
+from knhkd.model import Outcome, Proposal, SignedReceipt
+from knhkd.plan.planner import plan
+from knhkd.plan.proposals import make_proposal
+from knhkd.receipts import canonical
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.cycle import Cycle
+from knhkd.runtime.knowledge import KnowledgeState
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.store.env import Store
+from knhkd.store.writer import Job
+from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import span
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def proposal_draft(p: Proposal, *, rebased_from: str | None = None) -> Draft:
+    inputs = {"parent_snapshot_id": p.parent_snapshot_id, "proposal_id": p.id}
+    if p.pattern_id:
+        inputs["pattern_id"] = p.pattern_id
+    if rebased_from:
+        inputs["rebased_from"] = rebased_from
+    return Draft(
+        kind="proposal_generated",
+        outcome=Outcome("pending", "validate"),
+        subject_ids=[p.id] + ([p.pattern_id] if p.pattern_id else []),
+        sector=p.sector,
+        inputs=inputs,
+    )
+
+
+def store_proposals_job(
+    store: Store, receipts: ReceiptLog, proposals: list[tuple[Proposal, Draft]]
+) -> Job[list[tuple[Proposal, SignedReceipt]]]:
+    """Store the proposals not stored yet, each with its receipt."""
+
+    def job(txn: lmdb.Transaction) -> list[tuple[Proposal, SignedReceipt]]:
+        out = []
+        db = store.db("proposals")
+        for p, draft in proposals:
+            if txn.put(p.id.encode(), _encoder.encode(p), db=db, overwrite=False):
+                out.append((p, receipts.append(txn, draft)))
+        return out
+
+    return job
+
+
+class Planner:
+    def __init__(
+        self,
+        store: Store,
+        writer: ReceiptWriter,
+        receipts: ReceiptLog,
+        knowledge: Callable[[], KnowledgeState],
+        metrics: Metrics,
+        inbox: trio.MemoryReceiveChannel[Cycle],
+        to_executor: trio.MemorySendChannel[Cycle],
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self._knowledge = knowledge
+        self._metrics = metrics
+        self._inbox = inbox
+        self._to_executor = to_executor
+
+    async def run(self) -> None:
+        while True:
+            try:
+                cycle = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            await cycle.run_phase(self._plan(cycle))
+
+    async def _plan(self, cycle: Cycle) -> None:
+        state = self._knowledge()
+        with span("knhk.mape_k.plan", **{"knhk.mape_k.cycle_id": cycle.id}):
+            now = time.time_ns()
+            drafts = [
+                make_proposal(p, state.current.snapshot_id, now)
+                for p in plan(cycle.patterns, state.graph)
+            ]
+        if drafts:
+            stored = await self._writer.submit(
+                store_proposals_job(
+                    self._store, self._receipts, [(p, proposal_draft(p)) for p in drafts]
+                )
+            )
+            cycle.proposals = [p for p, _ in stored]
+            cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
+            self._metrics.proposals_generated.inc(len(stored))
+            self._metrics.receipts_appended.labels("proposal_generated").inc(len(stored))
+        await self._to_executor.send(cycle)

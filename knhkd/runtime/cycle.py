@@ -1,0 +1,129 @@
+"""One MAPE-K cycle as it travels analyzer → planner → executor, and the
+scheduler that starts cycles on an interval and on demand.
+
+Guarantees:
+- A ``Cycle`` is created by the scheduler, enriched by each phase actor, and
+  finished exactly once (``finish`` or ``fail``); whoever waits on it is woken
+  either way, also when an actor crashes mid-cycle.
+- Interval cycles never overlap: the next interval starts when the previous
+  cycle has finished. On-demand cycles queue behind it.
+
+Must never: drop a cycle without waking its waiter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import trio
+from ulid import ULID
+
+from knhkd.model import CycleReport, DetectedPattern, Observation, Proposal
+from knhkd.runtime.receipt_writer import CommitFailed, WriterClosed
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["interval", "on_demand"]
+
+
+class CycleFailed(Exception):
+    """A cycle could not complete; its decisions so far stay receipted."""
+
+
+@dataclass(eq=False)
+class Cycle:
+    trigger: Trigger
+    id: str = field(default_factory=lambda: f"cyc-{ULID()}")
+    started_ns: int = field(default_factory=time.time_ns)
+    started_perf: float = field(default_factory=time.perf_counter)
+    patterns: list[DetectedPattern] = field(default_factory=list)
+    proposals: list[Proposal] = field(default_factory=list)
+    receipt_ids: list[str] = field(default_factory=list)
+    validations_passed: int = 0
+    validations_failed: int = 0
+    snapshots_promoted: int = 0
+    done: trio.Event = field(default_factory=trio.Event)
+    report: CycleReport | None = None
+    error: Exception | None = None
+
+    def build_report(self, *, outcome: Literal["completed", "failed"], detail: str) -> CycleReport:
+        now_ns = time.time_ns()
+        return CycleReport(
+            id=self.id,
+            started_at=datetime.fromtimestamp(self.started_ns / 1e9, UTC),
+            completed_at=datetime.fromtimestamp(now_ns / 1e9, UTC),
+            duration_ms=round((time.perf_counter() - self.started_perf) * 1000.0, 3),
+            patterns_detected=len(self.patterns),
+            proposals_generated=len(self.proposals),
+            validations_passed=self.validations_passed,
+            validations_failed=self.validations_failed,
+            snapshots_promoted=self.snapshots_promoted,
+            outcome=outcome,
+            receipt_ids=list(self.receipt_ids),
+            trigger=self.trigger,
+            detail=detail,
+        )
+
+    def finish(self, report: CycleReport) -> None:
+        if not self.done.is_set():
+            self.report = report
+            self.done.set()
+
+    def fail(self, error: Exception) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    async def run_phase(self, step: Awaitable[None]) -> None:
+        """Run one phase of this cycle; any failure fails the cycle.
+
+        A writer failure is supervised at the writer, so it ends only the
+        cycle; any other error also propagates, to restart the phase's actor.
+        """
+        try:
+            await step
+        except (CommitFailed, WriterClosed) as exc:
+            self.fail(exc)
+        except Exception as exc:
+            self.fail(exc)
+            raise
+
+    async def wait(self) -> CycleReport:
+        await self.done.wait()
+        if self.report is None:
+            raise CycleFailed(f"cycle {self.id} failed: {self.error}")
+        return self.report
+
+
+# What the analyzer's inbox carries: committed observations, or a cycle to run.
+AnalyzerMessage = list[Observation] | Cycle
+
+
+class CycleScheduler:
+    def __init__(
+        self,
+        to_analyzer: trio.MemorySendChannel[AnalyzerMessage],
+        interval_s: Callable[[], float],
+    ) -> None:
+        self._to_analyzer = to_analyzer
+        self._interval_s = interval_s
+
+    async def request(self, trigger: Trigger = "on_demand") -> Cycle:
+        cycle = Cycle(trigger=trigger)
+        await self._to_analyzer.send(cycle)
+        return cycle
+
+    async def run(self) -> None:
+        """Actor body: one cycle per interval, never overlapping."""
+        while True:
+            await trio.sleep(self._interval_s())
+            cycle = await self.request("interval")
+            try:
+                await cycle.wait()
+            except CycleFailed as exc:
+                log.warning("%s", exc)

@@ -1,0 +1,505 @@
+"""The daemon: start-up as a sequence with a result, the actor tree, shutdown.
+
+Start-up, in order; a failed step raises ``StartupError`` naming the step:
+  1. data directory (0700) and the LMDB store (exclusive lock, reader_check,
+     schema version);
+  2. the signing key (generated 0600 on first start) and the public keyring
+     file ``keys/public.json``;
+  3. the receipt writer, then knowledge: the current snapshot, or genesis from
+     ``knowledge.ontology_dir`` with its receipt;
+  4. the actors (ingest, analyzer, planner, executor, scheduler) under the
+     supervisor, the admin socket, the HTTP server;
+  5. ``gc.freeze()`` of the start-up heap, then ready (``/ready`` 200,
+     ``READY=1`` to systemd).
+
+Shutdown (SIGTERM/SIGINT), bounded by ``shutdown.timeout_s``: stop accepting
+(``/ready`` 503), let Hypercorn finish in-flight requests, close the ingest
+intake and commit what it holds, stop the loop actors, commit what the writer
+holds, close the store, exit 0. SIGHUP reloads the configuration file; an
+invalid one keeps the old configuration and logs why.
+
+Nesting of nurseries is the shutdown order: front (HTTP, admin, signals) inside
+ingest inside the loop actors inside the receipt writer. An actor past its
+restart budget raises ``ActorFailed`` out of all of them: exit status 1.
+
+Must never: acknowledge before commit; exit 0 after losing an acknowledged write.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from knhkd import __version__
+from knhkd.analyze.actor import Analyzer
+from knhkd.analyze.detectors import detect_batch
+from knhkd.config import Config, ConfigError, load
+from knhkd.crypto.keys import KeyFileError, Signer, Verifier, keyring_of, load_or_create
+from knhkd.execute.actor import Executor
+from knhkd.knowledge.rdf import KnowledgeError
+from knhkd.knowledge.shacl import Shapes
+from knhkd.model import (
+    ChainVerification,
+    CycleReport,
+    DetectedPattern,
+    Health,
+    Observation,
+    ObservationIn,
+    PublicKeyring,
+    ReceiptView,
+    Snapshot,
+    StatusReport,
+)
+from knhkd.monitor.ingest import Ingest
+from knhkd.plan.actor import Planner
+from knhkd.receipts import canonical
+from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
+from knhkd.runtime import knowledge as kn
+from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.runtime.sdnotify import notify, watchdog_interval_s
+from knhkd.runtime.supervisor import Supervisor
+from knhkd.store import ids
+from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
+from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import setup_tracing
+from knhkd.validate.pipeline import default_pipeline
+
+log = logging.getLogger("knhkd")
+
+MB = 1024 * 1024
+_obs_decoder = msgspec.msgpack.Decoder(Observation)
+_pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
+_cycle_decoder = msgspec.msgpack.Decoder(CycleReport)
+
+# Settings a running daemon cannot take over on SIGHUP.
+RESTART_ONLY = (
+    ("storage", "data_dir"),
+    ("http", "bind"),
+    ("admin", "socket"),
+    ("keys", "signing_key"),
+    ("knowledge", "ontology_dir"),
+    ("knowledge", "shapes_dir"),
+)
+
+
+class StartupError(Exception):
+    """A start-up step failed; the daemon exits non-zero with this one line."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+class NotFound(Exception):
+    """The requested record does not exist."""
+
+
+def write_public_keyring(path: Path, signer: Signer) -> None:
+    ring = keyring_of(signer)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+class Daemon:
+    """Owns the running daemon's parts; the API and admin layers call it."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._env = env
+        self._overrides = dict(overrides or {})
+        self.metrics = Metrics()
+        self.started_ns = time.time_ns()
+        self.started_monotonic = time.monotonic()
+        self.ready = False
+        self.draining = False
+        self.shutdown_requested = trio.Event()
+        self.http_done = trio.Event()
+        self.supervisor = Supervisor(cfg.supervisor, self.metrics, random.Random())
+        self.store: Store
+        self.signer: Signer
+        self.verifier: Verifier
+        self.receipts: ReceiptLog
+        self.writer: ReceiptWriter
+        self.ingest: Ingest
+        self.scheduler: CycleScheduler
+        self.executor: Executor
+        self._knowledge: kn.KnowledgeState
+        self.http_bound: list[str] = []
+
+    # ------------------------------------------------------------------ #
+    # Start-up steps
+    # ------------------------------------------------------------------ #
+
+    def open(self) -> None:
+        """Steps 1–2: store and keys (synchronous, before any actor runs)."""
+        cfg = self.cfg
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.store = open_store(
+                cfg.data_dir,
+                map_size=cfg.storage.map_size_mb * MB,
+                max_map_size=cfg.storage.max_map_size_mb * MB,
+            )
+        except (StoreError, OSError) as exc:
+            raise StartupError("storage", str(exc)) from None
+        try:
+            self.signer = load_or_create(cfg.signing_key_path, time.time_ns())
+            write_public_keyring(cfg.signing_key_path.parent / "public.json", self.signer)
+        except (KeyFileError, OSError) as exc:
+            self.store.close()
+            raise StartupError("keys", str(exc)) from None
+        self.verifier = Verifier(keyring_of(self.signer))
+        self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
+        self.writer = ReceiptWriter(self.store, self.metrics)
+
+    async def load_knowledge(self) -> None:
+        """Step 3 (needs the writer running): current snapshot or genesis."""
+        cfg = self.cfg
+        try:
+            shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
+            record = kn.load_current(self.store)
+            if record is None:
+                record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
+                await self.writer.submit(
+                    kn.install_job(self.store, self.receipts, record, expect_current=None)
+                )
+                log.info(
+                    "genesis snapshot %s (%d triples) promoted",
+                    record.meta.snapshot_id[:16],
+                    record.meta.triple_count,
+                )
+            self._knowledge = kn.state_of(record, shapes)
+        except (KnowledgeError, OSError) as exc:
+            raise StartupError("knowledge", str(exc)) from None
+        self.metrics.snapshot_version.set(record.meta.version)
+
+    @property
+    def knowledge(self) -> kn.KnowledgeState:
+        return self._knowledge
+
+    def set_knowledge(self, state: kn.KnowledgeState) -> None:
+        self._knowledge = state
+
+    # ------------------------------------------------------------------ #
+    # Reads for the API and admin layers (short read transactions)
+    # ------------------------------------------------------------------ #
+
+    def get_observation(self, obs_id: str) -> Observation:
+        try:
+            seq = ids.seq_of(obs_id)
+        except ids.BadId:
+            raise NotFound(f"no observation {obs_id!r}") from None
+        with self.store.reader() as txn:
+            raw = txn.get(ids.seq_key(seq), db=self.store.db("observations"))
+        if raw is None:
+            raise NotFound(f"no observation {obs_id!r}")
+        obs = _obs_decoder.decode(raw)
+        if obs.id != obs_id:
+            raise NotFound(f"no observation {obs_id!r}")
+        return obs
+
+    def observation_count(self) -> int:
+        with self.store.reader() as txn:
+            raw = txn.get(META_OBS_NEXT, db=self.store.db("meta"))
+        return int(raw) if raw is not None else 0
+
+    def list_snapshots(self) -> list[Snapshot]:
+        with self.store.reader() as txn:
+            snaps = list(kn.iter_snapshots(self.store, txn))
+        return sorted(snaps, key=lambda s: (s.version, s.promoted_at_ns))
+
+    def list_receipts(self, *, after: int, limit: int) -> list[ReceiptView]:
+        out: list[ReceiptView] = []
+        with self.store.reader() as txn:
+            for _, raw in iter_raw(self.store, txn, after=after):
+                out.append(view(canonical.decode_record(raw)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def list_patterns(self, *, limit: int) -> list[DetectedPattern]:
+        out: list[DetectedPattern] = []
+        with self.store.reader() as txn:
+            cursor = txn.cursor(db=self.store.db("patterns"))
+            if cursor.last():
+                for _, raw in cursor.iterprev():
+                    out.append(_pattern_decoder.decode(raw))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def receipt_head(self) -> tuple[int, str]:
+        with self.store.reader() as txn:
+            head = self.receipts.head(txn)
+        return head.next_seq, head.hash
+
+    async def verify(self) -> ChainVerification:
+        report = await trio.to_thread.run_sync(verify_store, self.store, self.verifier)
+        broken = (
+            len(report.chain_breaks)
+            + len(report.signature_failures)
+            + len(report.retrocausation_violations)
+        )
+        if broken:
+            self.metrics.receipt_chain_breaks.inc(broken)
+        return report
+
+    def public_keyring(self) -> PublicKeyring:
+        return keyring_of(self.signer)
+
+    def detect(self, items: list[ObservationIn]) -> list[DetectedPattern]:
+        """Dry-run detection over the given observations only; nothing stored."""
+        now = time.time_ns()
+        observations = [
+            Observation(
+                id=f"input-{i}",
+                seq=i,
+                event_type=it.event_type,
+                sector=it.sector,
+                value=it.value,
+                metadata=it.metadata,
+                ingested_at_ns=int(it.event_time.timestamp() * 1e9) if it.event_time else now,
+                event_time=it.event_time,
+            )
+            for i, it in enumerate(items)
+        ]
+        return detect_batch(self.cfg.analyze, self.knowledge.schema, observations, now)
+
+    # ------------------------------------------------------------------ #
+    # Operations
+    # ------------------------------------------------------------------ #
+
+    async def run_cycle(self) -> CycleReport:
+        cycle: Cycle = await self.scheduler.request("on_demand")
+        return await cycle.wait()
+
+    async def rollback(self) -> Snapshot:
+        state = self.knowledge
+        parent, _ = await self.writer.submit(
+            kn.rollback_job(self.store, self.receipts, expect_current=state.current.snapshot_id)
+        )
+        self.set_knowledge(kn.state_of(parent, state.shapes))
+        self.metrics.snapshots_rolled_back.inc()
+        self.metrics.snapshot_version.set(parent.meta.version)
+        return parent.meta
+
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)
+
+    def health(self) -> Health:
+        writer_ok = self.supervisor.status.get("receipt_writer")
+        storage = "healthy" if writer_ok and writer_ok.state == "running" else "unhealthy"
+        degraded = storage != "healthy" or self.supervisor.degraded()
+        self.metrics.health_status.set(0 if degraded else 1)
+        return Health(
+            status="degraded" if degraded else "healthy",
+            timestamp=_utcnow(),
+            uptime_seconds=self.uptime_s(),
+            dependencies={
+                "storage": storage,
+                "signing_key": "healthy",
+                "knowledge": "healthy",
+            },
+            actors=dict(self.supervisor.status),
+        )
+
+    def status(self) -> StatusReport:
+        next_seq, head_hash = self.receipt_head()
+        return StatusReport(
+            version=__version__,
+            pid=os.getpid(),
+            uptime_seconds=self.uptime_s(),
+            data_dir=str(self.cfg.data_dir.resolve()),
+            http_bind=self.cfg.http.bind,
+            observations=self.observation_count(),
+            receipts=next_seq,
+            head_hash=head_hash,
+            current_snapshot=self.knowledge.current,
+            actors=dict(self.supervisor.status),
+            key_id=self.signer.key_id,
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: build a new configuration; keep the old one if it is invalid."""
+        try:
+            new = load(self.config_path, env=self._env, overrides=self._overrides)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        for section, key in RESTART_ONLY:
+            old_v = getattr(getattr(self.cfg, section), key)
+            new_v = getattr(getattr(new, section), key)
+            if old_v != new_v:
+                log.error(
+                    "reload refused, keeping the running configuration: %s.%s changed "
+                    "(%r -> %r) and needs a restart",
+                    section,
+                    key,
+                    old_v,
+                    new_v,
+                )
+                return
+        self.cfg = new
+        log.info("configuration reloaded (digest %s)", new.digest()[:16])
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------- #
+# The actor tree
+# ---------------------------------------------------------------------- #
+
+
+async def _watch_signals(daemon: Daemon) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                notify("RELOADING=1")
+                daemon.reload()
+                notify("READY=1")
+                continue
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            daemon.draining = True
+            daemon.ready = False
+            notify("STOPPING=1")
+            daemon.shutdown_requested.set()
+            return
+
+
+async def _watchdog(daemon: Daemon, interval: float) -> None:
+    while True:
+        if daemon.health().status == "healthy":
+            notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+Server = Callable[..., Awaitable[None]]
+
+
+async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
+    """Run until shutdown; ``servers`` (admin socket, HTTP) are started in order
+    with ``nursery.start`` once the actors run. Returns the exit status."""
+    cfg = daemon.cfg
+    daemon.open()
+    setup_tracing(cfg.telemetry)
+    sup = daemon.supervisor
+    to_analyzer_send, to_analyzer_recv = trio.open_memory_channel[AnalyzerMessage](
+        cfg.loop.channel_capacity
+    )
+    to_planner_send, to_planner_recv = trio.open_memory_channel[Cycle](cfg.loop.channel_capacity)
+    to_exec_send, to_exec_recv = trio.open_memory_channel[Cycle](cfg.loop.channel_capacity)
+    deadline_scope = trio.CancelScope()
+    clean = True
+    try:
+        with deadline_scope:
+            async with trio.open_nursery() as writer_n:
+                writer_n.start_soon(sup.supervise, "receipt_writer", daemon.writer.run)
+                await daemon.load_knowledge()
+                daemon.scheduler = CycleScheduler(
+                    to_analyzer_send, lambda: daemon.cfg.loop.interval_s
+                )
+                daemon.executor = Executor(
+                    lambda: daemon.cfg,
+                    daemon.store,
+                    daemon.writer,
+                    daemon.receipts,
+                    lambda: daemon.knowledge,
+                    daemon.set_knowledge,
+                    default_pipeline(),
+                    daemon.metrics,
+                    to_exec_recv,
+                )
+                analyzer = Analyzer(
+                    lambda: daemon.cfg,
+                    daemon.store,
+                    daemon.writer,
+                    daemon.receipts,
+                    lambda: daemon.knowledge,
+                    daemon.metrics,
+                    to_analyzer_recv,
+                    to_planner_send,
+                )
+                planner = Planner(
+                    daemon.store,
+                    daemon.writer,
+                    daemon.receipts,
+                    lambda: daemon.knowledge,
+                    daemon.metrics,
+                    to_planner_recv,
+                    to_exec_send,
+                )
+                daemon.ingest = Ingest(
+                    daemon.store,
+                    daemon.writer,
+                    daemon.receipts,
+                    daemon.metrics,
+                    to_analyzer_send,
+                    capacity=cfg.loop.channel_capacity * 16,
+                )
+                async with trio.open_nursery() as loop_n:
+                    loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)
+                    loop_n.start_soon(sup.supervise, "planner", planner.run)
+                    loop_n.start_soon(sup.supervise, "executor", daemon.executor.run)
+                    loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
+                    async with trio.open_nursery() as ingest_n:
+                        ingest_n.start_soon(sup.supervise, "ingest", daemon.ingest.run)
+                        async with trio.open_nursery() as front_n:
+                            front_n.start_soon(_watch_signals, daemon)
+                            for server in servers:
+                                await front_n.start(server, daemon)
+                            interval = watchdog_interval_s()
+                            if interval:
+                                front_n.start_soon(_watchdog, daemon, interval)
+                            # Start-up garbage is long-lived: keep it out of every
+                            # later full collection (PLATFORM_NOTES, CPython GC).
+                            gc.collect()
+                            gc.freeze()
+                            daemon.ready = True
+                            notify("READY=1")
+                            log.info(
+                                "knhkd %s ready: http %s, admin %s, data %s",
+                                __version__,
+                                ",".join(daemon.http_bound) or cfg.http.bind,
+                                cfg.admin_socket,
+                                cfg.data_dir,
+                            )
+                            await daemon.shutdown_requested.wait()
+                            deadline_scope.deadline = trio.current_time() + cfg.shutdown.timeout_s
+                            # serve_http returns once Hypercorn has drained;
+                            # the admin socket and watchdog are cancelled then.
+                            await daemon.http_done.wait()
+                            front_n.cancel_scope.cancel()
+                        daemon.ingest.close()
+                    loop_n.cancel_scope.cancel()
+                daemon.writer.close()
+        if deadline_scope.cancelled_caught:
+            clean = False
+            log.warning("shutdown deadline of %.1fs reached", cfg.shutdown.timeout_s)
+    finally:
+        daemon.store.close()
+    log.info("knhkd stopped%s", "" if clean else " (deadline reached)")
+    return 0

@@ -1,0 +1,188 @@
+"""The knowledge the loop works against: the current snapshot, resident.
+
+Guarantees:
+- At start the current snapshot is loaded from LMDB; on a fresh store the
+  genesis snapshot (version 0) is built from ``knowledge.ontology_dir`` and
+  promoted with a receipt, in one transaction.
+- ``promote_job`` and ``rollback_job`` run on the writer thread and re-check,
+  inside the transaction, that the snapshot they start from is still current:
+  a promotion's parent is the current snapshot and its version parent + 1.
+- A snapshot is never its own ancestor (invariant Q1): a promotion whose
+  content equals the current snapshot or one of its ancestors is refused.
+- ``KnowledgeState`` is replaced, never mutated in place, so a reader holding
+  the old one sees a consistent snapshot, graph and schema.
+
+Must never: move the current pointer outside a receipted transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import msgspec
+from rdflib import Graph
+
+from knhkd.execute.promotion import RollbackRefused, genesis
+from knhkd.knowledge.rdf import (
+    content_id,
+    graph_from_ntriples,
+    load_ontology,
+    sector_schema,
+)
+from knhkd.knowledge.shacl import Shapes
+from knhkd.model import Outcome, SignedReceipt, Snapshot, SnapshotRecord
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.store.env import META_SNAPSHOT_CURRENT, Store
+from knhkd.store.writer import Job
+
+log = logging.getLogger(__name__)
+
+_record_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class SnapshotConflict(Exception):
+    """The snapshot a transition started from is no longer current, or the
+    transition would break a snapshot invariant."""
+
+
+@dataclass(frozen=True)
+class KnowledgeState:
+    current: Snapshot
+    graph: Graph
+    shapes: Shapes
+    schema: dict[str, frozenset[str]]
+
+
+def state_of(record: SnapshotRecord, shapes: Shapes) -> KnowledgeState:
+    graph = graph_from_ntriples(record.ntriples)
+    return KnowledgeState(record.meta, graph, shapes, sector_schema(graph))
+
+
+# --------------------------------------------------------------------------- #
+# Reads (any thread; short read transactions)
+# --------------------------------------------------------------------------- #
+
+
+def read_record(store: Store, txn: lmdb.Transaction, snapshot_id: str) -> SnapshotRecord | None:
+    raw = txn.get(snapshot_id.encode(), db=store.db("snapshots"))
+    return None if raw is None else _record_decoder.decode(raw)
+
+
+def current_id(store: Store, txn: lmdb.Transaction) -> str | None:
+    raw = txn.get(META_SNAPSHOT_CURRENT, db=store.db("meta"))
+    return None if raw is None else bytes(raw).decode()
+
+
+def iter_snapshots(store: Store, txn: lmdb.Transaction) -> Iterator[Snapshot]:
+    for _, raw in txn.cursor(db=store.db("snapshots")):
+        yield _record_decoder.decode(raw).meta
+
+
+def _ancestry(store: Store, txn: lmdb.Transaction, start: str | None) -> Iterator[str]:
+    seen: set[str] = set()
+    while start is not None and start not in seen:
+        seen.add(start)
+        yield start
+        rec = read_record(store, txn, start)
+        start = None if rec is None else rec.meta.parent_id
+
+
+# --------------------------------------------------------------------------- #
+# Writer-thread jobs
+# --------------------------------------------------------------------------- #
+
+
+def _receipt(kind: str, record: SnapshotRecord, detail: str) -> Draft:
+    meta = record.meta
+    inputs = {"snapshot_id": meta.snapshot_id, "version": str(meta.version)}
+    if meta.parent_id:
+        inputs["parent_id"] = meta.parent_id
+    if meta.proposal_id:
+        inputs["proposal_id"] = meta.proposal_id
+    subjects = [meta.snapshot_id] + ([meta.proposal_id] if meta.proposal_id else [])
+    return Draft(
+        kind=kind,  # type: ignore[arg-type]
+        outcome=Outcome("approved", detail),
+        subject_ids=subjects,
+        inputs=inputs,
+    )
+
+
+def install_job(
+    store: Store, receipts: ReceiptLog, record: SnapshotRecord, *, expect_current: str | None
+) -> Job[SignedReceipt]:
+    """Return a job that makes ``record`` current, as a promotion from ``expect_current``."""
+
+    def job(txn: lmdb.Transaction) -> SignedReceipt:
+        current = current_id(store, txn)
+        if current != expect_current:
+            raise SnapshotConflict(
+                f"current snapshot is {current}, not {expect_current}: the proposal is stale"
+            )
+        new_id = record.meta.snapshot_id
+        if new_id in set(_ancestry(store, txn, current)):
+            raise SnapshotConflict(
+                f"snapshot {new_id[:16]} is already current or an ancestor of it "
+                "(Q1: a snapshot is never its own ancestor)"
+            )
+        txn.put(new_id.encode(), _encoder.encode(record), db=store.db("snapshots"))
+        txn.put(META_SNAPSHOT_CURRENT, new_id.encode(), db=store.db("meta"))
+        detail = "genesis" if record.meta.parent_id is None else "promoted"
+        return receipts.append(txn, _receipt("snapshot_promoted", record, detail))
+
+    return job
+
+
+def rollback_job(
+    store: Store, receipts: ReceiptLog, *, expect_current: str
+) -> Job[tuple[SnapshotRecord, SignedReceipt]]:
+    """Return a job that makes the current snapshot's parent current again."""
+
+    def job(txn: lmdb.Transaction) -> tuple[SnapshotRecord, SignedReceipt]:
+        current = current_id(store, txn)
+        if current != expect_current or current is None:
+            raise SnapshotConflict(f"current snapshot is {current}, not {expect_current}")
+        rec = read_record(store, txn, current)
+        if rec is None:
+            raise SnapshotConflict(f"current snapshot {current} is missing from the store")
+        if rec.meta.parent_id is None:
+            raise RollbackRefused("the genesis snapshot has no parent to roll back to")
+        parent = read_record(store, txn, rec.meta.parent_id)
+        if parent is None:
+            raise SnapshotConflict(f"parent snapshot {rec.meta.parent_id} is missing")
+        txn.put(META_SNAPSHOT_CURRENT, rec.meta.parent_id.encode(), db=store.db("meta"))
+        signed = receipts.append(
+            txn,
+            Draft(
+                kind="snapshot_rolled_back",
+                outcome=Outcome("approved", f"rolled back from version {rec.meta.version}"),
+                subject_ids=[rec.meta.parent_id, current],
+                inputs={
+                    "from_snapshot_id": current,
+                    "to_snapshot_id": rec.meta.parent_id,
+                    "to_version": str(parent.meta.version),
+                },
+            ),
+        )
+        return parent, signed
+
+    return job
+
+
+def load_current(store: Store) -> SnapshotRecord | None:
+    with store.reader() as txn:
+        cid = current_id(store, txn)
+        return None if cid is None else read_record(store, txn, cid)
+
+
+def build_genesis(ontology_dir: Path, now_ns: int) -> SnapshotRecord:
+    graph = load_ontology(ontology_dir)
+    record = genesis(graph, now_ns)
+    # The record's id must be the content address of its own text.
+    assert record.meta.snapshot_id == content_id(record.ntriples)
+    return record

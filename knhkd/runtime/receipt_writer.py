@@ -1,0 +1,113 @@
+"""The receipt writer actor: the single writer of the store.
+
+Guarantees:
+- Every state change of the daemon, and the receipts that record it, reach
+  LMDB through ``ReceiptWriter.submit``; the actor runs them one transaction at
+  a time on a worker thread (store/writer.py), so there is one writer.
+- Jobs that queue while a commit is in flight share the next transaction
+  (group commit across ingest, analyzer, planner and executor alike).
+- ``submit`` returns after the job's transaction is durably committed, or
+  raises the job's own exception, or ``CommitFailed`` when the transaction as a
+  whole failed (then nothing of it is on disk).
+- The intake is a bounded channel: when the disk falls behind, submitters wait.
+- ``close`` lets the actor commit what is queued, then return.
+
+Must never: resolve a waiter before the commit that holds its job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from knhkd.store.env import Store
+from knhkd.store.writer import Job, JobResult, run_transaction
+from knhkd.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CommitFailed(Exception):
+    """The transaction holding the job did not commit."""
+
+
+class WriterClosed(Exception):
+    """The writer no longer accepts jobs (the daemon is stopping)."""
+
+
+class _Pending(Generic[T]):
+    __slots__ = ("done", "error", "job", "result")
+
+    def __init__(self, job: Job[T]) -> None:
+        self.job = job
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
+
+
+class ReceiptWriter:
+    def __init__(
+        self, store: Store, metrics: Metrics, *, capacity: int = 1024, max_jobs: int = 4096
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._send, self._recv = trio.open_memory_channel[_Pending[Any]](capacity)
+        self._max_jobs = max_jobs
+        # One transaction at a time, whatever thread the pool hands us.
+        self._limiter = trio.CapacityLimiter(1)
+        self.commits = 0
+        self.last_error: str | None = None
+
+    async def submit(self, job: Job[T]) -> T:
+        pending: _Pending[T] = _Pending(job)
+        try:
+            await self._send.send(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise WriterClosed("the store is closing") from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        """Actor body: commit batches until the intake is closed and empty."""
+        while True:
+            try:
+                first = await self._recv.receive()
+            except trio.EndOfChannel:
+                return
+            batch = [first]
+            while len(batch) < self._max_jobs:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending[Any]]) -> None:
+        jobs = [p.job for p in batch]
+        try:
+            results: list[JobResult] = await trio.to_thread.run_sync(
+                run_transaction, self._store, jobs, limiter=self._limiter
+            )
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            failure = CommitFailed(f"write transaction failed: {exc}")
+            for pending in batch:
+                pending.error = failure
+                pending.done.set()
+            # Let the supervisor see it: a store that cannot commit is not healthy.
+            raise
+        self.commits += 1
+        self._metrics.store_commits.inc()
+        for pending, (value, error) in zip(batch, results, strict=True):
+            pending.result = value
+            pending.error = error
+            pending.done.set()

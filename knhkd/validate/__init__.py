@@ -1,0 +1,1 @@
+"""Validate: the seven-stage pipeline that judges a ΔΣ proposal."""

@@ -1,0 +1,163 @@
+"""Fixtures that run the real daemon as a subprocess on temporary directories.
+
+Nothing of knhkd is mocked: the daemon is ``python -m knhkd.cli.knhkd run``,
+storage is LMDB on disk, clients speak HTTP over loopback and JSON lines over
+the real admin socket, and ``knhkctl`` runs as its own process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[knowledge]
+ontology_dir = "{CONF / "ontology"}"
+shapes_dir = "{CONF / "shapes"}"
+
+[loop]
+# Tests drive cycles on demand; the interval stays out of their way.
+interval_s = 3600
+{extra}
+"""
+    )
+    return path
+
+
+@dataclass
+class RunningDaemon:
+    data_dir: Path
+    port: int
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> RunningDaemon:
+        assert self.proc is None or self.proc.poll() is not None
+        self.log_path = self.data_dir.parent / f"daemon-{self.port}-{time.monotonic_ns()}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "knhkd.cli.knhkd",
+                "run",
+                "--config",
+                str(self.config),
+                "--data-dir",
+                str(self.data_dir),
+                "--http-bind",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=str(self.data_dir.parent),
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base + "/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon ignored signal {sig}:\n{self.log()}") from None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30.0)
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return run_ctl(self.data_dir, *args, timeout=timeout)
+
+
+def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "knhkd.cli.knhkctl", "--data-dir", str(data_dir), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Any]:
+    made: list[RunningDaemon] = []
+
+    def make(extra_config: str = "", *, start: bool = True) -> RunningDaemon:
+        d = RunningDaemon(
+            data_dir=tmp_path / f"data{len(made)}",
+            port=free_port(),
+            config=write_config(tmp_path / f"knhkd{len(made)}.toml", extra_config),
+        )
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> RunningDaemon:
+    return make_daemon()  # type: ignore[no-any-return]

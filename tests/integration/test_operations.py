@@ -1,0 +1,118 @@
+"""Operator-facing behaviour: configuration checks, reload, supervision."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import RunningDaemon
+
+pytestmark = pytest.mark.integration
+
+
+def _knhkd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "knhkd.cli.knhkd", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_names_the_offending_key(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[loop]\ninterval_s = 2.5\n")
+    assert _knhkd("check-config", str(good)).returncode == 0
+    for text, key in (
+        ("[loop]\nintervl_s = 1\n", "loop.intervl_s"),
+        ("[http]\nmax_body_bytes = -1\n", "http.max_body_bytes"),
+        ('[storage]\nmap_size_mb = "x"\n', "storage.map_size_mb"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        res = _knhkd("check-config", str(bad))
+        assert res.returncode == 2
+        assert key in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert _knhkd("check-config", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_start_up_failure_is_one_line_and_non_zero(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    leaky = tmp_path / "leaky.key"
+    leaky.write_text("{}")
+    leaky.chmod(0o644)
+    d: RunningDaemon = make_daemon(f'[keys]\nsigning_key = "{leaky}"\n', start=False)
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(timeout=60) == 2
+    assert d.log().strip().splitlines()[-1].startswith("knhkd: cannot start: keys:")
+    assert "too open" in d.log()
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(daemon: RunningDaemon) -> None:
+    other = RunningDaemon(data_dir=daemon.data_dir, port=daemon.port + 1, config=daemon.config)
+    other.start(wait=False)
+    assert other.proc is not None
+    assert other.proc.wait(timeout=60) == 2
+    assert "in use by another knhkd" in other.log()
+
+
+def test_sighup_keeps_old_config_when_new_is_invalid(daemon: RunningDaemon) -> None:
+    original = daemon.config.read_text()
+    daemon.config.write_text(original + "\n[telemetry]\nbogus = 1\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait_for_log(daemon, "reload refused")
+    assert "telemetry.bogus" in daemon.log()
+    assert httpx.get(daemon.base + "/ready").status_code == 200
+
+    daemon.config.write_text(original.replace("interval_s = 3600", "interval_s = 1800"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait_for_log(daemon, "configuration reloaded")
+    assert daemon.proc.poll() is None
+
+
+def _wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in d.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
+
+
+def test_actor_past_its_restart_budget_stops_the_daemon_non_zero(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    # A map that cannot grow makes every large commit fail for real: the writer
+    # crashes, is restarted with backoff, and past its budget the daemon exits 1.
+    d: RunningDaemon = make_daemon(
+        "[storage]\nmap_size_mb = 2\nmax_map_size_mb = 2\n"
+        "[supervisor]\nmax_restarts = 2\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.1\n"
+        "[http]\nmax_body_bytes = 8388608\n"
+    )
+    big = [{"event_type": "bulk.load", "value": "x" * 2000, "sector": "generic"}] * 1000
+    statuses = []
+    degraded_seen = False
+    with httpx.Client(base_url=d.base, timeout=30.0) as c:
+        for _ in range(10):
+            assert d.proc is not None
+            if d.proc.poll() is not None:
+                break
+            try:
+                statuses.append(c.post("/api/v1/observations", json=big).status_code)
+                h = c.get("/health")
+                degraded_seen |= h.status_code == 503 and h.json()["status"] == "degraded"
+            except httpx.HTTPError:
+                break
+            time.sleep(0.02)
+    assert d.proc is not None
+    assert d.proc.wait(timeout=60) == 1, d.log()
+    assert 201 not in statuses
+    assert all(s == 503 for s in statuses), statuses
+    assert "restart budget" in d.log() or "failed too often" in d.log()
+    assert degraded_seen

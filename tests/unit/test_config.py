@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from knhkd.config import ConfigError, build, load
+
+
+def test_defaults_need_no_file() -> None:
+    cfg = load(None, env={})
+    assert cfg.storage.data_dir == "./var/knhkd"
+    assert cfg.http.bind == "127.0.0.1:8080"
+    assert cfg.admin_socket == Path("./var/knhkd/admin.sock")
+    assert cfg.loop.interval_s == 5.0
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    f = tmp_path / "k.toml"
+    f.write_text('[storage]\ndata_dir = "/srv/a"\n[http]\nbind = "127.0.0.1:1"\n')
+    cfg = load(f, env={"KNHKD_DATA_DIR": "/srv/b"})
+    assert cfg.storage.data_dir == "/srv/b"
+    assert cfg.http.bind == "127.0.0.1:1"
+    cfg = load(f, env={"KNHKD_DATA_DIR": "/srv/b"}, overrides={("storage", "data_dir"): "/srv/c"})
+    assert cfg.storage.data_dir == "/srv/c"
+
+
+def test_relative_paths_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
+    f = tmp_path / "k.toml"
+    f.write_text('[knowledge]\nontology_dir = "onto"\n')
+    cfg = load(f, env={})
+    assert Path(cfg.knowledge.ontology_dir) == tmp_path / "onto"
+    # Defaults stay relative to the working directory.
+    assert cfg.knowledge.shapes_dir == "conf/shapes"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"http": {"bnd": "x"}}, "http.bnd"),
+        ({"nonsense": 1}, "nonsense"),
+        ({"http": {"max_body_bytes": "big"}}, "http.max_body_bytes"),
+        ({"http": {"max_body_bytes": 0}}, "http.max_body_bytes"),
+        ({"http": {"bind": "localhost"}}, "http.bind"),
+        ({"analyze": {"error_spike": {"error_rate": 2.0}}}, "analyze.error_spike.error_rate"),
+        ({"storage": {"map_size_mb": 64, "max_map_size_mb": 32}}, "storage.max_map_size_mb"),
+    ],
+)
+def test_invalid_keys_are_named(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(raw)
+    assert info.value.key == key
+
+
+def _fields(struct: object, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in struct.__struct_fields__:  # type: ignore[attr-defined]
+        value = getattr(struct, name)
+        if hasattr(value, "__struct_fields__"):
+            out.update(_fields(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def test_shipped_config_documents_every_setting_with_its_default() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "conf" / "knhkd.toml"
+    text = shipped.read_text()
+    defaults = _fields(load(None, env={}))
+    loaded = _fields(load(shipped, env={}))
+    for key, default in defaults.items():
+        section, _, name = key.rpartition(".")
+        assert f"[{section}]" in text, f"section [{section}] missing"
+        assert f"{name} = " in text, f"{key} is not documented in conf/knhkd.toml"
+        # Active values equal the embedded defaults; path keys are commented out.
+        assert loaded[key] == default, key
+
+
+def test_bad_toml_is_one_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "k.toml"
+    f.write_text("[http\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(f, env={})
