@@ -10,14 +10,18 @@ One run, in this order:
 4. closed loop on ``POST /api/v1/observations`` (one observation per request,
    durable before the 201) → 201; the ratio ingest/no-op (target ≥ 0.90);
 5. open loop at a fixed 1,000 obs/s on the same endpoint, latency measured from
-   each request's intended send time (target p99 ≤ 10 ms);
+   each request's intended send time (target p99 ≤ 10 ms); when that rate is
+   over 80 % of the measured ingest capacity, also (for information, no target)
+   an open loop at half the capacity, which shows latency without the queueing;
 6. cross-check: the daemon's ``knhk_observations_ingested_total`` is at least the
    number of 201s it sent; then SIGTERM, and the daemon must exit 0.
 
 Guarantees: the load generator runs in its own process (the daemon gets one core,
 the generator the other); every phase is bounded in time; traffic goes to
 loopback only; the daemon is stopped (SIGTERM, then SIGKILL after a timeout) and
-its data directory removed whatever happens.
+its data directory removed whatever happens. Each phase reports the CPU used by
+the server, the generator and everything else, because on a shared machine a
+phase during which other processes ran is not a measurement of the daemon.
 
 Exit status: 0 every target met; 1 a target or check missed; 2 the bench could
 not run (the daemon did not start, a phase failed).
@@ -31,6 +35,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -47,6 +52,9 @@ REPO = HERE.parent
 LOADGEN = HERE / "loadgen.py"
 BODY = '{"event_type":"bench.tick","value":{"n":1},"sector":"generic","metadata":{}}'
 NOOP_PATH = "/api/v1/_noop"
+IDLE_BUSY = 0.10  # above this CPU use by others, figures are not comparable
+NOISY = 0.25  # cores used by other processes during a phase that make it suspect
+PHASES = ("client_ceiling", "noop", "ingest", "open", "open_sustainable")
 INGEST_PATH = "/api/v1/observations"
 
 
@@ -78,6 +86,55 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 0.0 if dt <= 0 else 1.0 - (idle1 - idle0) / dt
 
 
+def _cpu_totals() -> tuple[int, int]:
+    """(all jiffies, busy jiffies) over every CPU, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    return sum(fields), sum(fields) - fields[3] - fields[4]
+
+
+def _proc_jiffies(pid: int) -> int:
+    """utime + stime of a process, all its threads included."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@contextlib.contextmanager
+def cpu_accounting(daemon_pid: int | None, out: dict[str, Any]) -> Iterator[None]:
+    """Record where the CPU went during a phase: daemon, load generator, others.
+
+    On a shared machine a phase is only meaningful if "others" stayed near zero.
+    The generator's share comes from RUSAGE_CHILDREN, which counts it once it has
+    been waited for (subprocess.run does).
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    all0, busy0 = _cpu_totals()
+    d0 = _proc_jiffies(daemon_pid) if daemon_pid else 0
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    yield
+    wall = time.monotonic() - t0
+    all1, busy1 = _cpu_totals()
+    d1 = _proc_jiffies(daemon_pid) if daemon_pid else 0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_s = (busy1 - busy0) / hz
+    daemon_s = (d1 - d0) / hz
+    gen_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    out["cpu"] = {
+        "daemon_cores": round(daemon_s / wall, 2),
+        "loadgen_cores": round(gen_s / wall, 2),
+        # Kernel time of loopback networking is charged partly to softirq, so a
+        # small remainder is expected even on an idle machine.
+        "others_cores": round(max(0.0, busy_s - daemon_s - gen_s) / wall, 2),
+        "total_cores": round(busy_s / wall, 2),
+        "cpus": round((all1 - all0) / hz / wall, 2),
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -95,7 +152,9 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def loadgen(mode: str, port: int, path: str, args: argparse.Namespace, **opts: Any) -> Any:
+def loadgen(
+    mode: str, port: int, path: str, args: argparse.Namespace, daemon_pid: int | None, **opts: Any
+) -> Any:
     """Run one load-generator phase in its own process; its JSON summary."""
     cmd = [
         sys.executable, str(LOADGEN), mode,
@@ -108,13 +167,17 @@ def loadgen(mode: str, port: int, path: str, args: argparse.Namespace, **opts: A
     for key, value in opts.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     limit = args.duration + args.warmup + 60
+    cpu: dict[str, Any] = {}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+        with cpu_accounting(daemon_pid, cpu):
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         raise BenchError(f"loadgen {mode} {path} did not finish within {limit:.0f} s") from None
     if done.returncode != 0:
         raise BenchError(f"loadgen {mode} {path} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout)
+    summary = json.loads(done.stdout)
+    summary.update(cpu)
+    return summary
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
@@ -136,7 +199,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
 
 
 @contextlib.contextmanager
-def trivial_server() -> Iterator[int]:
+def trivial_server() -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(
         [sys.executable, str(LOADGEN), "serve-trivial", "--max-lifetime", "300"],
         stdout=subprocess.PIPE,
@@ -148,7 +211,7 @@ def trivial_server() -> Iterator[int]:
         m = re.match(r"PORT (\d+)", line)
         if not m:
             raise BenchError(f"trivial server did not start: {line!r}")
-        yield int(m.group(1))
+        yield int(m.group(1)), proc.pid
     finally:
         stop(proc, 5)
 
@@ -241,20 +304,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {"min_ratio": args.min_ratio, "max_open_p99_ms": args.max_p99_ms},
     }
     busy = cpu_busy()
+    deadline = time.monotonic() + args.wait_idle
+    while busy > IDLE_BUSY and time.monotonic() < deadline:
+        busy = cpu_busy()
     report["cpu_busy_before"] = round(busy, 3)
     if not args.skip_calibration:
-        with trivial_server() as port:
+        with trivial_server() as (port, pid):
             report["client_ceiling"] = loadgen(
-                "closed", port, NOOP_PATH, args, duration=min(args.duration, 3.0),
+                "closed", port, NOOP_PATH, args, pid, duration=min(args.duration, 3.0),
                 connections=args.connections,
             )  # fmt: skip
-    with daemon(args, report) as (port, _proc):
-        report["noop"] = loadgen("closed", port, NOOP_PATH, args, connections=args.connections)
-        report["ingest"] = loadgen("closed", port, INGEST_PATH, args, connections=args.connections)
+    with daemon(args, report) as (port, proc):
+        conns = args.connections
+        report["noop"] = loadgen("closed", port, NOOP_PATH, args, proc.pid, connections=conns)
+        report["ingest"] = loadgen("closed", port, INGEST_PATH, args, proc.pid, connections=conns)
         report["open"] = loadgen(
-            "open", port, INGEST_PATH, args, rate=args.rate, connections=args.open_connections
-        )
-        acked = report["ingest"]["all_ok"] + report["open"]["all_ok"]
+            "open", port, INGEST_PATH, args, proc.pid,
+            rate=args.rate, connections=args.open_connections,
+        )  # fmt: skip
+        capacity = report["ingest"]["ok_rps"]
+        if args.sustainable and capacity and args.rate > 0.8 * capacity:
+            # The fixed rate overloads this machine, so its latency is queueing
+            # alone; latency at half the measured capacity tells what remains.
+            report["open_sustainable"] = loadgen(
+                "open", port, INGEST_PATH, args, proc.pid,
+                rate=round(capacity / 2, 1), connections=args.open_connections,
+            )  # fmt: skip
+        acked = sum(report[k]["all_ok"] for k in ("ingest", "open", "open_sustainable")
+                    if k in report)  # fmt: skip
         durable = ingested_total(port)
         report["durability"] = {"acknowledged_201": acked, "ingested_total_metric": durable}
     return report
@@ -286,9 +363,12 @@ def _row(name: str, s: dict[str, Any]) -> str:
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
+    cpu = s.get("cpu", {})
     return (
         f"{name:<38}{s['ok_rps']:>9,.0f}{f(lat['p50']):>9}{f(lat['p95']):>9}{f(lat['p99']):>9}"
         f"{f(lat['max']):>9}{s['non_2xx']:>9}{s['errors'] + s['unanswered']:>8}"
+        f"{f(cpu.get('daemon_cores')):>8}{f(cpu.get('loadgen_cores')):>8}"
+        f"{f(cpu.get('others_cores')):>8}"
     )
 
 
@@ -301,7 +381,7 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         f"(open loop {args.open_connections}), {args.duration:g} s per phase "
         f"+ {args.warmup:g} s warm-up; CPU busy before start {r['cpu_busy_before']:.0%}",
         f"{'phase':<38}{'ok/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'non-2xx':>9}{'errors':>8}",
+        f"{'non-2xx':>9}{'errors':>8}{'server':>8}{'client':>8}{'others':>8}",
     ]
     if "client_ceiling" in r:
         out.append(_row("client ceiling (trivial server)", r["client_ceiling"]))
@@ -310,6 +390,9 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
     opn = r["open"]
     out.append(_row(f"open    {args.rate:,.0f}/s POST {INGEST_PATH}", opn))
     lag = opn["send_lag_ms"]
+    if "open_sustainable" in r:
+        half = r["open_sustainable"]
+        out.append(_row(f"open    {half['target_rate']:,.0f}/s (½ capacity, info)", half))
     out += [
         "",
         f"ratio ingest/no-op      {r['ratio_ingest_noop']:.3f}  (target ≥ {args.min_ratio})  "
@@ -325,7 +408,17 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         f"shutdown                SIGTERM → exit {r['shutdown']['exit_status']} in "
         f"{r['shutdown']['seconds']} s  {mark(v['clean_shutdown'])}",
     ]
-    if r["cpu_busy_before"] > 0.10:
+    out.append(
+        "(server/client/others: CPU cores used during the phase by the server under test,"
+        " the load generator, and everything else)"
+    )
+    noisy = [k for k in PHASES if r.get(k, {}).get("cpu", {}).get("others_cores", 0) > NOISY]
+    if noisy:
+        out.append(
+            f"WARNING: other processes used > {NOISY} core during {', '.join(noisy)}; "
+            "those figures are low and not comparable."
+        )
+    if r["cpu_busy_before"] > IDLE_BUSY:
         out.append(
             f"WARNING: {r['cpu_busy_before']:.0%} of the CPUs were busy before the run; "
             "other work on this machine lowers these figures."
@@ -345,6 +438,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--daemon-cmd", help="command instead of knhkd (e.g. the stand-in)")
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--stop-timeout", type=float, default=30.0)
+    p.add_argument(
+        "--wait-idle", type=float, default=30.0, help="wait up to S s for other CPU use to stop"
+    )
+    p.add_argument(
+        "--no-sustainable",
+        dest="sustainable",
+        action="store_false",
+        help="skip the informational open loop at half the measured ingest capacity, "
+        "run when --rate exceeds 80%% of it",
+    )
     p.add_argument("--skip-calibration", action="store_true", help="no client-ceiling phase")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     return p

@@ -73,6 +73,16 @@ class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
     signing_key: str = ""
 
 
+class ReceiptsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # The log's name in its checkpoints; empty: "knhkd.local/<first key id>",
+    # fixed at first start (a later change is refused: it would rename the log).
+    origin: str = ""
+    # A signed checkpoint after this many new receipts ...
+    checkpoint_every: PositiveInt = 1000
+    # ... or this many seconds after the first receipt it does not cover yet.
+    checkpoint_interval_s: PositiveFloat = 10.0
+
+
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     ontology_dir: str = "conf/ontology"
     shapes_dir: str = "conf/shapes"
@@ -146,6 +156,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     http: HttpConfig = HttpConfig()
     admin: AdminConfig = AdminConfig()
     keys: KeysConfig = KeysConfig()
+    receipts: ReceiptsConfig = ReceiptsConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     validate: ValidateConfig = ValidateConfig()

@@ -242,6 +242,7 @@ ReceiptKind = Literal[
     "snapshot_promoted",
     "snapshot_rolled_back",
     "cycle_completed",
+    "key_rotated",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -282,6 +283,59 @@ class ReceiptView(Struct):
     hash: str
     body: ReceiptBody
     signature: str
+
+
+class ProofFile(Struct, forbid_unknown_fields=True):
+    """``knhkctl receipts prove``: one receipt, its inclusion path, a checkpoint.
+
+    In the spirit of C2SP tlog-proof; bytes are base64 in JSON."""
+
+    format: Literal["knhkd-proof-v1"]
+    index: int
+    tree_size: int
+    record: bytes  # the stored receipt (canonical MessagePack of SignedReceipt)
+    inclusion: list[bytes]  # RFC 9162 audit path, bottom-up
+    checkpoint: str  # the signed note of a tree of ``tree_size`` leaves
+
+
+class ExportFile(Struct, forbid_unknown_fields=True):
+    """``knhkctl receipts export``: a run of receipts and what proves it is in
+    a signed tree (the hashes of the aligned subtrees left and right of it)."""
+
+    format: Literal["knhkd-export-v1"]
+    start: int
+    tree_size: int
+    records: list[bytes]
+    range_proof: list[bytes]
+    checkpoint: str
+
+
+class ConsistencyFile(Struct, forbid_unknown_fields=True):
+    """Two signed checkpoints and the RFC 9162 consistency proof between them."""
+
+    format: Literal["knhkd-consistency-v1"]
+    old_checkpoint: str
+    new_checkpoint: str
+    proof: list[bytes]
+
+
+class FileVerdict(Struct):
+    file: str
+    kind: str
+    verified: bool
+    reason: str
+    origin: str = ""
+    tree_size: int | None = None
+    receipts: int = 0
+
+
+class FsckReport(Struct):
+    """``knhkctl fsck``: what was re-derived, and every inconsistency found
+    (``errors[0]`` is the first, each prefixed with its location)."""
+
+    ok: bool
+    checked: dict[str, int]
+    errors: list[str]
 
 
 class ChainVerification(Struct):

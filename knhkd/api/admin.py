@@ -32,6 +32,9 @@ import trio
 
 from knhkd.execute.promotion import RollbackRefused
 from knhkd.model import AdminRequest, AdminResponse
+from knhkd.receipts import canonical
+from knhkd.receipts.keyring import RotationError
+from knhkd.receipts.merkle import ProofError
 from knhkd.runtime.cycle import CycleFailed
 from knhkd.runtime.daemon import Daemon, NotFound
 from knhkd.runtime.knowledge import SnapshotConflict
@@ -91,6 +94,38 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
     async def health(args: dict[str, Any]) -> Any:
         return daemon.health()
 
+    async def keys_rotate(args: dict[str, Any]) -> Any:
+        try:
+            signed = await daemon.rotate_key()
+        except RotationError as exc:
+            raise CommandError(str(exc)) from None
+        return {"receipt": canonical.receipt_id(signed.body.seq), "key_id": daemon.signer.key_id}
+
+    async def receipts_prove(args: dict[str, Any]) -> Any:
+        return await daemon.prove(_arg_int(args, "index", -1, 0, 2**63 - 1))
+
+    async def receipts_export(args: dict[str, Any]) -> Any:
+        start = _arg_int(args, "start", 0, 0, 2**63 - 1)
+        end = args.get("end")
+        if end is not None:
+            end = _arg_int(args, "end", 0, start, 2**63 - 1)
+        return await daemon.export(start, end)
+
+    async def receipts_consistency(args: dict[str, Any]) -> Any:
+        old = _arg_int(args, "old_size", 0, 1, 2**63 - 1)
+        new = args.get("new_size")
+        if new is not None:
+            new = _arg_int(args, "new_size", 0, old, 2**63 - 1)
+        return await daemon.consistency_file(old, new)
+
+    async def checkpoint_latest(args: dict[str, Any]) -> Any:
+        cp = daemon.latest_checkpoint()
+        if args.get("issue") or cp is None:
+            cp = await daemon.checkpointer.issue() or daemon.latest_checkpoint()
+        if cp is None:
+            raise CommandError("the log is empty: no checkpoint to sign")
+        return cp.text
+
     return {
         "status": status,
         "health": health,
@@ -100,6 +135,11 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "snapshots.rollback": snapshots_rollback,
         "cycle.run": cycle_run,
         "keys.export_public": keys_export_public,
+        "keys.rotate": keys_rotate,
+        "receipts.prove": receipts_prove,
+        "receipts.export": receipts_export,
+        "receipts.consistency": receipts_consistency,
+        "checkpoint.latest": checkpoint_latest,
     }
 
 
@@ -151,7 +191,7 @@ async def _dispatch(
         return AdminResponse(ok=False, error=f"unknown command {req.cmd!r}")
     try:
         return AdminResponse(ok=True, result=await fn(req.args))
-    except (CommandError, NotFound) as exc:
+    except (CommandError, NotFound, ProofError) as exc:
         return AdminResponse(ok=False, error=str(exc))
 
 

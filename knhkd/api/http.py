@@ -17,6 +17,7 @@ success status for data that was not committed.
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -34,6 +35,7 @@ from knhkd.execute.promotion import RollbackRefused
 from knhkd.model import IngestAccepted, IngestBatchAccepted, ObservationIn, encode_json
 from knhkd.monitor.decode import DecodeFailed, decode_body
 from knhkd.monitor.ingest import Closed, Overloaded
+from knhkd.receipts.merkle import ProofError
 from knhkd.runtime.cycle import CycleFailed
 from knhkd.runtime.daemon import Daemon, NotFound
 from knhkd.runtime.knowledge import SnapshotConflict
@@ -67,6 +69,10 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
             f"{name} must be between {lo} and {hi}",
         )
     return value
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
 
 
 async def _body() -> bytes:
@@ -224,6 +230,43 @@ def create_app(daemon: Daemon) -> QuartTrio:
         limit = _int_arg("limit", 100, lo=1, hi=1000)
         items = daemon.list_receipts(after=after, limit=limit)
         return _json({"receipts": items, "next_after": items[-1].body.seq if items else None})
+
+    @app.get("/api/v1/checkpoint")
+    async def checkpoint_latest() -> Response:
+        cp = daemon.latest_checkpoint()
+        if cp is None:
+            raise ApiProblem(404, "not-found", "No checkpoint yet", "no checkpoint signed yet")
+        # C2SP tlog-checkpoint signed note, as text.
+        return Response(cp.text, status=200, content_type="text/plain; charset=utf-8")
+
+    @app.get("/api/v1/proofs/inclusion")
+    async def proof_inclusion() -> Response:
+        size = _int_arg("tree_size", -1, lo=-1, hi=2**63 - 1)
+        if size < 0:
+            cp = daemon.latest_checkpoint()
+            size = cp.size if cp else 0
+        index = _int_arg("index", -1, lo=0, hi=2**63 - 1)
+        try:
+            hashes = daemon.inclusion_proof(index, size)
+        except ProofError as exc:
+            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
+        return _json(
+            {
+                "index": index,
+                "tree_size": size,
+                "hashes": [base64.b64encode(h).decode() for h in hashes],
+            }
+        )
+
+    @app.get("/api/v1/proofs/consistency")
+    async def proof_consistency() -> Response:
+        first = _int_arg("from", 0, lo=0, hi=2**63 - 1)
+        second = _int_arg("to", 0, lo=0, hi=2**63 - 1)
+        try:
+            hashes = daemon.consistency_proof(first, second)
+        except ProofError as exc:
+            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
+        return _json({"from": first, "to": second, "hashes": _b64(hashes)})
 
     # ---------------------------------------------------------------- operations
 

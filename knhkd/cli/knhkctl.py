@@ -58,6 +58,27 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--after", type=int, default=-1, help="list receipts after this sequence")
     fmt(lst)
     fmt(rc.add_parser("verify-chain", help="verify signatures, chain and time order"), "table")
+    pr = rc.add_parser("prove", help="write a self-contained inclusion proof of one receipt")
+    pr.add_argument("--index", type=int, required=True)
+    pr.add_argument("--out", help="file to write (default: stdout)")
+    ex = rc.add_parser("export", help="write a run of receipts with a checkpoint and range proof")
+    ex.add_argument("--from", dest="start", type=int, default=0)
+    ex.add_argument("--to", dest="end", type=int, help="end (exclusive; default: all signed)")
+    ex.add_argument("--out", help="file to write (default: stdout)")
+    co = rc.add_parser("consistency", help="write a consistency proof between two checkpoints")
+    co.add_argument("--old-size", type=int, required=True)
+    co.add_argument("--new-size", type=int, help="default: the latest checkpoint")
+    co.add_argument("--out", help="file to write (default: stdout)")
+    cp = sub.add_parser("checkpoint", help="print the latest signed checkpoint")
+    cp.add_argument("--issue", action="store_true", help="sign a fresh one first")
+    vf = sub.add_parser(
+        "verify", help="verify proof, export and consistency files offline (public keys only)"
+    )
+    vf.add_argument("--keys", required=True, help="public keyring (knhkctl keys export-public)")
+    vf.add_argument("files", nargs="+")
+    fmt(vf, "table")
+    fs = sub.add_parser("fsck", help="check a data directory: receipts, chain, tree, checkpoints")
+    fmt(fs, "table")
     sn = sub.add_parser("snapshots", help="knowledge snapshots").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -71,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, parser_class=_Parser
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
+    ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
     return p
 
 
@@ -273,7 +295,80 @@ def run(args: argparse.Namespace) -> int:
             except FileNotFoundError:
                 raise CtlError(f"no daemon answers and {path} does not exist") from None
         _print_json(ring)
+    elif (group, action) == ("keys", "rotate"):
+        _print_json(_require_daemon(args, "keys.rotate", {}))
+    elif (group, action) == ("receipts", "prove"):
+        _write(args.out, _require_daemon(args, "receipts.prove", {"index": args.index}))
+    elif (group, action) == ("receipts", "export"):
+        cargs: dict[str, Any] = {"start": args.start}
+        if args.end is not None:
+            cargs["end"] = args.end
+        _write(args.out, _require_daemon(args, "receipts.export", cargs))
+    elif (group, action) == ("receipts", "consistency"):
+        cargs = {"old_size": args.old_size}
+        if args.new_size is not None:
+            cargs["new_size"] = args.new_size
+        _write(args.out, _require_daemon(args, "receipts.consistency", cargs))
+    elif group == "checkpoint":
+        sys.stdout.write(_require_daemon(args, "checkpoint.latest", {"issue": args.issue}))
+    elif group == "verify":
+        return _verify_offline(args)
+    elif group == "fsck":
+        return _fsck(args)
     return EXIT_OK
+
+
+def _write(out: str | None, obj: Any) -> None:
+    data = msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
+    if out is None:
+        sys.stdout.buffer.write(data)
+        return
+    Path(out).write_bytes(data)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _verify_offline(args: argparse.Namespace) -> int:
+    from knhkd.crypto.keys import KeyFileError, Verifier
+    from knhkd.receipts.offline import Unusable, verify_files
+
+    try:
+        verifier = Verifier.from_json(Path(args.keys).read_bytes())
+        named = [(f, Path(f).read_bytes()) for f in args.files]
+        verdicts = verify_files(named, verifier)
+    except (KeyFileError, Unusable) as exc:
+        raise CtlError(str(exc)) from None
+    if args.format == "json":
+        _print_json(verdicts)
+    else:
+        for v in verdicts:
+            status = "verified" if v.verified else "NOT VERIFIED"
+            detail = f"{v.origin} size {v.tree_size}" if v.verified else v.reason
+            print(f"{v.file}: {v.kind}: {status}: {detail}")
+    return EXIT_OK if all(v.verified for v in verdicts) else EXIT_VERIFY_FAILED
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from knhkd.receipts.fsck import fsck
+    from knhkd.store.env import StoreError, open_store
+
+    data_dir = Path(args.data_dir)
+    try:
+        store = open_store(data_dir, readonly=True, exclusive=False)
+    except StoreError as exc:
+        raise CtlError(str(exc)) from None
+    try:
+        report = fsck(store)
+    finally:
+        store.close()
+    if args.format == "json":
+        _print_json(report)
+    else:
+        for name, n in report.checked.items():
+            print(f"checked {n} {name}")
+        for err in report.errors:
+            print(f"ERROR {err}")
+        print("fsck: clean" if report.ok else f"fsck: first inconsistency: {report.errors[0]}")
+    return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,29 +69,35 @@ class Signer:
         )
 
 
+def generate_file(path: Path, now_ns: int) -> Signer:
+    """A new key, written to ``path`` (which must not exist) mode 0600, fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = SigningKey.generate()
+    body = msgspec.json.encode(
+        _SecretFile(
+            format=SECRET_FORMAT,
+            seed=base64.b64encode(bytes(key)).decode(),
+            created_ns=now_ns,
+        )
+    )
+    # O_EXCL: two starts racing on a fresh data dir never both write a key.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(body + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return Signer(key=key, key_id=key_id_of(bytes(key.verify_key)), created_ns=now_ns)
+
+
 def load_or_create(path: Path, now_ns: int) -> Signer:
     """Load the signing key at ``path``, generating it when the file is absent."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = SigningKey.generate()
-        body = msgspec.json.encode(
-            _SecretFile(
-                format=SECRET_FORMAT,
-                seed=base64.b64encode(bytes(key)).decode(),
-                created_ns=now_ns,
-            )
-        )
-        # O_EXCL: two starts racing on a fresh data dir never both write a key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        generate_file(path, now_ns)
     return load(path)
 
 
@@ -117,33 +123,57 @@ def load(path: Path) -> Signer:
 
 
 class Verifier:
-    """Public keys by key id: all an offline verifier holds."""
+    """Public keys by key id, with validity windows: all an offline verifier holds."""
 
     def __init__(self, keyring: PublicKeyring) -> None:
-        self._keys: dict[str, VerifyKey] = {}
+        self._keys: dict[str, tuple[VerifyKey, PublicKeyEntry]] = {}
         for entry in keyring.keys:
-            raw = base64.b64decode(entry.public_key, validate=True)
+            try:
+                raw = base64.b64decode(entry.public_key, validate=True)
+                key = VerifyKey(raw)
+            except (ValueError, TypeError) as exc:
+                raise KeyFileError(f"key {entry.key_id}: not an ed25519 public key") from exc
             if key_id_of(raw) != entry.key_id:
                 raise KeyFileError(f"key {entry.key_id}: id does not match its public key")
-            self._keys[entry.key_id] = VerifyKey(raw)
+            self._keys[entry.key_id] = (key, entry)
 
-    def verify(self, key_id: str, message: bytes, signature: bytes) -> bool:
-        key = self._keys.get(key_id)
-        if key is None:
+    def verify(
+        self, key_id: str, message: bytes, signature: bytes, *, at_ns: int | None = None
+    ) -> bool:
+        """True when ``key_id`` signed ``message``, and was valid at ``at_ns`` if given."""
+        found = self._keys.get(key_id)
+        if found is None:
+            return False
+        key, entry = found
+        if at_ns is not None and not (
+            entry.not_before_ns <= at_ns
+            and (entry.not_after_ns is None or at_ns <= entry.not_after_ns)
+        ):
             return False
         try:
             key.verify(message, signature)
-        except (BadSignatureError, ValueError):
+        except (BadSignatureError, ValueError, TypeError):
             return False
         return True
+
+    def public_keys(self) -> dict[str, bytes]:
+        return {kid: bytes(key) for kid, (key, _) in self._keys.items()}
 
     @classmethod
     def from_json(cls, data: bytes) -> Verifier:
         try:
             ring = msgspec.json.decode(data, type=PublicKeyring)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise KeyFileError(f"not a knhkd public keyring: {exc}") from None
         return cls(ring)
+
+
+def verify_with(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
 
 
 def keyring_of(*signers: Signer) -> PublicKeyring:

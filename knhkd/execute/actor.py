@@ -26,8 +26,8 @@ import msgspec
 import trio
 
 from knhkd.config import Config
-from knhkd.execute.promotion import PromotionError, promote
-from knhkd.knowledge.rdf import apply_delta
+from knhkd.execute.promotion import promote
+from knhkd.knowledge.rdf import KnowledgeError, apply_delta
 from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
 from knhkd.plan.actor import proposal_draft, store_proposals_job
 from knhkd.plan.proposals import make_proposal
@@ -103,8 +103,10 @@ def refusal_job(receipts: ReceiptLog, proposal: Proposal, reason: str) -> Job[Si
     return job
 
 
-def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[SignedReceipt]:
-    def job(txn: lmdb.Transaction) -> SignedReceipt:
+def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[CycleReport]:
+    """Receipt the cycle and store its report, which names that receipt too."""
+
+    def job(txn: lmdb.Transaction) -> CycleReport:
         signed = receipts.append(
             txn,
             Draft(
@@ -127,7 +129,7 @@ def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[Si
             report, receipt_ids=[*report.receipt_ids, canonical.receipt_id(signed.body.seq)]
         )
         txn.put(report.id.encode(), _encoder.encode(final), db=store.db("cycles"))
-        return signed
+        return final
 
     return job
 
@@ -183,7 +185,9 @@ class Executor:
         self._metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
         return report
 
-    async def _rebase(self, proposal: Proposal, cycle: Cycle) -> Proposal:
+    async def _rebase(self, proposal: Proposal, cycle: Cycle) -> Proposal | None:
+        """The same change against the now-current snapshot, as a new receipted
+        proposal; None when that change was proposed against it already."""
         current = self._knowledge().current.snapshot_id
         fresh = make_proposal(
             ProposalIn(
@@ -208,7 +212,7 @@ class Executor:
             )
         )
         cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
-        return fresh
+        return fresh if stored else None
 
     async def judge(
         self, proposal: Proposal, cycle: Cycle | None = None
@@ -236,8 +240,15 @@ class Executor:
         state = self._knowledge()
         with span("knhk.mape_k.execute", **{"proposal.id": proposal.id}):
             try:
-                result = apply_delta(state.graph, proposal.delta)
-                record = promote(state.current, proposal, result, time.time_ns())
+                # Canonicalising a graph can take long (blank nodes): off the loop.
+                record = await trio.to_thread.run_sync(
+                    lambda: promote(
+                        state.current,
+                        proposal,
+                        apply_delta(state.graph, proposal.delta),
+                        time.time_ns(),
+                    )
+                )
                 signed = await self._writer.submit(
                     install_job(
                         self._store,
@@ -246,7 +257,7 @@ class Executor:
                         expect_current=state.current.snapshot_id,
                     )
                 )
-            except (PromotionError, SnapshotConflict) as exc:
+            except (KnowledgeError, SnapshotConflict) as exc:
                 refused = await self._writer.submit(refusal_job(self._receipts, proposal, str(exc)))
                 return False, canonical.receipt_id(refused.body.seq)
         self._set_knowledge(state_of(record, state.shapes))
@@ -260,14 +271,15 @@ class Executor:
         for planned in cycle.proposals:
             if cycle.snapshots_promoted >= budget:
                 break
-            proposal = planned
+            proposal: Proposal | None = planned
             if planned.parent_snapshot_id != self._knowledge().current.snapshot_id:
                 proposal = await self._rebase(planned, cycle)
-            await self.judge(proposal, cycle)
-        report = cycle.build_report(outcome="completed", detail="")
-        signed = await self._writer.submit(cycle_job(self._store, self._receipts, report))
-        report = msgspec.structs.replace(
-            report, receipt_ids=[*report.receipt_ids, canonical.receipt_id(signed.body.seq)]
+            if proposal is not None:
+                await self.judge(proposal, cycle)
+        report = await self._writer.submit(
+            cycle_job(
+                self._store, self._receipts, cycle.build_report(outcome="completed", detail="")
+            )
         )
         self._metrics.cycles.labels("completed").inc()
         self._metrics.cycle_duration_ms.observe(report.duration_ms)

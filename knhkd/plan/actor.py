@@ -1,9 +1,9 @@
 """The planner actor: patterns in, stored ΔΣ proposals out.
 
 Guarantees:
-- Proposals are content-addressed against the current snapshot; one already
-  stored (same parent, same delta) is not generated again, so a rejected
-  change is not re-proposed every cycle while its pattern persists.
+- A change already proposed against the same snapshot (same parent, same
+  delta) is not generated again, so a rejected change is not re-proposed every
+  cycle while its pattern persists.
 - Every new proposal is stored with a ``proposal_generated`` receipt in one
   transaction before the cycle moves on to validation.
 
@@ -21,7 +21,7 @@ import trio
 
 from knhkd.model import Outcome, Proposal, SignedReceipt
 from knhkd.plan.planner import plan
-from knhkd.plan.proposals import make_proposal
+from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.runtime.cycle import Cycle
@@ -57,10 +57,15 @@ def store_proposals_job(
 
     def job(txn: lmdb.Transaction) -> list[tuple[Proposal, SignedReceipt]]:
         out = []
-        db = store.db("proposals")
+        db, deltas = store.db("proposals"), store.db("proposal_deltas")
         for p, draft in proposals:
-            if txn.put(p.id.encode(), _encoder.encode(p), db=db, overwrite=False):
-                out.append((p, receipts.append(txn, draft)))
+            change = f"{p.parent_snapshot_id}:{delta_id(p.delta)}".encode()
+            # The same change against the same snapshot was judged already
+            # (pattern ids and confidence differ from cycle to cycle).
+            if not txn.put(change, p.id.encode(), db=deltas, overwrite=False):
+                continue
+            txn.put(p.id.encode(), _encoder.encode(p), db=db)
+            out.append((p, receipts.append(txn, draft)))
         return out
 
     return job

@@ -9,6 +9,8 @@ Guarantees:
   predecessor's (the clock is clamped forward, never the receipt moved back).
 - The head is read from the transaction, never cached: an aborted transaction
   leaves no trace in the chain.
+- Each receipt becomes leaf ``seq`` of the Merkle tree (receipts/tree.py) in
+  the same transaction.
 
 Must never: overwrite or delete a stored receipt.
 """
@@ -31,7 +33,8 @@ from knhkd.model import (
     ReceiptView,
     SignedReceipt,
 )
-from knhkd.receipts import canonical
+from knhkd.receipts import canonical, merkle
+from knhkd.receipts.tree import MerkleTree
 from knhkd.receipts.verify import verify_chain
 from knhkd.store.env import META_RECEIPT_HEAD, Store
 from knhkd.store.ids import key_seq, seq_key
@@ -70,23 +73,47 @@ class Draft:
     inputs: dict[str, str] = field(default_factory=dict)
 
 
+META_KEYS_CURRENT = b"keys.current"
+
+
 class ReceiptLog:
+    """Appends receipts; signs each with the key current *in the transaction*.
+
+    The current key id is read from ``meta`` in the transaction (so a key
+    rotation and the receipts after it can share one transaction, and an
+    aborted rotation changes nothing); the secret keys it may need are
+    registered with ``add_signer``.
+    """
+
     def __init__(self, store: Store, signer: Signer, clock_ns: Callable[[], int]) -> None:
         self._store = store
-        self._signer = signer
+        self._signers = {signer.key_id: signer}
+        self._default = signer.key_id
         self._clock_ns = clock_ns
         self._db = store.db("receipts")
         self._meta = store.db("meta")
+        self.tree = MerkleTree(store)
 
-    @property
-    def signer(self) -> Signer:
-        return self._signer
+    def add_signer(self, signer: Signer) -> None:
+        self._signers[signer.key_id] = signer
+
+    def current_key_id(self, txn: lmdb.Transaction) -> str:
+        raw = txn.get(META_KEYS_CURRENT, db=self._meta)
+        return bytes(raw).decode() if raw is not None else self._default
+
+    def signer(self, txn: lmdb.Transaction) -> Signer:
+        key_id = self.current_key_id(txn)
+        try:
+            return self._signers[key_id]
+        except KeyError:
+            raise ReceiptLogError(f"no secret key for the current key {key_id}") from None
 
     def head(self, txn: lmdb.Transaction) -> Head:
         return read_head(self._store, txn)
 
     def append(self, txn: lmdb.Transaction, draft: Draft) -> SignedReceipt:
         head = self.head(txn)
+        signer = self.signer(txn)
         body = ReceiptBody(
             format=canonical.FORMAT,
             seq=head.next_seq,
@@ -96,17 +123,27 @@ class ReceiptLog:
             sector=draft.sector,
             timestamp_ns=max(self._clock_ns(), head.timestamp_ns),
             prev_hash=head.hash,
-            key_id=self._signer.key_id,
+            key_id=signer.key_id,
             inputs=dict(draft.inputs),
         )
-        signed = SignedReceipt(body=body, signature=self._signer.sign(canonical.signed_bytes(body)))
-        if not txn.put(
-            seq_key(body.seq), canonical.encode_record(signed), db=self._db, overwrite=False
-        ):
+        signed = SignedReceipt(body=body, signature=signer.sign(canonical.signed_bytes(body)))
+        record = canonical.encode_record(signed)
+        if not txn.put(seq_key(body.seq), record, db=self._db, overwrite=False):
             raise ReceiptLogError(f"receipt {body.seq} already exists")
+        self.tree.append(txn, body.seq, merkle.leaf_hash(record))
         new_head = Head(body.seq + 1, canonical.receipt_hash(body), body.timestamp_ns)
         txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(new_head), db=self._meta)
         return signed
+
+    def backfill_tree(self, txn: lmdb.Transaction) -> int:
+        """Add the receipts the tree lacks (a store written before the tree
+        existed). Returns how many leaves were added."""
+        size = self.tree.size(txn)
+        added = 0
+        for seq, record in iter_raw(self._store, txn, after=size - 1):
+            self.tree.append(txn, seq, merkle.leaf_hash(record))
+            added += 1
+        return added
 
 
 def view(signed: SignedReceipt) -> ReceiptView:

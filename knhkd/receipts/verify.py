@@ -2,7 +2,7 @@
 
 Guarantees:
 - Each receipt is judged on its own signature (ed25519 over the canonical
-  bytes, by the key its ``key_id`` names), its link to its predecessor
+  bytes, by the key its ``key_id`` names, valid at the receipt's time), its link to its predecessor
   (``prev_hash``, contiguous ``seq``) and its time (never before its
   predecessor's: invariant Q1, no retrocausation).
 - A stored record that is not exactly the canonical encoding of a validly
@@ -60,8 +60,15 @@ def verify_chain(
         # Stored bytes must be the canonical encoding of what they decode to: a
         # change msgpack would tolerate (an unknown key, a wider integer form)
         # is still a change to the record.
-        if canonical.encode_record(signed) != raw or body.seq != seq or not verifier.verify(
-            body.key_id, canonical.signed_bytes(body), signed.signature
+        if (
+            canonical.encode_record(signed) != raw
+            or body.seq != seq
+            or not verifier.verify(
+                body.key_id,
+                canonical.signed_bytes(body),
+                signed.signature,
+                at_ns=body.timestamp_ns,
+            )
         ):
             sig_failures.append(rid)
             expected_seq, last_hash = seq + 1, None

@@ -45,33 +45,41 @@ from knhkd import __version__
 from knhkd.analyze.actor import Analyzer
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
-from knhkd.crypto.keys import KeyFileError, Signer, Verifier, keyring_of, load_or_create
+from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
 from knhkd.execute.actor import Executor
 from knhkd.knowledge.rdf import KnowledgeError
 from knhkd.knowledge.shacl import Shapes
 from knhkd.model import (
     ChainVerification,
+    ConsistencyFile,
     CycleReport,
     DetectedPattern,
+    ExportFile,
     Health,
     Observation,
     ObservationIn,
+    ProofFile,
     PublicKeyring,
     ReceiptView,
+    SignedReceipt,
     Snapshot,
     StatusReport,
 )
 from knhkd.monitor.ingest import Ingest
 from knhkd.plan.actor import Planner
-from knhkd.receipts import canonical
+from knhkd.receipts import canonical, checkpointing, keyring, offline
+from knhkd.receipts.checkpoint import Checkpoint
+from knhkd.receipts.checkpointing import set_origin_job
 from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
 from knhkd.runtime import knowledge as kn
+from knhkd.runtime.checkpointer import Checkpointer
 from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
 from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.runtime.sdnotify import notify, watchdog_interval_s
 from knhkd.runtime.supervisor import Supervisor
 from knhkd.store import ids
 from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
+from knhkd.store.ids import seq_key
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import setup_tracing
 from knhkd.validate.pipeline import default_pipeline
@@ -106,8 +114,7 @@ class NotFound(Exception):
     """The requested record does not exist."""
 
 
-def write_public_keyring(path: Path, signer: Signer) -> None:
-    ring = keyring_of(signer)
+def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
     os.chmod(tmp, 0o644)
@@ -145,6 +152,7 @@ class Daemon:
         self.ingest: Ingest
         self.scheduler: CycleScheduler
         self.executor: Executor
+        self.checkpointer: Checkpointer
         self._knowledge: kn.KnowledgeState
         self.http_bound: list[str] = []
 
@@ -165,14 +173,34 @@ class Daemon:
         except (StoreError, OSError) as exc:
             raise StartupError("storage", str(exc)) from None
         try:
-            self.signer = load_or_create(cfg.signing_key_path, time.time_ns())
-            write_public_keyring(cfg.signing_key_path.parent / "public.json", self.signer)
+            load_or_create(cfg.signing_key_path, time.time_ns())
+            # Finish or discard a rotation a crash interrupted (receipts/keyring.py).
+            self.signer = keyring.reconcile(self.store, cfg.signing_key_path)
         except (KeyFileError, OSError) as exc:
             self.store.close()
             raise StartupError("keys", str(exc)) from None
-        self.verifier = Verifier(keyring_of(self.signer))
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
         self.writer = ReceiptWriter(self.store, self.metrics)
+        self.checkpointer = Checkpointer(lambda: self.cfg, self.store, self.writer, self.receipts)
+
+    async def register_keys(self) -> None:
+        """Step 3a (needs the writer): the keyring, the log's origin, the tree."""
+        await self.writer.submit(keyring.register_job(self.store, self.signer))
+        origin = self.cfg.receipts.origin or f"knhkd.local/{self.signer.key_id}"
+        fixed = await self.writer.submit(set_origin_job(self.store, origin))
+        if self.cfg.receipts.origin and fixed != self.cfg.receipts.origin:
+            raise StartupError(
+                "receipts", f"the log's origin is {fixed!r}; receipts.origin may not rename it"
+            )
+        added = await self.writer.submit(self.receipts.backfill_tree)
+        if added:
+            log.info("Merkle tree backfilled with %d receipts", added)
+        self.refresh_keyring()
+
+    def refresh_keyring(self) -> None:
+        ring = self.public_keyring()
+        self.verifier = Verifier(ring)
+        write_public_keyring(self.cfg.signing_key_path.parent / "public.json", ring)
 
     async def load_knowledge(self) -> None:
         """Step 3 (needs the writer running): current snapshot or genesis."""
@@ -267,7 +295,89 @@ class Daemon:
         return report
 
     def public_keyring(self) -> PublicKeyring:
-        return keyring_of(self.signer)
+        with self.store.reader() as txn:
+            return keyring.read_keyring(self.store, txn)
+
+    async def rotate_key(self) -> SignedReceipt:
+        """knhkctl keys rotate: the protocol of receipts/keyring.py."""
+        path = self.cfg.signing_key_path
+        outgoing = self.signer.key_id
+        new = keyring.prepare_rotation(path, time.time_ns())
+        self.receipts.add_signer(new)
+        signed = await self.writer.submit(
+            keyring.rotation_job(self.store, self.receipts, outgoing, new)
+        )
+        keyring.finish_rotation(path)
+        self.signer = new
+        self.refresh_keyring()
+        self.metrics.receipts_appended.labels("key_rotated").inc()
+        log.info("signing key rotated: %s -> %s", outgoing, new.key_id)
+        return signed
+
+    # Proofs ----------------------------------------------------------- #
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with self.store.reader() as txn:
+            return checkpointing.latest(self.store, txn)
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        with self.store.reader() as txn:
+            return self.receipts.tree.inclusion(txn, index, tree_size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        with self.store.reader() as txn:
+            return self.receipts.tree.consistency(txn, size1, size2)
+
+    async def covering_checkpoint(self, size: int) -> Checkpoint:
+        """A signed checkpoint of at least ``size`` leaves, issuing one if needed."""
+        with self.store.reader() as txn:
+            cp = checkpointing.covering(self.store, txn, size)
+        if cp is None:
+            cp = await self.checkpointer.issue()
+        if cp is None or cp.size < size:
+            raise NotFound(f"the log has fewer than {size} receipts")
+        return cp
+
+    async def prove(self, index: int) -> ProofFile:
+        cp = await self.covering_checkpoint(index + 1)
+        with self.store.reader() as txn:
+            record = txn.get(seq_key(index), db=self.store.db("receipts"))
+            path = self.receipts.tree.inclusion(txn, index, cp.size)
+        if record is None:
+            raise NotFound(f"no receipt {index}")
+        return offline.proof_file(index, cp, bytes(record), path)
+
+    async def export(self, start: int, end: int | None) -> ExportFile:
+        if end is None:
+            # Everything committed so far, under a checkpoint that covers it.
+            fresh = await self.checkpointer.issue() or self.latest_checkpoint()
+            if fresh is None:
+                raise NotFound("the log is empty")
+            cp, end = fresh, fresh.size
+        else:
+            cp = await self.covering_checkpoint(max(end, 1))
+        if not 0 <= start <= end <= cp.size:
+            raise NotFound(f"range [{start}, {end}) is not in the log")
+        with self.store.reader() as txn:
+            records = [bytes(raw) for _, raw in iter_raw(self.store, txn, after=start - 1)][
+                : end - start
+            ]
+            proof = self.receipts.tree.range_proof(txn, start, end, cp.size)
+        return offline.export_file(start, cp, records, proof)
+
+    async def consistency_file(self, size1: int, size2: int | None) -> ConsistencyFile:
+        with self.store.reader() as txn:
+            old = checkpointing.at_size(self.store, txn, size1)
+        if old is None:
+            raise NotFound(f"no signed checkpoint of size {size1}")
+        new = await self.covering_checkpoint(size2 or size1)
+        if size2 is not None and new.size != size2:
+            with self.store.reader() as txn:
+                exact = checkpointing.at_size(self.store, txn, size2)
+            if exact is None:
+                raise NotFound(f"no signed checkpoint of size {size2}")
+            new = exact
+        return offline.consistency_file(old, new, self.consistency_proof(old.size, new.size))
 
     def detect(self, items: list[ObservationIn]) -> list[DetectedPattern]:
         """Dry-run detection over the given observations only; nothing stored."""
@@ -418,6 +528,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
         with deadline_scope:
             async with trio.open_nursery() as writer_n:
                 writer_n.start_soon(sup.supervise, "receipt_writer", daemon.writer.run)
+                await daemon.register_keys()
                 await daemon.load_knowledge()
                 daemon.scheduler = CycleScheduler(
                     to_analyzer_send, lambda: daemon.cfg.loop.interval_s
@@ -465,6 +576,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     loop_n.start_soon(sup.supervise, "planner", planner.run)
                     loop_n.start_soon(sup.supervise, "executor", daemon.executor.run)
                     loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
+                    loop_n.start_soon(sup.supervise, "checkpointer", daemon.checkpointer.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", daemon.ingest.run)
                         async with trio.open_nursery() as front_n:
@@ -495,6 +607,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                             front_n.cancel_scope.cancel()
                         daemon.ingest.close()
                     loop_n.cancel_scope.cancel()
+                # The last word of a clean stop: a checkpoint of everything committed.
+                await daemon.checkpointer.issue()
                 daemon.writer.close()
         if deadline_scope.cancelled_caught:
             clean = False

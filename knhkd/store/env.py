@@ -34,9 +34,18 @@ DB_NAMES = (
     "observations",
     "patterns",
     "proposals",
+    # (parent snapshot id, delta id) -> proposal id: the planner does not
+    # propose the same change against the same snapshot twice.
+    "proposal_deltas",
     "validations",
     "snapshots",
     "receipts",
+    # Merkle tree nodes over the receipts: (level, index) -> SHA-256.
+    "merkle",
+    # Signed checkpoints (C2SP tlog-checkpoint notes) by tree size.
+    "checkpoints",
+    # The public keyring: key id -> PublicKeyEntry (with its validity window).
+    "keys",
     "cycles",
     "meta",
 )

@@ -210,10 +210,12 @@ def test_shacl_warnings_give_a_stage_1_warning(tmp_path: Path, parent: Graph) ->
     (tmp_path / "soft.ttl").write_text(
         "@prefix sh: <http://www.w3.org/ns/shacl#> .\n"
         "@prefix knhk: <urn:knhk:ontology#> .\n"
-        "knhk:Soft a sh:NodeShape ; sh:targetClass knhk:RateLimitPolicy ; sh:severity sh:Warning ;\n"
+        "knhk:Soft a sh:NodeShape ; sh:targetClass knhk:RateLimitPolicy ;\n"
+        "  sh:severity sh:Warning ;\n"
         "  sh:property [ sh:path knhk:owner ; sh:minCount 1 ] .\n"
     )
     report = _run(parent, Shapes.load(tmp_path), Delta(add=_policy()))
     assert report.passed
-    assert [(s.stage, s.verdict, s.passed) for s in report.stages][0] == (1, "warning", True)
+    first = report.stages[0]
+    assert (first.stage, first.verdict, first.passed) == (1, "warning", True)
     assert "<urn:knhk:ontology#owner>" in report.stages[0].message

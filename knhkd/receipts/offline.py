@@ -1,0 +1,178 @@
+"""Offline verification: proof, export and consistency files checked with
+public keys only — never the daemon, never its data directory.
+
+Imports only ``receipts`` and ``crypto`` (and ``model``), so it can be lifted
+into any auditor's tool.
+
+Guarantees for each file kind:
+- proof (``knhkd-proof-v1``): the checkpoint is signed by a known key; the
+  record is the canonical encoding of a receipt validly signed by a key that
+  was valid at its time; its seq is the proven index; the RFC 9162 inclusion
+  proof of its leaf hash reaches the checkpoint's root.
+- export (``knhkd-export-v1``): as above for every record, plus contiguous
+  sequence numbers, ``prev_hash`` links and non-decreasing times across the
+  run, and the leaves with the range proof rebuild the checkpoint's root.
+- consistency (``knhkd-consistency-v1``): both checkpoints signed, same origin,
+  and the RFC 9162 consistency proof holds between their roots.
+Across files: two checkpoints of one origin and size with different roots are
+a split view, and nothing verifies.
+
+Must never: report a file verified without recomputing its root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from knhkd.crypto.keys import Verifier
+from knhkd.model import ConsistencyFile, ExportFile, FileVerdict, ProofFile, SignedReceipt
+from knhkd.receipts import canonical, checkpoint, merkle
+from knhkd.receipts.checkpoint import Checkpoint, CheckpointError
+
+
+class Unusable(Exception):
+    """The input is not a file this verifier knows (exit status 2)."""
+
+
+class NotVerified(Exception):
+    """The file was understood and does not verify (exit status 1)."""
+
+
+AnyFile = ProofFile | ExportFile | ConsistencyFile
+
+
+def proof_file(index: int, cp: Checkpoint, record: bytes, path: list[bytes]) -> ProofFile:
+    return ProofFile("knhkd-proof-v1", index, cp.size, record, path, cp.text)
+
+
+def export_file(start: int, cp: Checkpoint, records: list[bytes], proof: list[bytes]) -> ExportFile:
+    return ExportFile("knhkd-export-v1", start, cp.size, records, proof, cp.text)
+
+
+def consistency_file(old: Checkpoint, new: Checkpoint, proof: list[bytes]) -> ConsistencyFile:
+    return ConsistencyFile("knhkd-consistency-v1", old.text, new.text, proof)
+
+
+class _Format(msgspec.Struct):
+    format: str
+
+
+_KINDS: dict[str, type[AnyFile]] = {
+    "knhkd-proof-v1": ProofFile,
+    "knhkd-export-v1": ExportFile,
+    "knhkd-consistency-v1": ConsistencyFile,
+}
+
+
+def load(data: bytes) -> AnyFile:
+    try:
+        fmt = msgspec.json.decode(data, type=_Format).format
+        kind = _KINDS[fmt]
+        return msgspec.json.decode(data, type=kind)
+    except KeyError as exc:
+        raise Unusable(f"unknown file format {exc.args[0]!r}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unusable(f"not a knhkd proof, export or consistency file: {exc}") from None
+
+
+def _checkpoint(note: str, verifier: Verifier) -> Checkpoint:
+    try:
+        return checkpoint.verify(note, verifier.public_keys())
+    except CheckpointError as exc:
+        raise NotVerified(f"checkpoint: {exc}") from None
+
+
+def _receipt(raw: bytes, seq: int, verifier: Verifier) -> SignedReceipt:
+    try:
+        signed = canonical.decode_record(raw)
+    except (msgspec.MsgspecError, ValueError):
+        raise NotVerified(f"receipt {seq}: not a receipt record") from None
+    body = signed.body
+    if canonical.encode_record(signed) != raw:
+        raise NotVerified(f"receipt {seq}: record is not in canonical form")
+    if body.seq != seq:
+        raise NotVerified(f"receipt {seq}: record says it is receipt {body.seq}")
+    if not verifier.verify(
+        body.key_id, canonical.signed_bytes(body), signed.signature, at_ns=body.timestamp_ns
+    ):
+        raise NotVerified(f"receipt {seq}: bad signature, or key {body.key_id} not valid then")
+    return signed
+
+
+def verify_proof(pf: ProofFile, verifier: Verifier) -> Checkpoint:
+    cp = _checkpoint(pf.checkpoint, verifier)
+    if cp.size != pf.tree_size:
+        raise NotVerified(f"proof is for tree size {pf.tree_size}, checkpoint is {cp.size}")
+    _receipt(pf.record, pf.index, verifier)
+    leaf = merkle.leaf_hash(pf.record)
+    if not merkle.verify_inclusion(leaf, pf.index, cp.size, pf.inclusion, cp.root):
+        raise NotVerified(f"receipt {pf.index} is not included in the tree of size {cp.size}")
+    return cp
+
+
+def verify_export(ef: ExportFile, verifier: Verifier) -> Checkpoint:
+    cp = _checkpoint(ef.checkpoint, verifier)
+    if cp.size != ef.tree_size:
+        raise NotVerified(f"export is for tree size {ef.tree_size}, checkpoint is {cp.size}")
+    prev: SignedReceipt | None = None
+    for i, raw in enumerate(ef.records):
+        signed = _receipt(raw, ef.start + i, verifier)
+        if prev is not None:
+            if signed.body.prev_hash != canonical.receipt_hash(prev.body):
+                raise NotVerified(f"receipt {ef.start + i}: chain break (prev_hash)")
+            if signed.body.timestamp_ns < prev.body.timestamp_ns:
+                raise NotVerified(f"receipt {ef.start + i}: earlier than its predecessor")
+        elif ef.start == 0 and signed.body.prev_hash != canonical.GENESIS_PREV:
+            raise NotVerified("receipt 0: chain does not start at the genesis hash")
+        prev = signed
+    leaves = [merkle.leaf_hash(r) for r in ef.records]
+    if merkle.root_from_range(leaves, ef.start, cp.size, ef.range_proof) != cp.root:
+        raise NotVerified(
+            f"receipts [{ef.start}, {ef.start + len(leaves)}) do not rebuild the root "
+            f"of the tree of size {cp.size}"
+        )
+    return cp
+
+
+def verify_consistency(cf: ConsistencyFile, verifier: Verifier) -> tuple[Checkpoint, Checkpoint]:
+    old = _checkpoint(cf.old_checkpoint, verifier)
+    new = _checkpoint(cf.new_checkpoint, verifier)
+    if old.origin != new.origin:
+        raise NotVerified(f"checkpoints of two logs: {old.origin!r} and {new.origin!r}")
+    if not merkle.verify_consistency(old.size, new.size, cf.proof, old.root, new.root):
+        raise NotVerified(f"tree of size {new.size} does not extend the tree of size {old.size}")
+    return old, new
+
+
+def verify_files(named: Sequence[tuple[str, bytes]], verifier: Verifier) -> list[FileVerdict]:
+    """Verify every file; raises ``Unusable`` for input it cannot read."""
+    loaded = [(name, load(data)) for name, data in named]
+    verdicts: list[FileVerdict] = []
+    seen: dict[tuple[str, int], tuple[bytes, str]] = {}
+    for name, f in loaded:
+        kind = f.format.removeprefix("knhkd-").removesuffix("-v1")
+        try:
+            if isinstance(f, ProofFile):
+                cps = [verify_proof(f, verifier)]
+                count = 1
+            elif isinstance(f, ExportFile):
+                cps = [verify_export(f, verifier)]
+                count = len(f.records)
+            else:
+                cps = list(verify_consistency(f, verifier))
+                count = 0
+            for cp in cps:
+                other = seen.setdefault((cp.origin, cp.size), (cp.root, name))
+                if other[0] != cp.root:
+                    raise NotVerified(
+                        f"split view: {other[1]} and this file sign different trees of size "
+                        f"{cp.size} for {cp.origin!r}"
+                    )
+            verdicts.append(
+                FileVerdict(name, kind, True, "verified", cps[-1].origin, cps[-1].size, count)
+            )
+        except NotVerified as exc:
+            verdicts.append(FileVerdict(name, kind, False, str(exc)))
+    return verdicts

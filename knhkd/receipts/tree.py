@@ -1,0 +1,90 @@
+"""The RFC 6962 Merkle tree over the receipt log, kept in LMDB.
+
+Leaf ``i`` is receipt ``i``: its leaf hash is ``SHA-256(0x00 || stored
+record)`` (the canonical encoding of body and signature, receipts/canonical.py),
+so the tree commits to signatures as well as contents.
+
+Guarantees:
+- ``append`` runs in the transaction that stores the receipt: the tree and the
+  log never diverge. It stores the leaf and every aligned perfect subtree the
+  leaf completes: O(log n) work and writes per append, amortised O(1).
+- Any root, inclusion, consistency or range proof up to the current size is
+  computed from stored perfect subtrees, O(log n) reads (O(log² n) at worst).
+
+Must never: rewrite a stored node; append out of order.
+"""
+
+from __future__ import annotations
+
+import lmdb
+
+from knhkd.receipts import merkle
+from knhkd.store.env import Store
+
+META_MERKLE_SIZE = b"merkle.size"
+
+
+class TreeError(Exception):
+    """The stored tree is missing a node or out of step with the log."""
+
+
+def node_key(level: int, index: int) -> bytes:
+    return bytes([level]) + index.to_bytes(8, "big")
+
+
+class MerkleTree:
+    def __init__(self, store: Store) -> None:
+        self._db = store.db("merkle")
+        self._meta = store.db("meta")
+
+    def size(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(META_MERKLE_SIZE, db=self._meta)
+        return int(raw) if raw is not None else 0
+
+    def append(self, txn: lmdb.Transaction, index: int, leaf: bytes) -> None:
+        size = self.size(txn)
+        if index != size:
+            raise TreeError(f"leaf {index} appended to a tree of size {size}")
+        h, level, i = leaf, 0, index
+        txn.put(node_key(0, i), h, db=self._db, overwrite=False)
+        while i & 1:
+            left = self._node(txn, level, i - 1)
+            h = merkle.node_hash(left, h)
+            level, i = level + 1, i >> 1
+            txn.put(node_key(level, i), h, db=self._db, overwrite=False)
+        txn.put(META_MERKLE_SIZE, str(size + 1).encode(), db=self._meta)
+
+    def _node(self, txn: lmdb.Transaction, level: int, index: int) -> bytes:
+        raw = txn.get(node_key(level, index), db=self._db)
+        if raw is None:
+            raise TreeError(f"tree node (level {level}, index {index}) is missing")
+        return bytes(raw)
+
+    def perfect(self, txn: lmdb.Transaction) -> merkle.SubtreeHash:
+        def get(start: int, end: int) -> bytes:
+            level = (end - start).bit_length() - 1
+            return self._node(txn, level, start >> level)
+
+        return get
+
+    def _check(self, txn: lmdb.Transaction, size: int) -> None:
+        have = self.size(txn)
+        if not 0 <= size <= have:
+            raise merkle.ProofError(f"tree size {size} is beyond the log's {have}")
+
+    def root(self, txn: lmdb.Transaction, size: int | None = None) -> bytes:
+        size = self.size(txn) if size is None else size
+        self._check(txn, size)
+        return merkle.mth(self.perfect(txn), 0, size)
+
+    def inclusion(self, txn: lmdb.Transaction, index: int, size: int) -> list[bytes]:
+        self._check(txn, size)
+        return merkle.inclusion_path(self.perfect(txn), index, size)
+
+    def consistency(self, txn: lmdb.Transaction, size1: int, size2: int) -> list[bytes]:
+        self._check(txn, size2)
+        return merkle.consistency_proof(self.perfect(txn), size1, size2)
+
+    def range_proof(self, txn: lmdb.Transaction, start: int, end: int, size: int) -> list[bytes]:
+        self._check(txn, size)
+        return merkle.range_proof(self.perfect(txn), start, end, size)

@@ -1,0 +1,73 @@
+"""The checkpointer actor: signs a checkpoint of the receipt tree every
+``receipts.checkpoint_every`` receipts or ``receipts.checkpoint_interval_s``
+seconds, whichever comes first, and once more at shutdown.
+
+Guarantees: checkpoints are issued through the receipt writer, so each signs
+a committed tree (receipts/checkpointing.py refuses an inconsistent one).
+Must never: sign on its own transaction outside the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from knhkd.config import Config
+from knhkd.receipts.checkpoint import Checkpoint
+from knhkd.receipts.checkpointing import issue_job, latest
+from knhkd.receipts.log import ReceiptLog
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.store.env import Store
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        store: Store,
+        writer: ReceiptWriter,
+        receipts: ReceiptLog,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self.signed_size = 0
+        self._uncovered_since: float | None = None
+
+    def _tree_size(self) -> int:
+        with self._store.reader() as txn:
+            return self._receipts.tree.size(txn)
+
+    async def issue(self) -> Checkpoint | None:
+        cp = await self._writer.submit(issue_job(self._store, self._receipts))
+        if cp is not None:
+            self.signed_size = cp.size
+        self._uncovered_since = None
+        return cp
+
+    async def run(self) -> None:
+        with self._store.reader() as txn:
+            last = latest(self._store, txn)
+        self.signed_size = last.size if last else 0
+        while True:
+            await trio.sleep(POLL_S)
+            cfg = self._config().receipts
+            size = self._tree_size()
+            if size <= self.signed_size:
+                continue
+            now = trio.current_time()
+            if self._uncovered_since is None:
+                self._uncovered_since = now
+            due = (
+                size - self.signed_size >= cfg.checkpoint_every
+                or now - self._uncovered_since >= cfg.checkpoint_interval_s
+            )
+            if due:
+                await self.issue()
