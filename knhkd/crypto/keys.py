@@ -19,13 +19,16 @@ import base64
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import nacl.bindings
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from knhkd.crypto.batch import sign_many
 from knhkd.model import PublicKeyEntry, PublicKeyring
 
 SECRET_FORMAT = "knhkd-ed25519-secret-v1"
@@ -52,13 +55,22 @@ class Signer:
     key: SigningKey
     key_id: str
     created_ns: int
+    # libsodium's 64-byte secret key (seed || public key), for batch signing.
+    secret: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _, sk = nacl.bindings.crypto_sign_seed_keypair(bytes(self.key))
+        object.__setattr__(self, "secret", sk)
 
     @property
     def public_key(self) -> bytes:
         return bytes(self.key.verify_key)
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(self.key.sign(message).signature)
+        return bytes(nacl.bindings.crypto_sign(message, self.secret)[:64])
+
+    def sign_many(self, messages: Sequence[bytes]) -> list[bytes]:
+        return sign_many(self.secret, messages)
 
     def public_entry(self) -> PublicKeyEntry:
         return PublicKeyEntry(
@@ -142,19 +154,24 @@ class Verifier:
     ) -> bool:
         """True when ``key_id`` signed ``message``, and was valid at ``at_ns`` if given."""
         found = self._keys.get(key_id)
-        if found is None:
+        if found is None or (at_ns is not None and not self.valid_at(key_id, at_ns)):
             return False
-        key, entry = found
-        if at_ns is not None and not (
-            entry.not_before_ns <= at_ns
-            and (entry.not_after_ns is None or at_ns <= entry.not_after_ns)
-        ):
-            return False
+        key, _ = found
         try:
             key.verify(message, signature)
         except (BadSignatureError, ValueError, TypeError):
             return False
         return True
+
+    def valid_at(self, key_id: str, at_ns: int) -> bool:
+        """Is ``key_id`` known, and ``at_ns`` inside its validity window?"""
+        found = self._keys.get(key_id)
+        if found is None:
+            return False
+        entry = found[1]
+        return entry.not_before_ns <= at_ns and (
+            entry.not_after_ns is None or at_ns <= entry.not_after_ns
+        )
 
     def public_keys(self) -> dict[str, bytes]:
         return {kid: bytes(key) for kid, (key, _) in self._keys.items()}

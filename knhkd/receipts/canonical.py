@@ -35,8 +35,13 @@ def signed_bytes(body: ReceiptBody) -> bytes:
     return DOMAIN + _body_encoder.encode(body)
 
 
+def hash_of(signed: bytes) -> str:
+    """The receipt hash of already encoded ``signed_bytes``."""
+    return hashlib.sha256(signed).hexdigest()
+
+
 def receipt_hash(body: ReceiptBody) -> str:
-    return hashlib.sha256(signed_bytes(body)).hexdigest()
+    return hash_of(signed_bytes(body))
 
 
 def encode_record(receipt: SignedReceipt) -> bytes:

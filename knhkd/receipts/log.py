@@ -18,7 +18,7 @@ Must never: overwrite or delete a stored receipt.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
@@ -112,38 +112,57 @@ class ReceiptLog:
         return read_head(self._store, txn)
 
     def append(self, txn: lmdb.Transaction, draft: Draft) -> SignedReceipt:
+        return self.append_many(txn, [draft])[0]
+
+    def append_many(self, txn: lmdb.Transaction, drafts: Sequence[Draft]) -> list[SignedReceipt]:
+        """Append ``drafts`` in order. The chain links bodies, not signatures,
+        so all bodies are built first and then signed together on all cores."""
+        if not drafts:
+            return []
         head = self.head(txn)
         signer = self.signer(txn)
-        body = ReceiptBody(
-            format=canonical.FORMAT,
-            seq=head.next_seq,
-            kind=draft.kind,
-            subject_ids=list(draft.subject_ids),
-            outcome=draft.outcome,
-            sector=draft.sector,
-            timestamp_ns=max(self._clock_ns(), head.timestamp_ns),
-            prev_hash=head.hash,
-            key_id=signer.key_id,
-            inputs=dict(draft.inputs),
-        )
-        signed = SignedReceipt(body=body, signature=signer.sign(canonical.signed_bytes(body)))
-        record = canonical.encode_record(signed)
-        if not txn.put(seq_key(body.seq), record, db=self._db, overwrite=False):
-            raise ReceiptLogError(f"receipt {body.seq} already exists")
-        self.tree.append(txn, body.seq, merkle.leaf_hash(record))
-        new_head = Head(body.seq + 1, canonical.receipt_hash(body), body.timestamp_ns)
-        txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(new_head), db=self._meta)
-        return signed
+        seq, prev, ts = head.next_seq, head.hash, head.timestamp_ns
+        bodies: list[ReceiptBody] = []
+        messages: list[bytes] = []
+        for draft in drafts:
+            ts = max(self._clock_ns(), ts)
+            body = ReceiptBody(
+                format=canonical.FORMAT,
+                seq=seq,
+                kind=draft.kind,
+                subject_ids=list(draft.subject_ids),
+                outcome=draft.outcome,
+                sector=draft.sector,
+                timestamp_ns=ts,
+                prev_hash=prev,
+                key_id=signer.key_id,
+                inputs=dict(draft.inputs),
+            )
+            message = canonical.signed_bytes(body)
+            bodies.append(body)
+            messages.append(message)
+            prev = canonical.hash_of(message)
+            seq += 1
+        out: list[SignedReceipt] = []
+        leaves: list[bytes] = []
+        for body, signature in zip(bodies, signer.sign_many(messages), strict=True):
+            signed = SignedReceipt(body=body, signature=signature)
+            record = canonical.encode_record(signed)
+            if not txn.put(seq_key(body.seq), record, db=self._db, overwrite=False):
+                raise ReceiptLogError(f"receipt {body.seq} already exists")
+            out.append(signed)
+            leaves.append(merkle.leaf_hash(record))
+        self.tree.append_many(txn, head.next_seq, leaves)
+        txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(Head(seq, prev, ts)), db=self._meta)
+        return out
 
     def backfill_tree(self, txn: lmdb.Transaction) -> int:
         """Add the receipts the tree lacks (a store written before the tree
         existed). Returns how many leaves were added."""
         size = self.tree.size(txn)
-        added = 0
-        for seq, record in iter_raw(self._store, txn, after=size - 1):
-            self.tree.append(txn, seq, merkle.leaf_hash(record))
-            added += 1
-        return added
+        leaves = [merkle.leaf_hash(r) for _, r in iter_raw(self._store, txn, after=size - 1)]
+        self.tree.append_many(txn, size, leaves)
+        return len(leaves)
 
 
 def view(signed: SignedReceipt) -> ReceiptView:

@@ -42,17 +42,27 @@ class MerkleTree:
         return int(raw) if raw is not None else 0
 
     def append(self, txn: lmdb.Transaction, index: int, leaf: bytes) -> None:
+        self.append_many(txn, index, [leaf])
+
+    def append_many(self, txn: lmdb.Transaction, start: int, leaves: list[bytes]) -> None:
+        """Leaves ``start, start+1, ...``; ``start`` must be the current size."""
         size = self.size(txn)
-        if index != size:
-            raise TreeError(f"leaf {index} appended to a tree of size {size}")
-        h, level, i = leaf, 0, index
-        txn.put(node_key(0, i), h, db=self._db, overwrite=False)
-        while i & 1:
-            left = self._node(txn, level, i - 1)
-            h = merkle.node_hash(left, h)
-            level, i = level + 1, i >> 1
-            txn.put(node_key(level, i), h, db=self._db, overwrite=False)
-        txn.put(META_MERKLE_SIZE, str(size + 1).encode(), db=self._meta)
+        if start != size:
+            raise TreeError(f"leaf {start} appended to a tree of size {size}")
+        # Nodes made in this batch: their left siblings are usually among them.
+        made: dict[tuple[int, int], bytes] = {}
+        for offset, leaf in enumerate(leaves):
+            h, level, i = leaf, 0, start + offset
+            made[(0, i)] = h
+            txn.put(node_key(0, i), h, db=self._db, overwrite=False)
+            while i & 1:
+                left = made.get((level, i - 1)) or self._node(txn, level, i - 1)
+                h = merkle.node_hash(left, h)
+                level, i = level + 1, i >> 1
+                made[(level, i)] = h
+                txn.put(node_key(level, i), h, db=self._db, overwrite=False)
+        if leaves:
+            txn.put(META_MERKLE_SIZE, str(size + len(leaves)).encode(), db=self._meta)
 
     def _node(self, txn: lmdb.Transaction, level: int, index: int) -> bytes:
         raw = txn.get(node_key(level, index), db=self._db)

@@ -81,7 +81,7 @@ from knhkd.store import ids
 from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
 from knhkd.store.ids import seq_key
 from knhkd.telemetry.metrics import Metrics
-from knhkd.telemetry.tracing import setup_tracing
+from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
 from knhkd.validate.pipeline import default_pipeline
 
 log = logging.getLogger("knhkd")
@@ -615,5 +615,6 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
             log.warning("shutdown deadline of %.1fs reached", cfg.shutdown.timeout_s)
     finally:
         daemon.store.close()
+        shutdown_tracing()
     log.info("knhkd stopped%s", "" if clean else " (deadline reached)")
     return 0
