@@ -31,7 +31,7 @@ import msgspec
 import trio
 
 from knhkd.execute.promotion import RollbackRefused
-from knhkd.model import AdminRequest, AdminResponse
+from knhkd.model import AdminRequest, AdminResponse, ProposalIn
 from knhkd.receipts import canonical
 from knhkd.receipts.keyring import RotationError
 from knhkd.receipts.merkle import ProofError
@@ -118,6 +118,36 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             new = _arg_int(args, "new_size", 0, old, 2**63 - 1)
         return await daemon.consistency_file(old, new)
 
+    def _proposal(args: dict[str, Any]) -> ProposalIn:
+        try:
+            return msgspec.convert(args.get("proposal"), ProposalIn)
+        except msgspec.ValidationError as exc:
+            raise CommandError(f"invalid proposal: {exc}") from None
+
+    async def proposals_submit(args: dict[str, Any]) -> Any:
+        try:
+            proposal, created = await daemon.submit_proposal(_proposal(args))
+        except SnapshotConflict as exc:
+            raise CommandError(str(exc)) from None
+        return {"created": created, "proposal": proposal}
+
+    async def proposals_validate(args: dict[str, Any]) -> Any:
+        try:
+            return await daemon.validate_dry(_proposal(args))
+        except SnapshotConflict as exc:
+            raise CommandError(str(exc)) from None
+
+    async def proposals_show(args: dict[str, Any]) -> Any:
+        proposal, report = daemon.get_proposal(str(args.get("id", "")))
+        return {"proposal": proposal, "validation": report}
+
+    async def proposals_promote(args: dict[str, Any]) -> Any:
+        try:
+            report, promoted = await daemon.promote_proposal(str(args.get("id", "")))
+        except SnapshotConflict as exc:
+            raise CommandError(str(exc)) from None
+        return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
+
     async def checkpoint_latest(args: dict[str, Any]) -> Any:
         cp = daemon.latest_checkpoint()
         if args.get("issue") or cp is None:
@@ -140,6 +170,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "receipts.export": receipts_export,
         "receipts.consistency": receipts_consistency,
         "checkpoint.latest": checkpoint_latest,
+        "proposals.submit": proposals_submit,
+        "proposals.validate": proposals_validate,
+        "proposals.show": proposals_show,
+        "proposals.promote": proposals_promote,
     }
 
 

@@ -32,8 +32,15 @@ from werkzeug.exceptions import HTTPException
 
 from knhkd.api.problems import ApiProblem, for_status, problem_response
 from knhkd.execute.promotion import RollbackRefused
-from knhkd.model import IngestAccepted, IngestBatchAccepted, ObservationIn, encode_json
-from knhkd.monitor.decode import DecodeFailed, decode_body
+from knhkd.model import (
+    FieldError,
+    IngestAccepted,
+    IngestBatchAccepted,
+    ObservationIn,
+    ProposalIn,
+    encode_json,
+)
+from knhkd.monitor.decode import DecodeFailed, decode_body, field_of
 from knhkd.monitor.ingest import Closed, Overloaded
 from knhkd.receipts.merkle import ProofError
 from knhkd.runtime.cycle import CycleFailed
@@ -45,6 +52,7 @@ log = logging.getLogger("knhkd.http")
 
 JSON = "application/json"
 _detect_decoder = msgspec.json.Decoder(list[ObservationIn])
+_proposal_decoder = msgspec.json.Decoder(ProposalIn)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -212,6 +220,66 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise ApiProblem(409, "rollback-refused", "Rollback refused", str(exc)) from None
         except SnapshotConflict as exc:
             raise ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc)) from None
+
+    # ---------------------------------------------------------------- proposals
+
+    async def _proposal_in() -> ProposalIn:
+        try:
+            return _proposal_decoder.decode(await _body())
+        except msgspec.ValidationError as exc:
+            field, msg = field_of(exc)
+            raise ApiProblem(
+                422,
+                "invalid-proposal",
+                "Invalid proposal",
+                f"{field}: {msg}",
+                [FieldError(field=field, message=msg)],
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
+
+    def _conflict(exc: Exception) -> ApiProblem:
+        return ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc))
+
+    @app.post("/api/v1/proposals")
+    async def submit_proposal() -> Response:
+        p = await _proposal_in()
+        try:
+            proposal, created = await daemon.submit_proposal(p)
+        except SnapshotConflict as exc:
+            raise _conflict(exc) from None
+        return _json(proposal, 201 if created else 200)
+
+    @app.post("/api/v1/proposals/validate")
+    async def validate_proposal() -> Response:
+        p = await _proposal_in()
+        try:
+            return _json(await daemon.validate_dry(p))
+        except SnapshotConflict as exc:
+            raise _conflict(exc) from None
+
+    @app.get("/api/v1/proposals/<proposal_id>")
+    async def get_proposal(proposal_id: str) -> Response:
+        try:
+            proposal, report = daemon.get_proposal(proposal_id)
+        except NotFound as exc:
+            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
+        return _json({"proposal": proposal, "validation": report})
+
+    @app.post("/api/v1/proposals/<proposal_id>/promote")
+    async def promote_proposal(proposal_id: str) -> Response:
+        try:
+            report, promoted = await daemon.promote_proposal(proposal_id)
+        except NotFound as exc:
+            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
+        except SnapshotConflict as exc:
+            raise _conflict(exc) from None
+        body = {
+            "promoted": promoted,
+            "validation": report,
+            "snapshot": daemon.knowledge.current,
+        }
+        return _json(body, 200 if promoted else 422)
 
     # ---------------------------------------------------------------- loop
 

@@ -84,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     fmt(sn.add_parser("list", help="list snapshots"))
     fmt(sn.add_parser("rollback", help="make the current snapshot's parent current"), "json")
+    po = sub.add_parser("proposals", help="ΔΣ proposals").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    for name, helptext in (
+        ("submit", "store a proposal (JSON file, - for stdin) with its receipt"),
+        ("validate", "run the full pipeline on a proposal file; nothing is stored"),
+    ):
+        pp = po.add_parser(name, help=helptext)
+        pp.add_argument("file")
+    for name, helptext in (
+        ("show", "a stored proposal and its validation report"),
+        ("promote", "validate a stored proposal and promote it if it passes"),
+    ):
+        pp = po.add_parser(name, help=helptext)
+        pp.add_argument("id")
     cy = sub.add_parser("cycle", help="the MAPE-K loop").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -295,6 +310,21 @@ def run(args: argparse.Namespace) -> int:
             except FileNotFoundError:
                 raise CtlError(f"no daemon answers and {path} does not exist") from None
         _print_json(ring)
+    elif group == "proposals" and action in ("submit", "validate"):
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        try:
+            doc = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise CtlError(f"{args.file}: not JSON: {exc}") from None
+        res = _require_daemon(args, f"proposals.{action}", {"proposal": doc})
+        _print_json(res)
+        if action == "validate" and not res["passed"]:
+            return EXIT_VERIFY_FAILED
+    elif group == "proposals":
+        res = _require_daemon(args, f"proposals.{action}", {"id": args.id})
+        _print_json(res)
+        if action == "promote" and not res["promoted"]:
+            return EXIT_VERIFY_FAILED
     elif (group, action) == ("keys", "rotate"):
         _print_json(_require_daemon(args, "keys.rotate", {}))
     elif (group, action) == ("receipts", "prove"):

@@ -43,7 +43,7 @@ class Decoded:
     single: bool
 
 
-def _field_of(exc: msgspec.ValidationError) -> tuple[str, str]:
+def field_of(exc: msgspec.ValidationError) -> tuple[str, str]:
     text = str(exc)
     msg, sep, where = text.rpartition(" - at `")
     if not sep:
@@ -55,7 +55,7 @@ def _decode_item(raw: bytes | msgspec.Raw, index: int | None) -> ObservationIn |
     try:
         return _item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        field, msg = _field_of(exc)
+        field, msg = field_of(exc)
         return FieldError(field=field, message=msg, index=index)
     except msgspec.DecodeError as exc:
         return FieldError(field="$", message=f"malformed JSON: {exc}", index=index)

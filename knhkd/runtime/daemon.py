@@ -4,11 +4,13 @@ Start-up, in order; a failed step raises ``StartupError`` naming the step:
   1. data directory (0700) and the LMDB store (exclusive lock, reader_check,
      schema version);
   2. the signing key (generated 0600 on first start) and the public keyring
-     file ``keys/public.json``;
+     file ``keys/public.json``; the shared-memory ring when ``[ring] enabled``
+     (created when absent; a header or layout mismatch is refused);
   3. the receipt writer, then knowledge: the current snapshot, or genesis from
-     ``knowledge.ontology_dir`` with its receipt;
+     ``knowledge.ontology_dir`` with its receipt, published to the ring's
+     snapshot descriptor (as is every later promotion and rollback);
   4. the actors (ingest, analyzer, planner, executor, scheduler) under the
-     supervisor, the admin socket, the HTTP server;
+     supervisor, the admin socket, the HTTP server, the ring drain;
   5. ``gc.freeze()`` of the start-up heap, then ready (``/ready`` 200,
      ``READY=1`` to systemd).
 
@@ -47,6 +49,7 @@ from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
 from knhkd.execute.actor import Executor
+from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError
 from knhkd.knowledge.shacl import Shapes
 from knhkd.model import (
@@ -59,14 +62,19 @@ from knhkd.model import (
     Observation,
     ObservationIn,
     ProofFile,
+    Proposal,
+    ProposalIn,
     PublicKeyring,
     ReceiptView,
     SignedReceipt,
     Snapshot,
     StatusReport,
+    ValidationReport,
 )
 from knhkd.monitor.ingest import Ingest
-from knhkd.plan.actor import Planner
+from knhkd.monitor.ring_drain import RingDrain
+from knhkd.plan.actor import Planner, proposal_draft, store_proposals_job
+from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical, checkpointing, keyring, offline
 from knhkd.receipts.checkpoint import Checkpoint
 from knhkd.receipts.checkpointing import set_origin_job
@@ -74,6 +82,7 @@ from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
 from knhkd.runtime import knowledge as kn
 from knhkd.runtime.checkpointer import Checkpointer
 from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.runtime.knowledge import SnapshotConflict
 from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.runtime.sdnotify import notify, watchdog_interval_s
 from knhkd.runtime.supervisor import Supervisor
@@ -89,7 +98,8 @@ log = logging.getLogger("knhkd")
 MB = 1024 * 1024
 _obs_decoder = msgspec.msgpack.Decoder(Observation)
 _pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
-_cycle_decoder = msgspec.msgpack.Decoder(CycleReport)
+_proposal_decoder = msgspec.msgpack.Decoder(Proposal)
+_report_decoder = msgspec.msgpack.Decoder(ValidationReport)
 
 # Settings a running daemon cannot take over on SIGHUP.
 RESTART_ONLY = (
@@ -99,6 +109,12 @@ RESTART_ONLY = (
     ("keys", "signing_key"),
     ("knowledge", "ontology_dir"),
     ("knowledge", "shapes_dir"),
+    ("ring", "enabled"),
+    ("ring", "path"),
+    ("ring", "lanes"),
+    ("ring", "capacity"),
+    ("ring", "mode"),
+    ("ring", "tsc_hz"),
 )
 
 
@@ -155,6 +171,9 @@ class Daemon:
         self.checkpointer: Checkpointer
         self._knowledge: kn.KnowledgeState
         self.http_bound: list[str] = []
+        # The shared-memory ring's consumer handle ([ring] enabled), and its drain.
+        self.ring: Consumer | None = None
+        self.ring_drain: RingDrain | None = None
 
     # ------------------------------------------------------------------ #
     # Start-up steps
@@ -179,6 +198,17 @@ class Daemon:
         except (KeyFileError, OSError) as exc:
             self.store.close()
             raise StartupError("keys", str(exc)) from None
+        if cfg.ring.enabled:
+            try:
+                self.ring = Consumer.create_or_open(
+                    cfg.ring_path,
+                    lanes=cfg.ring.lanes,
+                    capacity=cfg.ring.capacity,
+                    mode=cfg.ring.mode,
+                )
+            except (RingError, OSError) as exc:
+                self.store.close()
+                raise StartupError("ring", str(exc)) from None
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
         self.writer = ReceiptWriter(self.store, self.metrics)
         self.checkpointer = Checkpointer(lambda: self.cfg, self.store, self.writer, self.receipts)
@@ -218,7 +248,7 @@ class Daemon:
                     record.meta.snapshot_id[:16],
                     record.meta.triple_count,
                 )
-            self._knowledge = kn.state_of(record, shapes)
+            self.set_knowledge(kn.state_of(record, shapes))
         except (KnowledgeError, OSError) as exc:
             raise StartupError("knowledge", str(exc)) from None
         self.metrics.snapshot_version.set(record.meta.version)
@@ -228,7 +258,13 @@ class Daemon:
         return self._knowledge
 
     def set_knowledge(self, state: kn.KnowledgeState) -> None:
+        """Every change of the current snapshot (start, promotion, rollback) comes
+        here, on the trio thread, so the ring's descriptor follows it and has
+        one writer."""
         self._knowledge = state
+        if self.ring is not None:
+            meta = state.current
+            self.ring.publish_snapshot(meta.snapshot_id, meta.version, meta.promoted_at_ns)
 
     # ------------------------------------------------------------------ #
     # Reads for the API and admin layers (short read transactions)
@@ -404,6 +440,58 @@ class Daemon:
     async def run_cycle(self) -> CycleReport:
         cycle: Cycle = await self.scheduler.request("on_demand")
         return await cycle.wait()
+
+    # Proposals submitted by operators (the planner's take the same path) --- #
+
+    def _as_proposal(self, p: ProposalIn) -> Proposal:
+        current = self.knowledge.current.snapshot_id
+        if p.parent_snapshot_id is not None and p.parent_snapshot_id != current:
+            raise SnapshotConflict(
+                f"the proposal is against {p.parent_snapshot_id[:16]}, "
+                f"the current snapshot is {current[:16]}"
+            )
+        return make_proposal(p, current, time.time_ns())
+
+    async def submit_proposal(self, p: ProposalIn) -> tuple[Proposal, bool]:
+        """Store ``p`` with a receipt. Returns (proposal, created); the same
+        change against the same snapshot returns the stored one."""
+        proposal = self._as_proposal(p)
+        stored = await self.writer.submit(
+            store_proposals_job(self.store, self.receipts, [(proposal, proposal_draft(proposal))])
+        )
+        if stored:
+            return proposal, True
+        with self.store.reader() as txn:
+            change = f"{proposal.parent_snapshot_id}:{delta_id(proposal.delta)}".encode()
+            existing = txn.get(change, db=self.store.db("proposal_deltas"))
+        if existing is None:
+            raise NotFound(f"proposal {proposal.id[:16]} was neither stored nor found")
+        return self.get_proposal(bytes(existing).decode())[0], False
+
+    def get_proposal(self, proposal_id: str) -> tuple[Proposal, ValidationReport | None]:
+        with self.store.reader() as txn:
+            raw = txn.get(proposal_id.encode(), db=self.store.db("proposals"))
+            report = txn.get(proposal_id.encode(), db=self.store.db("validations"))
+        if raw is None:
+            raise NotFound(f"no proposal {proposal_id!r}")
+        return (
+            _proposal_decoder.decode(raw),
+            None if report is None else _report_decoder.decode(report),
+        )
+
+    async def validate_dry(self, p: ProposalIn) -> ValidationReport:
+        """The full report for ``p`` against the current snapshot; nothing is
+        stored, receipted or promoted."""
+        return await self.executor.validate(self._as_proposal(p))
+
+    async def promote_proposal(self, proposal_id: str) -> tuple[ValidationReport, bool]:
+        proposal, _ = self.get_proposal(proposal_id)
+        if proposal.parent_snapshot_id != self.knowledge.current.snapshot_id:
+            raise SnapshotConflict(
+                f"proposal {proposal_id[:16]} is against {proposal.parent_snapshot_id[:16]}, "
+                f"not the current snapshot; submit it again"
+            )
+        return await self.executor.judge(proposal)
 
     async def rollback(self) -> Snapshot:
         state = self.knowledge
@@ -586,6 +674,20 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                             interval = watchdog_interval_s()
                             if interval:
                                 front_n.start_soon(_watchdog, daemon, interval)
+                            if daemon.ring is not None:
+                                # A producer like any other: stops with the front,
+                                # before the ingest intake closes. A batch cut off
+                                # mid-commit is found by its stored cursor at start.
+                                daemon.ring_drain = RingDrain(
+                                    lambda: daemon.cfg,
+                                    daemon.ring,
+                                    daemon.store,
+                                    daemon.ingest,
+                                    daemon.metrics,
+                                )
+                                front_n.start_soon(
+                                    sup.supervise, "ring_drain", daemon.ring_drain.run
+                                )
                             # Start-up garbage is long-lived: keep it out of every
                             # later full collection (PLATFORM_NOTES, CPython GC).
                             gc.collect()
@@ -614,6 +716,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
             clean = False
             log.warning("shutdown deadline of %.1fs reached", cfg.shutdown.timeout_s)
     finally:
+        if daemon.ring is not None:
+            daemon.ring.close()
         daemon.store.close()
         shutdown_tracing()
     log.info("knhkd stopped%s", "" if clean else " (deadline reached)")
