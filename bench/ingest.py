@@ -401,7 +401,7 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         f"  {mark(v['open_p99'])}; rate held {mark(v['open_rate_held'])}; "
         f"generator send lag p50 {lag['p50']} ms p99 {lag['p99']} ms; "
         f"{opn['queued_for_connection']} requests waited for a connection",
-        f"every response 2xx      {mark(v['all_2xx'])}",
+        f"every request got a 2xx {mark(v['all_2xx'])}",
         f"durability              201s sent {r['durability']['acknowledged_201']:,}, "
         f"knhk_observations_ingested_total {r['durability']['ingested_total_metric']}  "
         f"{mark(v['durable_ge_acknowledged'])}",
