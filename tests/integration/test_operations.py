@@ -116,3 +116,35 @@ def test_actor_past_its_restart_budget_stops_the_daemon_non_zero(make_daemon) ->
     assert all(s == 503 for s in statuses), statuses
     assert "restart budget" in d.log() or "failed too often" in d.log()
     assert degraded_seen
+
+
+def test_systemd_notify_protocol(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Under Type=notify the daemon says READY=1 once serving, WATCHDOG=1 while
+    healthy, and STOPPING=1 on SIGTERM — over a real notify socket."""
+    import socket as pysocket
+
+    path = tmp_path / "notify.sock"
+    sock = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    d: RunningDaemon = make_daemon(start=False)
+    d.env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
+    d.start(wait=False)
+    got: list[str] = []
+    try:
+        while "READY=1" not in got:
+            got.append(sock.recv(4096).decode())
+        assert httpx.get(d.base + "/ready").status_code == 200
+        while "WATCHDOG=1" not in got:
+            got.append(sock.recv(4096).decode())
+        assert d.stop() == 0
+        sock.settimeout(1)
+        try:
+            while True:
+                got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+    finally:
+        sock.close()
+    assert "STOPPING=1" in got
+    assert got.index("READY=1") < got.index("STOPPING=1")
