@@ -88,6 +88,17 @@ class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     shapes_dir: str = "conf/shapes"
 
 
+class IngestConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Validate every observation against its sector's SHACL shapes before
+    # commit (knhkd/monitor/shapes.py); a violation is 422 and stores nothing.
+    shacl: bool = True
+    # One <sector>.ttl per sector. Empty: <knowledge.shapes_dir>/observations.
+    observation_shapes_dir: str = ""
+    # Requests with more observations than this (or with an RDF payload) are
+    # validated on a worker thread instead of the event loop.
+    shacl_inline_max_items: PositiveInt = 64
+
+
 class HighFrequencyConfig(Struct, forbid_unknown_fields=True, frozen=True):
     window_s: PositiveFloat = 60.0
     threshold: PositiveInt = 100
@@ -119,9 +130,85 @@ class AnalyzeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     evidence_sample: PositiveInt = 16
 
 
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+
+
+class StageTimeBudgets(Struct, forbid_unknown_fields=True, frozen=True):
+    """Milliseconds each validation stage may take; over it, the proposal is
+    rejected at that stage (stages 6 and 7 included)."""
+
+    static: PositiveFloat = 2000.0
+    invariants: PositiveFloat = 250.0
+    doctrines: PositiveFloat = 2000.0
+    guards: PositiveFloat = 250.0
+    performance_budget: PositiveFloat = 250.0
+    rollback: PositiveFloat = 250.0
+    compatibility: PositiveFloat = 1000.0
+
+
+class InvariantsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Thresholds of the hard invariants Q2–Q5 (validation stage 2)."""
+
+    # Q2: fraction of observations violating their sector's schema.
+    max_schema_violation_rate: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    # Q3: a proposal's estimated_ticks (the Chatman constant).
+    max_estimated_ticks: NonNegativeInt = 8
+    # Q4: hot-path p99 in ticks, warm-path p99 in ms.
+    hot_path_max_ticks: PositiveFloat = 8.0
+    warm_path_max_ms: PositiveFloat = 100.0
+    # Q5: resident memory, CPU, API tail latency, hot-path tick regression.
+    max_memory_mb: PositiveFloat = 1024.0
+    max_cpu_percent: PositiveFloat = 50.0
+    max_tail_ms: PositiveFloat = 500.0
+    max_tick_regression: NonNegativeFloat = 0.10
+    # A figure the daemon did not supply: "warn" (stage 2 gives a warning
+    # naming it) or "reject" (stage 2 fails).
+    unmeasured: Literal["warn", "reject"] = "warn"
+
+
+class BudgetConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Performance budget (stage 5): cost = ⌈classes×class_cost⌉ +
+    ⌈properties×property_cost⌉ + ⌈shapes×shape_cost⌉ ticks, affordable iff
+    it is at most the remaining budget (total_ticks when nothing is consumed)."""
+
+    total_ticks: PositiveFloat = 64.0
+    class_cost: NonNegativeFloat = 1.0
+    property_cost: NonNegativeFloat = 0.5
+    shape_cost: NonNegativeFloat = 3.0
+
+
 class ValidateConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Stage 6 (rollback) and 7 (compatibility) failures reject instead of warn.
     strict: bool = False
+    time_budget_ms: StageTimeBudgets = StageTimeBudgets()
+    invariants: InvariantsConfig = InvariantsConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+
+class QuorumConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Distinct approvers a relaxation needs, and hours between request and approval."""
+
+    quorum: PositiveInt = 1
+    min_review_h: NonNegativeFloat = 0.0
+
+
+class GovernanceConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Doctrine files, one per sector: <dir>/<sector>.toml.
+    doctrines_dir: str = "conf/doctrines"
+    # Guard files: <dir>/*.toml.
+    guards_dir: str = "conf/guards"
+    # Names of the built-in custom doctrine checks doctrines may use; a
+    # doctrine naming any other is refused when the doctrines are loaded.
+    custom_checks: tuple[str, ...] = ("max_delta_triples", "no_blank_nodes")
+    # A relaxation request not activated within this many hours expires.
+    request_expiry_h: PositiveFloat = 168.0
+    # Hours an activated relaxation keeps its guard off.
+    activation_window_h: PositiveFloat = 1.0
+    critical: QuorumConfig = QuorumConfig(quorum=3, min_review_h=24.0)
+    high: QuorumConfig = QuorumConfig(quorum=2, min_review_h=12.0)
+    medium: QuorumConfig = QuorumConfig(quorum=1, min_review_h=1.0)
+    low: QuorumConfig = QuorumConfig(quorum=1, min_review_h=0.0)
 
 
 class LoopConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -151,6 +238,36 @@ class TelemetryConfig(Struct, forbid_unknown_fields=True, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# Same rule as model.EventType (this layer may not import it); the ring decoder
+# checks names against model.EventType again when it is built.
+_RingEventType = Annotated[
+    str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]*$")
+]
+
+
+class RingConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """The shared-memory observation ring (native/knhk_ring.h, knhkd/hotpath/)."""
+
+    # On by default: it costs a file and a poll, and a producer can use it at once.
+    enabled: bool = True
+    # Empty: ``observations.ring`` inside the data directory (same-user producers).
+    path: str = ""
+    # Producers that may append at once (each holds a lane while it is open).
+    lanes: Annotated[int, Meta(ge=1, le=64)] = 8
+    # Records per lane: a power of two from 64 to 16777216 (64 bytes each).
+    capacity: PositiveInt = 8192
+    # Mode of a ring file knhkd creates (one that exists keeps its own).
+    mode: Annotated[int, Meta(ge=0, le=0o7777)] = 0o600
+    # Most ring records in one commit.
+    drain_batch: Annotated[int, Meta(ge=1, le=65536)] = 4096
+    # Seconds the drain sleeps when the ring is empty.
+    poll_interval_s: PositiveFloat = 0.005
+    # Tick (TSC) frequency in Hz; 0: measured at start.
+    tsc_hz: Annotated[int, Meta(ge=0)] = 0
+    # Event code (as a string) -> event type; unmapped codes become "ring.<code>".
+    event_codes: dict[str, _RingEventType] = {}
+
+
 class Config(Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -158,12 +275,15 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
+    ingest: IngestConfig = IngestConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     validate: ValidateConfig = ValidateConfig()
     loop: LoopConfig = LoopConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    governance: GovernanceConfig = GovernanceConfig()
+    ring: RingConfig = RingConfig()
 
     # ---- derived paths ---------------------------------------------------- #
 
@@ -180,6 +300,16 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
         if self.keys.signing_key:
             return Path(self.keys.signing_key)
         return self.data_dir / "keys" / "signing.key"
+
+    @property
+    def ring_path(self) -> Path:
+        return Path(self.ring.path) if self.ring.path else self.data_dir / "observations.ring"
+
+    @property
+    def observation_shapes_dir(self) -> Path:
+        if self.ingest.observation_shapes_dir:
+            return Path(self.ingest.observation_shapes_dir)
+        return Path(self.knowledge.shapes_dir) / "observations"
 
     def digest(self) -> str:
         """SHA-256 of the canonical encoding; receipts record which config decided."""
@@ -243,7 +373,17 @@ def build(
         raise ConfigError("storage.max_map_size_mb", "must be at least storage.map_size_mb")
     if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
+    _check_ring(cfg.ring)
     return cfg
+
+
+def _check_ring(ring: RingConfig) -> None:
+    cap = ring.capacity
+    if cap & (cap - 1) or not 64 <= cap <= 1 << 24:
+        raise ConfigError("ring.capacity", f"must be a power of two in 64..16777216, not {cap}")
+    for code in ring.event_codes:
+        if not code.isdigit() or int(code) > 0xFFFF:
+            raise ConfigError(f"ring.event_codes.{code}", "an event code is an integer 0..65535")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -276,6 +416,10 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("keys", "signing_key"),
     ("knowledge", "ontology_dir"),
     ("knowledge", "shapes_dir"),
+    ("ingest", "observation_shapes_dir"),
+    ("governance", "doctrines_dir"),
+    ("governance", "guards_dir"),
+    ("ring", "path"),
 )
 
 

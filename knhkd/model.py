@@ -12,7 +12,7 @@ Must never: import anything from the project, perform I/O, read a clock.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -37,6 +37,15 @@ MetadataValue = Annotated[str, Meta(max_length=4096)]
 # --------------------------------------------------------------------------- #
 
 
+class RdfPayload(Struct, forbid_unknown_fields=True):
+    """RDF an observation carries: validated with its sector's shapes at ingest
+    (knhkd/monitor/shapes.py: its triples join the observation's RDF view; the
+    IRI ``urn:knhk:obs:this`` in it names the observation itself)."""
+
+    format: Literal["turtle", "json-ld"]
+    data: Annotated[str, Meta(min_length=1, max_length=65536)]
+
+
 class ObservationIn(Struct, forbid_unknown_fields=True):
     """An observation as a producer submits it (HTTP body or one NDJSON line)."""
 
@@ -46,6 +55,7 @@ class ObservationIn(Struct, forbid_unknown_fields=True):
     metadata: dict[MetadataKey, MetadataValue] = {}
     # The producer's own event time, kept as given; never used for ordering.
     event_time: datetime | None = None
+    rdf: RdfPayload | None = None
 
 
 class Observation(Struct):
@@ -59,6 +69,21 @@ class Observation(Struct):
     metadata: dict[str, str]
     ingested_at_ns: int
     event_time: datetime | None = None
+    # Last, with a default: records stored before it existed still decode.
+    rdf: RdfPayload | None = None
+
+
+class RingCursor(Struct):
+    """LMDB ``meta`` value ``ring.cursor``: where the ring drain resumes.
+
+    Written in the same transaction as the ring records it covers, so on
+    restart the drain neither loses nor repeats one. ``ring_id`` names the ring
+    file (random, fixed at its creation): a cursor of another ring is not used.
+    """
+
+    ring_id: int
+    # Per lane: the first lane sequence not yet ingested.
+    next_seq: list[int]
 
 
 class IngestAccepted(Struct):
@@ -148,6 +173,15 @@ class Delta(Struct, frozen=True):
     add: list[Triple] = []
 
 
+# A signer as ``name[:role][@unit]``: who signed, in which role, for which
+# organisational unit ("alice:cfo@finance", "bob:auditor@compliance", "carol").
+# Units are free names (doctrines name units such as "compliance" that are not
+# sectors). One person signing in two roles is two entries with the same name.
+# Identity is declared by the caller until authentication lands (its own issue).
+SIGNER_PATTERN = r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)?(?:@[A-Za-z0-9_.\-]+)?$"
+SignerText = Annotated[str, Meta(min_length=1, max_length=256, pattern=SIGNER_PATTERN)]
+
+
 class ProposalIn(Struct, forbid_unknown_fields=True):
     """A ΔΣ as an operator (or the planner) submits it."""
 
@@ -157,7 +191,7 @@ class ProposalIn(Struct, forbid_unknown_fields=True):
     reasoning: Annotated[str, Meta(max_length=16384)] = ""
     confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
     estimated_ticks: Annotated[int, Meta(ge=0)] = 0
-    signers: list[str] = []
+    signers: list[SignerText] = []
     resources: dict[str, float] = {}
     pattern_id: str | None = None
     # The snapshot the delta was written against; the current one when absent.
@@ -187,6 +221,16 @@ class Proposal(Struct):
 # --------------------------------------------------------------------------- #
 
 StageVerdict = Literal["passed", "failed", "warning"]
+# A part of a stage's judgement: one invariant (Q1..Q5), one doctrine, one
+# guard. "not_measured": a runtime figure the part needs was not supplied; it
+# is never reported as passed.
+SubVerdictKind = Literal["passed", "failed", "warning", "not_measured"]
+
+
+class SubVerdict(Struct):
+    id: str
+    verdict: SubVerdictKind
+    message: str
 
 
 class StageResult(Struct):
@@ -196,6 +240,27 @@ class StageResult(Struct):
     verdict: StageVerdict
     message: str
     duration_ms: float
+    sub_verdicts: list[SubVerdict] = []
+
+
+class RuntimeFigures(Struct, frozen=True):
+    """What the daemon measured about itself, for invariants Q2, Q4 and Q5.
+
+    Every figure is optional: None means "not measured", and the stage that
+    needs it says so instead of passing it (see validate/invariants.py)."""
+
+    rss_mb: float | None = None
+    cpu_percent: float | None = None
+    # Tail latency of the HTTP API, ms.
+    p99_ms: float | None = None
+    # p99 of a hot-path operation, in TSC ticks, and the baseline it is
+    # compared with for the tick-regression bound.
+    hot_path_ticks_p99: float | None = None
+    tick_baseline_p99: float | None = None
+    # p99 of a warm-path operation (one ingest batch to commit), ms.
+    warm_path_ms: float | None = None
+    # Fraction (0..1) of recent observations that violated their sector's schema.
+    schema_violation_rate: float | None = None
 
 
 class ValidationReport(Struct):
@@ -231,6 +296,160 @@ class SnapshotRecord(Struct):
 
 
 # --------------------------------------------------------------------------- #
+# Governance: doctrines, guards, guard relaxations
+# --------------------------------------------------------------------------- #
+
+GovernanceId = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+]
+Enforcement = Literal["mandatory", "warning", "advisory"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CustomParam = str | int | float | bool
+
+
+class ApprovalChain(Struct, tag="approval_chain", tag_field="kind", frozen=True,
+                    forbid_unknown_fields=True):
+    """At least ``required_signers`` distinct signers, one from each listed unit."""
+
+    required_signers: Annotated[int, Meta(ge=1)]
+    sectors: list[Annotated[str, Meta(min_length=1)]] = []
+
+
+class SegregationOfDuties(Struct, tag="segregation_of_duties", tag_field="kind", frozen=True,
+                          forbid_unknown_fields=True):
+    """No signer holds two different roles of one set."""
+
+    incompatible_roles: list[Annotated[list[str], Meta(min_length=2)]]
+
+
+class ResourceLimit(Struct, tag="resource_limit", tag_field="kind", frozen=True,
+                    forbid_unknown_fields=True):
+    """``proposal.resources[resource] <= max``; an absent resource passes."""
+
+    resource: Annotated[str, Meta(min_length=1)]
+    max: float
+
+
+class TimeWindow(Struct, tag="time_window", tag_field="kind", frozen=True,
+                 forbid_unknown_fields=True):
+    """Now (UTC) in [start_hour, end_hour) on one of ``days``; a window with
+    start > end wraps past midnight and belongs to the day it opens."""
+
+    start_hour: Annotated[int, Meta(ge=0, le=23)]
+    end_hour: Annotated[int, Meta(ge=0, le=24)]
+    days: list[Weekday] = msgspec.field(default_factory=lambda: list(WEEKDAYS))
+
+
+class SchemaConstraint(Struct, tag="schema", tag_field="kind", frozen=True,
+                       forbid_unknown_fields=True):
+    """The resulting graph conforms to a SHACL shapes file (a path relative
+    to the doctrine file)."""
+
+    shapes: Annotated[str, Meta(min_length=1)]
+
+
+class CustomConstraint(Struct, tag="custom", tag_field="kind", frozen=True,
+                       forbid_unknown_fields=True):
+    """A named check of the registry the configuration enables."""
+
+    rule: Annotated[str, Meta(min_length=1)]
+    params: dict[str, CustomParam] = {}
+
+
+DoctrineConstraint = (
+    ApprovalChain | SegregationOfDuties | ResourceLimit | TimeWindow | SchemaConstraint
+    | CustomConstraint
+)
+
+
+class Doctrine(Struct, frozen=True, forbid_unknown_fields=True):
+    """A sector rule. In effect on UTC dates ``effective_date <= d < expires``."""
+
+    id: GovernanceId
+    name: Annotated[str, Meta(min_length=1)]
+    sector: Sector
+    constraint: DoctrineConstraint
+    enforcement: Enforcement
+    effective_date: date
+    description: str = ""
+    source: str = ""
+    expires: date | None = None
+
+
+Criticality = Literal["critical", "high", "medium", "low"]
+
+
+class Guard(Struct, frozen=True, forbid_unknown_fields=True):
+    """Protected vocabulary (absolute IRIs, no angle brackets) and a run-length bound."""
+
+    id: GovernanceId
+    name: Annotated[str, Meta(min_length=1)]
+    criticality: Criticality
+    description: str = ""
+    immutable: bool = False
+    protected_classes: list[str] = []
+    protected_properties: list[str] = []
+    # Most ``estimated_ticks`` a proposal may declare; None: no bound.
+    max_run_length: Annotated[int, Meta(ge=0)] | None = None
+
+
+RelaxationState = Literal["requested", "approved", "active", "ended"]
+RelaxationEnd = Literal["expired", "window_closed", "revoked"]
+RelaxationStep = Literal[
+    "requested", "approval_recorded", "approved", "activated", "revoked", "expired",
+    "window_closed",
+]
+
+
+class Approval(Struct, frozen=True):
+    approver: str
+    at_ns: int
+
+
+class Relaxation(Struct, frozen=True):
+    """One guard relaxation (LMDB value, keyed by ``id``). The rules in force
+    when it was requested are frozen into it, so a configuration reload does
+    not change an open request. See governance/relaxation.py for the rules."""
+
+    id: str
+    guard_id: str
+    criticality: Criticality
+    requester: str
+    reason: str
+    requested_at_ns: int
+    quorum: int
+    min_review_ns: int
+    expires_at_ns: int
+    window_ns: int
+    state: RelaxationState = "requested"
+    approvals: tuple[Approval, ...] = ()
+    approved_at_ns: int | None = None
+    activated_at_ns: int | None = None
+    active_until_ns: int | None = None
+    ended_at_ns: int | None = None
+    end_reason: RelaxationEnd | None = None
+    ended_by: str = ""
+    end_detail: str = ""
+    # Time of the latest step; no later step may be earlier (Q1).
+    updated_at_ns: int = 0
+
+
+class RelaxationEvent(Struct, frozen=True):
+    """One step of a relaxation: what the runtime receipts, with the record
+    after the step (persist both in one transaction)."""
+
+    step: RelaxationStep
+    relaxation_id: str
+    guard_id: str
+    # Who took the step; "" for a step the clock takes (expiry, window close).
+    actor: str
+    at_ns: int
+    detail: str
+    record: Relaxation
+
+
+# --------------------------------------------------------------------------- #
 # Receipts
 # --------------------------------------------------------------------------- #
 
@@ -243,6 +462,8 @@ ReceiptKind = Literal[
     "snapshot_rolled_back",
     "cycle_completed",
     "key_rotated",
+    "guard_relaxation_step",
+    "governance_changed",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -415,6 +636,14 @@ class FieldError(Struct, omit_defaults=True):
     field: str
     message: str
     index: int | None = None
+    # A SHACL result (ingest shapes): focus node and value as N-Triples terms,
+    # the result path as a SPARQL property path, the constraint component IRI
+    # and the severity's local name (Violation, Warning, Info).
+    focus_node: str | None = None
+    path: str | None = None
+    constraint: str | None = None
+    severity: str | None = None
+    value: str | None = None
 
 
 class Problem(Struct, omit_defaults=True):

@@ -37,7 +37,7 @@ enum knhk_sector {
 };
 enum knhk_value_kind {
     KNHK_VALUE_NONE = 0, KNHK_VALUE_I64 = 1, KNHK_VALUE_F64 = 2, KNHK_VALUE_TEXT = 3,
-    KNHK_VALUE_BYTES = 4
+    KNHK_VALUE_BYTES = 4, KNHK_VALUE_I64_ARRAY = 5, KNHK_VALUE_F64_ARRAY = 6
 };
 enum knhk_code {
     KNHK_OK = 0, KNHK_EFULL = -1, KNHK_ESYS = -2, KNHK_ENOTRING = -3, KNHK_EVERSION = -4,

@@ -3,6 +3,10 @@
 Guarantees:
 - ``POST /api/v1/observations`` answers 201 only after the observations are
   durably committed; a batch (JSON array or NDJSON) is all-or-nothing.
+- With ``[ingest] shacl`` on, a request holding an observation that violates
+  its sector's shapes gets 422 ``urn:knhkd:problem:shacl-violation``, whose
+  ``errors`` give per offending item its index, field, focus node, path,
+  constraint and message; nothing of it is stored (monitor/shapes.py).
 - Every error is ``application/problem+json`` (api/problems.py); bodies over
   ``http.max_body_bytes`` get 413 before they are read whole.
 - While the daemon drains (SIGTERM), ingest answers 503 with ``Retry-After``
@@ -42,6 +46,7 @@ from knhkd.model import (
 )
 from knhkd.monitor.decode import DecodeFailed, decode_body, field_of
 from knhkd.monitor.ingest import Closed, Overloaded
+from knhkd.monitor.shapes import ShaclRejected
 from knhkd.receipts.merkle import ProofError
 from knhkd.runtime.cycle import CycleFailed
 from knhkd.runtime.daemon import Daemon, NotFound
@@ -99,7 +104,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        return problem_response(for_status(exc.code or 500, exc.description or ""))
+        response = problem_response(for_status(exc.code or 500, exc.description or ""))
+        if exc.code == 413:
+            # The rest of the body was never read: the connection cannot carry
+            # another request, so say so rather than leave the client waiting.
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -137,6 +147,17 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 exc.status, "invalid-observation"
             )
             raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
+        if daemon.shacl_gate is not None:
+            try:
+                await daemon.shacl_gate.check(decoded.items, single=decoded.single)
+            except ShaclRejected as exc:
+                raise ApiProblem(
+                    422,
+                    "shacl-violation",
+                    "Observations violate their sector's shapes",
+                    exc.detail,
+                    exc.errors,
+                ) from None
         try:
             ids = await daemon.ingest.submit(
                 decoded.items,

@@ -19,7 +19,7 @@ Must never: promote a proposal whose validation did not pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import lmdb
 import msgspec
@@ -45,7 +45,7 @@ from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import span
-from knhkd.validate.pipeline import Pipeline
+from knhkd.validate.pipeline import Pipeline, ValidationInputs
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -58,7 +58,11 @@ def _failure_reason(report: ValidationReport) -> str:
 
 
 def validation_job(
-    store: Store, receipts: ReceiptLog, proposal: Proposal, report: ValidationReport
+    store: Store,
+    receipts: ReceiptLog,
+    proposal: Proposal,
+    report: ValidationReport,
+    digests: dict[str, str],
 ) -> Job[SignedReceipt]:
     def job(txn: lmdb.Transaction) -> SignedReceipt:
         txn.put(proposal.id.encode(), _encoder.encode(report), db=store.db("validations"))
@@ -80,6 +84,7 @@ def validation_job(
                     "proposal_id": proposal.id,
                     "stages": stages,
                     "stages_not_run": ",".join(report.stages_not_run),
+                    **digests,
                 },
             ),
         )
@@ -146,7 +151,12 @@ class Executor:
         pipeline: Pipeline,
         metrics: Metrics,
         inbox: trio.MemoryReceiveChannel[Cycle],
+        *,
+        inputs: Callable[[], ValidationInputs] = ValidationInputs,
+        before_cycle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._inputs = inputs
+        self._before_cycle = before_cycle
         self._config = config
         self._store = store
         self._writer = writer
@@ -166,9 +176,15 @@ class Executor:
             await cycle.run_phase(self._execute(cycle))
 
     async def validate(self, proposal: Proposal) -> ValidationReport:
-        """Run the pipeline off the event loop (pySHACL holds the CPU for ms)."""
+        """The report alone (a dry run)."""
+        return (await self._validate(proposal))[0]
+
+    async def _validate(self, proposal: Proposal) -> tuple[ValidationReport, dict[str, str]]:
+        """Run the pipeline off the event loop (pySHACL holds the CPU for ms).
+        Returns the report and the digests of what the verdict depended on."""
         state = self._knowledge()
-        strict = self._config().validate.strict
+        cfg = self._config()
+        inputs = self._inputs()
         started = time.perf_counter()
         with span("knhk.mape_k.knowledge", **{"proposal.id": proposal.id}):
             report = await trio.to_thread.run_sync(
@@ -176,14 +192,22 @@ class Executor:
                     proposal,
                     state.graph,
                     state.shapes,
-                    strict=strict,
+                    strict=cfg.validate.strict,
                     now_ns=time.time_ns(),
                     perf_counter=time.perf_counter,
+                    inputs=inputs,
                 )
             )
+        # What the verdict depended on, so a past validation can be replayed.
+        digests = {
+            "doctrines_digest": inputs.doctrines.digest,
+            "guards_digest": inputs.guards.digest,
+            "shapes_digest": state.shapes.digest,
+            "config_digest": cfg.digest(),
+        }
         self._metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
         self._metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
-        return report
+        return report, digests
 
     async def _rebase(self, proposal: Proposal, cycle: Cycle) -> Proposal | None:
         """The same change against the now-current snapshot, as a new receipted
@@ -218,9 +242,9 @@ class Executor:
         self, proposal: Proposal, cycle: Cycle | None = None
     ) -> tuple[ValidationReport, bool]:
         """Validate and, when it passes, promote. Returns (report, promoted)."""
-        report = await self.validate(proposal)
+        report, digests = await self._validate(proposal)
         signed = await self._writer.submit(
-            validation_job(self._store, self._receipts, proposal, report)
+            validation_job(self._store, self._receipts, proposal, report, digests)
         )
         ids = [canonical.receipt_id(signed.body.seq)]
         promoted = False
@@ -260,13 +284,20 @@ class Executor:
             except (KnowledgeError, SnapshotConflict) as exc:
                 refused = await self._writer.submit(refusal_job(self._receipts, proposal, str(exc)))
                 return False, canonical.receipt_id(refused.body.seq)
-        self._set_knowledge(state_of(record, state.shapes))
+        fresh = state_of(record, state.shapes)
+        self._set_knowledge(fresh)
+        # The new snapshot's SHACL baselines, off the next proposal's path.
+        await trio.to_thread.run_sync(
+            lambda: self._pipeline.warm(fresh.graph, fresh.shapes, self._inputs())
+        )
         self._metrics.snapshots_promoted.inc()
         self._metrics.snapshot_version.set(record.meta.version)
         self._metrics.receipts_appended.labels("snapshot_promoted").inc()
         return True, canonical.receipt_id(signed.body.seq)
 
     async def _execute(self, cycle: Cycle) -> None:
+        if self._before_cycle is not None:
+            await self._before_cycle()
         budget = self._config().loop.max_promotions_per_cycle
         for planned in cycle.proposals:
             if cycle.snapshots_promoted >= budget:

@@ -18,7 +18,10 @@ Guarantees:
   (RDFC-1.0) prescribes: ``\\" \\\\ \\n \\r \\t \\b \\f`` as ECHAR, other control
   characters as ``\\u00XX`` with upper-case hex, everything else verbatim.
 - ``content_id`` / ``content_hash`` are SHA-256 in lower-case hex.
-- ``apply_delta`` never mutates its input graph.
+- ``apply_delta`` never mutates its input graph; ``DeltaView`` reads the same
+  result through the parent without copying it.
+- ``diff_ntriples`` of two snapshots' canonical texts is (removed, added),
+  each sorted; applying it as a ΔΣ to the first gives the second.
 
 Must never: read files other than those a loader is explicitly given, read a
 clock, or resolve a relative IRI against anything (the result would depend on
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -274,16 +277,27 @@ def load_ontology(directory: Path) -> Graph:
         raise KnowledgeError(f"{directory}: no *.ttl files")
     merged = Graph()
     for f in files:
-        part = Graph()
-        try:
-            part.parse(data=f.read_text(encoding="utf-8"), format="turtle", publicID=_NO_BASE)
-            _add_normalised(merged, part)
-        # rdflib's Turtle parser raises IndexError on some truncated input.
-        except (
-            SyntaxError, ValueError, LookupError, OSError, rdflib.exceptions.Error, TermError
-        ) as exc:
-            raise KnowledgeError(f"{f}: {type(exc).__name__}: {exc}") from exc
+        _parse_turtle_into(merged, f)
     return merged
+
+
+def load_turtle(path: Path) -> Graph:
+    """One Turtle file, with the checks of ``load_ontology`` (errors name the file)."""
+    g = Graph()
+    _parse_turtle_into(g, path)
+    return g
+
+
+def _parse_turtle_into(target: Graph, f: Path) -> None:
+    part = Graph()
+    try:
+        part.parse(data=f.read_text(encoding="utf-8"), format="turtle", publicID=_NO_BASE)
+        _add_normalised(target, part)
+    # rdflib's Turtle parser raises IndexError on some truncated input.
+    except (
+        SyntaxError, ValueError, LookupError, OSError, rdflib.exceptions.Error, TermError
+    ) as exc:
+        raise KnowledgeError(f"{f}: {type(exc).__name__}: {exc}") from exc
 
 
 def apply_delta(g: Graph, delta: Delta) -> Graph:
@@ -291,13 +305,7 @@ def apply_delta(g: Graph, delta: Delta) -> Graph:
 
     Raises ``DeltaError`` when a removed triple is not in ``g``, ``TermError``
     when a triple of the delta is not well formed."""
-    removals = [to_rdflib(t) for t in delta.remove]
-    additions = [to_rdflib(t) for t in delta.add]
-    absent = [t for t, r in zip(delta.remove, removals, strict=True) if r not in g]
-    if absent:
-        shown = "; ".join(f"{t.s} {t.p} {t.o}" for t in absent[:5])
-        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
-        raise DeltaError(f"{len(absent)} removed triple(s) not in the parent: {shown}{more}")
+    removals, additions = _parse_delta(g, delta)
     out = Graph()
     out += g
     for r in removals:
@@ -305,6 +313,159 @@ def apply_delta(g: Graph, delta: Delta) -> Graph:
     for a in additions:
         out.add(a)
     return out
+
+
+NodeTriple = tuple[Node, Node, Node]
+NodePattern = tuple[Node | None, Node | None, Node | None]
+
+
+def _parse_delta(g: Graph, delta: Delta) -> tuple[list[NodeTriple], list[NodeTriple]]:
+    removals = [to_rdflib(t) for t in delta.remove]
+    additions = [to_rdflib(t) for t in delta.add]
+    absent = [t for t, r in zip(delta.remove, removals, strict=True) if r not in g]
+    if absent:
+        shown = "; ".join(f"{t.s} {t.p} {t.o}" for t in absent[:5])
+        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
+        raise DeltaError(f"{len(absent)} removed triple(s) not in the parent: {shown}{more}")
+    return removals, additions
+
+
+class DeltaView:
+    """The parent with a ΔΣ applied, read through without copying the parent.
+
+    Copying an rdflib graph costs ~40 µs per triple (0.4 s for 10 k triples),
+    so validation reads the result through this view instead; ``graph()``
+    materialises it (the same content as ``apply_delta``) when a consumer
+    needs a real ``Graph``.
+
+    Guarantees: the triples of the view are exactly those of
+    ``apply_delta(parent, delta)``; ``gone`` (removed, not re-added) and
+    ``new`` (added, not already in the parent) are exactly the triples whose
+    presence differs between parent and result, in delta order. Construction
+    raises what ``apply_delta`` raises.
+
+    Must never: mutate the parent. The parent must not be mutated while a view
+    over it is in use (snapshots' graphs never are).
+    """
+
+    __slots__ = (
+        "_by_o", "_by_p", "_by_s", "_gone_set", "_graph", "_new_set", "added", "gone", "new",
+        "parent", "removed",
+    )
+
+    def __init__(self, parent: Graph, delta: Delta) -> None:
+        removals, additions = _parse_delta(parent, delta)
+        self.parent = parent
+        # Distinct, in delta order.
+        self.removed: tuple[NodeTriple, ...] = tuple(dict.fromkeys(removals))
+        self.added: tuple[NodeTriple, ...] = tuple(dict.fromkeys(additions))
+        added = set(self.added)
+        self.gone: tuple[NodeTriple, ...] = tuple(r for r in self.removed if r not in added)
+        self.new: tuple[NodeTriple, ...] = tuple(a for a in self.added if a not in parent)
+        self._gone_set = frozenset(self.gone)
+        # The new triples are few: plain dicts answer patterns over them ~10x
+        # faster than an rdflib graph would.
+        self._new_set = frozenset(self.new)
+        self._by_s: dict[Node, list[NodeTriple]] = {}
+        self._by_p: dict[Node, list[NodeTriple]] = {}
+        self._by_o: dict[Node, list[NodeTriple]] = {}
+        for t in self.new:
+            self._by_s.setdefault(t[0], []).append(t)
+            self._by_p.setdefault(t[1], []).append(t)
+            self._by_o.setdefault(t[2], []).append(t)
+        self._graph: Graph | None = None
+
+    def __len__(self) -> int:
+        return len(self.parent) - len(self.gone) + len(self.new)
+
+    def __contains__(self, t: NodeTriple) -> bool:
+        return t in self._new_set or (t not in self._gone_set and t in self.parent)
+
+    @property
+    def is_noop(self) -> bool:
+        """True when the result has exactly the parent's content."""
+        return not self.gone and not self.new
+
+    def _new_matching(self, pattern: NodePattern) -> list[NodeTriple]:
+        if not self.new:
+            return []
+        s, p, o = pattern
+        if s is not None:
+            candidates = self._by_s.get(s, [])
+        elif o is not None:
+            candidates = self._by_o.get(o, [])
+        elif p is not None:
+            candidates = self._by_p.get(p, [])
+        else:
+            return list(self.new)
+        return [
+            t for t in candidates
+            if (s is None or t[0] == s) and (p is None or t[1] == p) and (o is None or t[2] == o)
+        ]
+
+    def triples(self, pattern: NodePattern) -> Iterator[NodeTriple]:
+        gone = self._gone_set
+        for t in self.parent.triples(pattern):
+            if t not in gone:
+                yield t
+        yield from self._new_matching(pattern)
+
+    def union_triples(self, pattern: NodePattern) -> Iterator[NodeTriple]:
+        """Triples of the parent or the result (each once)."""
+        yield from self.parent.triples(pattern)
+        yield from self._new_matching(pattern)
+
+    def objects(self, s: Node, p: Node) -> Iterator[Node]:
+        for _, _, o in self.triples((s, p, None)):
+            yield o
+
+    def subjects(self, p: Node, o: Node) -> Iterator[Node]:
+        for s, _, _ in self.triples((None, p, o)):
+            yield s
+
+    def graph(self) -> Graph:
+        """The result as a new ``Graph`` (built once, then shared: do not mutate it)."""
+        if self._graph is None:
+            out = Graph()
+            out += self.parent
+            for t in self.gone:
+                out.remove(t)
+            for t in self.new:
+                out.add(t)
+            self._graph = out
+        return self._graph
+
+
+def _line_triple(line: str) -> Triple:
+    m = _LINE_RE.fullmatch(line)
+    if m is None:
+        raise TermError(f"not an N-Triples statement: {line[:200]!r}")
+    s, p, o = parse_term(m[1]), parse_term(m[2]), parse_term(m[3])
+    return from_rdflib(s, p, _normal(o))
+
+
+def _statements(text: str) -> set[str]:
+    return {
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+
+
+def diff_ntriples(before: str, after: str) -> tuple[list[Triple], list[Triple]]:
+    """(removed, added): the triples of ``before`` not in ``after`` and those of
+    ``after`` not in ``before``, each list sorted.
+
+    Both texts are canonical N-Triples (snapshot records), so equal triples are
+    equal lines and only the differing lines are parsed. Blank nodes carry each
+    snapshot's canonical labels, so a blank node whose label changed shows as
+    removed and added. Raises ``TermError`` on a differing line that is not an
+    N-Triples statement."""
+    old, new = _statements(before), _statements(after)
+    removed = {_line_triple(line) for line in old - new}
+    added = {_line_triple(line) for line in new - old}
+    # Two spellings of one triple (possible only in non-canonical text) cancel.
+    return sorted(removed - added), sorted(added - removed)
 
 
 # --------------------------------------------------------------------------- #

@@ -27,12 +27,26 @@ from pathlib import Path
 
 import pyshacl
 from pyshacl.errors import ReportableRuntimeError
+from pyshacl.rdfutil.stringify import stringify_blank_node
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.collection import Collection
 from rdflib.namespace import RDF, SH
 from rdflib.term import Node
 
 from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id, load_ontology
+
+
+def forget_pyshacl_bnode_texts() -> None:
+    """Empty pySHACL 0.40's memo of blank-node descriptions.
+
+    ``stringify_blank_node`` memoises the text of a blank node under
+    ``(id(graph), label)`` for the life of the process, so once a graph is
+    freed, a new graph at the same address gets the old graph's description of
+    a blank node with the same label in its messages. Emptying the memo before
+    a validation makes its messages describe the graph validated."""
+    cache = getattr(stringify_blank_node, "dict_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
 
 
 class ShapesError(KnowledgeError):
@@ -154,6 +168,7 @@ class Shapes:
         return cls(load_ontology(directory))
 
     def _run(self, data: Graph, *, meta_shacl: bool = False) -> ShaclResult:
+        forget_pyshacl_bnode_texts()
         shapes = Graph()
         shapes += self._graph
         conforms, report, _text = pyshacl.validate(

@@ -13,6 +13,8 @@ Guarantees:
   woken, so a cycle requested after an acknowledgement sees them.
 - A full intake is explicit back-pressure: ``Overloaded`` after
   ``enqueue_timeout``; the daemon stopping: ``Closed``.
+- ``extra_meta`` a request carries (the ring drain's resume cursor) is written
+  to the ``meta`` database in the transaction that commits its observations.
 
 Must never: acknowledge an observation that is not committed; store part of a
 request.
@@ -23,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import lmdb
@@ -34,7 +37,7 @@ from knhkd.model import Observation, ObservationIn, Outcome
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.runtime.receipt_writer import CommitFailed, ReceiptWriter, WriterClosed
 from knhkd.store.env import META_OBS_NEXT, Store
-from knhkd.store.ids import observation_id, seq_key
+from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
 
 
@@ -52,6 +55,7 @@ class _Request:
     done: trio.Event = field(default_factory=trio.Event)
     ids: list[str] = field(default_factory=list)
     error: Exception | None = None
+    extra_meta: Mapping[bytes, bytes] | None = None
 
 
 _obs_encoder = msgspec.msgpack.Encoder()
@@ -62,8 +66,10 @@ def commit_job(
     receipts: ReceiptLog,
     items: list[ObservationIn],
     clock_ns: Callable[[], int],
+    extra_meta: Mapping[bytes, bytes] | None = None,
 ) -> Callable[[lmdb.Transaction], list[Observation]]:
-    """The writer-thread job that stores ``items`` and their receipts."""
+    """The writer-thread job that stores ``items`` and their receipts, and
+    ``extra_meta`` in the ``meta`` database, all in the job's transaction."""
     db = store.db("observations")
     meta = store.db("meta")
 
@@ -73,9 +79,10 @@ def commit_job(
         now = clock_ns()
         out: list[Observation] = []
         by_sector: dict[str, list[tuple[Observation, bytes]]] = {}
-        for item in items:
+        # One call for the batch: ids are ~7 µs each one at a time (store/ids.py).
+        for item, obs_id in zip(items, observation_ids(now, seq, len(items)), strict=True):
             obs = Observation(
-                id=observation_id(now, seq),
+                id=obs_id,
                 seq=seq,
                 event_type=item.event_type,
                 sector=item.sector,
@@ -83,6 +90,7 @@ def commit_job(
                 metadata=item.metadata,
                 ingested_at_ns=now,
                 event_time=item.event_time,
+                rdf=item.rdf,
             )
             record = _obs_encoder.encode(obs)
             txn.put(seq_key(seq), record, db=db, append=True)
@@ -90,6 +98,8 @@ def commit_job(
             by_sector.setdefault(obs.sector, []).append((obs, record))
             seq += 1
         txn.put(META_OBS_NEXT, str(seq).encode(), db=meta)
+        for key, value in (extra_meta or {}).items():
+            txn.put(key, value, db=meta)
         for sector in sorted(by_sector):
             group = by_sector[sector]
             digest = hashlib.sha256()
@@ -137,11 +147,16 @@ class Ingest:
         self._closed = False
 
     async def submit(
-        self, items: list[ObservationIn], *, enqueue_timeout: float, commit_timeout: float
+        self,
+        items: list[ObservationIn],
+        *,
+        enqueue_timeout: float,
+        commit_timeout: float,
+        extra_meta: Mapping[bytes, bytes] | None = None,
     ) -> list[str]:
         if self._closed:
             raise Closed("knhkd is shutting down")
-        request = _Request(items)
+        request = _Request(items, extra_meta=extra_meta)
         with trio.move_on_after(enqueue_timeout) as scope:
             try:
                 await self._send.send(request)
@@ -190,9 +205,13 @@ class Ingest:
     async def _commit(self, batch: list[_Request], count: int) -> None:
         started = time.perf_counter()
         items = [item for req in batch for item in req.items]
+        # Requests are queued in order, so a later cursor supersedes an earlier one.
+        extra_meta: dict[bytes, bytes] = {}
+        for req in batch:
+            extra_meta.update(req.extra_meta or {})
         try:
             stored = await self._writer.submit(
-                commit_job(self._store, self._receipts, items, time.time_ns)
+                commit_job(self._store, self._receipts, items, time.time_ns, extra_meta)
             )
         except (CommitFailed, WriterClosed) as exc:
             # The writer's failure, supervised there: fail these requests only.
@@ -203,11 +222,11 @@ class Ingest:
             raise
         self._metrics.store_commit_batch_size.observe(count)
         self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
-        for obs in stored:
-            self._metrics.ingested_by_sector[obs.sector].inc()
-        self._metrics.receipts_appended.labels("observation_batch_committed").inc(
-            len({o.sector for o in stored})
-        )
+        # One inc per sector, not per observation (~0.3 µs each; ring batches are 4,096).
+        per_sector = Counter(o.sector for o in stored)
+        for sector, n in per_sector.items():
+            self._metrics.ingested_by_sector[sector].inc(n)
+        self._metrics.receipts_appended.labels("observation_batch_committed").inc(len(per_sector))
         # Stopping: the observations are durable and the analyzer rebuilds its
         # windows from the store when it starts again.
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):

@@ -12,6 +12,7 @@ Must never: mutate knowledge; that is the executor's.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -50,6 +51,16 @@ def proposal_draft(p: Proposal, *, rebased_from: str | None = None) -> Draft:
     )
 
 
+def change_key(p: Proposal) -> bytes:
+    """What makes two proposals the same change: the snapshot, the delta, and
+    who signed for it with what resources (a signed re-submission of a rejected
+    change is a new proposal)."""
+    governance = hashlib.sha256(
+        msgspec.msgpack.encode([p.sector, sorted(p.signers), sorted(p.resources.items())])
+    ).hexdigest()[:32]
+    return f"{p.parent_snapshot_id}:{delta_id(p.delta)}:{governance}".encode()
+
+
 def store_proposals_job(
     store: Store, receipts: ReceiptLog, proposals: list[tuple[Proposal, Draft]]
 ) -> Job[list[tuple[Proposal, SignedReceipt]]]:
@@ -59,7 +70,7 @@ def store_proposals_job(
         out = []
         db, deltas = store.db("proposals"), store.db("proposal_deltas")
         for p, draft in proposals:
-            change = f"{p.parent_snapshot_id}:{delta_id(p.delta)}".encode()
+            change = change_key(p)
             # The same change against the same snapshot was judged already
             # (pattern ids and confidence differ from cycle to cycle).
             if not txn.put(change, p.id.encode(), db=deltas, overwrite=False):

@@ -8,7 +8,9 @@ Start-up, in order; a failed step raises ``StartupError`` naming the step:
      (created when absent; a header or layout mismatch is refused);
   3. the receipt writer, then knowledge: the current snapshot, or genesis from
      ``knowledge.ontology_dir`` with its receipt, published to the ring's
-     snapshot descriptor (as is every later promotion and rollback);
+     snapshot descriptor (as is every later promotion and rollback); before
+     it, the sectors' observation shapes when ``[ingest] shacl`` is on (a
+     missing or broken file fails the step ``observation_shapes``);
   4. the actors (ingest, analyzer, planner, executor, scheduler) under the
      supervisor, the admin socket, the HTTP server, the ring drain;
   5. ``gc.freeze()`` of the start-up heap, then ready (``/ready`` 200,
@@ -49,9 +51,10 @@ from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
 from knhkd.execute.actor import Executor
+from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError
-from knhkd.knowledge.shacl import Shapes
+from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.model import (
     ChainVerification,
     ConsistencyFile,
@@ -73,8 +76,9 @@ from knhkd.model import (
 )
 from knhkd.monitor.ingest import Ingest
 from knhkd.monitor.ring_drain import RingDrain
-from knhkd.plan.actor import Planner, proposal_draft, store_proposals_job
-from knhkd.plan.proposals import delta_id, make_proposal
+from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
+from knhkd.plan.actor import Planner, change_key, proposal_draft, store_proposals_job
+from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical, checkpointing, keyring, offline
 from knhkd.receipts.checkpoint import Checkpoint
 from knhkd.receipts.checkpointing import set_origin_job
@@ -82,6 +86,8 @@ from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
 from knhkd.runtime import knowledge as kn
 from knhkd.runtime.checkpointer import Checkpointer
 from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.runtime.figures import Figures
+from knhkd.runtime.governance import Governance
 from knhkd.runtime.knowledge import SnapshotConflict
 from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.runtime.sdnotify import notify, watchdog_interval_s
@@ -91,7 +97,7 @@ from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
 from knhkd.store.ids import seq_key
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
-from knhkd.validate.pipeline import default_pipeline
+from knhkd.validate.pipeline import ValidationInputs, default_pipeline
 
 log = logging.getLogger("knhkd")
 
@@ -109,6 +115,8 @@ RESTART_ONLY = (
     ("keys", "signing_key"),
     ("knowledge", "ontology_dir"),
     ("knowledge", "shapes_dir"),
+    ("ingest", "shacl"),
+    ("ingest", "observation_shapes_dir"),
     ("ring", "enabled"),
     ("ring", "path"),
     ("ring", "lanes"),
@@ -158,6 +166,7 @@ class Daemon:
         self.ready = False
         self.draining = False
         self.shutdown_requested = trio.Event()
+        self.figures = Figures()
         self.http_done = trio.Event()
         self.supervisor = Supervisor(cfg.supervisor, self.metrics, random.Random())
         self.store: Store
@@ -170,6 +179,8 @@ class Daemon:
         self.executor: Executor
         self.checkpointer: Checkpointer
         self._knowledge: kn.KnowledgeState
+        # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
+        self.shacl_gate: ObservationGate | None = None
         self.http_bound: list[str] = []
         # The shared-memory ring's consumer handle ([ring] enabled), and its drain.
         self.ring: Consumer | None = None
@@ -212,6 +223,7 @@ class Daemon:
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
         self.writer = ReceiptWriter(self.store, self.metrics)
         self.checkpointer = Checkpointer(lambda: self.cfg, self.store, self.writer, self.receipts)
+        self.governance = Governance(self.store, self.writer, self.receipts)
 
     async def register_keys(self) -> None:
         """Step 3a (needs the writer): the keyring, the log's origin, the tree."""
@@ -232,9 +244,48 @@ class Daemon:
         self.verifier = Verifier(ring)
         write_public_keyring(self.cfg.signing_key_path.parent / "public.json", ring)
 
+    async def load_governance(self) -> None:
+        """Step 3b: doctrines, guards and relaxations; receipt changed digests."""
+        try:
+            self.governance.load(self.cfg)
+        except (KnowledgeError, RelaxationError) as exc:
+            raise StartupError("governance", str(exc)) from None
+        await self.governance.record_digests()
+
+    def ancestry(self, limit: int = 64) -> tuple[Snapshot, ...]:
+        """The current snapshot, then its parent, ... (at most ``limit``)."""
+        out: list[Snapshot] = []
+        with self.store.reader() as txn:
+            sid: str | None = self.knowledge.current.snapshot_id
+            while sid is not None and len(out) < limit:
+                rec = kn.read_record(self.store, txn, sid)
+                if rec is None:
+                    break
+                out.append(rec.meta)
+                sid = rec.meta.parent_id
+        return tuple(out)
+
+    def validation_inputs(self) -> ValidationInputs:
+        return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
+
+    async def advance_relaxations(self) -> None:
+        """Expiries and closed windows become receipted steps (each cycle)."""
+        now = time.time_ns()
+        await self.governance.step(lambda book: book.advance(now))
+
     async def load_knowledge(self) -> None:
         """Step 3 (needs the writer running): current snapshot or genesis."""
         cfg = self.cfg
+        if cfg.ingest.shacl:
+            try:
+                sector_shapes = load_observation_shapes(cfg.observation_shapes_dir)
+            except ShapesError as exc:
+                raise StartupError("observation_shapes", str(exc)) from None
+            self.shacl_gate = ObservationGate(
+                sector_shapes,
+                self.metrics.shacl_failures_by_sector,
+                inline_max_items=lambda: self.cfg.ingest.shacl_inline_max_items,
+            )
         try:
             shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
             record = kn.load_current(self.store)
@@ -462,8 +513,7 @@ class Daemon:
         if stored:
             return proposal, True
         with self.store.reader() as txn:
-            change = f"{proposal.parent_snapshot_id}:{delta_id(proposal.delta)}".encode()
-            existing = txn.get(change, db=self.store.db("proposal_deltas"))
+            existing = txn.get(change_key(proposal), db=self.store.db("proposal_deltas"))
         if existing is None:
             raise NotFound(f"proposal {proposal.id[:16]} was neither stored nor found")
         return self.get_proposal(bytes(existing).decode())[0], False
@@ -618,6 +668,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                 writer_n.start_soon(sup.supervise, "receipt_writer", daemon.writer.run)
                 await daemon.register_keys()
                 await daemon.load_knowledge()
+                await daemon.load_governance()
                 daemon.scheduler = CycleScheduler(
                     to_analyzer_send, lambda: daemon.cfg.loop.interval_s
                 )
@@ -631,6 +682,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     default_pipeline(),
                     daemon.metrics,
                     to_exec_recv,
+                    inputs=daemon.validation_inputs,
+                    before_cycle=daemon.advance_relaxations,
                 )
                 analyzer = Analyzer(
                     lambda: daemon.cfg,
@@ -692,6 +745,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                             # later full collection (PLATFORM_NOTES, CPython GC).
                             gc.collect()
                             gc.freeze()
+                            daemon.figures.start()
                             daemon.ready = True
                             notify("READY=1")
                             log.info(

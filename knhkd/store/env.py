@@ -46,6 +46,8 @@ DB_NAMES = (
     "checkpoints",
     # The public keyring: key id -> PublicKeyEntry (with its validity window).
     "keys",
+    # Guard relaxation records by relaxation id (governance/relaxation.py).
+    "relaxations",
     "cycles",
     "meta",
 )
@@ -56,6 +58,9 @@ META_OBS_NEXT = b"observations.next_seq"
 META_RECEIPT_HEAD = b"receipts.head"
 META_SNAPSHOT_CURRENT = b"snapshots.current"
 META_SNAPSHOT_HISTORY = b"snapshots.history"
+# model.RingCursor: where the ring drain resumes; written in the transaction
+# that commits the ring records it covers (exactly-once across crashes).
+META_RING_CURSOR = b"ring.cursor"
 
 MB = 1024 * 1024
 

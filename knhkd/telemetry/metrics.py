@@ -41,6 +41,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.ingest_shacl_failures = Counter(
+            "knhk_ingest_shacl_failures",
+            "Observations rejected at ingest for violating their sector's SHACL shapes.",
+            ["sector"],
+            registry=r,
+        )
         self.patterns_detected = Counter(
             "knhk_patterns_detected", "Patterns detected.", ["pattern_type"], registry=r
         )
@@ -112,12 +118,27 @@ class Metrics:
         )
         self.observation_append_ticks = Histogram(
             "knhk_observation_append_ticks",
-            "TSC ticks per shared-memory ring append (sampled).",
+            "TSC ticks per shared-memory ring append or snapshot-descriptor read (sampled).",
+            ["op"],
             buckets=_TICK_BUCKETS,
             registry=r,
         )
+        self.ring_full_rejections = Counter(
+            "knhk_ring_full_rejections",
+            "Ring appends refused because the producer's lane was full (records).",
+            registry=r,
+        )
+        self.ring_backlog = Gauge(
+            "knhk_ring_backlog",
+            "Ring records appended but not yet durable.",
+            registry=r,
+        )
+        # Bound once: the drain observes these per sample batch.
+        self.append_ticks_append = self.observation_append_ticks.labels("append")
+        self.append_ticks_snapshot_read = self.observation_append_ticks.labels("snapshot_read")
         # Bind the per-sector children once; sectors are a closed set.
         self.ingested_by_sector = {s: self.observations_ingested.labels(s) for s in SECTORS}
+        self.shacl_failures_by_sector = {s: self.ingest_shacl_failures.labels(s) for s in SECTORS}
         self.requests_success = self.requests.labels("success")
         self.requests_client_error = self.requests.labels("client_error")
         self.requests_error = self.requests.labels("error")

@@ -93,9 +93,16 @@
  *   of CNTVCT_EL0 on AArch64, and one nanosecond of CLOCK_MONOTONIC elsewhere
  *   (KNHK_TICKS_SOURCE names which).  knhkd measures the tick frequency at start
  *   and stores it in the header (knhk_ring_tsc_hz) so producers can convert.
- *   Producers sample their own append and snapshot-read costs (one call in
- *   KNHK_SAMPLE_PERIOD) into a per-lane mailbox; knhkd exports them as the
- *   histogram knhk_observation_append_ticks{op}.
+ *   Producers time their own appends and snapshot reads, sampled, into a
+ *   per-lane mailbox; knhkd exports the samples as the histogram
+ *   knhk_observation_append_ticks{op}.  Sampled: the append call that stores
+ *   a lane sequence divisible by KNHK_SAMPLE_PERIOD (decided from the head the
+ *   append loads anyway, so unsampled appends store no counter; a batch call
+ *   counts as one, its ticks divided by its records), and one snapshot read in
+ *   KNHK_SAMPLE_PERIOD per producer handle (the first one included).  A sample
+ *   is one call between knhk_ticks_begin() and knhk_ticks_end(), less the cost
+ *   of that pair measured at open; a single append is near the counter's
+ *   resolution (steps of ~25 ticks on the development machines).
  *
  * TRUST
  *   Every producer maps the file writable, so a producer can corrupt the ring
@@ -130,7 +137,7 @@ extern "C" {
 #define KNHK_MAX_LANES 64u
 #define KNHK_MIN_CAPACITY 64u          /* records per lane */
 #define KNHK_MAX_CAPACITY (1u << 24)   /* records per lane */
-#define KNHK_SAMPLE_PERIOD 1024u       /* one sampled call in this many, per handle */
+#define KNHK_SAMPLE_PERIOD 1024u       /* see TICKS above */
 #define KNHK_SEQLOCK_SPINS (1u << 20)  /* snapshot read attempts before KNHK_EBUSY */
 
 /* ------------------------------------------------------------------------ */
@@ -148,11 +155,13 @@ enum knhk_sector {
 };
 
 /* How the payload is read; becomes the observation's JSON `value`:
- *   NONE   null                    (len 0)
- *   I64    len 1: a number; 2..5: an array of numbers (payload.i64)
- *   F64    len 1: a number; 2..5: an array of numbers (payload.f64; finite only)
- *   TEXT   a string of len bytes of UTF-8 (0..40)
- *   BYTES  a lowercase hex string of len bytes (0..40)
+ *   NONE       null                                  (len 0)
+ *   I64        a number: payload.i64[0]              (len 1)
+ *   F64        a number: payload.f64[0], finite      (len 1)
+ *   TEXT       a string: len bytes of UTF-8          (len 0..40)
+ *   BYTES      a lowercase hex string of len bytes   (len 0..40)
+ *   I64_ARRAY  an array of payload.i64[0..len)       (len 0..5)
+ *   F64_ARRAY  an array of payload.f64[0..len), finite (len 0..5)
  * knhkd refuses (and counts) a record whose kind, len, flags, sector or UTF-8
  * is invalid; the event code needs no registration (see knhkd's [ring]
  * event_codes: unmapped codes become the event type "ring.<code>"). */
@@ -161,7 +170,9 @@ enum knhk_value_kind {
     KNHK_VALUE_I64 = 1,
     KNHK_VALUE_F64 = 2,
     KNHK_VALUE_TEXT = 3,
-    KNHK_VALUE_BYTES = 4
+    KNHK_VALUE_BYTES = 4,
+    KNHK_VALUE_I64_ARRAY = 5,
+    KNHK_VALUE_F64_ARRAY = 6
 };
 
 #define KNHK_PAYLOAD_BYTES 40u

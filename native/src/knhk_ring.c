@@ -103,13 +103,13 @@ _Static_assert(LANES_OFFSET >= SNAP_OFFSET + sizeof(struct knhk_snapshot_desc), 
 
 struct knhk_ring {
     /* The producer's hot state: one cache line, private to this handle. */
-    uint64_t head;          /* our lane's head; we are its only writer */
-    uint64_t durable_cache; /* the lane's durable cursor as last loaded */
+    uint64_t head;  /* our lane's head; we are its only writer */
+    uint64_t limit; /* durable cursor as last loaded + capacity; 0: not a producer */
     uint64_t mask;
     uint64_t capacity;
     knhk_record *slots; /* our lane's slots */
     struct knhk_lane *lane;
-    uint32_t sample_countdown;
+    uint32_t snapshot_countdown; /* snapshot reads until the next sampled one */
     int32_t lane_index;
     uint64_t tick_overhead; /* ticks of an empty begin/end pair, removed from samples */
     /* Cold state. */
@@ -323,6 +323,21 @@ static uint64_t measure_tick_overhead(void) {
     return best;
 }
 
+static inline uint64_t refresh_limit(knhk_ring *r);
+
+/* Fault the lane's pages in now rather than on its first appends (a minor
+ * fault costs about a microsecond).  Best effort: older kernels lack it. */
+static void prefault_lane(const knhk_ring *r, uint32_t i) {
+#ifdef MADV_POPULATE_WRITE
+    uintptr_t hdr = (uintptr_t)lane_at(r, i) & ~(uintptr_t)(PAGE - 1);
+    (void)madvise((void *)hdr, PAGE, MADV_POPULATE_WRITE);
+    (void)madvise(slots_at(r, i), (size_t)r->capacity * KNHK_RECORD_SIZE, MADV_POPULATE_WRITE);
+#else
+    (void)r;
+    (void)i;
+#endif
+}
+
 static int claim_lane(knhk_ring *r, knhk_status *st) {
     for (uint32_t i = 0; i < r->lanes; i++) {
         if (ofd_lock(r->fd, LANE_LOCK_OFFSET(i)) != 0) {
@@ -336,10 +351,11 @@ static int claim_lane(knhk_ring *r, knhk_status *st) {
         /* The previous owner (possibly killed) published its last record with
          * a release store of head; acquire makes all of it visible. */
         r->head = atomic_load_explicit(&lane->head, memory_order_acquire);
-        r->durable_cache = atomic_load_explicit(&lane->durable, memory_order_acquire);
+        refresh_limit(r);
         atomic_store_explicit(&lane->owner_pid, (uint64_t)getpid(), memory_order_relaxed);
         atomic_fetch_add_explicit(&lane->claims, 1, memory_order_relaxed);
-        r->sample_countdown = 1; /* the first call is sampled */
+        prefault_lane(r, i);
+        r->snapshot_countdown = 1; /* the first read is sampled */
         r->tick_overhead = measure_tick_overhead();
         return KNHK_OK;
     }
@@ -391,8 +407,9 @@ knhk_ring *knhk_ring_open(const char *path, int role, knhk_status *st) {
     r->role = role;
     r->lane_index = -1;
     r->size = (size_t)h.file_size;
-    void *map = mmap(NULL, r->size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
-                     fd, 0);
+    /* The consumer reads every lane: map it all in now (MAP_POPULATE). */
+    int mflags = MAP_SHARED | (role == KNHK_ROLE_CONSUMER ? MAP_POPULATE : 0);
+    void *map = mmap(NULL, r->size, writable ? PROT_READ | PROT_WRITE : PROT_READ, mflags, fd, 0);
     if (map == MAP_FAILED) {
         fail_sys(st, "mmap");
         goto fail;
@@ -461,58 +478,64 @@ static void publish_sample(knhk_ring *r, uint32_t op, uint64_t ticks, uint64_t c
     atomic_store_explicit(&lane->samples_written, w + 1, memory_order_release);
 }
 
-/* Room for n more records?  Reloads the durable cursor only when the cached
- * one says no, so the common case reads nothing the consumer writes. */
-static inline uint64_t room(knhk_ring *r, uint64_t n) {
-    uint64_t used = r->head - r->durable_cache;
-    if (likely(r->capacity - used >= n)) return n;
-    r->durable_cache = atomic_load_explicit(&r->lane->durable, memory_order_acquire);
-    used = r->head - r->durable_cache;
-    uint64_t free_slots = r->capacity - used;
-    return free_slots < n ? free_slots : n;
+/* The fast path tests a single bound: head < limit, where limit is the durable
+ * cursor last loaded plus the capacity (0 on a handle that is not a producer,
+ * so the test sends it to the slow path).  Reloading durable only when the
+ * bound is reached keeps the consumer's cache line out of the common path. */
+static inline uint64_t refresh_limit(knhk_ring *r) {
+    r->limit = atomic_load_explicit(&r->lane->durable, memory_order_acquire) + r->capacity;
+    return r->limit;
 }
 
-static inline int64_t append_one(knhk_ring *r, const knhk_record *rec) {
-    if (unlikely(room(r, 1) == 0)) {
-        atomic_fetch_add_explicit(&r->lane->full_count, 1, memory_order_relaxed);
-        return KNHK_EFULL;
-    }
-    uint64_t h = r->head;
+static inline void store_record(knhk_ring *r, uint64_t h, const knhk_record *rec) {
     knhk_record *slot = &r->slots[h & r->mask];
     memcpy(slot, rec, sizeof *slot);
     slot->seq = h;
-    if (slot->tsc == 0) slot->tsc = knhk_ticks();
+    if (rec->tsc == 0) slot->tsc = knhk_ticks();
     /* Publish: every byte of the slot is visible before the new head. */
     atomic_store_explicit(&r->lane->head, h + 1, memory_order_release);
     r->head = h + 1;
+}
+
+static int64_t append_slow(knhk_ring *r, const knhk_record *rec) {
+    if (r->lane == NULL) return KNHK_EROLE;
+    uint64_t h = r->head;
+    if (h >= r->limit && h >= refresh_limit(r)) {
+        atomic_fetch_add_explicit(&r->lane->full_count, 1, memory_order_relaxed);
+        return KNHK_EFULL;
+    }
+    if ((h & (KNHK_SAMPLE_PERIOD - 1)) == 0) {
+        uint64_t t0 = knhk_ticks_begin();
+        store_record(r, h, rec);
+        uint64_t t1 = knhk_ticks_end();
+        publish_sample(r, KNHK_OP_APPEND, t1 - t0, 1);
+    } else {
+        store_record(r, h, rec);
+    }
     return (int64_t)h;
 }
 
-static int64_t append_sampled(knhk_ring *r, const knhk_record *rec) {
-    r->sample_countdown = KNHK_SAMPLE_PERIOD;
-    uint64_t t0 = knhk_ticks_begin();
-    int64_t rc = append_one(r, rec);
-    uint64_t t1 = knhk_ticks_end();
-    if (rc >= 0) publish_sample(r, KNHK_OP_APPEND, t1 - t0, 1);
-    return rc;
-}
-
 int64_t knhk_append(knhk_ring *r, const knhk_record *rec) {
-    if (unlikely(r->lane == NULL)) return KNHK_EROLE;
-    if (unlikely(--r->sample_countdown == 0)) return append_sampled(r, rec);
-    return append_one(r, rec);
+    uint64_t h = r->head;
+    /* Slow path: not a producer, the bound reached, or the append to sample
+     * (one in KNHK_SAMPLE_PERIOD, decided from the head: no counter to store). */
+    if (unlikely(h >= r->limit || (h & (KNHK_SAMPLE_PERIOD - 1)) == 0))
+        return append_slow(r, rec);
+    store_record(r, h, rec);
+    return (int64_t)h;
 }
 
 static inline int64_t append_many(knhk_ring *r, const knhk_record *recs, size_t n,
                                   uint64_t *first_seq) {
-    uint64_t k = room(r, n);
     uint64_t h = r->head;
+    if (r->limit - h < n) refresh_limit(r); /* limit >= h always: no overflow */
+    uint64_t k = r->limit - h < n ? r->limit - h : n;
     uint64_t stamp = 0;
     for (uint64_t i = 0; i < k; i++) {
         knhk_record *slot = &r->slots[(h + i) & r->mask];
         memcpy(slot, &recs[i], sizeof *slot);
         slot->seq = h + i;
-        if (slot->tsc == 0) {
+        if (recs[i].tsc == 0) {
             if (stamp == 0) stamp = knhk_ticks();
             slot->tsc = stamp;
         }
@@ -528,8 +551,8 @@ static inline int64_t append_many(knhk_ring *r, const knhk_record *recs, size_t 
 
 int64_t knhk_append_batch(knhk_ring *r, const knhk_record *recs, size_t n, uint64_t *first_seq) {
     if (unlikely(r->lane == NULL)) return KNHK_EROLE;
-    if (unlikely(--r->sample_countdown == 0)) {
-        r->sample_countdown = KNHK_SAMPLE_PERIOD;
+    uint64_t offset = r->head & (KNHK_SAMPLE_PERIOD - 1);
+    if (unlikely(offset == 0 || offset + n > KNHK_SAMPLE_PERIOD)) { /* holds a multiple */
         uint64_t t0 = knhk_ticks_begin();
         int64_t k = append_many(r, recs, n, first_seq);
         uint64_t t1 = knhk_ticks_end();
@@ -561,8 +584,12 @@ static inline int snapshot_read_plain(const knhk_ring *r, knhk_snapshot *out) {
         uint64_t version = atomic_load_explicit(&d->version, memory_order_relaxed);
         uint64_t promoted = atomic_load_explicit(&d->promoted_at_ns, memory_order_relaxed);
         uint64_t published = atomic_load_explicit(&d->published_at_ns, memory_order_relaxed);
-        uint64_t id[4];
-        for (int i = 0; i < 4; i++) id[i] = atomic_load_explicit(&d->id[i], memory_order_relaxed);
+        /* Four scalars, not an array: copied out as 8-byte stores (an array on
+         * the stack reloaded as 16 bytes would stall store forwarding). */
+        uint64_t id0 = atomic_load_explicit(&d->id[0], memory_order_relaxed);
+        uint64_t id1 = atomic_load_explicit(&d->id[1], memory_order_relaxed);
+        uint64_t id2 = atomic_load_explicit(&d->id[2], memory_order_relaxed);
+        uint64_t id3 = atomic_load_explicit(&d->id[3], memory_order_relaxed);
         /* The field loads complete before the second sequence load. */
         atomic_thread_fence(memory_order_acquire);
         uint64_t s1 = atomic_load_explicit(&d->seq, memory_order_relaxed);
@@ -571,15 +598,18 @@ static inline int snapshot_read_plain(const knhk_ring *r, knhk_snapshot *out) {
         out->version = version;
         out->promoted_at_ns = promoted;
         out->published_at_ns = published;
-        memcpy(out->id, id, sizeof out->id);
+        memcpy(out->id, &id0, 8);
+        memcpy(out->id + 8, &id1, 8);
+        memcpy(out->id + 16, &id2, 8);
+        memcpy(out->id + 24, &id3, 8);
         return KNHK_OK;
     }
     return KNHK_EBUSY;
 }
 
 int knhk_snapshot_read(knhk_ring *r, knhk_snapshot *out) {
-    if (r->lane != NULL && unlikely(--r->sample_countdown == 0)) {
-        r->sample_countdown = KNHK_SAMPLE_PERIOD;
+    if (r->lane != NULL && unlikely(--r->snapshot_countdown == 0)) {
+        r->snapshot_countdown = KNHK_SAMPLE_PERIOD;
         uint64_t t0 = knhk_ticks_begin();
         int rc = snapshot_read_plain(r, out);
         uint64_t t1 = knhk_ticks_end();

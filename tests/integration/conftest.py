@@ -38,6 +38,10 @@ def write_config(path: Path, extra: str = "") -> Path:
 ontology_dir = "{CONF / "ontology"}"
 shapes_dir = "{CONF / "shapes"}"
 
+[governance]
+doctrines_dir = "{CONF / "doctrines"}"
+guards_dir = "{CONF / "guards"}"
+
 [loop]
 # Tests drive cycles on demand; the interval stays out of their way.
 interval_s = 3600

@@ -18,6 +18,13 @@ OBS = {
     "sector": "finance",
     "metadata": {},
 }
+# Logistics has no approval doctrine: the loop may promote on its own.
+TRUCK = {
+    "event_type": "truck.depart",
+    "value": {"dock": 4},
+    "sector": "logistics",
+    "metadata": {"shipment_id": "SHP-1001"},
+}
 
 
 def _kinds(d: RunningDaemon) -> list[str]:
@@ -36,7 +43,7 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
         assert got["value"] == {"amount": 50000} and got["sector"] == "finance"
 
         # A burst of one event type, as NDJSON, past the high-frequency threshold.
-        body = "\n".join(json.dumps(OBS) for _ in range(150))
+        body = "\n".join(json.dumps(TRUCK) for _ in range(150))
         r = c.post(
             "/api/v1/observations", content=body, headers={"content-type": "application/x-ndjson"}
         )
@@ -63,7 +70,7 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
         assert [s["version"] for s in listed["snapshots"]] == [0, 1]
 
         patterns = c.get("/api/v1/patterns").json()
-        assert any(p["name"] == "high_frequency_transaction.execute" for p in patterns)
+        assert any(p["name"] == "high_frequency_truck.depart" for p in patterns)
 
         # The promoted policy is now knowledge: the same burst plans nothing new.
         again = c.post("/api/v1/mape-k/execute").json()
@@ -89,8 +96,42 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
     assert rep["retrocausation_violations"] == []
 
 
+def test_finance_changes_wait_for_sox_signers(daemon: RunningDaemon) -> None:
+    """A finance burst is planned but not promoted: FIN-APPROVAL-001 (SOX)
+    wants two signers, one from finance and one from compliance. The same ΔΣ
+    signed by them passes."""
+    with daemon.client() as c:
+        assert c.post("/api/v1/observations", json=[OBS] * 120).status_code == 201
+        report = c.post("/api/v1/mape-k/execute").json()
+        assert report["proposals_generated"] == 1 and report["validations_failed"] == 1
+        assert report["snapshots_promoted"] == 0
+        pats = c.get("/api/v1/patterns").json()
+        planned = next(p for p in pats if p["name"] == "high_frequency_transaction.execute")
+        receipts = c.get("/api/v1/receipts", params={"limit": 1000}).json()["receipts"]
+        judged = [r for r in receipts if r["body"]["kind"] == "validation_executed"][-1]
+        assert judged["body"]["outcome"]["status"] == "rejected"
+        assert "FIN-APPROVAL-001" in judged["body"]["outcome"]["detail"]
+        assert judged["body"]["inputs"]["doctrines_digest"]
+        pid = judged["body"]["subject_ids"][0]
+        proposal = c.get(f"/api/v1/proposals/{pid}").json()["proposal"]
+        assert proposal["pattern_id"] == planned["id"]
+        signed = {
+            "sector": "finance",
+            "description": proposal["description"],
+            "delta": proposal["delta"],
+            "signers": ["alice:controller@finance", "bob:auditor@compliance"],
+            "pattern_id": proposal["pattern_id"],
+            "estimated_ticks": proposal["estimated_ticks"],
+        }
+        new = c.post("/api/v1/proposals", json=signed)
+        assert new.status_code == 201, new.text
+        done = c.post(f"/api/v1/proposals/{new.json()['id']}/promote")
+        assert done.status_code == 200, done.text
+        assert done.json()["snapshot"]["version"] == 1
+
+
 def test_schema_drift_is_learned_and_then_quiet(daemon: RunningDaemon) -> None:
-    drift = {**OBS, "metadata": {"terminal_id": "T-9"}}
+    drift = {**TRUCK, "metadata": {"shipment_id": "SHP-1001", "terminal_id": "T-9"}}
     with daemon.client() as c:
         assert c.post("/api/v1/observations", json=[drift] * 3).status_code == 201
         first = c.post("/api/v1/mape-k/execute").json()
@@ -156,7 +197,7 @@ def test_admin_socket_commands(daemon: RunningDaemon) -> None:
 
 def test_rollback_after_promotion_is_receipted(daemon: RunningDaemon) -> None:
     with daemon.client() as c:
-        c.post("/api/v1/observations", json=[OBS] * 120)
+        c.post("/api/v1/observations", json=[TRUCK] * 120)
         assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
         v1 = c.get("/api/v1/snapshots/current").json()
         r = c.post("/api/v1/snapshots/rollback")

@@ -48,8 +48,9 @@ def obs(
     )
 
 
-def burst(n: int, t_ns: int, event_type: str = "login", start: int = 0,
-          sector: Sector = "finance") -> list[Observation]:
+def burst(
+    n: int, t_ns: int, event_type: str = "login", start: int = 0, sector: Sector = "finance"
+) -> list[Observation]:
     return [obs(start + i, t_ns + i * 1000, event_type, sector) for i in range(n)]
 
 
@@ -94,8 +95,9 @@ def test_window_expiry() -> None:
 
 
 def test_evidence_is_the_first_in_window_order() -> None:
-    cfg = AnalyzeConfig(high_frequency=HighFrequencyConfig(window_s=10, threshold=3),
-                        evidence_sample=3)
+    cfg = AnalyzeConfig(
+        high_frequency=HighFrequencyConfig(window_s=10, threshold=3), evidence_sample=3
+    )
     d = Detectors(cfg, SCHEMA, T0)
     d.observe(burst(5, T0, start=0) + burst(5, T0 + 5 * S, start=10))
     (p,) = [p for p in d.evaluate(T0 + 6 * S) if p.kind == "high_frequency"]
@@ -110,9 +112,7 @@ def test_evidence_is_the_first_in_window_order() -> None:
 
 
 def mixed(total: int, errors: int) -> list[Observation]:
-    return [
-        obs(i, T0 + i, "payment_error" if i < errors else "payment") for i in range(total)
-    ]
+    return [obs(i, T0 + i, "payment_error" if i < errors else "payment") for i in range(total)]
 
 
 def test_error_spike_rate_edge() -> None:
@@ -171,14 +171,16 @@ def test_detect_batch_never_reports_absence() -> None:
 
 def test_schema_drift_against_the_sector_schema() -> None:
     d = Detectors(AnalyzeConfig(), SCHEMA, T0)
-    d.observe([
-        obs(0, T0, metadata={"account_id": "a", "zeta": "1", "alpha": "2"}),
-        obs(1, T0, metadata={"source": "web"}),
-        obs(2, T0, metadata={"alpha": "3"}),
-        obs(3, T0, metadata={}),
-        obs(4, T0, sector="healthcare", metadata={"patient_id": "p"}),
-        obs(5, T0, sector="generic", metadata={"anything": "goes"}),
-    ])
+    d.observe(
+        [
+            obs(0, T0, metadata={"account_id": "a", "zeta": "1", "alpha": "2"}),
+            obs(1, T0, metadata={"source": "web"}),
+            obs(2, T0, metadata={"alpha": "3"}),
+            obs(3, T0, metadata={}),
+            obs(4, T0, sector="healthcare", metadata={"patient_id": "p"}),
+            obs(5, T0, sector="generic", metadata={"anything": "goes"}),
+        ]
+    )
     drift = [p for p in d.evaluate(T0 + S) if p.kind == "schema_mismatch"]
     assert len(drift) == 1
     (p,) = drift
@@ -216,8 +218,11 @@ def test_keys_are_bounded_and_evictions_counted() -> None:
     d.observe(burst(2, T0 + 9, "c", start=90))  # c is now the most recently seen
     d.observe(burst(2, T0 + 9, "f", start=95))  # evicts d
     assert d.evictions == 3
-    assert sorted(p.event_type or "" for p in d.evaluate(T0 + S)
-                  if p.kind == "high_frequency") == ["c", "e", "f"]
+    assert sorted(p.event_type or "" for p in d.evaluate(T0 + S) if p.kind == "high_frequency") == [
+        "c",
+        "e",
+        "f",
+    ]
 
 
 def test_pattern_ids_are_content_addressed() -> None:
@@ -235,8 +240,9 @@ def test_pattern_ids_are_content_addressed() -> None:
 def test_output_sorted_by_confidence_then_name_then_sector() -> None:
     cfg = AnalyzeConfig(high_frequency=HighFrequencyConfig(threshold=10))
     d = Detectors(cfg, SCHEMA, T0)
-    d.observe(burst(20, T0, "b", 0) + burst(40, T0, "a", 100) + burst(20, T0, "a", 200,
-                                                                        "logistics"))
+    d.observe(
+        burst(20, T0, "b", 0) + burst(40, T0, "a", 100) + burst(20, T0, "a", 200, "logistics")
+    )
     d.observe(burst(20, T0, "c", 300, "healthcare"))
     out = d.evaluate(T0 + S)
     keys = [(-p.confidence, p.name, p.sector or "") for p in out]
@@ -269,8 +275,11 @@ def _stream(events: list[tuple[int, str, Sector, frozenset[str]]]) -> list[Obser
 
 
 @settings(max_examples=50, deadline=None)
-@given(events=st.lists(_EVENT, max_size=120), cuts=st.lists(st.integers(0, 120), max_size=6),
-       later=st.integers(0, 20 * S))
+@given(
+    events=st.lists(_EVENT, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    later=st.integers(0, 20 * S),
+)
 def test_same_patterns_whatever_the_batch_boundaries(
     events: list[tuple[int, str, Sector, frozenset[str]]], cuts: list[int], later: int
 ) -> None:

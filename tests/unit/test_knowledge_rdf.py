@@ -157,8 +157,7 @@ def test_canonical_form_distinguishes_different_graphs() -> None:
     b = canonical_ntriples(graph_from_ntriples(SAMPLE.replace('"x"', '"y"')))
     assert content_id(a) != content_id(b)
     # Two disjoint 3-cycles are not a 6-cycle.
-    two = "".join(f"_:{a} <urn:ex:p> _:{b} .\n" for a, b in
-                  ["ab", "bc", "ca", "de", "ef", "fd"])
+    two = "".join(f"_:{a} <urn:ex:p> _:{b} .\n" for a, b in ["ab", "bc", "ca", "de", "ef", "fd"])
     six = "".join(f"_:n{i} <urn:ex:p> _:n{(i + 1) % 6} .\n" for i in range(6))
     assert canonical_ntriples(graph_from_ntriples(two)) != canonical_ntriples(
         graph_from_ntriples(six)
@@ -187,9 +186,13 @@ _TERMS = st.sampled_from(["<urn:ex:a>", "<urn:ex:b>", '"1"', '"x"@en'])
 @settings(max_examples=40, deadline=None)
 @given(
     edges=st.lists(
-        st.tuples(st.integers(0, 4), st.sampled_from(["<urn:ex:p>", "<urn:ex:q>"]),
-                  st.one_of(st.integers(0, 4), _TERMS)),
-        min_size=1, max_size=10,
+        st.tuples(
+            st.integers(0, 4),
+            st.sampled_from(["<urn:ex:p>", "<urn:ex:q>"]),
+            st.one_of(st.integers(0, 4), _TERMS),
+        ),
+        min_size=1,
+        max_size=10,
     ),
     perm=st.permutations(range(5)),
     rnd=st.randoms(use_true_random=False),
@@ -199,7 +202,8 @@ def test_canonical_id_invariant_under_relabelling(
 ) -> None:
     def doc(label: str, mapping: list[int], shuffle: bool) -> str:
         lines = [
-            f"_:{label}{mapping[s]} {p} " + (f"_:{label}{mapping[o]}" if isinstance(o, int) else o)
+            f"_:{label}{mapping[s]} {p} "
+            + (f"_:{label}{mapping[o]}" if isinstance(o, int) else o)
             + " ."
             for s, p, o in edges
         ]
@@ -222,8 +226,13 @@ def test_content_id_is_stable_across_processes() -> None:
     for seed, text in (("0", SAMPLE), ("12345", _relabel_and_shuffle(SAMPLE, 3))):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run(
-            [sys.executable, "-c", script], input=text, capture_output=True, text=True,
-            env=env, check=True, cwd=REPO,
+            [sys.executable, "-c", script],
+            input=text,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd=REPO,
         )
         ids.add(out.stdout.strip())
     ids.add(content_id(canonical_ntriples(graph_from_ntriples(SAMPLE))))

@@ -168,15 +168,30 @@ def test_default_ontology_declares_domains_and_ranges() -> None:
 
     g = load_ontology(REPO / "conf" / "ontology")
     props = set(g.subjects(RDF.type, RDF.Property))
-    for name in ("sector", "eventType", "maxEvents", "windowSeconds", "keyName",
-                 "account_id", "transaction_id", "amount"):
+    for name in (
+        "sector",
+        "eventType",
+        "maxEvents",
+        "windowSeconds",
+        "keyName",
+        "account_id",
+        "transaction_id",
+        "amount",
+    ):
         assert KNHK[name] in props, name
     for prop in props:
         assert len(set(g.objects(prop, RDFS.domain))) == 1, prop
         assert len(set(g.objects(prop, RDFS.range))) == 1, prop
     classes = set(g.subjects(RDF.type, OWL.Class))
-    for name in ("Observation", "Sector", "Policy", "RateLimitPolicy", "MetadataKey",
-                 "Account", "Transaction"):
+    for name in (
+        "Observation",
+        "Sector",
+        "Policy",
+        "RateLimitPolicy",
+        "MetadataKey",
+        "Account",
+        "Transaction",
+    ):
         assert KNHK[name] in classes, name
     assert {s for s in g.subjects(RDF.type, KNHK.Sector)} == {
         KNHK[s] for s in ("finance", "healthcare", "manufacturing", "logistics", "generic")
@@ -195,7 +210,7 @@ def test_default_shapes_reject_a_bad_policy(default_shapes: Shapes) -> None:
     g = load_ontology(REPO / "conf" / "ontology")
     g += graph_from_ntriples(
         f"<urn:knhk:policy:x> {RDF_TYPE} <urn:knhk:ontology#RateLimitPolicy> .\n"
-        '<urn:knhk:policy:x> <urn:knhk:ontology#maxEvents> '
+        "<urn:knhk:policy:x> <urn:knhk:ontology#maxEvents> "
         '"0"^^<http://www.w3.org/2001/XMLSchema#integer> .\n'
         "<urn:knhk:policy:x> <urn:knhk:ontology#sector> <urn:knhk:ontology#mars> .\n"
         f"<urn:knhk:schema:finance:bad> {RDF_TYPE} <urn:knhk:ontology#MetadataKey> .\n"

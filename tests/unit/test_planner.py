@@ -49,10 +49,18 @@ def genesis_graph() -> Graph:
     return load_ontology(REPO / "conf" / "ontology")
 
 
-def _obs(i: int, event_type: str, sector: Sector = "finance",
-         metadata: dict[str, str] | None = None) -> Observation:
-    return Observation(id=f"o{i:05d}", seq=i, event_type=event_type, sector=sector, value=None,
-                       metadata=metadata or {}, ingested_at_ns=T0 + i)
+def _obs(
+    i: int, event_type: str, sector: Sector = "finance", metadata: dict[str, str] | None = None
+) -> Observation:
+    return Observation(
+        id=f"o{i:05d}",
+        seq=i,
+        event_type=event_type,
+        sector=sector,
+        value=None,
+        metadata=metadata or {},
+        ingested_at_ns=T0 + i,
+    )
 
 
 def _patterns(graph: Graph, observations: list[Observation]) -> list[DetectedPattern]:
@@ -148,18 +156,28 @@ def test_insane_key_is_proposed_but_fails_the_shapes(genesis_graph: Graph, shape
 
 def _pattern(name: str, confidence: float, action: object, **kw: object) -> DetectedPattern:
     fields: dict[str, object] = {
-        "id": name, "name": name, "kind": "high_frequency", "sector": "finance",
-        "confidence": confidence, "detected_at_ns": T0, "window_seconds": 60.0,
-        "evidence_count": 200, "evidence_ids": [], "recommended_action": action,
-        "event_type": name, "threshold": 100.0,
+        "id": name,
+        "name": name,
+        "kind": "high_frequency",
+        "sector": "finance",
+        "confidence": confidence,
+        "detected_at_ns": T0,
+        "window_seconds": 60.0,
+        "evidence_count": 200,
+        "evidence_ids": [],
+        "recommended_action": action,
+        "event_type": name,
+        "threshold": 100.0,
     }
     fields.update(kw)
     return DetectedPattern(**fields)  # type: ignore[arg-type]
 
 
 def test_alerts_plan_nothing(genesis_graph: Graph) -> None:
-    assert plan([_pattern("e", 0.9, Alert(severity="warning"), kind="error_spike")],
-                genesis_graph) == []
+    assert (
+        plan([_pattern("e", 0.9, Alert(severity="warning"), kind="error_spike")], genesis_graph)
+        == []
+    )
     assert plan([], genesis_graph) == []
 
 
@@ -190,8 +208,13 @@ T3 = Triple("<urn:ex:c>", "<urn:ex:p>", '"3"')
 
 def _in(**kw: object) -> ProposalIn:
     fields: dict[str, object] = {
-        "sector": "finance", "description": "d", "reasoning": "r", "confidence": 0.7,
-        "estimated_ticks": 2, "signers": ["carol", "alice"], "resources": {"b": 2.0, "a": 1.0},
+        "sector": "finance",
+        "description": "d",
+        "reasoning": "r",
+        "confidence": 0.7,
+        "estimated_ticks": 2,
+        "signers": ["carol", "alice"],
+        "resources": {"b": 2.0, "a": 1.0},
         "delta": Delta(remove=[T3], add=[T2, T1]),
     }
     fields.update(kw)
@@ -201,9 +224,13 @@ def _in(**kw: object) -> ProposalIn:
 def test_proposal_id_ignores_order_and_creation_time() -> None:
     a = make_proposal(_in(), "parent", T0)
     b = make_proposal(
-        _in(signers=["alice", "carol", "alice"], resources={"a": 1.0, "b": 2.0},
-            delta=Delta(remove=[T3, T3], add=[T1, T2, T1])),
-        "parent", T0 + 5 * S,
+        _in(
+            signers=["alice", "carol", "alice"],
+            resources={"a": 1.0, "b": 2.0},
+            delta=Delta(remove=[T3, T3], add=[T1, T2, T1]),
+        ),
+        "parent",
+        T0 + 5 * S,
     )
     assert a.id == b.id and len(a.id) == 64
     assert a.delta == Delta(remove=[T3], add=[T1, T2]) and a.signers == ["alice", "carol"]

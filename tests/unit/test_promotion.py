@@ -22,13 +22,12 @@ from knhkd.model import Delta, ProposalIn, Triple
 from knhkd.plan.proposals import make_proposal
 
 NOW = 1_700_000_000_000_000_000
-BASE = "<urn:ex:a> <urn:ex:p> \"1\" .\n_:b <urn:ex:p> <urn:ex:a> .\n"
+BASE = '<urn:ex:a> <urn:ex:p> "1" .\n_:b <urn:ex:p> <urn:ex:a> .\n'
 ADD = Triple("<urn:ex:a>", "<urn:ex:p>", '"2"')
 
 
 def _proposal(parent_id: str, delta: Delta = Delta(add=[ADD])):  # noqa: B008
-    return make_proposal(ProposalIn(sector="generic", description="t", delta=delta), parent_id,
-                         NOW)
+    return make_proposal(ProposalIn(sector="generic", description="t", delta=delta), parent_id, NOW)
 
 
 def test_genesis() -> None:
@@ -39,8 +38,10 @@ def test_genesis() -> None:
     assert rec.meta.snapshot_id == content_id(rec.ntriples)
     assert rec.meta.triple_count == 2 and rec.meta.promoted_at_ns == NOW
     # Same content, any blank-node labels: the same genesis id.
-    assert genesis(graph_from_ntriples(BASE.replace("_:b", "_:zz")), NOW + 1).meta.snapshot_id \
+    assert (
+        genesis(graph_from_ntriples(BASE.replace("_:b", "_:zz")), NOW + 1).meta.snapshot_id
         == rec.meta.snapshot_id
+    )
 
 
 def test_promote_links_to_the_current_snapshot() -> None:

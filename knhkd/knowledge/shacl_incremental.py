@@ -1,0 +1,1048 @@
+"""SHACL validation of a ΔΣ's result that re-validates only what the ΔΣ can change.
+
+pySHACL on the whole resulting graph costs ~0.1 ms per triple, and its
+``focus_nodes`` option silently skips constraints reached through nested
+``sh:node`` shapes, so neither is usable per proposal. Instead:
+
+1. The shapes graph is analysed once (``dependencies``): which predicates its
+   property paths follow forwards and backwards (``fwd``/``inv``, through
+   sequence, alternative, inverse and repetition paths, in every shape,
+   nested or not), which predicates a focus node's outgoing or incoming edges
+   it only looks at (``sh:targetSubjectsOf``, ``sh:equals``, ``sh:disjoint``,
+   ``sh:lessThan(OrEquals)``; ``sh:targetObjectsOf``), and whether any shape
+   is ``sh:closed`` (then every outgoing edge counts). A focus node's results
+   depend only on its *region*: the nodes reachable from it along those
+   paths, their ``rdf:type`` triples, those looked-at edges, the class
+   hierarchy (every ``rdfs:subClassOf`` triple) and, for the text of
+   messages, every triple of the blank nodes in it (pySHACL describes a blank
+   node by all its triples, recursively).
+2. A changed triple (removed, or added, by the ΔΣ) can only change the results
+   of focus nodes whose region holds it: the *anchors* are its subject (path
+   predicate followed forwards, ``rdf:type``, looked-at outgoing edge, any
+   predicate under ``sh:closed``, any triple of a blank node together with the
+   blank nodes above it) or object (followed backwards, looked-at incoming
+   edge), and for a changed ``rdfs:subClassOf`` every node typed with the
+   subclass or one of its subclasses. The *affected* nodes are the anchors and
+   every node whose region reaches one (a reverse closure over parent ∪
+   result).
+3. Results are owned by the focus node of the top-level result they belong to
+   (pySHACL also lists the nested results of sh:node, sh:and ... with the
+   value node as focus; ``validate_owned`` follows ``sh:detail`` to their
+   owner). The results owned by unaffected nodes are the parent's (the
+   *baseline*: the plain call on the parent, once per parent graph and shapes,
+   memoised). For the affected nodes:
+4. a *certifier* first tries to prove that pySHACL would report no result
+   owned by them (``certify``). It implements the common SHACL Core components
+   with pySHACL 0.40's own pass conditions (value-range comparisons call
+   pySHACL's ``compare_literal``), over-approximates targets, and answers
+   "cannot tell" for everything else (complex paths, sh:closed,
+   sh:or/sh:not/sh:xone, qualified shapes, property pairs, language
+   constraints, deep nesting). It is sound, not complete. Most valid proposals
+   are proved in well under a millisecond, without pySHACL;
+5. otherwise their region is copied out of the result into a small graph,
+   validated with the plain call, and the results they own are kept.
+
+``conforms`` is then recomputed from the merged results: pySHACL decides it
+per top-level shape, so it is "no top-level result of a severity other than
+sh:Warning or sh:Info" only where no sh:Warning/sh:Info shape nests a shape of
+another severity; ``dependencies`` sends any other shapes graph to the plain
+call.
+
+Guarantees:
+- ``ShaclChecker.check(shapes, view)`` returns the same ``ShaclResult``
+  (``conforms`` and the sorted violation list, text for text) as
+  ``shapes.validate(view.graph())``, the plain call on the whole result
+  (tests/unit/test_shacl_incremental.py checks this on generated graphs and
+  deltas, with nested shapes, inverse and sequence paths, every target kind,
+  sh:closed, the class hierarchy and blank nodes).
+- Shapes that use anything beyond SHACL Core (SPARQL constraints or targets,
+  rules, JavaScript, unknown ``sh:`` terms), severities that cannot be merged
+  (above), or a parent graph whose namespace bindings differ from a fresh
+  graph's (pySHACL writes messages with them), are validated with the plain
+  call on the whole result: slower, never wrong.
+- pySHACL 0.40 memoises blank-node descriptions under ``id(graph)`` for the
+  life of the process, so a graph at a freed graph's address can get stale
+  texts; every validation here empties that memo first
+  (``forget_pyshacl_bnode_texts``, as ``Shapes.validate`` does).
+- The baseline memo is keyed by the parent graph's identity and the shapes'
+  digest; entries die with the graph.
+
+Must never: pass ``focus_nodes`` to pySHACL, mutate the parent or the shapes,
+or serve a baseline computed for another graph.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Literal as TypingLiteral
+
+import pyshacl
+from pyshacl.errors import ReportableRuntimeError
+from pyshacl.rdfutil.compare import compare_literal
+from rdflib import BNode, Graph, Literal, URIRef
+from rdflib.collection import Collection
+from rdflib.namespace import RDF, RDFS, SH
+from rdflib.term import Node
+
+from knhkd.knowledge.rdf import DeltaView, NodeTriple
+from knhkd.knowledge.shacl import (
+    ShaclResult,
+    Shapes,
+    ShapesError,
+    Violation,
+    _path_text,
+    _term_text,
+    forget_pyshacl_bnode_texts,
+)
+
+# SHACL Core vocabulary a shapes graph may use as predicates and still be
+# validated incrementally. Anything else under sh: (sh:sparql, sh:rule,
+# sh:target, sh:js...) sends the whole result to the plain call.
+_CORE_PREDICATES: frozenset[URIRef] = frozenset(
+    SH[name]
+    for name in (
+        "targetClass",
+        "targetNode",
+        "targetSubjectsOf",
+        "targetObjectsOf",
+        "property",
+        "path",
+        "inversePath",
+        "alternativePath",
+        "zeroOrMorePath",
+        "oneOrMorePath",
+        "zeroOrOnePath",
+        "class",
+        "datatype",
+        "nodeKind",
+        "minCount",
+        "maxCount",
+        "minExclusive",
+        "minInclusive",
+        "maxExclusive",
+        "maxInclusive",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "flags",
+        "languageIn",
+        "uniqueLang",
+        "equals",
+        "disjoint",
+        "lessThan",
+        "lessThanOrEquals",
+        "not",
+        "and",
+        "or",
+        "xone",
+        "node",
+        "qualifiedValueShape",
+        "qualifiedMinCount",
+        "qualifiedMaxCount",
+        "qualifiedValueShapesDisjoint",
+        "closed",
+        "ignoredProperties",
+        "hasValue",
+        "in",
+        "message",
+        "severity",
+        "deactivated",
+        "name",
+        "description",
+        "order",
+        "group",
+        "defaultValue",
+    )
+)
+_PAIR_PREDICATES = (SH.equals, SH.disjoint, SH.lessThan, SH.lessThanOrEquals)
+_REPEAT_PATHS = (SH.zeroOrMorePath, SH.oneOrMorePath, SH.zeroOrOnePath)
+_MAX_PATH_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """What a focus node's SHACL result can depend on, for one shapes graph."""
+
+    fwd: frozenset[URIRef]
+    inv: frozenset[URIRef]
+    out_only: frozenset[URIRef]
+    in_only: frozenset[URIRef]
+    closed: bool
+    # Why these shapes cannot be validated incrementally; None when they can.
+    unsupported: str | None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _walk_path(
+    g: Graph, node: Node, inverse: bool, fwd: set[URIRef], inv: set[URIRef], depth: int = 0
+) -> None:
+    if depth > _MAX_PATH_DEPTH:
+        raise _Unsupported("a property path nested too deeply")
+    if isinstance(node, URIRef):
+        (inv if inverse else fwd).add(node)
+        return
+    if not isinstance(node, BNode):
+        raise _Unsupported(f"a property path that is a literal: {node!r}")
+    matched = False
+    if (node, RDF.first, None) in g:  # sequence path
+        matched = True
+        for step in Collection(g, node):
+            _walk_path(g, step, inverse, fwd, inv, depth + 1)
+    for pred in _REPEAT_PATHS:
+        for inner in g.objects(node, pred):
+            matched = True
+            _walk_path(g, inner, inverse, fwd, inv, depth + 1)
+    for inner in g.objects(node, SH.inversePath):
+        matched = True
+        _walk_path(g, inner, not inverse, fwd, inv, depth + 1)
+    for alternatives in g.objects(node, SH.alternativePath):
+        matched = True
+        for step in Collection(g, alternatives):
+            _walk_path(g, step, inverse, fwd, inv, depth + 1)
+    if not matched:
+        raise _Unsupported("a blank-node property path of no SHACL path kind")
+
+
+def dependencies(shapes_graph: Graph) -> Dependencies:
+    """Analyse a shapes graph (see the module docstring, step 1)."""
+    fwd: set[URIRef] = set()
+    inv: set[URIRef] = set()
+    out_only: set[URIRef] = set()
+    in_only: set[URIRef] = set()
+    closed = False
+    try:
+        for _s, p, o in shapes_graph:
+            if isinstance(p, URIRef) and p.startswith(str(SH)) and p not in _CORE_PREDICATES:
+                raise _Unsupported(f"the shapes use <{p}>, which is not SHACL Core")
+            if p == SH.path:
+                _walk_path(shapes_graph, o, False, fwd, inv)
+            elif p == SH.targetSubjectsOf and isinstance(o, URIRef):
+                out_only.add(o)
+            elif p == SH.targetObjectsOf and isinstance(o, URIRef):
+                in_only.add(o)
+            elif p in _PAIR_PREDICATES and isinstance(o, URIRef):
+                out_only.add(o)
+            elif p == SH.closed and isinstance(o, Literal) and o.toPython() is True:
+                closed = True
+        _check_severities(shapes_graph)
+    except _Unsupported as exc:
+        return Dependencies(frozenset(), frozenset(), frozenset(), frozenset(), False, str(exc))
+    return Dependencies(
+        frozenset(fwd), frozenset(inv), frozenset(out_only), frozenset(in_only), closed, None
+    )
+
+
+_ALLOWED_SEVERITIES = (SH.Warning, SH.Info)
+# rdflib's Namespace attribute lookup costs ~1.5 µs; hot loops use these.
+_RDF_TYPE: URIRef = RDF.type
+_RDFS_SUBCLASSOF: URIRef = RDFS.subClassOf
+_TARGETS = (SH.targetClass, SH.targetNode, SH.targetSubjectsOf, SH.targetObjectsOf)
+_SHAPE_TYPE_NODES = (SH.NodeShape, SH.PropertyShape, SH.Shape)
+_NESTING = (SH.property, SH.node, SH["not"], SH.qualifiedValueShape)
+_NESTING_LISTS = (SH["and"], SH["or"], SH.xone)
+
+
+def _severity(g: Graph, shape: Node) -> Node:
+    return g.value(shape, SH.severity) or SH.Violation
+
+
+def _check_severities(g: Graph) -> None:
+    """pySHACL decides conformance per top-level shape: a shape of severity
+    sh:Warning or sh:Info never breaks conformance, even when shapes nested in
+    it report sh:Violation results. Merged result lists can only be judged by
+    their severities when no such shape nests a shape of another severity."""
+    top = {s for t in _TARGETS for s in g.subjects(t, None)}
+    top |= {s for s, o in g.subject_objects(RDF.type) if o not in _SHAPE_TYPE_NODES}
+    for shape in top:
+        if _severity(g, shape) not in _ALLOWED_SEVERITIES:
+            continue
+        seen = {shape}
+        stack = [shape]
+        while stack:
+            n = stack.pop()
+            nested = [o for p in _NESTING for o in g.objects(n, p)]
+            for p in _NESTING_LISTS:
+                for head in g.objects(n, p):
+                    nested.extend(_list(g, head) or [])
+            for o in nested:
+                if o in seen:
+                    continue
+                seen.add(o)
+                if _severity(g, o) not in _ALLOWED_SEVERITIES:
+                    raise _Unsupported(
+                        f"shape {o.n3()} of severity {_severity(g, o).n3()} is nested in "
+                        f"{shape.n3()} of severity {_severity(g, shape).n3()}"
+                    )
+                stack.append(o)
+
+
+def _focus_text(t: Node) -> str:
+    # The spelling knhkd.knowledge.shacl gives a focus node in a Violation.
+    if isinstance(t, URIRef):
+        return f"<{t}>"
+    if isinstance(t, Literal):
+        return t.n3()
+    if isinstance(t, BNode):
+        return f"_:{t}"
+    return str(t)
+
+
+def _descendants(view: DeltaView, cls: Node) -> set[Node]:
+    """``cls`` and its subclasses, in parent ∪ result."""
+    seen = {cls}
+    stack = [cls]
+    while stack:
+        c = stack.pop()
+        for sub, _, _ in view.union_triples((None, _RDFS_SUBCLASSOF, c)):
+            if sub not in seen:
+                seen.add(sub)
+                stack.append(sub)
+    return seen
+
+
+def anchors(deps: Dependencies, view: DeltaView) -> set[Node]:
+    """Nodes whose own dependency triples changed (step 2)."""
+    out: set[Node] = set()
+    changed: tuple[NodeTriple, ...] = view.gone + view.new
+    for s, p, o in changed:
+        if deps.closed or p in deps.fwd or p == _RDF_TYPE or p in deps.out_only:
+            out.add(s)
+        if p in deps.inv or p in deps.in_only:
+            out.add(o)
+        if p == _RDFS_SUBCLASSOF:
+            out.add(s)
+            for cls in _descendants(view, s):
+                out.update(x for x, _, _ in view.union_triples((None, RDF.type, cls)))
+        if isinstance(s, BNode):
+            # pySHACL's messages describe a blank node by all its triples, and
+            # those of the blank nodes it points to: any change to them changes
+            # the text of results that mention it or a blank node above it.
+            out.update(_bnodes_above(view, s))
+    return out
+
+
+def _bnodes_above(view: DeltaView, b: BNode) -> set[Node]:
+    """``b`` and the blank nodes from which a chain of blank nodes reaches it."""
+    seen: set[Node] = {b}
+    stack: list[Node] = [b]
+    while stack:
+        n = stack.pop()
+        for s, _, _ in view.union_triples((None, None, n)):
+            if isinstance(s, BNode) and s not in seen:
+                seen.add(s)
+                stack.append(s)
+    return seen
+
+
+def affected(deps: Dependencies, view: DeltaView, start: set[Node]) -> set[Node]:
+    """``start`` and every node whose region reaches one of them, in parent ∪ result."""
+    seen = set(start)
+    stack = list(start)
+    while stack:
+        n = stack.pop()
+        for p in deps.fwd:
+            for s, _, _ in view.union_triples((None, p, n)):
+                if s not in seen:
+                    seen.add(s)
+                    stack.append(s)
+        if isinstance(n, Literal):
+            continue
+        for p in deps.inv:
+            for _, _, o in view.union_triples((n, p, None)):
+                if o not in seen:
+                    seen.add(o)
+                    stack.append(o)
+    return seen
+
+
+def region(deps: Dependencies, view: DeltaView, focus: set[Node]) -> Graph:
+    """The result's triples the focus nodes' results depend on (step 3)."""
+    sub = Graph()
+    seen = set(focus)
+    stack = list(focus)
+
+    def visit(n: Node) -> None:
+        if n not in seen:
+            seen.add(n)
+            stack.append(n)
+
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, Literal):
+            for p in deps.fwd:
+                for o in view.objects(n, p):
+                    sub.add((n, p, o))
+                    visit(o)
+            for o in view.objects(n, _RDF_TYPE):
+                sub.add((n, _RDF_TYPE, o))
+            for p in deps.out_only:
+                for o in view.objects(n, p):
+                    sub.add((n, p, o))
+            if deps.closed:
+                for t in view.triples((n, None, None)):
+                    sub.add(t)
+        for p in deps.inv:
+            for s in view.subjects(p, n):
+                sub.add((s, p, n))
+                visit(s)
+        for p in deps.in_only:
+            for s in view.subjects(p, n):
+                sub.add((s, p, n))
+    for t in view.triples((None, RDFS.subClassOf, None)):
+        sub.add(t)
+    # Every blank node in the region with all its triples, and those of the
+    # blank nodes they point to: pySHACL writes them into its messages.
+    stack = [n for n in sub.all_nodes() if isinstance(n, BNode)]
+    described: set[Node] = set(stack)
+    while stack:
+        for t in view.triples((stack.pop(), None, None)):
+            sub.add(t)
+            o = t[2]
+            if isinstance(o, BNode) and o not in described:
+                described.add(o)
+                stack.append(o)
+    return sub
+
+
+# --------------------------------------------------------------------------- #
+# The certifier (step 4): "pySHACL reports nothing for this focus node"
+# --------------------------------------------------------------------------- #
+
+_XSD = "http://www.w3.org/2001/XMLSchema#"
+_RDF_LANGSTRING = RDF.langString
+_IGNORED_ON_SHAPES: frozenset[URIRef] = frozenset(
+    SH[name]
+    for name in (
+        "path",
+        "targetClass",
+        "targetNode",
+        "targetSubjectsOf",
+        "targetObjectsOf",
+        "message",
+        "severity",
+        "name",
+        "description",
+        "order",
+        "group",
+        "defaultValue",
+        "deactivated",
+        "flags",
+    )
+)
+# Parameters the certifier evaluates, and those of them that may repeat.
+_CERTIFIED = frozenset(
+    SH[name]
+    for name in (
+        "class",
+        "datatype",
+        "nodeKind",
+        "minCount",
+        "maxCount",
+        "minInclusive",
+        "minExclusive",
+        "maxInclusive",
+        "maxExclusive",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "in",
+        "hasValue",
+        "node",
+        "property",
+        "and",
+    )
+)
+_REPEATABLE = frozenset({SH["class"], SH.node, SH.property, SH["and"], SH.hasValue})
+_SHAPE_TYPES = frozenset({SH.NodeShape, SH.PropertyShape, SH.Shape})
+_MAX_NESTING = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    node: Node
+    # None for a node shape; (predicate, inverse) for a certifiable property path.
+    path: tuple[URIRef, bool] | None
+    is_property: bool
+    deactivated: bool
+    # Parameter -> values; None when the shape uses something not certified.
+    params: dict[URIRef, list[Node]] | None
+    in_values: frozenset[Node]
+    and_lists: tuple[tuple[Node, ...], ...]
+    pattern: re.Pattern[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _TopShape:
+    node: Node
+    target_nodes: frozenset[Node]
+    target_classes: frozenset[Node]
+    subjects_of: frozenset[URIRef]
+    objects_of: frozenset[URIRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Certifier:
+    shapes: dict[Node, _Shape]
+    top: tuple[_TopShape, ...]
+
+
+def _list(g: Graph, head: Node) -> list[Node] | None:
+    try:
+        return list(Collection(g, head))
+    except (ValueError, TypeError, AssertionError):
+        return None
+
+
+def _compile_shape(g: Graph, node: Node) -> _Shape:
+    params: dict[URIRef, list[Node]] = {}
+    certifiable = True
+    for p, o in g.predicate_objects(node):
+        if not isinstance(p, URIRef) or not p.startswith(str(SH)) or p in _IGNORED_ON_SHAPES:
+            continue
+        if p not in _CERTIFIED:
+            certifiable = False
+        params.setdefault(p, []).append(o)
+    for p, values in params.items():
+        if len(values) > 1 and p not in _REPEATABLE:
+            certifiable = False
+    path_nodes = list(g.objects(node, SH.path))
+    path: tuple[URIRef, bool] | None = None
+    if len(path_nodes) > 1:
+        certifiable = False
+    elif path_nodes:
+        pn = path_nodes[0]
+        inverse = list(g.objects(pn, SH.inversePath)) if isinstance(pn, BNode) else []
+        if isinstance(pn, URIRef):
+            path = (pn, False)
+        elif (
+            len(inverse) == 1
+            and isinstance(inverse[0], URIRef)
+            and len(list(g.predicate_objects(pn))) == 1
+        ):
+            path = (inverse[0], True)
+        else:
+            certifiable = False
+    deactivated_values = list(g.objects(node, SH.deactivated))
+    deactivated = False
+    if len(deactivated_values) > 1:
+        certifiable = False
+    elif deactivated_values:
+        flag = deactivated_values[0]
+        if isinstance(flag, Literal):
+            deactivated = bool(flag.value)
+        else:
+            certifiable = False
+    in_values: frozenset[Node] = frozenset()
+    if SH["in"] in params:
+        items = _list(g, params[SH["in"]][0])
+        if items is None:
+            certifiable = False
+        else:
+            in_values = frozenset(items)
+    and_lists: list[tuple[Node, ...]] = []
+    for head in params.get(SH["and"], []):
+        items = _list(g, head)
+        if not items:
+            certifiable = False
+        else:
+            and_lists.append(tuple(items))
+    pattern = None
+    if SH.pattern in params:
+        pattern = _compile_pattern(g, node, params[SH.pattern][0])
+        if pattern is None:
+            certifiable = False
+    return _Shape(
+        node=node,
+        path=path,
+        is_property=bool(path_nodes),
+        deactivated=deactivated,
+        params=params if certifiable else None,
+        in_values=in_values,
+        and_lists=tuple(and_lists),
+        pattern=pattern,
+    )
+
+
+def _compile_pattern(g: Graph, node: Node, p: Node) -> re.Pattern[str] | None:
+    # PatternConstraintComponent.__init__ of pySHACL 0.40, for one pattern.
+    if not isinstance(p, Literal):
+        return None
+    flags_found = list(g.objects(node, SH.flags))
+    if len(flags_found) > 1:
+        return None
+    re_flags = 0
+    if flags_found:
+        f = flags_found[0]
+        if not isinstance(f, Literal):
+            return None
+        flags = str(f.value).lower()
+        if "i" in flags:
+            re_flags |= re.I
+        if "m" in flags:
+            re_flags |= re.M
+    text = str(p.value) if p.value is not None and len(p.value) > 1 else str(p)
+    try:
+        return re.compile(text, re_flags)
+    except re.error:
+        return None
+
+
+def certifier(shapes_graph: Graph) -> Certifier:
+    """Compile a shapes graph for ``certify``."""
+    g = shapes_graph
+    nodes: set[Node] = {s for s in g.subjects() if isinstance(s, URIRef | BNode)}
+    compiled = {n: _compile_shape(g, n) for n in nodes}
+    top = []
+    for n in nodes:
+        target_nodes = frozenset(g.objects(n, SH.targetNode))
+        classes = set(g.objects(n, SH.targetClass))
+        # pySHACL targets implicitly the instances of a shape that is itself
+        # a class; over-approximate: any shape typed with anything but a
+        # SHACL shape type is its own target class.
+        if any(t not in _SHAPE_TYPES for t in g.objects(n, RDF.type)):
+            classes.add(n)
+        subjects_of = frozenset(
+            o for o in g.objects(n, SH.targetSubjectsOf) if isinstance(o, URIRef)
+        )
+        objects_of = frozenset(o for o in g.objects(n, SH.targetObjectsOf) if isinstance(o, URIRef))
+        if target_nodes or classes or subjects_of or objects_of:
+            top.append(_TopShape(n, target_nodes, frozenset(classes), subjects_of, objects_of))
+    return Certifier(compiled, tuple(top))
+
+
+def _superclasses(view: DeltaView, cls: Node) -> set[Node]:
+    # rdflib's Graph.transitive_objects(cls, rdfs:subClassOf): cls included.
+    seen = {cls}
+    stack = [cls]
+    while stack:
+        c = stack.pop()
+        for sup in view.objects(c, _RDFS_SUBCLASSOF):
+            if sup not in seen:
+                seen.add(sup)
+                stack.append(sup)
+    return seen
+
+
+# Node -> every class it is an instance of (its types and their superclasses),
+# for one check: the certifier asks the same question for every shape.
+TypeMemo = dict[Node, frozenset[Node]]
+
+
+def _classes_of(view: DeltaView, v: Node, memo: TypeMemo) -> frozenset[Node]:
+    found = memo.get(v)
+    if found is None:
+        found = frozenset().union(*(_superclasses(view, t) for t in view.objects(v, _RDF_TYPE)))
+        memo[v] = found
+    return found
+
+
+def _is_focus(view: DeltaView, top: _TopShape, f: Node, memo: TypeMemo) -> bool:
+    if f in top.target_nodes:
+        return True
+    if (top.target_classes and not isinstance(f, Literal)
+            and top.target_classes & _classes_of(view, f, memo)):
+        return True
+    if not isinstance(f, Literal):
+        for p in top.subjects_of:
+            if next(view.objects(f, p), None) is not None:
+                return True
+    return any(next(view.subjects(p, f), None) is not None for p in top.objects_of)
+
+
+def _datatype_ok(v: Node, dt: Node) -> bool:
+    # DatatypeConstraintComponent.evaluate of pySHACL 0.40.
+    if not isinstance(v, Literal):
+        return False
+    if v.datatype == dt:
+        if getattr(v, "ill_typed", None) is True:
+            return False
+        return _actual_datatype(v, dt)
+    if dt == RDFS.Literal:
+        return True
+    if dt == RDFS.Datatype and v.datatype:
+        return True
+    if v.datatype is None and v.language is None and dt == URIRef(_XSD + "string"):
+        return _actual_datatype(v, dt)
+    if dt == _RDF_LANGSTRING and v.language:
+        return _actual_datatype(v, dt)
+    return False
+
+
+def _actual_datatype(v: Literal, dt: Node) -> bool:
+    value = v.value
+    checks: dict[str, type | tuple[type, ...]] = {
+        "string": (str, bytes),
+        "integer": int,
+        "float": float,
+        "decimal": Decimal,
+        "boolean": bool,
+        "date": date,
+        "time": time,
+        "dateTime": datetime,
+    }
+    if dt == _RDF_LANGSTRING:
+        return isinstance(value, str | bytes)
+    if isinstance(dt, URIRef) and dt.startswith(_XSD) and dt[len(_XSD) :] in checks:
+        return isinstance(value, checks[dt[len(_XSD) :]])
+    return True
+
+
+def _node_kind_ok(v: Node, kind: Node) -> bool:
+    if isinstance(v, BNode):
+        return kind in (SH.BlankNode, SH.BlankNodeOrLiteral, SH.BlankNodeOrIRI)
+    if isinstance(v, Literal):
+        return kind in (SH.Literal, SH.BlankNodeOrLiteral, SH.IRIOrLiteral)
+    return kind in (SH.IRI, SH.IRIOrLiteral, SH.BlankNodeOrIRI)
+
+
+def _string(v: Node) -> str:
+    # StringBasedConstraintBase.value_node_to_string of pySHACL 0.40.
+    if (
+        isinstance(v, Literal)
+        and v.value is not None
+        and v.datatype in (None, _RDF_LANGSTRING, URIRef(_XSD + "string"))
+    ):
+        return str(v.value)
+    return str(v)
+
+
+def _range_ok(v: Node, bound: Node, accept: Callable[[int], bool]) -> bool:
+    # Value-range components of pySHACL 0.40: blank nodes and IRIs fail;
+    # strings compare only with strings.
+    if not isinstance(v, Literal) or not isinstance(bound, Literal):
+        return False
+    if isinstance(v.value, str) != isinstance(bound.value, str):
+        return False
+    try:
+        order: int = compare_literal(v, bound)  # type: ignore[no-untyped-call]
+        return accept(order)
+    except (TypeError, NotImplementedError):
+        return False
+
+
+def _length_bound(bound: Node) -> int | None:
+    if isinstance(bound, Literal) and isinstance(bound.value, int) and bound.value >= 0:
+        return bound.value
+    return None
+
+
+_RANGES: dict[URIRef, Callable[[int], bool]] = {
+    SH.minInclusive: lambda c: c >= 0,
+    SH.minExclusive: lambda c: c > 0,
+    SH.maxInclusive: lambda c: c <= 0,
+    SH.maxExclusive: lambda c: c < 0,
+}
+
+
+# rdflib's Namespace attribute lookup costs ~1.5 µs; the certifier's loop uses these.
+_SH_AND: URIRef = SH["and"]
+_SH_CLASS: URIRef = SH["class"]
+_SH_DATATYPE: URIRef = SH["datatype"]
+_SH_HASVALUE: URIRef = SH["hasValue"]
+_SH_IN: URIRef = SH["in"]
+_SH_MAXCOUNT: URIRef = SH["maxCount"]
+_SH_MAXLENGTH: URIRef = SH["maxLength"]
+_SH_MINCOUNT: URIRef = SH["minCount"]
+_SH_MINLENGTH: URIRef = SH["minLength"]
+_SH_NODE: URIRef = SH["node"]
+_SH_NODEKIND: URIRef = SH["nodeKind"]
+_SH_PATTERN: URIRef = SH["pattern"]
+_SH_PROPERTY: URIRef = SH["property"]
+
+
+def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, depth: int,
+                   memo: TypeMemo) -> bool:
+    """True only if validating ``f`` against the shape yields no result."""
+    shape = c.shapes.get(shape_node)
+    if shape is None or depth > _MAX_NESTING:
+        return False
+    if shape.params is None:
+        return False
+    if shape.deactivated:
+        return True
+    params = shape.params
+    values: set[Node]
+    if shape.path is None:
+        if shape.is_property:
+            return False
+        values = {f}
+    else:
+        pred, inverse = shape.path
+        if inverse:
+            values = set(view.subjects(pred, f))
+        elif isinstance(f, Literal):
+            values = set()
+        else:
+            values = set(view.objects(f, pred))
+    for p, args in params.items():
+        if p in (_SH_MINCOUNT, _SH_MAXCOUNT):
+            count = args[0]
+            if not (isinstance(count, Literal) and isinstance(count.value, int)):
+                return False
+            if (p == _SH_MINCOUNT and len(values) < count.value) or (
+                p == _SH_MAXCOUNT and len(values) > count.value
+            ):
+                return False
+        elif p == _SH_CLASS:
+            for cls in args:
+                if any(isinstance(v, Literal) or cls not in _classes_of(view, v, memo)
+                       for v in values):
+                    return False
+        elif p == _SH_DATATYPE:
+            if not all(_datatype_ok(v, args[0]) for v in values):
+                return False
+        elif p == _SH_NODEKIND:
+            if not all(_node_kind_ok(v, args[0]) for v in values):
+                return False
+        elif p in _RANGES:
+            accept = _RANGES[p]
+            if not all(_range_ok(v, args[0], accept) for v in values):
+                return False
+        elif p in (_SH_MINLENGTH, _SH_MAXLENGTH):
+            bound = _length_bound(args[0])
+            if bound is None:
+                return False
+            for v in values:
+                if p == _SH_MINLENGTH and bound == 0:
+                    continue
+                if isinstance(v, BNode):
+                    return False
+                size = len(_string(v))
+                if (p == _SH_MINLENGTH and size < bound) or (p == _SH_MAXLENGTH and size > bound):
+                    return False
+        elif p == _SH_PATTERN:
+            pattern = shape.pattern
+            if pattern is None or any(
+                isinstance(v, BNode) or not pattern.search(_string(v)) for v in values
+            ):
+                return False
+        elif p == _SH_IN:
+            if not all(v in shape.in_values for v in values):
+                return False
+        elif p == _SH_HASVALUE:
+            if not all(hv in values for hv in args):
+                return False
+        elif p == _SH_NODE:
+            for nested in args:
+                if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
+                    return False
+        elif p == _SH_AND:
+            for members in shape.and_lists:
+                for nested in members:
+                    if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
+                        return False
+        elif p == _SH_PROPERTY:
+            for nested in args:
+                if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
+                    return False
+        else:  # pragma: no cover -- _compile_shape admits only the parameters above
+            return False
+    return True
+
+
+def certify(c: Certifier, view: DeltaView, f: Node, memo: TypeMemo | None = None) -> bool:
+    """True only if pySHACL on the result reports no result owned by focus node ``f``."""
+    memo = {} if memo is None else memo
+    return all(
+        _certify_shape(c, view, top.node, f, 0, memo)
+        for top in c.top if _is_focus(view, top, f, memo)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    result: ShaclResult
+    mode: TypingLiteral["certified", "incremental", "full"]
+    # Focus-node candidates re-validated, and the size of the graph they were
+    # validated in (incremental mode); why the full graph was used (full mode).
+    revalidated: int = 0
+    subgraph_triples: int = 0
+    reason: str = ""
+
+
+_default_namespaces: frozenset[tuple[str, str]] | None = None
+
+
+def _has_default_namespaces(g: Graph) -> bool:
+    global _default_namespaces  # noqa: PLW0603 -- computed once, then read-only
+    if _default_namespaces is None:
+        _default_namespaces = frozenset((p, str(n)) for p, n in Graph().namespaces())
+    return frozenset((p, str(n)) for p, n in g.namespaces()) == _default_namespaces
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One result of a pySHACL report, with the top-level result it belongs to.
+
+    pySHACL lists the results of nested shapes (``sh:detail`` of an sh:node,
+    sh:and ... result) as results of their own, with the *value node* as
+    focus; ``owner`` is the focus node of the top-level result above them, so
+    a report can be split by top-level focus node."""
+
+    owner: str
+    top: bool
+    violation: Violation
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """A validation result split by top-level focus node."""
+
+    conforms: bool
+    entries: tuple[Entry, ...]
+
+    def result(self) -> ShaclResult:
+        return ShaclResult(self.conforms, sorted(e.violation for e in self.entries))
+
+
+def _violation(report: Graph, r: Node) -> Violation:
+    # knhkd.knowledge.shacl._violations for one result node, with its helpers,
+    # so the text is the plain call's, character for character.
+    focus = report.value(r, SH.focusNode)
+    path = report.value(r, SH.resultPath)
+    component = report.value(r, SH.sourceConstraintComponent)
+    severity = report.value(r, SH.resultSeverity)
+    value = report.value(r, SH.value)
+    messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
+    return Violation(
+        focus_node="" if focus is None else _term_text(focus),
+        path="" if path is None else _path_text(report, path),
+        constraint="" if component is None else _term_text(component),
+        message="; ".join(messages),
+        severity="" if severity is None else str(severity).rpartition("#")[2],
+        value="" if value is None else _term_text(value),
+    )
+
+
+def validate_owned(shapes: Shapes, data: Graph) -> Owned:
+    """The plain call of ``Shapes.validate`` (same options, a fresh copy of the
+    shapes graph), with each result attributed to its top-level focus node."""
+    forget_pyshacl_bnode_texts()
+    shapes_copy = Graph()
+    shapes_copy += shapes._graph
+    try:
+        conforms, report, _text = pyshacl.validate(
+            data, shacl_graph=shapes_copy, inference="none", abort_on_first=False,
+            allow_warnings=True, allow_infos=True, advanced=False, js=False, meta_shacl=False,
+        )
+    except (ReportableRuntimeError, re.error) as exc:
+        raise ShapesError(f"SHACL validation failed to run: {exc}") from exc
+    if not isinstance(report, Graph):
+        raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
+    owner: dict[Node, tuple[str, bool]] = {}
+    for top in report.objects(None, SH.result):
+        focus = report.value(top, SH.focusNode)
+        name = "" if focus is None else _term_text(focus)
+        owner[top] = (name, True)
+        stack = [top]
+        while stack:
+            for detail in report.objects(stack.pop(), SH.detail):
+                if detail not in owner:
+                    owner[detail] = (name, False)
+                    stack.append(detail)
+    entries = []
+    for r in report.subjects(RDF.type, SH.ValidationResult):
+        v = _violation(report, r)
+        owned_by, is_top = owner.get(r, (v.focus_node, True))
+        entries.append(Entry(owned_by, is_top, v))
+    return Owned(bool(conforms), tuple(entries))
+
+
+def _conforms(entries: Iterable[Entry]) -> bool:
+    # pySHACL with allow_warnings and allow_infos decides per top-level shape;
+    # where dependencies() found the severities derivable, that is: no
+    # top-level result of a severity other than sh:Warning or sh:Info.
+    return all(e.violation.severity in ("Warning", "Info") for e in entries if e.top)
+
+
+class ShaclChecker:
+    """Incremental SHACL with a memo of shapes analyses and parent baselines.
+
+    Thread-safe: the memo is guarded by a lock; two threads may compute the
+    same baseline at once, and both get the same answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deps: dict[str, Dependencies] = {}
+        self._certifiers: dict[str, Certifier] = {}
+        self._baselines: dict[tuple[str, int], tuple[weakref.ref[Graph], Owned]] = {}
+
+    def dependencies(self, shapes: Shapes) -> Dependencies:
+        with self._lock:
+            found = self._deps.get(shapes.digest)
+        if found is None:
+            # Shapes exposes no accessor for its graph; this module only reads it.
+            found = dependencies(shapes._graph)
+            with self._lock:
+                self._deps[shapes.digest] = found
+        return found
+
+    def certifier(self, shapes: Shapes) -> Certifier:
+        with self._lock:
+            found = self._certifiers.get(shapes.digest)
+        if found is None:
+            found = certifier(shapes._graph)
+            with self._lock:
+                self._certifiers[shapes.digest] = found
+        return found
+
+    def baseline(self, shapes: Shapes, parent: Graph) -> Owned:
+        """The plain call on the parent, computed once per (parent, shapes)."""
+        key = (shapes.digest, id(parent))
+        with self._lock:
+            hit = self._baselines.get(key)
+        if hit is not None and hit[0]() is parent:
+            return hit[1]
+        if _has_default_namespaces(parent):
+            result = validate_owned(shapes, parent)
+        else:
+            # Validate a copy with a fresh graph's bindings, like the result's.
+            copy = Graph()
+            copy += parent
+            result = validate_owned(shapes, copy)
+
+        def forget(_: weakref.ref[Graph], key: tuple[str, int] = key) -> None:
+            with self._lock:
+                entry = self._baselines.get(key)
+                if entry is not None and entry[0]() is None:
+                    del self._baselines[key]
+
+        with self._lock:
+            self._baselines[key] = (weakref.ref(parent, forget), result)
+        return result
+
+    def check(self, shapes: Shapes, view: DeltaView) -> CheckResult:
+        """``shapes.validate(view.graph())``, computed incrementally where possible."""
+        deps = self.dependencies(shapes)
+        reason = deps.unsupported
+        if reason is None and not _has_default_namespaces(view.parent):
+            reason = "the parent graph binds namespaces of its own"
+        if reason is not None:
+            forget_pyshacl_bnode_texts()
+            return CheckResult(shapes.validate(view.graph()), "full", reason=reason)
+        base = self.baseline(shapes, view.parent)
+        focus = affected(deps, view, anchors(deps, view))
+        if not focus:
+            return CheckResult(base.result(), "certified")
+        names = {_focus_text(n) for n in focus}
+        kept = [e for e in base.entries if e.owner not in names]
+        proof = self.certifier(shapes)
+        memo: TypeMemo = {}
+        if all(certify(proof, view, n, memo) for n in focus):
+            mode: TypingLiteral["certified", "incremental"] = "certified"
+            size = 0
+        else:
+            sub = region(deps, view, focus)
+            kept += [e for e in validate_owned(shapes, sub).entries if e.owner in names]
+            mode, size = "incremental", len(sub)
+        merged = Owned(_conforms(kept), tuple(kept)).result()
+        return CheckResult(merged, mode, revalidated=len(focus), subgraph_triples=size)

@@ -1,0 +1,280 @@
+"""The ring drain actor: what producers append to the shared-memory ring
+becomes durable observations, each exactly once.
+
+Guarantees:
+- Records are drained in batches (``[ring] drain_batch``), decoded and validated
+  (hotpath/decode.py), and committed through the ingest actor: ids, storage,
+  receipts and the analyzer feed are those of HTTP ingest.
+- The ring position after a batch (``model.RingCursor``) is written in the LMDB
+  transaction that commits the batch; the ring's durable cursor is advanced
+  only after that commit returns. On every (re)start the drain resumes from the
+  stored position. So a crash anywhere neither loses a record (nothing below
+  the durable cursor is uncommitted, nothing above it was overwritten) nor
+  stores one twice (the stored position moved with the records).
+- A record that fails validation is never stored: it is counted
+  (``knhk_ingest_rejected{reason="ring_invalid"}``), logged (at most once per
+  ``_LOG_EVERY_S`` with a count), and its position commits with its batch so it
+  is not read again. Slots a producer corrupted are skipped by the C consumer
+  and counted as ``ring_corrupt``.
+- A slow store is back-pressure, not loss: the drain waits for the ingest queue
+  and the commit; meanwhile lanes fill and producers are refused (counted as
+  ``knhk_ring_full_rejections_total``).
+- The event loop is not blocked: an empty ring is polled with short sleeps,
+  decoding yields every ``_DECODE_CHUNK`` records, commits run on the writer
+  thread, the tick-rate calibration on a worker thread.
+
+Must never: advance the durable cursor before the commit that holds the
+records; use a stored cursor that belongs to another ring file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from knhkd.config import Config
+from knhkd.hotpath import tsc
+from knhkd.hotpath.decode import Decoded, RecordDecoder
+from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
+from knhkd.model import RingCursor
+from knhkd.monitor.ingest import Closed, Ingest
+from knhkd.runtime.receipt_writer import WriterClosed
+from knhkd.store.env import META_RING_CURSOR, Store
+from knhkd.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_cursor_encoder = msgspec.msgpack.Encoder()
+_cursor_decoder = msgspec.msgpack.Decoder(RingCursor)
+
+_DECODE_CHUNK = 512  # ~0.5 ms of decoding between checkpoints
+_STATS_EVERY_S = 1.0
+_CLOCK_REFRESH_S = 60.0  # bounds TSC-vs-wall-clock drift in event_time
+_LOG_EVERY_S = 10.0
+# A sample of fewer records is dominated by the timer's own resolution (~25 ticks).
+_MIN_TIMED_RECORDS = 16
+
+
+def read_cursor(store: Store) -> RingCursor | None:
+    with store.reader() as txn:
+        raw = txn.get(META_RING_CURSOR, db=store.db("meta"))
+    return None if raw is None else _cursor_decoder.decode(raw)
+
+
+class RingDrain:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        consumer: Consumer,
+        store: Store,
+        ingest: Ingest,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._consumer = consumer
+        self._store = store
+        self._ingest = ingest
+        self._metrics = metrics
+        self.rate: tsc.TickRate | None = None
+        # Counters in the ring are cumulative; these are what was exported.
+        self._full_exported = 0
+        self._corrupt_exported = 0
+        self._rejected_unlogged = 0
+        self._last_log = -math.inf
+        self.committed_records = 0
+        # Ticks per record of recent batch-append samples timed over at least
+        # _MIN_TIMED_RECORDS records: above the counter's resolution, unlike a
+        # single append's (see append_ticks_p99).
+        self.recent_append_ticks: deque[float] = deque(maxlen=1024)
+
+    # ------------------------------------------------------------------ #
+    # Where to resume
+    # ------------------------------------------------------------------ #
+
+    def resume_positions(self) -> list[int]:
+        """Per lane, where draining resumes: the stored cursor, reconciled with the ring."""
+        c = self._consumer
+        stats = c.lane_stats()
+        durable = [s.durable for s in stats]
+        stored = read_cursor(self._store)
+        if stored is None:
+            log.info("ring %s: first drain, from each lane's durable cursor", c.path)
+            return durable
+        if stored.ring_id != c.ring_id:
+            log.warning(
+                "ring %s (id %016x) is not the ring drained before (id %016x): it was "
+                "created anew (tmpfs is cleared at boot); records of the old ring that were "
+                "not yet durable went with it. Draining the new ring from its durable cursors",
+                c.path,
+                c.ring_id,
+                stored.ring_id,
+            )
+            return durable
+        if len(stored.next_seq) != len(stats):
+            log.error(
+                "ring %s: stored cursor has %d lanes, the ring %d; resuming at the ring's "
+                "durable cursors",
+                c.path,
+                len(stored.next_seq),
+                len(stats),
+            )
+            return durable
+        out: list[int] = []
+        for s, stored_next in zip(stats, stored.next_seq, strict=True):
+            want = stored_next
+            if want < s.durable:
+                # Producers may have reused those slots: they cannot be read again.
+                log.error(
+                    "ring %s lane %d: the store resumes at %d but the ring is durable up to %d "
+                    "(store restored from an older copy?); records %d..%d are not re-ingested",
+                    c.path, s.lane, want, s.durable, want, s.durable - 1,
+                )  # fmt: skip
+                want = s.durable
+            elif want > s.head:
+                log.error(
+                    "ring %s lane %d: the store resumes at %d, past the ring's head %d "
+                    "(ring file replaced by an older copy?); resuming at the head",
+                    c.path, s.lane, want, s.head,
+                )  # fmt: skip
+                want = s.head
+            out.append(want)
+        return out
+
+    # ------------------------------------------------------------------ #
+    # The actor
+    # ------------------------------------------------------------------ #
+
+    async def run(self) -> None:
+        if self.rate is None:
+            override = self._config().ring.tsc_hz
+            self.rate = await trio.to_thread.run_sync(tsc.detect, override)
+            self._consumer.set_tsc_hz(self.rate.hz)
+            log.info(
+                "ring %s: %d lanes x %d records; ticks: %s at %.3f MHz (%s)",
+                self._consumer.path,
+                self._consumer.lanes,
+                self._consumer.capacity,
+                ticks_source(),
+                self.rate.hz / 1e6,
+                self.rate.how,
+            )
+        committed = self.resume_positions()
+        # Read cursor and durable cursor both restart here (an earlier run of
+        # this actor may have read past what it committed).
+        self._consumer.begin(committed)
+        clock = tsc.TickClock(self.rate)
+        decoder: RecordDecoder | None = None
+        next_stats = -math.inf
+        active = False  # records drained since the statistics were last exported
+        while True:
+            cfg = self._config().ring
+            if decoder is None or decoder.event_codes != cfg.event_codes:
+                decoder = RecordDecoder(cfg.event_codes)
+            if trio.current_time() >= next_stats:
+                self._export_stats()
+                next_stats = trio.current_time() + _STATS_EVERY_S
+            self._export_samples()
+            drained = self._consumer.consume(cfg.drain_batch)
+            if drained.count == 0 and drained.next_seq == committed:
+                if active:  # caught up: let the backlog gauge say so now
+                    self._export_stats()
+                    active = False
+                await trio.sleep(cfg.poll_interval_s)
+                continue
+            active = True
+            if time.monotonic() - clock.taken_monotonic > _CLOCK_REFRESH_S:
+                clock = tsc.TickClock(self.rate)
+            decoded = await self._decode(decoder, drained, clock)
+            cursor = RingCursor(ring_id=self._consumer.ring_id, next_seq=drained.next_seq)
+            try:
+                await self._ingest.submit(
+                    decoded.items,
+                    # The ring holds the records meanwhile: wait rather than refuse.
+                    enqueue_timeout=math.inf,
+                    commit_timeout=math.inf,
+                    extra_meta={META_RING_CURSOR: _cursor_encoder.encode(cursor)},
+                )
+            except (Closed, WriterClosed):
+                return  # stopping: what was not committed is read again at start
+            # Committed (with the cursor): only now may producers reuse the slots.
+            self._consumer.mark_durable(drained.next_seq)
+            committed = drained.next_seq
+            self.committed_records += len(decoded.items)
+            if decoded.rejected:
+                self._report(decoded, drained)
+
+    async def _decode(
+        self, decoder: RecordDecoder, drained: Drained, clock: tsc.TickClock
+    ) -> Decoded:
+        out = Decoded()
+        for lo in range(0, drained.count, _DECODE_CHUNK):
+            part = decoder.decode(
+                drained.records, clock, start=lo, stop=min(lo + _DECODE_CHUNK, drained.count)
+            )
+            out.items.extend(part.items)
+            out.rejected.extend(part.rejected)
+            if lo + _DECODE_CHUNK < drained.count:
+                await trio.lowlevel.checkpoint()
+        return out
+
+    # ------------------------------------------------------------------ #
+    # Telemetry
+    # ------------------------------------------------------------------ #
+
+    def _report(self, decoded: Decoded, drained: Drained) -> None:
+        self._metrics.ingest_rejected.labels("ring_invalid").inc(len(decoded.rejected))
+        self._rejected_unlogged += len(decoded.rejected)
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_S:
+            first = decoded.rejected[0]
+            log.warning(
+                "ring %s: %d record(s) refused since the last report; e.g. lane %d seq %d: %s (%s)",
+                self._consumer.path,
+                self._rejected_unlogged,
+                drained.lane_of(first.index),
+                first.seq,
+                first.message,
+                first.reason,
+            )
+            self._rejected_unlogged = 0
+            self._last_log = now
+
+    def append_ticks_p99(self) -> float | None:
+        """p99 ticks per appended record over recent block-timed samples, or None
+        when producers have sent none (a figure for invariants Q4/Q5)."""
+        if not self.recent_append_ticks:
+            return None
+        ordered = sorted(self.recent_append_ticks)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+    def _export_samples(self) -> None:
+        for s in self._consumer.take_samples():
+            if s.count == 0:
+                continue
+            per_record = s.ticks / s.count
+            if s.op == OP_APPEND:
+                self._metrics.append_ticks_append.observe(per_record)
+                if s.count >= _MIN_TIMED_RECORDS:
+                    self.recent_append_ticks.append(per_record)
+            elif s.op == OP_SNAPSHOT_READ:
+                self._metrics.append_ticks_snapshot_read.observe(per_record)
+
+    def _export_stats(self) -> None:
+        stats = self._consumer.lane_stats()
+        full = sum(s.full_count for s in stats)
+        corrupt = sum(s.corrupt_count for s in stats)
+        if full > self._full_exported:
+            self._metrics.ring_full_rejections.inc(full - self._full_exported)
+            self._full_exported = full
+        if corrupt > self._corrupt_exported:
+            self._metrics.ingest_rejected.labels("ring_corrupt").inc(
+                corrupt - self._corrupt_exported
+            )
+            self._corrupt_exported = corrupt
+        self._metrics.ring_backlog.set(sum(s.backlog for s in stats))

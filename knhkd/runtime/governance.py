@@ -1,0 +1,164 @@
+"""The governance the running daemon holds: doctrine and guard sets loaded
+from files, guard relaxations rebuilt from LMDB, and the validation inputs
+built from them.
+
+Guarantees:
+- A relaxation step is applied to a copy of the relaxation book, persisted
+  (each record and one ``guard_relaxation_step`` receipt per event, in one
+  transaction), and only then does the copy replace the book: memory never
+  holds a step the disk does not.
+- Whenever the doctrine set's or the guard set's digest differs from the last
+  one receipted (first start included), a ``governance_changed`` receipt
+  records the new digest.
+
+Must never: relax a guard without a receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from knhkd.config import Config
+from knhkd.governance.doctrines import DoctrineSet, load_doctrines
+from knhkd.governance.guards import GuardSet, load_guards
+from knhkd.governance.relaxation import GuardRelaxations
+from knhkd.model import (
+    Outcome,
+    Relaxation,
+    RelaxationEvent,
+    RuntimeFigures,
+    SignedReceipt,
+    Snapshot,
+)
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.receipt_writer import ReceiptWriter
+from knhkd.store.env import Store
+from knhkd.store.writer import Job
+from knhkd.validate.pipeline import ValidationInputs
+
+META_DIGESTS = {"doctrines": b"governance.doctrines_digest", "guards": b"governance.guards_digest"}
+
+_record_decoder = msgspec.msgpack.Decoder(Relaxation)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def relaxation_job(
+    store: Store, receipts: ReceiptLog, events: Sequence[RelaxationEvent]
+) -> Job[list[SignedReceipt]]:
+    def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
+        db = store.db("relaxations")
+        for ev in events:
+            txn.put(ev.record.id.encode(), _encoder.encode(ev.record), db=db)
+        return receipts.append_many(
+            txn,
+            [
+                Draft(
+                    kind="guard_relaxation_step",
+                    outcome=Outcome(
+                        "pending" if ev.record.state in ("requested", "approved") else "approved",
+                        f"{ev.step}: {ev.detail}",
+                    ),
+                    subject_ids=[ev.relaxation_id, ev.guard_id],
+                    inputs={
+                        "step": ev.step,
+                        "actor": ev.actor,
+                        "state": ev.record.state,
+                        "approvals": str(len(ev.record.approvals)),
+                        "quorum": str(ev.record.quorum),
+                    },
+                )
+                for ev in events
+            ],
+        )
+
+    return job
+
+
+def digests_job(
+    store: Store, receipts: ReceiptLog, digests: dict[str, str]
+) -> Job[list[SignedReceipt]]:
+    def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
+        meta = store.db("meta")
+        out = []
+        for name, digest in sorted(digests.items()):
+            key = META_DIGESTS[name]
+            old = txn.get(key, db=meta)
+            if old is not None and bytes(old).decode() == digest:
+                continue
+            txn.put(key, digest.encode(), db=meta)
+            inputs = {"set": name, "digest": digest}
+            if old is not None:
+                inputs["previous_digest"] = bytes(old).decode()
+            out.append(
+                receipts.append(
+                    txn,
+                    Draft(
+                        kind="governance_changed",
+                        outcome=Outcome("approved", f"{name} set in force"),
+                        subject_ids=[f"{name}:{digest}"],
+                        inputs=inputs,
+                    ),
+                )
+            )
+        return out
+
+    return job
+
+
+class Governance:
+    def __init__(self, store: Store, writer: ReceiptWriter, receipts: ReceiptLog) -> None:
+        self._store = store
+        self._writer = writer
+        self._receipts = receipts
+        self.doctrines = DoctrineSet()
+        self.guards = GuardSet()
+        self.book: GuardRelaxations
+
+    def load(self, cfg: Config) -> None:
+        """Read the doctrine and guard files and the stored relaxations."""
+        gov = cfg.governance
+        self.doctrines = load_doctrines(Path(gov.doctrines_dir), gov.custom_checks)
+        self.guards = load_guards(Path(gov.guards_dir))
+        with self._store.reader() as txn:
+            records = [
+                _record_decoder.decode(raw)
+                for _, raw in txn.cursor(db=self._store.db("relaxations"))
+            ]
+        self._rules = gov
+        self.book = GuardRelaxations(self.guards, gov, records)
+
+    async def record_digests(self) -> list[SignedReceipt]:
+        return await self._writer.submit(
+            digests_job(
+                self._store,
+                self._receipts,
+                {"doctrines": self.doctrines.digest, "guards": self.guards.digest},
+            )
+        )
+
+    async def step(
+        self, fn: Callable[[GuardRelaxations], list[RelaxationEvent]]
+    ) -> list[RelaxationEvent]:
+        """Apply one relaxation step (``fn`` on a copy); persist; then swap."""
+        copy = GuardRelaxations(self.guards, self._rules, self.book.records())
+        events = fn(copy)
+        if events:
+            await self._writer.submit(relaxation_job(self._store, self._receipts, events))
+        self.book = copy
+        return events
+
+    def inputs(
+        self, cfg: Config, figures: RuntimeFigures, ancestry: tuple[Snapshot, ...]
+    ) -> ValidationInputs:
+        return ValidationInputs(
+            settings=cfg.validate,
+            doctrines=self.doctrines,
+            guards=self.guards,
+            relaxations=tuple(self.book.records()),
+            figures=figures,
+            ancestry=ancestry,
+        )
