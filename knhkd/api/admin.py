@@ -31,6 +31,7 @@ import msgspec
 import trio
 
 from knhkd.execute.promotion import RollbackRefused
+from knhkd.governance.relaxation import RelaxationError
 from knhkd.model import AdminRequest, AdminResponse, ProposalIn
 from knhkd.receipts import canonical
 from knhkd.receipts.keyring import RotationError
@@ -148,6 +149,40 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise CommandError(str(exc)) from None
         return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
 
+    def _s(args: dict[str, Any], name: str) -> str:
+        value = args.get(name, "")
+        if not isinstance(value, str):
+            raise CommandError(f"{name} must be a string")
+        return value
+
+    async def guards_list(args: dict[str, Any]) -> Any:
+        return daemon.guards_overview()
+
+    async def doctrines_list(args: dict[str, Any]) -> Any:
+        return daemon.doctrines_overview()
+
+    async def snapshots_diff(args: dict[str, Any]) -> Any:
+        return daemon.snapshot_diff(_s(args, "a"), _s(args, "b"))
+
+    async def relaxation(args: dict[str, Any]) -> Any:
+        rid, step = _s(args, "id"), _s(args, "step")
+        try:
+            if step == "request":
+                return await daemon.request_relaxation(
+                    _s(args, "guard"), _s(args, "who"), _s(args, "reason")
+                )
+            if step == "approve":
+                return await daemon.approve_relaxation(rid, _s(args, "who"))
+            if step == "activate":
+                return await daemon.activate_relaxation(rid, _s(args, "who"))
+            if step == "revoke":
+                return await daemon.revoke_relaxation(rid, _s(args, "who"), _s(args, "reason"))
+            if step == "show":
+                return daemon.relaxation(rid)
+        except RelaxationError as exc:
+            raise CommandError(f"{type(exc).__name__}: {exc}") from None
+        raise CommandError(f"unknown relaxation step {step!r}")
+
     async def checkpoint_latest(args: dict[str, Any]) -> Any:
         cp = daemon.latest_checkpoint()
         if args.get("issue") or cp is None:
@@ -170,6 +205,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "receipts.export": receipts_export,
         "receipts.consistency": receipts_consistency,
         "checkpoint.latest": checkpoint_latest,
+        "guards.list": guards_list,
+        "guards.relaxation": relaxation,
+        "doctrines.list": doctrines_list,
+        "snapshots.diff": snapshots_diff,
         "proposals.submit": proposals_submit,
         "proposals.validate": proposals_validate,
         "proposals.show": proposals_show,

@@ -36,6 +36,12 @@ from werkzeug.exceptions import HTTPException
 
 from knhkd.api.problems import ApiProblem, for_status, problem_response
 from knhkd.execute.promotion import RollbackRefused
+from knhkd.governance.relaxation import (
+    MissingIdentity,
+    RelaxationError,
+    UnknownGuard,
+    UnknownRelaxation,
+)
 from knhkd.model import (
     FieldError,
     IngestAccepted,
@@ -301,6 +307,88 @@ def create_app(daemon: Daemon) -> QuartTrio:
             "snapshot": daemon.knowledge.current,
         }
         return _json(body, 200 if promoted else 422)
+
+    # ---------------------------------------------------------------- governance
+
+    def _refused(exc: RelaxationError) -> ApiProblem:
+        name = type(exc).__name__
+        slug = "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
+        status = {UnknownGuard: 404, UnknownRelaxation: 404, MissingIdentity: 422}.get(
+            type(exc), 409
+        )
+        return ApiProblem(status, slug, "Relaxation refused", str(exc))
+
+    async def _step_body() -> dict[str, str]:
+        body = await _body()
+        try:
+            doc = msgspec.json.decode(body or b"{}", type=dict[str, str])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiProblem(
+                400, "malformed-json", "Malformed JSON", f"expected an object of strings: {exc}"
+            ) from None
+        return doc
+
+    async def _relaxation_step(step: Any) -> Response:
+        try:
+            return _json(await step)
+        except RelaxationError as exc:
+            raise _refused(exc) from None
+
+    @app.get("/api/v1/guards")
+    async def guards() -> Response:
+        return _json(daemon.guards_overview())
+
+    @app.get("/api/v1/doctrines")
+    async def doctrines() -> Response:
+        return _json(daemon.doctrines_overview())
+
+    # Identity is a declared field until authentication lands (its own issue):
+    # the caller vouches for ``requester``, ``approver`` and ``actor``.
+    @app.post("/api/v1/guards/<guard_id>/relaxations")
+    async def request_relaxation(guard_id: str) -> Response:
+        doc = await _step_body()
+        try:
+            record = await daemon.request_relaxation(
+                guard_id, doc.get("requester", ""), doc.get("reason", "")
+            )
+        except RelaxationError as exc:
+            raise _refused(exc) from None
+        return _json(record, 201)
+
+    @app.get("/api/v1/guards/relaxations/<relaxation_id>")
+    async def get_relaxation(relaxation_id: str) -> Response:
+        try:
+            return _json(daemon.relaxation(relaxation_id))
+        except RelaxationError as exc:
+            raise _refused(exc) from None
+
+    @app.post("/api/v1/guards/relaxations/<relaxation_id>/approve")
+    async def approve_relaxation(relaxation_id: str) -> Response:
+        doc = await _step_body()
+        return await _relaxation_step(
+            daemon.approve_relaxation(relaxation_id, doc.get("approver", ""))
+        )
+
+    @app.post("/api/v1/guards/relaxations/<relaxation_id>/activate")
+    async def activate_relaxation(relaxation_id: str) -> Response:
+        doc = await _step_body()
+        return await _relaxation_step(
+            daemon.activate_relaxation(relaxation_id, doc.get("actor", ""))
+        )
+
+    @app.post("/api/v1/guards/relaxations/<relaxation_id>/revoke")
+    async def revoke_relaxation(relaxation_id: str) -> Response:
+        doc = await _step_body()
+        return await _relaxation_step(
+            daemon.revoke_relaxation(relaxation_id, doc.get("actor", ""), doc.get("reason", ""))
+        )
+
+    @app.get("/api/v1/snapshots/<a>/diff/<b>")
+    async def snapshot_diff(a: str, b: str) -> Response:
+        try:
+            return _json(daemon.snapshot_diff(a, b))
+        except NotFound as exc:
+            raise ApiProblem(404, "not-found", "Snapshot not found", str(exc)) from None
 
     # ---------------------------------------------------------------- loop
 

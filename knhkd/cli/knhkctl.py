@@ -84,6 +84,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     fmt(sn.add_parser("list", help="list snapshots"))
     fmt(sn.add_parser("rollback", help="make the current snapshot's parent current"), "json")
+    sd = sn.add_parser("diff", help="triples removed and added between two snapshots")
+    sd.add_argument("a")
+    sd.add_argument("b")
+    gu = sub.add_parser("guards", help="guards and their relaxation").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    gu.add_parser("list", help="guards, relaxations, and which guards are relaxed now")
+    rq = gu.add_parser("request", help="ask to relax a guard")
+    rq.add_argument("guard")
+    rq.add_argument("--requester", required=True)
+    rq.add_argument("--reason", required=True)
+    for step, who in (("approve", "--approver"), ("activate", "--actor"), ("revoke", "--actor")):
+        sp = gu.add_parser(step, help=f"{step} a relaxation")
+        sp.add_argument("id")
+        sp.add_argument(who, dest="who", required=True)
+        if step == "revoke":
+            sp.add_argument("--reason", required=True)
+    gu.add_parser("show", help="one relaxation").add_argument("id")
+    do = sub.add_parser("doctrines", help="sector doctrines").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    do.add_parser("list", help="the doctrines in force and the set's digest")
     po = sub.add_parser("proposals", help="ΔΣ proposals").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -325,6 +347,19 @@ def run(args: argparse.Namespace) -> int:
         _print_json(res)
         if action == "promote" and not res["promoted"]:
             return EXIT_VERIFY_FAILED
+    elif (group, action) == ("snapshots", "diff"):
+        _print_json(_require_daemon(args, "snapshots.diff", {"a": args.a, "b": args.b}))
+    elif (group, action) == ("guards", "list"):
+        _print_json(_require_daemon(args, "guards.list", {}))
+    elif group == "guards":
+        step: dict[str, Any] = {"step": action, "id": getattr(args, "id", "")}
+        if action == "request":
+            step |= {"guard": args.guard, "who": args.requester, "reason": args.reason}
+        elif action != "show":
+            step |= {"who": args.who, "reason": getattr(args, "reason", "")}
+        _print_json(_require_daemon(args, "guards.relaxation", step))
+    elif group == "doctrines":
+        _print_json(_require_daemon(args, "doctrines.list", {}))
     elif (group, action) == ("keys", "rotate"):
         _print_json(_require_daemon(args, "keys.rotate", {}))
     elif (group, action) == ("receipts", "prove"):

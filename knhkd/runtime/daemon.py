@@ -53,7 +53,7 @@ from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
 from knhkd.execute.actor import Executor
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
-from knhkd.knowledge.rdf import KnowledgeError
+from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.model import (
     ChainVerification,
@@ -69,6 +69,7 @@ from knhkd.model import (
     ProposalIn,
     PublicKeyring,
     ReceiptView,
+    Relaxation,
     SignedReceipt,
     Snapshot,
     StatusReport,
@@ -267,6 +268,60 @@ class Daemon:
 
     def validation_inputs(self) -> ValidationInputs:
         return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
+
+    # Guards, relaxations, doctrines, diffs -------------------------------- #
+
+    def guards_overview(self) -> dict[str, Any]:
+        now = time.time_ns()
+        book = self.governance.book
+        return {
+            "digest": self.governance.guards.digest,
+            "guards": list(self.governance.guards.guards),
+            "relaxed_now": sorted(book.relaxed_guards(now)),
+            "relaxations": book.records(),
+        }
+
+    def relaxation(self, relaxation_id: str) -> Relaxation:
+        return self.governance.book.get(relaxation_id)
+
+    async def request_relaxation(self, guard_id: str, requester: str, reason: str) -> Relaxation:
+        now = time.time_ns()
+        events = await self.governance.step(
+            lambda book: [book.request(guard_id, requester, reason, now)]
+        )
+        return events[-1].record
+
+    async def approve_relaxation(self, relaxation_id: str, approver: str) -> Relaxation:
+        now = time.time_ns()
+        await self.governance.step(lambda book: book.approve(relaxation_id, approver, now))
+        return self.relaxation(relaxation_id)
+
+    async def activate_relaxation(self, relaxation_id: str, actor: str) -> Relaxation:
+        now = time.time_ns()
+        await self.governance.step(lambda book: book.activate(relaxation_id, actor, now))
+        return self.relaxation(relaxation_id)
+
+    async def revoke_relaxation(self, relaxation_id: str, actor: str, reason: str) -> Relaxation:
+        now = time.time_ns()
+        await self.governance.step(lambda book: [book.revoke(relaxation_id, actor, reason, now)])
+        return self.relaxation(relaxation_id)
+
+    def doctrines_overview(self) -> dict[str, Any]:
+        return {
+            "digest": self.governance.doctrines.digest,
+            "doctrines": list(self.governance.doctrines.doctrines),
+        }
+
+    def snapshot_diff(self, a: str, b: str) -> dict[str, Any]:
+        with self.store.reader() as txn:
+            rec_a = kn.read_record(self.store, txn, a)
+            rec_b = kn.read_record(self.store, txn, b)
+        for sid, rec in ((a, rec_a), (b, rec_b)):
+            if rec is None:
+                raise NotFound(f"no snapshot {sid!r}")
+        assert rec_a is not None and rec_b is not None
+        removed, added = diff_ntriples(rec_a.ntriples, rec_b.ntriples)
+        return {"from": rec_a.meta, "to": rec_b.meta, "removed": removed, "added": added}
 
     async def advance_relaxations(self) -> None:
         """Expiries and closed windows become receipted steps (each cycle)."""
