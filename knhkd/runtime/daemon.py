@@ -644,8 +644,9 @@ class Daemon:
             key_id=self.signer.key_id,
         )
 
-    def reload(self) -> None:
-        """SIGHUP: build a new configuration; keep the old one if it is invalid."""
+    async def reload(self) -> None:
+        """SIGHUP: a new configuration, doctrine and guard sets; keep the old
+        ones if anything is invalid."""
         try:
             new = load(self.config_path, env=self._env, overrides=self._overrides)
         except ConfigError as exc:
@@ -664,7 +665,13 @@ class Daemon:
                     new_v,
                 )
                 return
+        try:
+            self.governance.load(new)
+        except (KnowledgeError, RelaxationError) as exc:
+            log.error("reload refused, keeping the running configuration: governance: %s", exc)
+            return
         self.cfg = new
+        await self.governance.record_digests()
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
 
 
@@ -682,7 +689,7 @@ async def _watch_signals(daemon: Daemon) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 notify("RELOADING=1")
-                daemon.reload()
+                await daemon.reload()
                 notify("READY=1")
                 continue
             log.info("received %s: shutting down", signal.Signals(signum).name)

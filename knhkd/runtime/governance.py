@@ -119,17 +119,20 @@ class Governance:
         self.book: GuardRelaxations
 
     def load(self, cfg: Config) -> None:
-        """Read the doctrine and guard files and the stored relaxations."""
+        """Read the doctrine and guard files and the stored relaxations; all
+        or nothing."""
         gov = cfg.governance
-        self.doctrines = load_doctrines(Path(gov.doctrines_dir), gov.custom_checks)
-        self.guards = load_guards(Path(gov.guards_dir))
+        doctrines = load_doctrines(Path(gov.doctrines_dir), gov.custom_checks)
+        guards = load_guards(Path(gov.guards_dir))
         with self._store.reader() as txn:
             records = [
                 _record_decoder.decode(raw)
                 for _, raw in txn.cursor(db=self._store.db("relaxations"))
             ]
-        self._rules = gov
-        self.book = GuardRelaxations(self.guards, gov, records)
+        book = GuardRelaxations(guards, gov, records)
+        # All loaded: only now replace what is in force (a reload that fails
+        # half-way keeps the old sets whole).
+        self.doctrines, self.guards, self._rules, self.book = doctrines, guards, gov, book
 
     async def record_digests(self) -> list[SignedReceipt]:
         return await self._writer.submit(

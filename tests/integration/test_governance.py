@@ -129,3 +129,49 @@ def test_a_stage_over_its_time_budget_rejects(make_daemon: Any) -> None:
         stage = r.json()["validation"]["stages"][0]
         assert stage["stage"] == 1 and stage["verdict"] == "failed"
         assert "budget" in stage["message"]
+
+
+def test_sighup_reloads_doctrines_and_receipts_the_change(make_daemon: Any, tmp_path: Any) -> None:
+    import json
+    import shutil
+    import signal
+    import time
+
+    from tests.integration.conftest import CONF
+
+    docs = tmp_path / "doctrines"
+    shutil.copytree(CONF / "doctrines", docs)
+    d: RunningDaemon = make_daemon(start=False)
+    d.config.write_text(
+        d.config.read_text().replace(
+            f'doctrines_dir = "{CONF / "doctrines"}"', f'doctrines_dir = "{docs}"'
+        )
+    )
+    d.start()
+
+    def changes() -> list[dict[str, Any]]:
+        res = json.loads(d.ctl("receipts", "list", "--limit", "1000", "--format", "json").stdout)
+        return [r for r in res if r["body"]["kind"] == "governance_changed"]
+
+    first = [r["body"]["inputs"]["set"] for r in changes()]
+    assert sorted(first) == ["doctrines", "guards"]
+    before = json.loads(d.ctl("doctrines", "list").stdout)["digest"]
+
+    finance = docs / "finance.toml"
+    finance.write_text(finance.read_text().replace("max = 1000000.0", "max = 500000.0"))
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while len(changes()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    latest = changes()[-1]["body"]["inputs"]
+    assert latest["set"] == "doctrines" and latest["previous_digest"] == before
+    after = json.loads(d.ctl("doctrines", "list").stdout)["digest"]
+    assert after == latest["digest"] != before
+
+    finance.write_text("[[doctrine]]\nid = 5\n")
+    d.proc.send_signal(signal.SIGHUP)
+    while "reload refused" not in d.log() and time.monotonic() < deadline + 20:
+        time.sleep(0.1)
+    assert "governance" in d.log() and "finance.toml" in d.log()
+    assert json.loads(d.ctl("doctrines", "list").stdout)["digest"] == after
