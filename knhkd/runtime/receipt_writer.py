@@ -10,6 +10,9 @@ Guarantees:
   raises the job's own exception, or ``CommitFailed`` when the transaction as a
   whole failed (then nothing of it is on disk).
 - The intake is a bounded channel: when the disk falls behind, submitters wait.
+- ``commit_now`` is the same single writer without the actor's hop, for a
+  caller that batches by itself (ingest): one ``CapacityLimiter(1)`` orders
+  every write transaction of the process.
 - ``close`` lets the actor commit what is queued, then return.
 
 Must never: resolve a waiter before the commit that holds its job.
@@ -61,6 +64,7 @@ class ReceiptWriter:
         self._limiter = trio.CapacityLimiter(1)
         self.commits = 0
         self.last_error: str | None = None
+        self._closed = False
 
     async def submit(self, job: Job[T]) -> T:
         pending: _Pending[T] = _Pending(job)
@@ -73,7 +77,28 @@ class ReceiptWriter:
             raise pending.error
         return pending.result  # type: ignore[no-any-return]
 
+    async def commit_now(self, job: Job[T]) -> T:
+        """Run ``job`` in a transaction of its own from the calling task, under
+        the same one-writer token as the actor, without the actor's hop: the
+        ingest hot path, which batches for itself. Raises ``CommitFailed`` when
+        the transaction as a whole did not commit."""
+        if self._closed:
+            raise WriterClosed("the store is closing")
+        try:
+            [(value, error)] = await trio.to_thread.run_sync(
+                run_transaction, self._store, [job], limiter=self._limiter
+            )
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise CommitFailed(f"write transaction failed: {exc}") from exc
+        self.commits += 1
+        self._metrics.store_commits.inc()
+        if error is not None:
+            raise error
+        return value  # type: ignore[no-any-return]
+
     def close(self) -> None:
+        self._closed = True
         self._send.close()
 
     async def run(self) -> None:
