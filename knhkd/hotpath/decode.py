@@ -62,6 +62,8 @@ class Rejection:
 class Decoded:
     items: list[ObservationIn] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # Filled by the caller when it applies SHACL shapes (monitor/ring_drain.py).
+    shacl_rejected: list[Rejection] = field(default_factory=list)
 
 
 def default_event_type(code: int) -> str:

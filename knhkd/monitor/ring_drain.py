@@ -3,8 +3,10 @@ becomes durable observations, each exactly once.
 
 Guarantees:
 - Records are drained in batches (``[ring] drain_batch``), decoded and validated
-  (hotpath/decode.py), and committed through the ingest actor: ids, storage,
-  receipts and the analyzer feed are those of HTTP ingest.
+  (hotpath/decode.py), checked against their sector's SHACL shapes when
+  ``[ingest] shacl`` is on (the gate HTTP ingest uses, monitor/shapes.py), and
+  committed through the ingest actor: ids, storage, receipts and the analyzer
+  feed are those of HTTP ingest.
 - The ring position after a batch (``model.RingCursor``) is written in the LMDB
   transaction that commits the batch; the ring's durable cursor is advanced
   only after that commit returns. On every (re)start the drain resumes from the
@@ -12,10 +14,12 @@ Guarantees:
   the durable cursor is uncommitted, nothing above it was overwritten) nor
   stores one twice (the stored position moved with the records).
 - A record that fails validation is never stored: it is counted
-  (``knhk_ingest_rejected{reason="ring_invalid"}``), logged (at most once per
-  ``_LOG_EVERY_S`` with a count), and its position commits with its batch so it
-  is not read again. Slots a producer corrupted are skipped by the C consumer
-  and counted as ``ring_corrupt``.
+  (``knhk_ingest_rejected{reason="ring_invalid"}``, or ``ring_shacl`` for a
+  shape violation, which the gate also counts by sector), logged (at most once
+  per ``_LOG_EVERY_S`` with a count), and its position commits with its batch
+  so it is not read again. A record has no request to fail with it: each is
+  accepted or refused alone. Slots a producer corrupted are skipped by the C
+  consumer and counted as ``ring_corrupt``.
 - A slow store is back-pressure, not loss: the drain waits for the ingest queue
   and the commit; meanwhile lanes fill and producers are refused (counted as
   ``knhk_ring_full_rejections_total``).
@@ -40,10 +44,11 @@ import trio
 
 from knhkd.config import Config
 from knhkd.hotpath import tsc
-from knhkd.hotpath.decode import Decoded, RecordDecoder
+from knhkd.hotpath.decode import Decoded, RecordDecoder, Rejection
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
 from knhkd.model import RingCursor
 from knhkd.monitor.ingest import Closed, Ingest
+from knhkd.monitor.shapes import ObservationGate, ShaclRejected
 from knhkd.runtime.receipt_writer import WriterClosed
 from knhkd.store.env import META_RING_CURSOR, Store
 from knhkd.telemetry.metrics import Metrics
@@ -75,8 +80,10 @@ class RingDrain:
         store: Store,
         ingest: Ingest,
         metrics: Metrics,
+        shacl_gate: Callable[[], ObservationGate | None] = lambda: None,
     ) -> None:
         self._config = config
+        self._shacl_gate = shacl_gate
         self._consumer = consumer
         self._store = store
         self._ingest = ingest
@@ -191,6 +198,7 @@ class RingDrain:
             if time.monotonic() - clock.taken_monotonic > _CLOCK_REFRESH_S:
                 clock = tsc.TickClock(self.rate)
             decoded = await self._decode(decoder, drained, clock)
+            await self._check_shapes(decoded)
             cursor = RingCursor(ring_id=self._consumer.ring_id, next_seq=drained.next_seq)
             try:
                 await self._ingest.submit(
@@ -206,8 +214,26 @@ class RingDrain:
             self._consumer.mark_durable(drained.next_seq)
             committed = drained.next_seq
             self.committed_records += len(decoded.items)
-            if decoded.rejected:
+            if decoded.rejected or decoded.shacl_rejected:
                 self._report(decoded, drained)
+
+    async def _check_shapes(self, decoded: Decoded) -> None:
+        """Drop (and record) the items that violate their sector's shapes."""
+        gate = self._shacl_gate()
+        if gate is None or not decoded.items:
+            return
+        try:
+            await gate.check(decoded.items)
+        except ShaclRejected as exc:
+            first: dict[int, str] = {}
+            for e in exc.errors:
+                first.setdefault(0 if e.index is None else e.index, f"{e.field}: {e.message}")
+            # Indexes are into decoded.items; the lane and sequence are not known
+            # here any more, so the report names the item's position in the batch.
+            decoded.shacl_rejected = [
+                Rejection(i, -1, "shacl", msg) for i, msg in sorted(first.items())
+            ]
+            decoded.items = [it for i, it in enumerate(decoded.items) if i not in first]
 
     async def _decode(
         self, decoder: RecordDecoder, drained: Drained, clock: tsc.TickClock
@@ -228,19 +254,27 @@ class RingDrain:
     # ------------------------------------------------------------------ #
 
     def _report(self, decoded: Decoded, drained: Drained) -> None:
-        self._metrics.ingest_rejected.labels("ring_invalid").inc(len(decoded.rejected))
-        self._rejected_unlogged += len(decoded.rejected)
+        if decoded.rejected:
+            self._metrics.ingest_rejected.labels("ring_invalid").inc(len(decoded.rejected))
+        if decoded.shacl_rejected:
+            self._metrics.ingest_rejected.labels("ring_shacl").inc(len(decoded.shacl_rejected))
+        self._rejected_unlogged += len(decoded.rejected) + len(decoded.shacl_rejected)
         now = time.monotonic()
         if now - self._last_log >= _LOG_EVERY_S:
-            first = decoded.rejected[0]
+            if decoded.rejected:
+                first = decoded.rejected[0]
+                example = (
+                    f"lane {drained.lane_of(first.index)} seq {first.seq}: "
+                    f"{first.message} ({first.reason})"
+                )
+            else:
+                shape = decoded.shacl_rejected[0]
+                example = f"item {shape.index} of a batch: {shape.message} (shacl)"
             log.warning(
-                "ring %s: %d record(s) refused since the last report; e.g. lane %d seq %d: %s (%s)",
+                "ring %s: %d record(s) refused since the last report; e.g. %s",
                 self._consumer.path,
                 self._rejected_unlogged,
-                drained.lane_of(first.index),
-                first.seq,
-                first.message,
-                first.reason,
+                example,
             )
             self._rejected_unlogged = 0
             self._last_log = now

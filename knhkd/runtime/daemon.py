@@ -267,6 +267,8 @@ class Daemon:
         return tuple(out)
 
     def validation_inputs(self) -> ValidationInputs:
+        if self.ring_drain is not None:
+            self.figures.observe_hot_path(self.ring_drain.append_ticks_p99())
         return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
 
     # Guards, relaxations, doctrines, diffs -------------------------------- #
@@ -799,6 +801,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                                     daemon.store,
                                     daemon.ingest,
                                     daemon.metrics,
+                                    # The same SHACL gate as HTTP ingest.
+                                    shacl_gate=lambda: daemon.shacl_gate,
                                 )
                                 front_n.start_soon(
                                     sup.supervise, "ring_drain", daemon.ring_drain.run

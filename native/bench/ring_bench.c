@@ -47,13 +47,14 @@ static void *consumer_main(void *arg) {
     knhk_snapshot snap;
     memset(&snap, 0, sizeof snap);
     pin(1);
-    struct timespec nap = {0, 100000}; /* 100 µs */
+    struct timespec nap = {0, 1000000}; /* 1 ms */
     for (uint64_t i = 0; !atomic_load_explicit(&stop_consumer, memory_order_relaxed); i++) {
-        /* Like knhkd's drain: a batch, then away (knhkd decodes and commits it;
-         * here a short sleep when the ring is nearly empty), not a spin on head. */
+        /* Like knhkd's drain: take a batch, then go away while it is decoded
+         * and committed (milliseconds in knhkd; a 1 ms sleep here), rather than
+         * spin on the producer's cache lines. */
         int64_t n = knhk_consume(c, out, NULL, 4096, next);
         if (n >= 0) knhk_mark_durable(c, next);
-        if (n < 1024) nanosleep(&nap, NULL);
+        nanosleep(&nap, NULL);
         if (i % 1024 == 0) { /* knhkd publishes rarely: on promotion */
             snap.version = i;
             knhk_snapshot_publish(c, &snap);

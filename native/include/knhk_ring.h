@@ -163,8 +163,10 @@ enum knhk_sector {
  *   I64_ARRAY  an array of payload.i64[0..len)       (len 0..5)
  *   F64_ARRAY  an array of payload.f64[0..len), finite (len 0..5)
  * knhkd refuses (and counts) a record whose kind, len, flags, sector or UTF-8
- * is invalid; the event code needs no registration (see knhkd's [ring]
- * event_codes: unmapped codes become the event type "ring.<code>"). */
+ * is invalid, or that fails its sector's SHACL shapes (as HTTP input would;
+ * a record carries no metadata); the event code needs no registration (see
+ * knhkd's [ring] event_codes: unmapped codes become the event type
+ * "ring.<code>"). */
 enum knhk_value_kind {
     KNHK_VALUE_NONE = 0,
     KNHK_VALUE_I64 = 1,

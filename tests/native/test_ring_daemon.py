@@ -92,12 +92,12 @@ def test_producer_processes_and_http_share_the_daemon(
     ring = tmp_path / "obs.ring"
     d = make_daemon(
         _ring_config(ring, lanes=4, capacity=256, drain_batch=512)
-        + 'event_codes = { "1" = "line.tick", "42" = "dock.scan" }\n'
+        + 'event_codes = { "1" = "line.tick", "42" = "press.temperature" }\n'
     )
     counts = {1: 3000, 2: 3000, 3: 2000}
     procs += [spawn_producer(ring, tag, count=n, batch=16) for tag, n in counts.items()]
     c_proc = subprocess.Popen(
-        [str(c_producer), str(ring), "700", "4", "42"], stdout=subprocess.PIPE, text=True
+        [str(c_producer), str(ring), "700", "3", "42"], stdout=subprocess.PIPE, text=True
     )
     procs.append(c_proc)  # type: ignore[arg-type]
     with d.client() as c:
@@ -112,8 +112,8 @@ def test_producer_processes_and_http_share_the_daemon(
     stored = _stored(d)
     _exactly_once(stored, counts)
     by_type = Counter(o.event_type for o in stored)
-    assert by_type == {"line.tick": 8000, "dock.scan": 700, "http.tick": 20}
-    assert {o.sector for o in stored if o.event_type == "dock.scan"} == {"logistics"}
+    assert by_type == {"line.tick": 8000, "press.temperature": 700, "http.tick": 20}
+    assert {o.sector for o in stored if o.event_type == "press.temperature"} == {"manufacturing"}
     assert [o.seq for o in stored] == list(range(len(stored)))
     d.start()
     assert d.ctl("receipts", "verify-chain").returncode == 0
@@ -192,17 +192,22 @@ def test_a_full_ring_is_refused_counted_and_recovers(
 def test_the_snapshot_descriptor_follows_promotion_and_rollback(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
+    """Also: ring records get HTTP ingest's validation, the SHACL gate included."""
     ring = tmp_path / "obs.ring"
-    d = make_daemon(_ring_config(ring) + 'event_codes = { "1" = "sensor.burst" }\n')
+    d = make_daemon(
+        _ring_config(ring) + 'event_codes = { "1" = "line.tick", "2" = "transaction.execute" }\n'
+    )
     with d.client() as c, Reader(ring) as r, Producer(ring) as p:
         genesis = c.get("/api/v1/snapshots/current").json()
         desc = r.snapshot()
         assert desc is not None
         assert (desc.snapshot_id, desc.version) == (genesis["snapshot_id"], 0)
-        # A burst through the ring, and one record the daemon must refuse. The
-        # generic sector: finance changes wait for SOX signers (FIN-APPROVAL-001).
-        p.append_batch([(SECTOR_CODES["generic"], 1, 50000)] * 150 + [(0, 1, 1)])
-        _wait(lambda: p.durable() == 151, "the burst durable")
+        # A burst through the ring; one record the decoder refuses (sector 0);
+        # two its shapes refuse (a transaction.execute value must be an object).
+        burst = [(SECTOR_CODES["manufacturing"], 1, 7.5)] * 150
+        p.append_batch([*burst, (0, 1, 1), (SECTOR_CODES["finance"], 2, 50000)])
+        p.append(SECTOR_CODES["finance"], 2, 1)
+        _wait(lambda: p.durable() == 153, "the burst durable")
         assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
         v1 = c.get("/api/v1/snapshots/current").json()
         desc = r.snapshot()
@@ -212,7 +217,10 @@ def test_the_snapshot_descriptor_follows_promotion_and_rollback(
         desc = r.snapshot()
         assert desc is not None and (desc.snapshot_id, desc.version) == (genesis["snapshot_id"], 0)
     assert _metric(d, 'knhk_ingest_rejected_total{reason="ring_invalid"}') == 1
+    assert _metric(d, 'knhk_ingest_rejected_total{reason="ring_shacl"}') == 2
+    assert _metric(d, 'knhk_ingest_shacl_failures_total{sector="finance"}') == 2
     assert d.stop() == 0
+    assert len(_stored(d)) == 150
     # The descriptor of a stopped daemon still names its current snapshot.
     with Reader(ring) as r:
         desc = r.snapshot()
