@@ -79,6 +79,7 @@ def commit_job(
         now = clock_ns()
         out: list[Observation] = []
         by_sector: dict[str, list[tuple[Observation, bytes]]] = {}
+        puts: list[tuple[bytes, bytes]] = []
         # One call for the batch: ids are ~7 µs each one at a time (store/ids.py).
         for item, obs_id in zip(items, observation_ids(now, seq, len(items)), strict=True):
             obs = Observation(
@@ -93,10 +94,15 @@ def commit_job(
                 rdf=item.rdf,
             )
             record = _obs_encoder.encode(obs)
-            txn.put(seq_key(seq), record, db=db, append=True)
+            puts.append((seq_key(seq), record))
             out.append(obs)
             by_sector.setdefault(obs.sector, []).append((obs, record))
             seq += 1
+        # One LMDB call for the batch: py-lmdb releases the GIL around every
+        # call, and on a busy event loop each release costs a GIL hand-off.
+        stored, _ = txn.cursor(db=db).putmulti(puts, append=True)
+        if stored != len(puts):
+            raise lmdb.Error(f"stored {stored} of {len(puts)} observations")
         txn.put(META_OBS_NEXT, str(seq).encode(), db=meta)
         for key, value in (extra_meta or {}).items():
             txn.put(key, value, db=meta)

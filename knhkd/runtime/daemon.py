@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -103,6 +104,7 @@ from knhkd.validate.pipeline import ValidationInputs, default_pipeline
 log = logging.getLogger("knhkd")
 
 MB = 1024 * 1024
+SWITCH_INTERVAL_S = 0.0005
 _obs_decoder = msgspec.msgpack.Decoder(Observation)
 _pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
 _proposal_decoder = msgspec.msgpack.Decoder(Proposal)
@@ -715,6 +717,11 @@ Server = Callable[..., Awaitable[None]]
 async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
     """Run until shutdown; ``servers`` (admin socket, HTTP) are started in order
     with ``nursery.start`` once the actors run. Returns the exit status."""
+    # The writer thread hands the GIL back and forth with the event loop on
+    # every LMDB call; with CPython's 5 ms switch interval a busy loop makes
+    # each hand-off wait, and a commit's latency is mostly that waiting
+    # (measured: 12.7 ms -> 9.5 ms per commit, ingest/no-op 0.66 -> 0.81).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     cfg = daemon.cfg
     daemon.open()
     setup_tracing(cfg.telemetry)
