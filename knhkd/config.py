@@ -325,8 +325,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
 }
 
 
-def _error_key(exc: msgspec.ValidationError) -> tuple[str, str]:
-    """Turn msgspec's "msg - at `$.a.b`" into ("a.b", msg)."""
+def error_key(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's "msg - at `$.a[0].b`" into ("a[0].b", msg); an unknown
+    field is named in the path."""
     text = str(exc)
     msg, sep, where = text.rpartition(" - at `")
     if not sep:
@@ -366,7 +367,7 @@ def build(
     try:
         cfg = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
-        key, msg = _error_key(exc)
+        key, msg = error_key(exc)
         raise ConfigError(key, msg) from None
     parse_bind(cfg.http.bind)
     if cfg.storage.max_map_size_mb < cfg.storage.map_size_mb:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from knhkd.config import error_key
 from knhkd.knowledge.rdf import KnowledgeError
 
 T = TypeVar("T")
@@ -47,25 +48,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise GovernanceFileError(path, "", exc.strerror or str(exc)) from None
 
 
-def _error_key(exc: msgspec.ValidationError) -> tuple[str, str]:
-    """msgspec's "msg - at `$.a[0].b`" as ("a[0].b", msg)."""
-    text = str(exc)
-    msg, sep, where = text.rpartition(" - at `")
-    if not sep:
-        msg, where = text, ""
-    path = where.rstrip("`").removeprefix("$").lstrip(".")
-    if "unknown field `" in msg:
-        field = msg.split("unknown field `", 1)[1].split("`", 1)[0]
-        path = f"{path}.{field}" if path else field
-    return path, msg
-
-
 def convert(raw: Any, typ: type[T], path: Path, prefix: str) -> T:
     """``raw`` as a ``typ``; on error the key is ``prefix`` + msgspec's path."""
     try:
         return msgspec.convert(raw, typ, strict=True)
     except msgspec.ValidationError as exc:
-        key, msg = _error_key(exc)
+        key, msg = error_key(exc)
         if key.startswith("[") or not key:
             full = prefix + key
         else:
