@@ -12,14 +12,12 @@ Must never: block the event loop on storage beyond a short read transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import lmdb
 import msgspec
 import trio
 
 from knhkd.analyze.detectors import Detectors
-from knhkd.config import Config
 from knhkd.model import (
     Alert,
     DetectedPattern,
@@ -31,12 +29,10 @@ from knhkd.model import (
 )
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.context import LoopContext
 from knhkd.runtime.cycle import AnalyzerMessage, Cycle
-from knhkd.runtime.knowledge import KnowledgeState
-from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import span
 
 _obs_decoder = msgspec.msgpack.Decoder(Observation)
@@ -86,27 +82,17 @@ def store_patterns_job(
 class Analyzer:
     def __init__(
         self,
-        config: Callable[[], Config],
-        store: Store,
-        writer: ReceiptWriter,
-        receipts: ReceiptLog,
-        knowledge: Callable[[], KnowledgeState],
-        metrics: Metrics,
+        ctx: LoopContext,
         inbox: trio.MemoryReceiveChannel[AnalyzerMessage],
         to_planner: trio.MemorySendChannel[Cycle],
     ) -> None:
-        self._config = config
-        self._store = store
-        self._writer = writer
-        self._receipts = receipts
-        self._knowledge = knowledge
-        self._metrics = metrics
+        self._ctx = ctx
         self._inbox = inbox
         self._to_planner = to_planner
         self.detectors: Detectors | None = None
 
     def _rebuild(self) -> tuple[Detectors, int]:
-        cfg = self._config().analyze
+        cfg = self._ctx.config().analyze
         now = time.time_ns()
         horizon = now - int(
             max(cfg.high_frequency.window_s, cfg.error_spike.window_s, cfg.schema_drift.window_s)
@@ -114,8 +100,8 @@ class Analyzer:
         )
         recent: list[Observation] = []
         floor = -1
-        with self._store.reader() as txn:
-            cursor = txn.cursor(db=self._store.db("observations"))
+        with self._ctx.store.reader() as txn:
+            cursor = txn.cursor(db=self._ctx.store.db("observations"))
             if cursor.last():
                 floor = int.from_bytes(cursor.key(), "big")
                 for _, raw in cursor.iterprev():
@@ -125,7 +111,7 @@ class Analyzer:
                     recent.append(obs)
         recent.reverse()
         last_seen = recent[-1].ingested_at_ns if recent else now
-        detectors = Detectors(cfg, self._knowledge().schema, start_ns=last_seen)
+        detectors = Detectors(cfg, self._ctx.knowledge().schema, start_ns=last_seen)
         if recent:
             detectors.observe(recent)
         return detectors, floor
@@ -148,17 +134,19 @@ class Analyzer:
     async def _analyze(self, detectors: Detectors, cycle: Cycle) -> None:
         started = time.perf_counter()
         with span("knhk.mape_k.analyze", **{"knhk.mape_k.cycle_id": cycle.id}):
-            detectors.set_schema(self._knowledge().schema)
+            detectors.set_schema(self._ctx.knowledge().schema)
             patterns = detectors.evaluate(time.time_ns())
-        self._metrics.pattern_detection_duration_ms.observe((time.perf_counter() - started) * 1e3)
+        self._ctx.metrics.pattern_detection_duration_ms.observe(
+            (time.perf_counter() - started) * 1e3
+        )
         if patterns:
-            signed = await self._writer.submit(
-                store_patterns_job(self._store, self._receipts, patterns)
+            signed = await self._ctx.writer.submit(
+                store_patterns_job(self._ctx.store, self._ctx.receipts, patterns)
             )
             cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for r in signed)
-            self._metrics.receipts_appended.labels("pattern_detected").inc(len(signed))
+            self._ctx.metrics.receipts_appended.labels("pattern_detected").inc(len(signed))
             for p in patterns:
-                self._metrics.patterns_detected.labels(p.kind).inc()
-                self._metrics.pattern_confidence.labels(p.kind).set(p.confidence)
+                self._ctx.metrics.patterns_detected.labels(p.kind).inc()
+                self._ctx.metrics.pattern_confidence.labels(p.kind).set(p.confidence)
         cycle.patterns = patterns
         await self._to_planner.send(cycle)

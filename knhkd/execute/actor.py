@@ -25,7 +25,6 @@ import lmdb
 import msgspec
 import trio
 
-from knhkd.config import Config
 from knhkd.execute.promotion import promote
 from knhkd.knowledge.rdf import KnowledgeError, apply_delta
 from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
@@ -33,6 +32,7 @@ from knhkd.plan.actor import proposal_draft, store_proposals_job
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.context import LoopContext
 from knhkd.runtime.cycle import Cycle
 from knhkd.runtime.knowledge import (
     KnowledgeState,
@@ -40,10 +40,8 @@ from knhkd.runtime.knowledge import (
     install_job,
     state_of,
 )
-from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import span
 from knhkd.validate.pipeline import Pipeline, ValidationInputs
 
@@ -142,29 +140,19 @@ def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[Cy
 class Executor:
     def __init__(
         self,
-        config: Callable[[], Config],
-        store: Store,
-        writer: ReceiptWriter,
-        receipts: ReceiptLog,
-        knowledge: Callable[[], KnowledgeState],
+        ctx: LoopContext,
         set_knowledge: Callable[[KnowledgeState], None],
         pipeline: Pipeline,
-        metrics: Metrics,
         inbox: trio.MemoryReceiveChannel[Cycle],
         *,
         inputs: Callable[[], ValidationInputs] = ValidationInputs,
         before_cycle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._ctx = ctx
         self._inputs = inputs
         self._before_cycle = before_cycle
-        self._config = config
-        self._store = store
-        self._writer = writer
-        self._receipts = receipts
-        self._knowledge = knowledge
         self._set_knowledge = set_knowledge
         self._pipeline = pipeline
-        self._metrics = metrics
         self._inbox = inbox
 
     async def run(self) -> None:
@@ -182,8 +170,8 @@ class Executor:
     async def _validate(self, proposal: Proposal) -> tuple[ValidationReport, dict[str, str]]:
         """Run the pipeline off the event loop (pySHACL holds the CPU for ms).
         Returns the report and the digests of what the verdict depended on."""
-        state = self._knowledge()
-        cfg = self._config()
+        state = self._ctx.knowledge()
+        cfg = self._ctx.config()
         inputs = self._inputs()
         started = time.perf_counter()
         with span("knhk.mape_k.knowledge", **{"proposal.id": proposal.id}):
@@ -205,14 +193,14 @@ class Executor:
             "shapes_digest": state.shapes.digest,
             "config_digest": cfg.digest(),
         }
-        self._metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
-        self._metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
+        self._ctx.metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
+        self._ctx.metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
         return report, digests
 
     async def _rebase(self, proposal: Proposal, cycle: Cycle) -> Proposal | None:
         """The same change against the now-current snapshot, as a new receipted
         proposal; None when that change was proposed against it already."""
-        current = self._knowledge().current.snapshot_id
+        current = self._ctx.knowledge().current.snapshot_id
         fresh = make_proposal(
             ProposalIn(
                 sector=proposal.sector,
@@ -228,10 +216,10 @@ class Executor:
             current,
             time.time_ns(),
         )
-        stored = await self._writer.submit(
+        stored = await self._ctx.writer.submit(
             store_proposals_job(
-                self._store,
-                self._receipts,
+                self._ctx.store,
+                self._ctx.receipts,
                 [(fresh, proposal_draft(fresh, rebased_from=proposal.id))],
             )
         )
@@ -243,8 +231,8 @@ class Executor:
     ) -> tuple[ValidationReport, bool]:
         """Validate and, when it passes, promote. Returns (report, promoted)."""
         report, digests = await self._validate(proposal)
-        signed = await self._writer.submit(
-            validation_job(self._store, self._receipts, proposal, report, digests)
+        signed = await self._ctx.writer.submit(
+            validation_job(self._ctx.store, self._ctx.receipts, proposal, report, digests)
         )
         ids = [canonical.receipt_id(signed.body.seq)]
         promoted = False
@@ -261,7 +249,7 @@ class Executor:
         return report, promoted
 
     async def promote(self, proposal: Proposal) -> tuple[bool, str]:
-        state = self._knowledge()
+        state = self._ctx.knowledge()
         with span("knhk.mape_k.execute", **{"proposal.id": proposal.id}):
             try:
                 # Canonicalising a graph can take long (blank nodes): off the loop.
@@ -273,16 +261,18 @@ class Executor:
                         time.time_ns(),
                     )
                 )
-                signed = await self._writer.submit(
+                signed = await self._ctx.writer.submit(
                     install_job(
-                        self._store,
-                        self._receipts,
+                        self._ctx.store,
+                        self._ctx.receipts,
                         record,
                         expect_current=state.current.snapshot_id,
                     )
                 )
             except (KnowledgeError, SnapshotConflict) as exc:
-                refused = await self._writer.submit(refusal_job(self._receipts, proposal, str(exc)))
+                refused = await self._ctx.writer.submit(
+                    refusal_job(self._ctx.receipts, proposal, str(exc))
+                )
                 return False, canonical.receipt_id(refused.body.seq)
         fresh = state_of(record, state.shapes)
         self._set_knowledge(fresh)
@@ -290,29 +280,31 @@ class Executor:
         await trio.to_thread.run_sync(
             lambda: self._pipeline.warm(fresh.graph, fresh.shapes, self._inputs())
         )
-        self._metrics.snapshots_promoted.inc()
-        self._metrics.snapshot_version.set(record.meta.version)
-        self._metrics.receipts_appended.labels("snapshot_promoted").inc()
+        self._ctx.metrics.snapshots_promoted.inc()
+        self._ctx.metrics.snapshot_version.set(record.meta.version)
+        self._ctx.metrics.receipts_appended.labels("snapshot_promoted").inc()
         return True, canonical.receipt_id(signed.body.seq)
 
     async def _execute(self, cycle: Cycle) -> None:
         if self._before_cycle is not None:
             await self._before_cycle()
-        budget = self._config().loop.max_promotions_per_cycle
+        budget = self._ctx.config().loop.max_promotions_per_cycle
         for planned in cycle.proposals:
             if cycle.snapshots_promoted >= budget:
                 break
             proposal: Proposal | None = planned
-            if planned.parent_snapshot_id != self._knowledge().current.snapshot_id:
+            if planned.parent_snapshot_id != self._ctx.knowledge().current.snapshot_id:
                 proposal = await self._rebase(planned, cycle)
             if proposal is not None:
                 await self.judge(proposal, cycle)
-        report = await self._writer.submit(
+        report = await self._ctx.writer.submit(
             cycle_job(
-                self._store, self._receipts, cycle.build_report(outcome="completed", detail="")
+                self._ctx.store,
+                self._ctx.receipts,
+                cycle.build_report(outcome="completed", detail=""),
             )
         )
-        self._metrics.cycles.labels("completed").inc()
-        self._metrics.cycle_duration_ms.observe(report.duration_ms)
-        self._metrics.receipts_appended.labels("cycle_completed").inc()
+        self._ctx.metrics.cycles.labels("completed").inc()
+        self._ctx.metrics.cycle_duration_ms.observe(report.duration_ms)
+        self._ctx.metrics.receipts_appended.labels("cycle_completed").inc()
         cycle.finish(report)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 
 import lmdb
 import msgspec
@@ -25,12 +24,10 @@ from knhkd.plan.planner import plan
 from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.context import LoopContext
 from knhkd.runtime.cycle import Cycle
-from knhkd.runtime.knowledge import KnowledgeState
-from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import span
 
 _encoder = msgspec.msgpack.Encoder()
@@ -85,19 +82,11 @@ def store_proposals_job(
 class Planner:
     def __init__(
         self,
-        store: Store,
-        writer: ReceiptWriter,
-        receipts: ReceiptLog,
-        knowledge: Callable[[], KnowledgeState],
-        metrics: Metrics,
+        ctx: LoopContext,
         inbox: trio.MemoryReceiveChannel[Cycle],
         to_executor: trio.MemorySendChannel[Cycle],
     ) -> None:
-        self._store = store
-        self._writer = writer
-        self._receipts = receipts
-        self._knowledge = knowledge
-        self._metrics = metrics
+        self._ctx = ctx
         self._inbox = inbox
         self._to_executor = to_executor
 
@@ -110,7 +99,7 @@ class Planner:
             await cycle.run_phase(self._plan(cycle))
 
     async def _plan(self, cycle: Cycle) -> None:
-        state = self._knowledge()
+        state = self._ctx.knowledge()
         with span("knhk.mape_k.plan", **{"knhk.mape_k.cycle_id": cycle.id}):
             now = time.time_ns()
             drafts = [
@@ -118,13 +107,13 @@ class Planner:
                 for p in plan(cycle.patterns, state.graph)
             ]
         if drafts:
-            stored = await self._writer.submit(
+            stored = await self._ctx.writer.submit(
                 store_proposals_job(
-                    self._store, self._receipts, [(p, proposal_draft(p)) for p in drafts]
+                    self._ctx.store, self._ctx.receipts, [(p, proposal_draft(p)) for p in drafts]
                 )
             )
             cycle.proposals = [p for p, _ in stored]
             cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
-            self._metrics.proposals_generated.inc(len(stored))
-            self._metrics.receipts_appended.labels("proposal_generated").inc(len(stored))
+            self._ctx.metrics.proposals_generated.inc(len(stored))
+            self._ctx.metrics.receipts_appended.labels("proposal_generated").inc(len(stored))
         await self._to_executor.send(cycle)

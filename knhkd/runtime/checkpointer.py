@@ -10,16 +10,12 @@ Must never: sign on its own transaction outside the writer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import trio
 
-from knhkd.config import Config
 from knhkd.receipts.checkpoint import Checkpoint
 from knhkd.receipts.checkpointing import issue_job, latest
-from knhkd.receipts.log import ReceiptLog
-from knhkd.runtime.receipt_writer import ReceiptWriter
-from knhkd.store.env import Store
+from knhkd.runtime.context import LoopContext
 
 log = logging.getLogger(__name__)
 
@@ -29,36 +25,30 @@ POLL_S = 0.25
 class Checkpointer:
     def __init__(
         self,
-        config: Callable[[], Config],
-        store: Store,
-        writer: ReceiptWriter,
-        receipts: ReceiptLog,
+        ctx: LoopContext,
     ) -> None:
-        self._config = config
-        self._store = store
-        self._writer = writer
-        self._receipts = receipts
+        self._ctx = ctx
         self.signed_size = 0
         self._uncovered_since: float | None = None
 
     def _tree_size(self) -> int:
-        with self._store.reader() as txn:
-            return self._receipts.tree.size(txn)
+        with self._ctx.store.reader() as txn:
+            return self._ctx.receipts.tree.size(txn)
 
     async def issue(self) -> Checkpoint | None:
-        cp = await self._writer.submit(issue_job(self._store, self._receipts))
+        cp = await self._ctx.writer.submit(issue_job(self._ctx.store, self._ctx.receipts))
         if cp is not None:
             self.signed_size = cp.size
         self._uncovered_since = None
         return cp
 
     async def run(self) -> None:
-        with self._store.reader() as txn:
-            last = latest(self._store, txn)
+        with self._ctx.store.reader() as txn:
+            last = latest(self._ctx.store, txn)
         self.signed_size = last.size if last else 0
         while True:
             await trio.sleep(POLL_S)
-            cfg = self._config().receipts
+            cfg = self._ctx.config().receipts
             size = self._tree_size()
             if size <= self.signed_size:
                 continue

@@ -87,6 +87,7 @@ from knhkd.receipts.checkpointing import set_origin_job
 from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
 from knhkd.runtime import knowledge as kn
 from knhkd.runtime.checkpointer import Checkpointer
+from knhkd.runtime.context import LoopContext
 from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
 from knhkd.runtime.figures import Figures
 from knhkd.runtime.governance import Governance
@@ -181,6 +182,7 @@ class Daemon:
         self.scheduler: CycleScheduler
         self.executor: Executor
         self.checkpointer: Checkpointer
+        self.ctx: LoopContext
         self._knowledge: kn.KnowledgeState
         # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
         self.shacl_gate: ObservationGate | None = None
@@ -225,7 +227,15 @@ class Daemon:
                 raise StartupError("ring", str(exc)) from None
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
         self.writer = ReceiptWriter(self.store, self.metrics)
-        self.checkpointer = Checkpointer(lambda: self.cfg, self.store, self.writer, self.receipts)
+        self.ctx = LoopContext(
+            config=lambda: self.cfg,
+            store=self.store,
+            writer=self.writer,
+            receipts=self.receipts,
+            knowledge=lambda: self.knowledge,
+            metrics=self.metrics,
+        )
+        self.checkpointer = Checkpointer(self.ctx)
         self.governance = Governance(self.store, self.writer, self.receipts)
 
     async def register_keys(self) -> None:
@@ -744,37 +754,15 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     to_analyzer_send, lambda: daemon.cfg.loop.interval_s
                 )
                 daemon.executor = Executor(
-                    lambda: daemon.cfg,
-                    daemon.store,
-                    daemon.writer,
-                    daemon.receipts,
-                    lambda: daemon.knowledge,
+                    daemon.ctx,
                     daemon.set_knowledge,
                     default_pipeline(),
-                    daemon.metrics,
                     to_exec_recv,
                     inputs=daemon.validation_inputs,
                     before_cycle=daemon.advance_relaxations,
                 )
-                analyzer = Analyzer(
-                    lambda: daemon.cfg,
-                    daemon.store,
-                    daemon.writer,
-                    daemon.receipts,
-                    lambda: daemon.knowledge,
-                    daemon.metrics,
-                    to_analyzer_recv,
-                    to_planner_send,
-                )
-                planner = Planner(
-                    daemon.store,
-                    daemon.writer,
-                    daemon.receipts,
-                    lambda: daemon.knowledge,
-                    daemon.metrics,
-                    to_planner_recv,
-                    to_exec_send,
-                )
+                analyzer = Analyzer(daemon.ctx, to_analyzer_recv, to_planner_send)
+                planner = Planner(daemon.ctx, to_planner_recv, to_exec_send)
                 daemon.ingest = Ingest(
                     daemon.store,
                     daemon.writer,
