@@ -67,9 +67,12 @@ def commit_job(
     items: list[ObservationIn],
     clock_ns: Callable[[], int],
     extra_meta: Mapping[bytes, bytes] | None = None,
+    shapes_digest: Callable[[str], str | None] = lambda sector: None,
 ) -> Callable[[lmdb.Transaction], list[Observation]]:
     """The writer-thread job that stores ``items`` and their receipts, and
-    ``extra_meta`` in the ``meta`` database, all in the job's transaction."""
+    ``extra_meta`` in the ``meta`` database, all in the job's transaction.
+    Each sector's receipt names the digest of the shapes that accepted its
+    observations (``shapes_digest``), when shapes were checked."""
     db = store.db("observations")
     meta = store.db("meta")
 
@@ -111,6 +114,15 @@ def commit_job(
             digest = hashlib.sha256()
             for _, record in group:
                 digest.update(record)
+            inputs = {
+                "count": str(len(group)),
+                "first_seq": str(group[0][0].seq),
+                "last_seq": str(group[-1][0].seq),
+                "records_sha256": digest.hexdigest(),
+            }
+            shapes = shapes_digest(sector)
+            if shapes is not None:
+                inputs["shapes_digest"] = shapes
             receipts.append(
                 txn,
                 Draft(
@@ -118,12 +130,7 @@ def commit_job(
                     outcome=Outcome("approved"),
                     subject_ids=[group[0][0].id, group[-1][0].id],
                     sector=sector,
-                    inputs={
-                        "count": str(len(group)),
-                        "first_seq": str(group[0][0].seq),
-                        "last_seq": str(group[-1][0].seq),
-                        "records_sha256": digest.hexdigest(),
-                    },
+                    inputs=inputs,
                 ),
             )
         return out
@@ -142,7 +149,9 @@ class Ingest:
         *,
         capacity: int,
         max_items_per_commit: int = 8192,
+        shapes_digest: Callable[[str], str | None] = lambda sector: None,
     ) -> None:
+        self._shapes_digest = shapes_digest
         self._store = store
         self._writer = writer
         self._receipts = receipts
@@ -219,7 +228,14 @@ class Ingest:
             # Ingest batches by itself: straight to the writer's transaction,
             # one scheduling round fewer per commit than the writer's queue.
             stored = await self._writer.commit_now(
-                commit_job(self._store, self._receipts, items, time.time_ns, extra_meta)
+                commit_job(
+                    self._store,
+                    self._receipts,
+                    items,
+                    time.time_ns,
+                    extra_meta,
+                    self._shapes_digest,
+                )
             )
         except WriterClosed as exc:
             self._fail(batch, exc)

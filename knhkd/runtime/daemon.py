@@ -278,6 +278,12 @@ class Daemon:
                 sid = rec.meta.parent_id
         return tuple(out)
 
+    def observation_shapes_digest(self, sector: str) -> str | None:
+        """The digest of the shapes a sector's observations were checked
+        against (None when SHACL at ingest is off)."""
+        gate = self.shacl_gate
+        return None if gate is None or sector not in gate.shapes else gate.shapes[sector].digest
+
     def validation_inputs(self) -> ValidationInputs:
         if self.ring_drain is not None:
             self.figures.observe_hot_path(self.ring_drain.append_ticks_p99())
@@ -770,6 +776,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     daemon.metrics,
                     to_analyzer_send,
                     capacity=cfg.loop.channel_capacity * 16,
+                    shapes_digest=daemon.observation_shapes_digest,
                 )
                 async with trio.open_nursery() as loop_n:
                     loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)

@@ -77,6 +77,21 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
         assert again["snapshots_promoted"] == 0
         assert c.get("/api/v1/snapshots/current").json()["version"] == 1
 
+    # Each batch receipt names the shapes that accepted it: the digest of the
+    # sector's canonical shapes graph.
+    from knhkd.knowledge.rdf import canonical_ntriples, content_id, load_turtle
+    from tests.integration.conftest import CONF
+
+    shapes = content_id(canonical_ntriples(load_turtle(CONF / "shapes/observations/logistics.ttl")))
+    with daemon.client() as c:
+        batches = [
+            r["body"]
+            for r in c.get("/api/v1/receipts", params={"limit": 1000}).json()["receipts"]
+            if r["body"]["kind"] == "observation_batch_committed"
+            and r["body"]["sector"] == "logistics"
+        ]
+    assert batches and all(b["inputs"]["shapes_digest"] == shapes for b in batches)
+
     kinds = _kinds(daemon)
     for kind in (
         "observation_batch_committed",
