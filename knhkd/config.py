@@ -47,6 +47,10 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     map_size_mb: PositiveInt = 1024
     # The map doubles on MapFullError up to this ceiling.
     max_map_size_mb: PositiveInt = 65536
+    # Ingest commits run on the event loop's thread while one takes at most
+    # this long (fast disks), else on a worker thread (slow fsync must not
+    # stall the loop). 0: always on the worker thread.
+    inline_commit_max_ms: Annotated[float, Meta(ge=0)] = 5.0
 
 
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):

@@ -226,7 +226,11 @@ class Daemon:
                 self.store.close()
                 raise StartupError("ring", str(exc)) from None
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
-        self.writer = ReceiptWriter(self.store, self.metrics)
+        self.writer = ReceiptWriter(
+            self.store,
+            self.metrics,
+            inline_max_s=lambda: self.cfg.storage.inline_commit_max_ms / 1000.0,
+        )
         self.ctx = LoopContext(
             config=lambda: self.cfg,
             store=self.store,
@@ -285,8 +289,6 @@ class Daemon:
         return None if gate is None or sector not in gate.shapes else gate.shapes[sector].digest
 
     def validation_inputs(self) -> ValidationInputs:
-        if self.ring_drain is not None:
-            self.figures.observe_hot_path(self.ring_drain.append_ticks_p99())
         return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
 
     # Guards, relaxations, doctrines, diffs -------------------------------- #
@@ -842,5 +844,10 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
             daemon.ring.close()
         daemon.store.close()
         shutdown_tracing()
-    log.info("knhkd stopped%s", "" if clean else " (deadline reached)")
+    log.info(
+        "knhkd stopped%s: %d ingest commits, %d of them on the event loop's thread",
+        "" if clean else " (deadline reached)",
+        daemon.writer.commits,
+        daemon.writer.inline_commits,
+    )
     return 0

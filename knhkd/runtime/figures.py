@@ -59,15 +59,6 @@ class Figures:
             return None
         return 100.0 * (c1 - c0) / (t1 - t0)
 
-    def observe_hot_path(self, p99_ticks: float | None) -> None:
-        """The ring's latest append p99; the first one measured is the
-        baseline the tick-regression bound (Q5) compares against."""
-        if p99_ticks is None:
-            return
-        self.hot_path_ticks_p99 = p99_ticks
-        if self.tick_baseline_p99 is None:
-            self.tick_baseline_p99 = p99_ticks
-
     @staticmethod
     def rss_mb() -> float | None:
         try:

@@ -12,7 +12,12 @@ Guarantees:
 - The intake is a bounded channel: when the disk falls behind, submitters wait.
 - ``commit_now`` is the same single writer without the actor's hop, for a
   caller that batches by itself (ingest): one ``CapacityLimiter(1)`` orders
-  every write transaction of the process.
+  every write transaction of the process. It commits on the event loop's
+  thread while such commits take at most ``storage.inline_commit_max_ms``
+  (smoothed)
+  (fast disks: no GIL hand-off per LMDB call), and on a worker thread after
+  one takes longer (slow fsync must not stall the loop), probing again every
+  ``PROBE_EVERY`` commits.
 - ``close`` lets the actor commit what is queued, then return.
 
 Must never: resolve a waiter before the commit that holds its job.
@@ -21,6 +26,8 @@ Must never: resolve a waiter before the commit that holds its job.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -32,6 +39,8 @@ from knhkd.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PROBE_EVERY = 256
 
 
 class CommitFailed(Exception):
@@ -54,8 +63,20 @@ class _Pending(Generic[T]):
 
 class ReceiptWriter:
     def __init__(
-        self, store: Store, metrics: Metrics, *, capacity: int = 1024, max_jobs: int = 4096
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        capacity: int = 1024,
+        max_jobs: int = 4096,
+        inline_max_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        self._inline_max_s = inline_max_s
+        # Inline commits are on while they stay fast; a slow one moves the
+        # next PROBE_EVERY commits to the thread, then one probes again.
+        self._inline_ok = True
+        self._probe_in = 0
+        self._inline_s: float | None = None
         self._store = store
         self._metrics = metrics
         self._send, self._recv = trio.open_memory_channel[_Pending[Any]](capacity)
@@ -63,6 +84,7 @@ class ReceiptWriter:
         # One transaction at a time, whatever thread the pool hands us.
         self._limiter = trio.CapacityLimiter(1)
         self.commits = 0
+        self.inline_commits = 0
         self.last_error: str | None = None
         self._closed = False
 
@@ -84,10 +106,29 @@ class ReceiptWriter:
         the transaction as a whole did not commit."""
         if self._closed:
             raise WriterClosed("the store is closing")
+        limit = self._inline_max_s()
         try:
-            [(value, error)] = await trio.to_thread.run_sync(
-                run_transaction, self._store, [job], limiter=self._limiter
-            )
+            if limit > 0 and (self._inline_ok or self._probe_in <= 0):
+                # On the event loop's own thread: no GIL hand-off per LMDB call
+                # (py-lmdb releases the GIL around each), at the price of
+                # blocking the loop for one commit, which is kept short.
+                async with self._limiter:
+                    started = time.perf_counter()
+                    [(value, error)] = run_transaction(self._store, [job])
+                    took = time.perf_counter() - started
+                # Smoothed, so one garbage-collection pause inside a commit
+                # does not send the next PROBE_EVERY commits to the thread.
+                self._inline_s = (
+                    took if self._inline_s is None else 0.8 * self._inline_s + 0.2 * took
+                )
+                self._inline_ok = self._inline_s <= limit
+                self._probe_in = 0 if self._inline_ok else PROBE_EVERY
+                self.inline_commits += 1
+            else:
+                self._probe_in -= 1
+                [(value, error)] = await trio.to_thread.run_sync(
+                    run_transaction, self._store, [job], limiter=self._limiter
+                )
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise CommitFailed(f"write transaction failed: {exc}") from exc

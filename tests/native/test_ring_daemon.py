@@ -208,7 +208,8 @@ def test_the_snapshot_descriptor_follows_promotion_and_rollback(
         p.append_batch([*burst, (0, 1, 1), (SECTOR_CODES["finance"], 2, 50000)])
         p.append(SECTOR_CODES["finance"], 2, 1)
         _wait(lambda: p.durable() == 153, "the burst durable")
-        assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
+        report = c.post("/api/v1/mape-k/execute").json()
+        assert report["snapshots_promoted"] == 1, report
         v1 = c.get("/api/v1/snapshots/current").json()
         desc = r.snapshot()
         assert desc is not None and (desc.snapshot_id, desc.version) == (v1["snapshot_id"], 1)
