@@ -49,6 +49,32 @@ def forget_pyshacl_bnode_texts() -> None:
         cache.clear()
 
 
+def plain_validate(
+    data: Graph, shapes_graph: Graph, *, allow_warnings: bool, meta_shacl: bool = False
+) -> tuple[bool, Graph]:
+    """The one plain ``pyshacl.validate`` call of the project: no inference,
+    no ``focus_nodes`` (it skips nested shapes), no JavaScript, on a copy of
+    the shapes graph (pySHACL adds triples to the one it is given), with the
+    blank-node text memo cleared first. Returns (conforms, report graph)."""
+    forget_pyshacl_bnode_texts()
+    shapes = Graph()
+    shapes += shapes_graph
+    conforms, report, _text = pyshacl.validate(
+        data,
+        shacl_graph=shapes,
+        inference="none",
+        abort_on_first=False,
+        allow_warnings=allow_warnings,
+        allow_infos=allow_warnings,
+        advanced=False,
+        js=False,
+        meta_shacl=meta_shacl,
+    )
+    if not isinstance(report, Graph):
+        raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
+    return bool(conforms), report
+
+
 class ShapesError(KnowledgeError):
     """A shapes graph pySHACL cannot validate with."""
 
@@ -168,23 +194,10 @@ class Shapes:
         return cls(load_ontology(directory))
 
     def _run(self, data: Graph, *, meta_shacl: bool = False) -> ShaclResult:
-        forget_pyshacl_bnode_texts()
-        shapes = Graph()
-        shapes += self._graph
-        conforms, report, _text = pyshacl.validate(
-            data,
-            shacl_graph=shapes,
-            inference="none",
-            abort_on_first=False,
-            allow_warnings=True,
-            allow_infos=True,
-            advanced=False,
-            js=False,
-            meta_shacl=meta_shacl,
+        conforms, report = plain_validate(
+            data, self._graph, allow_warnings=True, meta_shacl=meta_shacl
         )
-        if not isinstance(report, Graph):
-            raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
-        return ShaclResult(conforms=bool(conforms), violations=_violations(report))
+        return ShaclResult(conforms=conforms, violations=_violations(report))
 
     def validate(self, data: Graph) -> ShaclResult:
         try:

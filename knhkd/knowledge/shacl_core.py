@@ -70,13 +70,12 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-import pyshacl
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.collection import Collection as RdfList
 from rdflib.namespace import OWL, RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.shacl import ShapesError
+from knhkd.knowledge.shacl import ShapesError, plain_validate
 
 __all__ = [
     "CompiledShapes",
@@ -1803,24 +1802,10 @@ class CompiledShapes:
         if self._fallback_graph is None:
             return Validation(conforms, results)
         graph = rdf_graph() if rdf_graph is not None else data.to_rdflib()
-        shapes = Graph()
-        # pySHACL adds two triples to the shapes graph it is given.
-        shapes += self._fallback_graph
-        ok, report, _ = pyshacl.validate(
-            graph,
-            shacl_graph=shapes,
-            inference="none",
-            abort_on_first=False,
-            allow_warnings=False,
-            allow_infos=False,
-            advanced=False,
-            js=False,
-        )
-        if not isinstance(report, Graph):
-            raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
+        fallback_ok, report = plain_validate(graph, self._fallback_graph, allow_warnings=False)
         fallback_results, _ = report_results(report)
         return Validation(
-            conforms and bool(ok),
+            conforms and fallback_ok,
             results + fallback_results,
             tuple(self.fallback),
         )
