@@ -33,7 +33,7 @@ from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import Cycle
+from knhkd.runtime.cycle import Cycle, each_cycle
 from knhkd.runtime.knowledge import (
     KnowledgeState,
     SnapshotConflict,
@@ -156,12 +156,7 @@ class Executor:
         self._inbox = inbox
 
     async def run(self) -> None:
-        while True:
-            try:
-                cycle = await self._inbox.receive()
-            except trio.EndOfChannel:
-                return
-            await cycle.run_phase(self._execute(cycle))
+        await each_cycle(self._inbox, self._execute)
 
     async def validate(self, proposal: Proposal) -> ValidationReport:
         """The report alone (a dry run)."""

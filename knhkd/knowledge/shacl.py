@@ -107,7 +107,10 @@ class ShaclResult:
 
 
 
-def _term_text(t: Node) -> str:
+def term_text(t: Node | None) -> str:
+    """N-Triples-like text of a term ("" for none; blank nodes keep labels)."""
+    if t is None:
+        return ""
     if isinstance(t, URIRef):
         return f"<{t}>"
     if isinstance(t, Literal):
@@ -124,7 +127,7 @@ def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
     if isinstance(path, URIRef):
         return f"<{path}>"
     if not isinstance(path, BNode) or depth > 16:
-        return _term_text(path)
+        return term_text(path)
     if (path, RDF.first, None) in report:
         steps = (_path_text(report, p, depth + 1) for p in Collection(report, path))
         return "(" + "/".join(steps) + ")"
@@ -156,12 +159,12 @@ def _violations(report: Graph) -> list[Violation]:
         messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
         out.append(
             Violation(
-                focus_node="" if focus is None else _term_text(focus),
+                focus_node=term_text(focus),
                 path="" if path is None else _path_text(report, path),
-                constraint="" if component is None else _term_text(component),
+                constraint=term_text(component),
                 message="; ".join(messages),
                 severity="" if severity is None else str(severity).rpartition("#")[2],
-                value="" if value is None else _term_text(value),
+                value=term_text(value),
             )
         )
     return sorted(out)

@@ -75,7 +75,7 @@ from rdflib.collection import Collection as RdfList
 from rdflib.namespace import OWL, RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.shacl import ShapesError, plain_validate
+from knhkd.knowledge.shacl import ShapesError, plain_validate, term_text
 
 __all__ = [
     "CompiledShapes",
@@ -266,19 +266,6 @@ class DataGraph:
 # --------------------------------------------------------------------------- #
 # Rendering paths and terms
 # --------------------------------------------------------------------------- #
-
-
-def term_text(t: Node | None) -> str:
-    """N-Triples-like text of a term (blank nodes keep their labels)."""
-    if t is None:
-        return ""
-    if isinstance(t, URIRef):
-        return f"<{t}>"
-    if isinstance(t, Literal):
-        return t.n3()
-    if isinstance(t, BNode):
-        return f"_:{t}"
-    return str(t)
 
 
 def path_steps(graph: Graph, path: Node | None) -> tuple[Node, ...]:

@@ -97,8 +97,8 @@ from knhkd.knowledge.shacl import (
     ShapesError,
     Violation,
     _path_text,
-    _term_text,
     forget_pyshacl_bnode_texts,
+    term_text,
 )
 
 # SHACL Core vocabulary a shapes graph may use as predicates and still be
@@ -914,12 +914,12 @@ def _violation(report: Graph, r: Node) -> Violation:
     value = report.value(r, SH.value)
     messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
     return Violation(
-        focus_node="" if focus is None else _term_text(focus),
+        focus_node=term_text(focus),
         path="" if path is None else _path_text(report, path),
-        constraint="" if component is None else _term_text(component),
+        constraint=term_text(component),
         message="; ".join(messages),
         severity="" if severity is None else str(severity).rpartition("#")[2],
-        value="" if value is None else _term_text(value),
+        value=term_text(value),
     )
 
 
@@ -941,7 +941,7 @@ def validate_owned(shapes: Shapes, data: Graph) -> Owned:
     owner: dict[Node, tuple[str, bool]] = {}
     for top in report.objects(None, SH.result):
         focus = report.value(top, SH.focusNode)
-        name = "" if focus is None else _term_text(focus)
+        name = term_text(focus)
         owner[top] = (name, True)
         stack = [top]
         while stack:

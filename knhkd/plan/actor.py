@@ -25,7 +25,7 @@ from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import Cycle
+from knhkd.runtime.cycle import Cycle, each_cycle
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
@@ -91,12 +91,7 @@ class Planner:
         self._to_executor = to_executor
 
     async def run(self) -> None:
-        while True:
-            try:
-                cycle = await self._inbox.receive()
-            except trio.EndOfChannel:
-                return
-            await cycle.run_phase(self._plan(cycle))
+        await each_cycle(self._inbox, self._plan)
 
     async def _plan(self, cycle: Cycle) -> None:
         state = self._ctx.knowledge()

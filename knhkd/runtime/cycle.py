@@ -100,6 +100,19 @@ class Cycle:
         return self.report
 
 
+async def each_cycle(
+    inbox: trio.MemoryReceiveChannel[Cycle], phase: Callable[[Cycle], Awaitable[None]]
+) -> None:
+    """A phase actor's body: run ``phase`` on every cycle that arrives (a
+    failure fails that cycle, see ``Cycle.run_phase``) until the inbox closes."""
+    while True:
+        try:
+            cycle = await inbox.receive()
+        except trio.EndOfChannel:
+            return
+        await cycle.run_phase(phase(cycle))
+
+
 # What the analyzer's inbox carries: committed observations, or a cycle to run.
 AnalyzerMessage = list[Observation] | Cycle
 
