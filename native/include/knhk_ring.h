@@ -56,6 +56,26 @@
  *   already appended is overwritten.  knhkd exports the sum as the metric
  *   knhk_ring_full_rejections_total.
  *
+ * PRODUCING INLINE (C only; optional)
+ *   knhk_append_inline(view, rec) is knhk_append without the function call,
+ *   as liburing's inline submission helpers are: the caller gets the producer
+ *   view of its handle once (knhk_producer_view: head, cached limit, mask,
+ *   slots, the lane's shared head, the handle) and the header's static inline
+ *   function does the common append itself: room below the cached limit and
+ *   not the sequence to sample -> copy the 64 bytes into the slot, assign seq,
+ *   stamp tsc when 0, release-store the lane head.  Every other case (the
+ *   cached limit reached, so durable must be reloaded or the record refused
+ *   and counted in full_count; the sampled append) calls knhk_append.  So every
+ *   rule here holds unchanged, whichever of knhk_append, knhk_append_batch and
+ *   knhk_append_inline a producer mixes: one writer per lane, publish by a
+ *   release store of head after the whole slot, never reuse a slot that is not
+ *   durable, 1 sampled append in KNHK_SAMPLE_PERIOD, full_count.  The view is
+ *   part of the handle (not a copy), so the same thread rule applies.  The
+ *   view's layout is compiled into the caller: it belongs to the ABI named by
+ *   KNHK_RING_VERSION (changing it means a new version), and
+ *   knhk_producer_view(r, KNHK_RING_VERSION) returns NULL to a program built
+ *   against another version.  A caller never writes the view.
+ *
  * CURSORS (per lane, 64-bit, never wrap in practice)
  *   head      next sequence the producer will write; records [.., head) exist.
  *   consumed  next sequence the consumer will read (informational: what knhkd
@@ -103,6 +123,8 @@
  *   is one call between knhk_ticks_begin() and knhk_ticks_end(), less the cost
  *   of that pair measured at open; a single append is near the counter's
  *   resolution (steps of ~25 ticks on the development machines).
+ *   knhk_append_inline hands the append to sample to knhk_append: sampling is
+ *   the same whichever way a producer appends.
  *
  * TRUST
  *   Every producer maps the file writable, so a producer can corrupt the ring
@@ -116,6 +138,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifndef __cplusplus
+#include <stdatomic.h> /* knhk_append_inline */
+#include <string.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
@@ -397,6 +423,58 @@ const char *knhk_ticks_source(void);
 uint64_t knhk_ticks_hz_exact(void);
 /* Measure the tick frequency against CLOCK_MONOTONIC over about window_ns. */
 uint64_t knhk_ticks_calibrate(uint64_t window_ns);
+
+/* ------------------------------------------------------------------------ */
+/* Producing inline (C only): the producer view                              */
+/* ------------------------------------------------------------------------ */
+
+/* The producer view: see PRODUCING INLINE at the top.  The first part of a
+ * producer handle (one cache line with the rest of the append state), not a
+ * copy; written only by the library and knhk_append_inline.  Its layout is part
+ * of the ABI that KNHK_RING_VERSION names. */
+#ifndef __cplusplus
+typedef struct knhk_producer {
+    uint64_t head;               /* the sequence the next append gets (the lane head) */
+    uint64_t limit;              /* appends need head < limit: durable as last loaded
+                                  * + capacity (reloaded by the library when reached) */
+    uint64_t mask;               /* capacity - 1: sequence s lives in slots[s & mask] */
+    knhk_record *slots;          /* the lane's records */
+    _Atomic uint64_t *lane_head; /* the lane's shared head, published with release order */
+    knhk_ring *ring;             /* the handle: the out-of-line path */
+} knhk_producer;
+
+/* The view of a KNHK_ROLE_PRODUCER handle; pass KNHK_RING_VERSION.  NULL for a
+ * handle of another role, or when `version` is not the library's (the view's
+ * layout would differ).  It lives in the handle: valid until knhk_ring_close,
+ * used by the handle's one thread. */
+knhk_producer *knhk_producer_view(knhk_ring *r, uint32_t version);
+
+#if defined(__GNUC__)
+#define KNHK_UNLIKELY_(x) __builtin_expect(!!(x), 0)
+#else
+#define KNHK_UNLIKELY_(x) (x)
+#endif
+
+/* knhk_append, inline: the same result, guarantees and accounting.  The common
+ * case (room below the cached limit, not the sequence to sample) is done here:
+ * copy the record into its slot, assign seq, stamp tsc when 0, publish with a
+ * release store of the lane head.  Anything else (the cached limit reached:
+ * reload durable, or refuse with KNHK_EFULL and count it in full_count; the
+ * one append in KNHK_SAMPLE_PERIOD that is timed) is knhk_append's. */
+static inline int64_t knhk_append_inline(knhk_producer *p, const knhk_record *rec) {
+    uint64_t h = p->head;
+    if (KNHK_UNLIKELY_(h >= p->limit || (h & (KNHK_SAMPLE_PERIOD - 1u)) == 0))
+        return knhk_append(p->ring, rec);
+    knhk_record *slot = &p->slots[h & p->mask];
+    memcpy(slot, rec, sizeof *slot);
+    slot->seq = h;
+    if (rec->tsc == 0) slot->tsc = knhk_ticks();
+    /* Publish: every byte of the slot is visible before the new head. */
+    atomic_store_explicit(p->lane_head, h + 1, memory_order_release);
+    p->head = h + 1;
+    return (int64_t)h;
+}
+#endif /* !__cplusplus */
 
 #ifdef __cplusplus
 }

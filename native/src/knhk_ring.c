@@ -100,14 +100,15 @@ _Static_assert(sizeof(struct knhk_lane) == LANE_SIZE, "a lane header is 256 byte
 _Static_assert(offsetof(struct knhk_lane, samples_written) == CACHE_LINE, "line 1");
 _Static_assert(offsetof(struct knhk_lane, consumed) == 2 * CACHE_LINE, "line 2");
 _Static_assert(LANES_OFFSET >= SNAP_OFFSET + sizeof(struct knhk_snapshot_desc), "layout");
+_Static_assert(offsetof(struct knhk_lane, head) == 0, "lane_head points at the lane");
 
 struct knhk_ring {
-    /* The producer's hot state: one cache line, private to this handle. */
-    uint64_t head;  /* our lane's head; we are its only writer */
-    uint64_t limit; /* durable cursor as last loaded + capacity; 0: not a producer */
-    uint64_t mask;
+    /* The producer's hot state, one cache line (the handle is line-aligned):
+     * the public view (head: our lane's head, we are its only writer; limit:
+     * durable as last loaded + capacity, 0 when not a producer; mask; slots;
+     * lane_head; ring), then the rest of what the slow path needs. */
+    knhk_producer pv;
     uint64_t capacity;
-    knhk_record *slots; /* our lane's slots */
     struct knhk_lane *lane;
     uint32_t snapshot_countdown; /* snapshot reads until the next sampled one */
     int32_t lane_index;
@@ -347,10 +348,11 @@ static int claim_lane(knhk_ring *r, knhk_status *st) {
         struct knhk_lane *lane = lane_at(r, i);
         r->lane = lane;
         r->lane_index = (int32_t)i;
-        r->slots = slots_at(r, i);
+        r->pv.slots = slots_at(r, i);
+        r->pv.lane_head = &lane->head;
         /* The previous owner (possibly killed) published its last record with
          * a release store of head; acquire makes all of it visible. */
-        r->head = atomic_load_explicit(&lane->head, memory_order_acquire);
+        r->pv.head = atomic_load_explicit(&lane->head, memory_order_acquire);
         refresh_limit(r);
         atomic_store_explicit(&lane->owner_pid, (uint64_t)getpid(), memory_order_relaxed);
         atomic_fetch_add_explicit(&lane->claims, 1, memory_order_relaxed);
@@ -419,7 +421,8 @@ knhk_ring *knhk_ring_open(const char *path, int role, knhk_status *st) {
     r->snap = (struct knhk_snapshot_desc *)(r->base + SNAP_OFFSET);
     r->lanes = h.lanes;
     r->capacity = h.capacity;
-    r->mask = (uint64_t)h.capacity - 1;
+    r->pv.mask = (uint64_t)h.capacity - 1;
+    r->pv.ring = r;
 
     if (role == KNHK_ROLE_PRODUCER && claim_lane(r, st) != KNHK_OK) goto fail;
     if (role == KNHK_ROLE_CONSUMER && ofd_lock(fd, CONSUMER_LOCK_OFFSET) != 0) {
@@ -483,24 +486,24 @@ static void publish_sample(knhk_ring *r, uint32_t op, uint64_t ticks, uint64_t c
  * so the test sends it to the slow path).  Reloading durable only when the
  * bound is reached keeps the consumer's cache line out of the common path. */
 static inline uint64_t refresh_limit(knhk_ring *r) {
-    r->limit = atomic_load_explicit(&r->lane->durable, memory_order_acquire) + r->capacity;
-    return r->limit;
+    r->pv.limit = atomic_load_explicit(&r->lane->durable, memory_order_acquire) + r->capacity;
+    return r->pv.limit;
 }
 
 static inline void store_record(knhk_ring *r, uint64_t h, const knhk_record *rec) {
-    knhk_record *slot = &r->slots[h & r->mask];
+    knhk_record *slot = &r->pv.slots[h & r->pv.mask];
     memcpy(slot, rec, sizeof *slot);
     slot->seq = h;
     if (rec->tsc == 0) slot->tsc = knhk_ticks();
     /* Publish: every byte of the slot is visible before the new head. */
     atomic_store_explicit(&r->lane->head, h + 1, memory_order_release);
-    r->head = h + 1;
+    r->pv.head = h + 1;
 }
 
 static int64_t append_slow(knhk_ring *r, const knhk_record *rec) {
     if (r->lane == NULL) return KNHK_EROLE;
-    uint64_t h = r->head;
-    if (h >= r->limit && h >= refresh_limit(r)) {
+    uint64_t h = r->pv.head;
+    if (h >= r->pv.limit && h >= refresh_limit(r)) {
         atomic_fetch_add_explicit(&r->lane->full_count, 1, memory_order_relaxed);
         return KNHK_EFULL;
     }
@@ -516,10 +519,10 @@ static int64_t append_slow(knhk_ring *r, const knhk_record *rec) {
 }
 
 int64_t knhk_append(knhk_ring *r, const knhk_record *rec) {
-    uint64_t h = r->head;
+    uint64_t h = r->pv.head;
     /* Slow path: not a producer, the bound reached, or the append to sample
      * (one in KNHK_SAMPLE_PERIOD, decided from the head: no counter to store). */
-    if (unlikely(h >= r->limit || (h & (KNHK_SAMPLE_PERIOD - 1)) == 0))
+    if (unlikely(h >= r->pv.limit || (h & (KNHK_SAMPLE_PERIOD - 1)) == 0))
         return append_slow(r, rec);
     store_record(r, h, rec);
     return (int64_t)h;
@@ -527,12 +530,12 @@ int64_t knhk_append(knhk_ring *r, const knhk_record *rec) {
 
 static inline int64_t append_many(knhk_ring *r, const knhk_record *recs, size_t n,
                                   uint64_t *first_seq) {
-    uint64_t h = r->head;
-    if (r->limit - h < n) refresh_limit(r); /* limit >= h always: no overflow */
-    uint64_t k = r->limit - h < n ? r->limit - h : n;
+    uint64_t h = r->pv.head;
+    if (r->pv.limit - h < n) refresh_limit(r); /* limit >= h always: no overflow */
+    uint64_t k = r->pv.limit - h < n ? r->pv.limit - h : n;
     uint64_t stamp = 0;
     for (uint64_t i = 0; i < k; i++) {
-        knhk_record *slot = &r->slots[(h + i) & r->mask];
+        knhk_record *slot = &r->pv.slots[(h + i) & r->pv.mask];
         memcpy(slot, &recs[i], sizeof *slot);
         slot->seq = h + i;
         if (recs[i].tsc == 0) {
@@ -542,7 +545,7 @@ static inline int64_t append_many(knhk_ring *r, const knhk_record *recs, size_t 
     }
     if (k > 0) {
         atomic_store_explicit(&r->lane->head, h + k, memory_order_release);
-        r->head = h + k;
+        r->pv.head = h + k;
     }
     if (k < n) atomic_fetch_add_explicit(&r->lane->full_count, n - k, memory_order_relaxed);
     if (first_seq != NULL) *first_seq = h;
@@ -551,7 +554,7 @@ static inline int64_t append_many(knhk_ring *r, const knhk_record *recs, size_t 
 
 int64_t knhk_append_batch(knhk_ring *r, const knhk_record *recs, size_t n, uint64_t *first_seq) {
     if (unlikely(r->lane == NULL)) return KNHK_EROLE;
-    uint64_t offset = r->head & (KNHK_SAMPLE_PERIOD - 1);
+    uint64_t offset = r->pv.head & (KNHK_SAMPLE_PERIOD - 1);
     if (unlikely(offset == 0 || offset + n > KNHK_SAMPLE_PERIOD)) { /* holds a multiple */
         uint64_t t0 = knhk_ticks_begin();
         int64_t k = append_many(r, recs, n, first_seq);
@@ -567,7 +570,12 @@ uint64_t knhk_durable(const knhk_ring *r) {
     return atomic_load_explicit(&r->lane->durable, memory_order_acquire);
 }
 
-uint64_t knhk_head(const knhk_ring *r) { return r->lane == NULL ? 0 : r->head; }
+uint64_t knhk_head(const knhk_ring *r) { return r->lane == NULL ? 0 : r->pv.head; }
+
+knhk_producer *knhk_producer_view(knhk_ring *r, uint32_t version) {
+    if (r->lane == NULL || version != KNHK_RING_VERSION) return NULL;
+    return &r->pv;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Snapshot descriptor                                                       */
@@ -685,7 +693,7 @@ int64_t knhk_consume(knhk_ring *r, knhk_record *out, uint32_t *lanes_out, size_t
             knhk_record *slots = slots_at(r, i);
             uint64_t corrupt = 0;
             for (uint64_t j = 0; j < avail; j++) {
-                const knhk_record *slot = &slots[(c + j) & r->mask];
+                const knhk_record *slot = &slots[(c + j) & r->pv.mask];
                 if (unlikely(slot->seq != c + j)) {
                     corrupt++;
                     continue;

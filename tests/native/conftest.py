@@ -93,22 +93,33 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         p.wait()
 
 
-@pytest.fixture(scope="session")
-def c_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """native/examples/producer.c built with the strict portable flags."""
+# The flags a C producer may build the public header and library with.
+STRICT_CFLAGS = [
+    "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "-Wconversion", "-Wshadow",
+]  # fmt: skip
+
+
+def cc_strict(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the C compiler with STRICT_CFLAGS and the public include directory
+    (skips the test when there is no compiler)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("cbuild") / "producer"
-    subprocess.run(
-        [
-            cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-            f"-I{NATIVE / 'include'}",
-            str(NATIVE / "examples" / "producer.c"), str(NATIVE / "src" / "knhk_ring.c"),
-            "-o", str(out),
-        ],
-        check=True,
+    return subprocess.run(
+        [cc, *STRICT_CFLAGS, f"-I{NATIVE / 'include'}", *args],
         capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def c_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """native/examples/producer.c built with the strict portable flags."""
+    out = tmp_path_factory.mktemp("cbuild") / "producer"
+    res = cc_strict(
+        str(NATIVE / "examples" / "producer.c"), str(NATIVE / "src" / "knhk_ring.c"), "-o", str(out)
+    )
+    assert res.returncode == 0, res.stderr
     return out
