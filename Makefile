@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test lint typecheck unit integration bench clean
 
 # The native hot path is compiled by the install: rebuild when its sources change.
-$(STAMP): pyproject.toml setup.py native/ffibuild.py $(wildcard native/src/*.c native/include/*.h)
+$(STAMP): pyproject.toml setup.py native/ffibuild.py $(wildcard native/src/*.c native/src/*.h native/include/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

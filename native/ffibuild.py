@@ -6,9 +6,11 @@ install, editable or not: there is no hand step.
 Guarantees:
 - The shipped build is portable: ``-O2``, never ``-march=native`` (a bench may
   build a native variant of the C sources separately).
-- ``native/src/knhk_ring.c`` is compiled with ``-Wall -Wextra -Werror``; cffi
-  checks the layouts declared below against the header at compile time, so a
-  drift between this file and ``knhk_ring.h`` fails the build.
+- ``native/src/knhk_ring.c`` (the producer library) and ``knhk_codec.c``
+  (knhkd's drain codec, not part of that library) are compiled with ``-Wall
+  -Wextra -Werror``; cffi checks the layouts declared below against the headers
+  at compile time, so a drift between this file and ``knhk_ring.h`` or
+  ``knhk_codec.h`` fails the build.
 
 Must never: declare anything here that the header does not define.
 """
@@ -119,6 +121,40 @@ uint64_t knhk_ticks_hz_exact(void);
 uint64_t knhk_ticks_calibrate(uint64_t window_ns);
 """
 
+# knhkd's drain codec (native/src/knhk_codec.h): private to knhkd.
+CODEC_CDEF = """
+#define KNHK_CODEC_MAX_RECORD ...
+#define KNHK_CODEC_ARRAY_HEADER ...
+#define KNHK_CODEC_KEY_BYTES ...
+enum knhk_rec_verdict {
+    KNHK_REC_OK = 0, KNHK_REC_SECTOR = 1, KNHK_REC_FLAGS = 2, KNHK_REC_KIND = 3,
+    KNHK_REC_LEN = 4, KNHK_REC_NONFINITE = 5, KNHK_REC_UTF8 = 6, KNHK_REC_REFUSED = 7
+};
+enum knhk_codec_shape { KNHK_SHAPE_OBSERVATION = 0, KNHK_SHAPE_INPUT = 1 };
+typedef struct knhk_codec_params {
+    int shape;
+    uint64_t first_seq;
+    uint64_t ingested_at_ns;
+    const uint16_t *random;
+    const char *const *event_name;
+    const uint16_t *event_name_len;
+    int64_t clock_ref_ns;
+    uint64_t clock_ref_ticks;
+    double clock_scale;
+    int64_t clock_latest_ns;
+} knhk_codec_params;
+typedef struct knhk_codec_run {
+    uint32_t sector;
+    uint32_t count;
+    uint64_t start;
+    uint64_t end;
+} knhk_codec_run;
+size_t knhk_codec_check(const knhk_record *recs, size_t n, uint8_t *verdict);
+int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
+                          const knhk_codec_params *p, uint8_t *out, size_t out_cap,
+                          uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);
+"""
+
 # Portable: the shipped module must run on any x86-64 (or other) CPU.
 COMPILE_ARGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"]
 
@@ -131,12 +167,12 @@ def _rel(path: Path) -> str:
 
 def make_builder(module: str = "knhkd.hotpath._ring_cffi") -> cffi.FFI:
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(CDEF + CODEC_CDEF)
     ffi.set_source(
         module,
-        '#include "knhk_ring.h"\n',
-        sources=[_rel(HERE / "src" / "knhk_ring.c")],
-        include_dirs=[_rel(HERE / "include")],
+        '#include "knhk_ring.h"\n#include "knhk_codec.h"\n',
+        sources=[_rel(HERE / "src" / "knhk_ring.c"), _rel(HERE / "src" / "knhk_codec.c")],
+        include_dirs=[_rel(HERE / "include"), _rel(HERE / "src")],
         extra_compile_args=COMPILE_ARGS,
     )
     return ffi

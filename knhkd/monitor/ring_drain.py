@@ -2,11 +2,12 @@
 becomes durable observations, each exactly once.
 
 Guarantees:
-- Records are drained in batches (``[ring] drain_batch``), decoded and validated
-  (hotpath/decode.py), checked against their sector's SHACL shapes when
+- Records are drained in batches (``[ring] drain_batch``), validated in C
+  (hotpath/codec.py), checked against their sector's SHACL shapes when
   ``[ingest] shacl`` is on (the gate HTTP ingest uses, monitor/shapes.py), and
-  committed through the ingest actor: ids, storage, receipts and the analyzer
-  feed are those of HTTP ingest.
+  committed through the ingest actor, which encodes them in C in its
+  transaction: ids, storage, receipts and the analyzer feed are those of HTTP
+  ingest.
 - The ring position after a batch (``model.RingCursor``) is written in the LMDB
   transaction that commits the batch; the ring's durable cursor is advanced
   only after that commit returns. On every (re)start the drain resumes from the
@@ -20,11 +21,14 @@ Guarantees:
   so it is not read again. A record has no request to fail with it: each is
   accepted or refused alone. Slots a producer corrupted are skipped by the C
   consumer and counted as ``ring_corrupt``.
+- Reading is one batch ahead of committing: while the ingest actor commits a
+  batch, the next is read and checked; commits, the stored positions and the
+  durable cursor advance strictly in order.
 - A slow store is back-pressure, not loss: the drain waits for the ingest queue
   and the commit; meanwhile lanes fill and producers are refused (counted as
   ``knhk_ring_full_rejections_total``).
 - The event loop is not blocked: an empty ring is polled with short sleeps,
-  decoding yields every ``_DECODE_CHUNK`` records, commits run on the writer
+  validation is C (~10 ns a record), encoding and commits run on the writer
   thread, the tick-rate calibration on a worker thread.
 
 Must never: advance the durable cursor before the commit that holds the
@@ -44,7 +48,7 @@ import trio
 
 from knhkd.config import Config
 from knhkd.hotpath import tsc
-from knhkd.hotpath.decode import Decoded, RecordDecoder, Rejection
+from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
 from knhkd.model import RingCursor
 from knhkd.monitor.ingest import Closed, Ingest
@@ -58,7 +62,6 @@ log = logging.getLogger(__name__)
 _cursor_encoder = msgspec.msgpack.Encoder()
 _cursor_decoder = msgspec.msgpack.Decoder(RingCursor)
 
-_DECODE_CHUNK = 512  # ~0.5 ms of decoding between checkpoints
 _STATS_EVERY_S = 1.0
 _CLOCK_REFRESH_S = 60.0  # bounds TSC-vs-wall-clock drift in event_time
 _LOG_EVERY_S = 10.0
@@ -175,106 +178,111 @@ class RingDrain:
         # Read cursor and durable cursor both restart here (an earlier run of
         # this actor may have read past what it committed).
         self._consumer.begin(committed)
+        # One batch commits (on the writer thread) while the next is read and
+        # checked here: the commit's C encoding, page writes and fsync release
+        # the GIL. Commits stay in order (one ingest actor, one queue).
+        send, recv = trio.open_memory_channel[tuple[RingBatch, list[int]]](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_in_order, recv, nursery.cancel_scope)
+            async with send:
+                await self._read(send, committed)
+
+    async def _read(
+        self, send: trio.MemorySendChannel[tuple[RingBatch, list[int]]], position: list[int]
+    ) -> None:
+        assert self.rate is not None
         clock = tsc.TickClock(self.rate)
-        decoder: RecordDecoder | None = None
+        codec: RingCodec | None = None
         next_stats = -math.inf
         active = False  # records drained since the statistics were last exported
         while True:
             cfg = self._config().ring
-            if decoder is None or decoder.event_codes != cfg.event_codes:
-                decoder = RecordDecoder(cfg.event_codes)
+            if codec is None or codec.event_codes != cfg.event_codes:
+                codec = RingCodec(cfg.event_codes)
             if trio.current_time() >= next_stats:
                 self._export_stats()
                 next_stats = trio.current_time() + _STATS_EVERY_S
             self._export_samples()
             drained = self._consumer.consume(cfg.drain_batch)
-            if drained.count == 0 and drained.next_seq == committed:
+            # Positions move without records when the C consumer skipped a corrupt
+            # slot: those positions still commit, so the slot is not read again.
+            if drained.count == 0 and drained.next_seq == position:
                 if active:  # caught up: let the backlog gauge say so now
                     self._export_stats()
                     active = False
                 await trio.sleep(cfg.poll_interval_s)
                 continue
             active = True
+            position = drained.next_seq
             if time.monotonic() - clock.taken_monotonic > _CLOCK_REFRESH_S:
                 clock = tsc.TickClock(self.rate)
-            decoded = await self._decode(decoder, drained, clock)
-            await self._check_shapes(decoded)
-            cursor = RingCursor(ring_id=self._consumer.ring_id, next_seq=drained.next_seq)
+            batch = codec.batch(drained.records, drained.count, clock)
+            invalid = len(batch.rejected)
+            await self._check_shapes(batch)
+            if batch.rejected:
+                # Now: the lanes of this batch's records are not kept past the next read.
+                self._report(batch, invalid, drained)
+            await send.send((batch, drained.next_seq))
+
+    async def _commit_in_order(
+        self,
+        recv: trio.MemoryReceiveChannel[tuple[RingBatch, list[int]]],
+        scope: trio.CancelScope,
+    ) -> None:
+        async for batch, next_seq in recv:
+            cursor = RingCursor(ring_id=self._consumer.ring_id, next_seq=next_seq)
             try:
                 await self._ingest.submit(
-                    decoded.items,
+                    batch,
                     # The ring holds the records meanwhile: wait rather than refuse.
                     enqueue_timeout=math.inf,
                     commit_timeout=math.inf,
                     extra_meta={META_RING_CURSOR: _cursor_encoder.encode(cursor)},
                 )
             except (Closed, WriterClosed):
-                return  # stopping: what was not committed is read again at start
+                scope.cancel()  # stopping: what was not committed is read again at start
+                return
             # Committed (with the cursor): only now may producers reuse the slots.
-            self._consumer.mark_durable(drained.next_seq)
-            committed = drained.next_seq
-            self.committed_records += len(decoded.items)
-            if decoded.rejected or decoded.shacl_rejected:
-                self._report(decoded, drained)
+            self._consumer.mark_durable(next_seq)
+            self.committed_records += len(batch)
 
-    async def _check_shapes(self, decoded: Decoded) -> None:
-        """Drop (and record) the items that violate their sector's shapes."""
+    async def _check_shapes(self, batch: RingBatch) -> None:
+        """Refuse (and record) the records that violate their sector's shapes."""
         gate = self._shacl_gate()
-        if gate is None or not decoded.items:
+        if gate is None or not len(batch):
             return
         try:
-            await gate.check(decoded.items)
+            await gate.check(batch.inputs())
         except ShaclRejected as exc:
             first: dict[int, str] = {}
             for e in exc.errors:
                 first.setdefault(0 if e.index is None else e.index, f"{e.field}: {e.message}")
-            # Indexes are into decoded.items; the lane and sequence are not known
-            # here any more, so the report names the item's position in the batch.
-            decoded.shacl_rejected = [
-                Rejection(i, -1, "shacl", msg) for i, msg in sorted(first.items())
-            ]
-            decoded.items = [it for i, it in enumerate(decoded.items) if i not in first]
-
-    async def _decode(
-        self, decoder: RecordDecoder, drained: Drained, clock: tsc.TickClock
-    ) -> Decoded:
-        out = Decoded()
-        for lo in range(0, drained.count, _DECODE_CHUNK):
-            part = decoder.decode(
-                drained.records, clock, start=lo, stop=min(lo + _DECODE_CHUNK, drained.count)
-            )
-            out.items.extend(part.items)
-            out.rejected.extend(part.rejected)
-            if lo + _DECODE_CHUNK < drained.count:
-                await trio.lowlevel.checkpoint()
-        return out
+            batch.refuse(first, "shacl", first)
 
     # ------------------------------------------------------------------ #
     # Telemetry
     # ------------------------------------------------------------------ #
 
-    def _report(self, decoded: Decoded, drained: Drained) -> None:
-        if decoded.rejected:
-            self._metrics.ingest_rejected.labels("ring_invalid").inc(len(decoded.rejected))
-        if decoded.shacl_rejected:
-            self._metrics.ingest_rejected.labels("ring_shacl").inc(len(decoded.shacl_rejected))
-        self._rejected_unlogged += len(decoded.rejected) + len(decoded.shacl_rejected)
+    def _report(self, batch: RingBatch, invalid: int, drained: Drained) -> None:
+        """Count and (rate-limited) log the refused records: ``batch.rejected``
+        lists the ``invalid`` ones first, then those the shapes refused."""
+        shacl = len(batch.rejected) - invalid
+        if invalid:
+            self._metrics.ingest_rejected.labels("ring_invalid").inc(invalid)
+        if shacl:
+            self._metrics.ingest_rejected.labels("ring_shacl").inc(shacl)
+        self._rejected_unlogged += len(batch.rejected)
         now = time.monotonic()
         if now - self._last_log >= _LOG_EVERY_S:
-            if decoded.rejected:
-                first = decoded.rejected[0]
-                example = (
-                    f"lane {drained.lane_of(first.index)} seq {first.seq}: "
-                    f"{first.message} ({first.reason})"
-                )
-            else:
-                shape = decoded.shacl_rejected[0]
-                example = f"item {shape.index} of a batch: {shape.message} (shacl)"
+            first = batch.rejected[0]
             log.warning(
-                "ring %s: %d record(s) refused since the last report; e.g. %s",
+                "ring %s: %d record(s) refused since the last report; e.g. lane %d seq %d: %s (%s)",
                 self._consumer.path,
                 self._rejected_unlogged,
-                example,
+                drained.lane_of(first.index),
+                first.seq,
+                first.message,
+                first.reason,
             )
             self._rejected_unlogged = 0
             self._last_log = now

@@ -3,35 +3,21 @@ producer (native/examples/producer.c) interoperating with the Python consumer.""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from knhkd.hotpath.decode import RecordDecoder
+from knhkd.hotpath.codec import RingCodec
 from knhkd.hotpath.ring import Consumer, ticks_source
 from knhkd.hotpath.tsc import TickClock, detect
-from tests.native.conftest import NATIVE
+from tests.native.conftest import NATIVE, cc_strict
 
 
 @pytest.mark.parametrize("source", ["src/knhk_ring.c", "examples/producer.c"])
 def test_c_sources_are_warning_free_under_strict_flags(source: str) -> None:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    res = subprocess.run(
-        [
-            cc, "-std=c11", "-O2", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
-            "-Wpedantic", "-Wconversion", "-Wshadow", f"-I{NATIVE / 'include'}",
-            str(NATIVE / source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
+    res = cc_strict("-fsyntax-only", str(NATIVE / source))
     assert res.returncode == 0, res.stderr
 
 
@@ -48,16 +34,16 @@ def test_the_c_example_producer_hands_records_to_a_python_consumer(
         text=True,
     )
     clock = TickClock(detect())
-    decoder = RecordDecoder({"42": "dock.scan"})
+    codec = RingCodec({"42": "dock.scan"})
     items = []
     deadline = time.monotonic() + 30
     try:
         while proc.poll() is None or c.lane_stats()[0].head > c.lane_stats()[0].durable:
             assert time.monotonic() < deadline
             d = c.consume(100)  # smaller than the producer's output: back-pressure
-            out = decoder.decode(d.records, clock)
+            out = codec.batch(d.records, d.count, clock)
             assert not out.rejected
-            items += out.items
+            items += out.inputs()
             c.mark_durable(d.next_seq)
             time.sleep(0.001)
         stdout, stderr = proc.communicate(timeout=30)

@@ -5,7 +5,8 @@ trips of every value kind, wrap-around, a full lane (refused, counted, nothing
 overwritten), lane exclusivity and release (close, SIGKILL), one consumer,
 the seqlock-protected snapshot descriptor (including a writer dead mid-update),
 producers killed mid-write (never a torn record), a corrupt slot, the
-producers' tick samples, decoding into ObservationIn, tick-rate detection.
+producers' tick samples, validation and decoding (hotpath/codec.py),
+tick-rate detection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from knhkd.hotpath import tsc
-from knhkd.hotpath.decode import RecordDecoder
+from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.records import (
     RECORD,
     SECTOR_CODES,
@@ -166,9 +167,9 @@ def test_every_value_kind_round_trips_through_the_ring(
         p.append(SECTOR_CODES[sector], event, value)  # type: ignore[index]
         clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
         d = c.consume(8)
-        got = RecordDecoder({"7": "named.seven"}).decode(d.records, clock)
+        got = RingCodec({"7": "named.seven"}).batch(d.records, d.count, clock)
     assert not got.rejected
-    (obs,) = got.items
+    (obs,) = got.inputs()
     expected = [float(v) for v in value] if isinstance(value, list) and any(
         isinstance(v, float) for v in value
     ) else value  # fmt: skip
@@ -204,14 +205,15 @@ def test_the_decoder_refuses_invalid_records_one_by_one() -> None:
         good,
     ]
     clock = tsc.TickClock(tsc.TickRate(1_000_000_000, "override"))
-    out = RecordDecoder({}).decode(b"".join(records), clock)
+    out = _batch(b"".join(records), clock)
     assert [r.reason for r in out.rejected] == [
         "sector", "kind", "len", "flags", "nonfinite", "utf8",
     ]  # fmt: skip
     assert [r.index for r in out.rejected] == [1, 2, 3, 4, 5, 6]
-    assert [o.value for o in out.items] == [1.5, None, 1.5]
+    items = out.inputs()
+    assert [o.value for o in items] == [1.5, None, 1.5]
     # An implausible stamp keeps the record, without an event time.
-    assert out.items[0].event_time is not None and out.items[1].event_time is None
+    assert items[0].event_time is not None and items[1].event_time is None
 
 
 def test_decoded_event_times_are_the_clocks_to_the_microsecond() -> None:
@@ -219,15 +221,12 @@ def test_decoded_event_times_are_the_clocks_to_the_microsecond() -> None:
     now = ticks_now()
     stamps = [now, now + 1, now + 2, now + 1000, now + 1001, now + 2_445_000, 0, now + 7]
     records = b"".join(pack_record(GENERIC, 1, 1, s) for s in stamps)
-    got = [o.event_time for o in RecordDecoder({}).decode(records, clock).items]
+    got = [o.event_time for o in _batch(records, clock).inputs()]
     assert got == [clock.to_datetime(s) if s else None for s in stamps]
 
 
-def test_event_codes_must_name_valid_event_types() -> None:
-    with pytest.raises(ValueError, match="event type"):
-        RecordDecoder({"1": "no spaces allowed"})
-    assert RecordDecoder({"1": "plc.error"}).event_type(1) == "plc.error"
-    assert RecordDecoder({}).event_type(65535) == "ring.65535"
+def _batch(records: bytes, clock: tsc.TickClock) -> RingBatch:
+    return RingCodec({}).batch(records, len(records) // RECORD.size, clock)
 
 
 # --------------------------------------------------------------------------- #

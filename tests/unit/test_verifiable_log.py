@@ -305,7 +305,7 @@ def test_fsck_names_a_tampered_observation_batch(tmp_path: Path) -> None:
 
     lg = Log(tmp_path)
     items = [ObservationIn(event_type="a.b", sector="generic", value=i) for i in range(5)]
-    lg.run(commit_job(lg.store, lg.log, items, time.time_ns))
+    lg.run(commit_job(lg.store, lg.log, [items], time.time_ns))
     assert fsck(lg.store).ok
     lg.poke("observations", seq_key(2), flip_at=random.Random(1).randrange(10, 20))
     report = fsck(lg.store)

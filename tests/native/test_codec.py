@@ -1,0 +1,240 @@
+"""The C drain codec (native/src/knhk_codec.c) against the Python reference.
+
+Held to: the same verdicts, reasons and messages as the plain-Python decoder
+(tests/native/reference_decode.py, built on records.decode_value) for arbitrary
+64-byte records, valid or not; byte-for-byte the msgpack msgspec writes for the
+same ``Observation``; ids that are ULIDs of the ingest millisecond and the
+sequence number; LMDB keys and sector runs that match the records; and, through
+the ingest commit job, stored records that ``fsck`` verifies against their
+receipts when ring batches and HTTP items share one commit.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ulid import ULID
+
+from knhkd.hotpath import tsc
+from knhkd.hotpath.codec import RingCodec
+from knhkd.hotpath.records import RECORD, pack_record
+from knhkd.hotpath.ring import ticks_now
+from knhkd.model import Observation, ObservationIn
+from knhkd.store.ids import seq_key
+from tests.native.reference_decode import reference_decode
+
+EVENT_CODES = {"7": "named.seven", "65535": "plc:last/code-x"}
+
+
+def _payload(kind: int) -> st.SearchStrategy[bytes]:
+    floats = st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=5, max_size=5)
+    ints = st.lists(st.integers(-(2**63), 2**63 - 1), min_size=5, max_size=5)
+    text = st.text(max_size=13).map(lambda s: s.encode("utf-8")[:40])
+    return st.one_of(
+        floats.map(lambda v: struct.pack("=5d", *v)),
+        ints.map(lambda v: struct.pack("=5q", *v)),
+        text,
+        st.binary(max_size=40),
+    ).map(lambda b: b.ljust(40, b"\0"))
+
+
+@st.composite
+def records(draw: st.DrawFn) -> tuple[Any, ...]:
+    """A record's fields; its stamp is absolute, or (None, delta) to be taken
+    relative to the clock's reference (which the test reads)."""
+    kind = draw(st.integers(0, 8))
+    if draw(st.booleans()):  # mostly in bounds, so values are exercised
+        length = draw(st.integers(0, {3: 40, 4: 40, 5: 5, 6: 5}.get(kind, 1)))
+    else:
+        length = draw(st.integers(0, 255))
+    stamp = draw(
+        st.one_of(
+            st.just(0),
+            st.integers(1, 2**64 - 1),
+            st.tuples(st.none(), st.integers(-(10**13), 10**13)),
+        )
+    )
+    sector = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 65535, 3, 3]))
+    flags = draw(st.sampled_from([0, 0, 0, 1, 0x8000]))
+    event = draw(st.sampled_from([0, 1, 7, 42, 999, 65535]) | st.integers(0, 0xFFFF))
+    seq = draw(st.integers(0, 2**64 - 1))
+    return (seq, stamp, sector, event, kind, length, flags, draw(_payload(kind)))
+
+
+def _pack(fields: tuple[Any, ...], ref_ticks: int) -> bytes:
+    seq, stamp, *rest = fields
+    if isinstance(stamp, tuple):
+        stamp = min(max(ref_ticks + stamp[1], 0), 2**64 - 1)
+    return RECORD.pack(seq, stamp, *rest)
+
+
+def _check_against_reference(
+    recs: list[bytes], clock: tsc.TickClock, first_seq: int, now: int
+) -> None:
+    raw = b"".join(recs)
+    want = reference_decode(raw, clock, EVENT_CODES)
+    batch = RingCodec(EVENT_CODES).batch(raw, len(recs), clock)
+    assert batch.rejected == want.rejected
+    assert len(batch) == len(want.items)
+    assert batch.inputs() == want.items
+
+    enc = batch.encode(first_seq, now)
+    assert enc.keys == [seq_key(first_seq + i) for i in range(len(want.items))]
+    stored = enc.observations()
+    for i, (item, rec, obs) in enumerate(zip(want.items, enc.records, stored, strict=True)):
+        ulid = ULID.from_str(obs.id)
+        assert ulid.bytes[:6] == (now // 1_000_000).to_bytes(6, "big")
+        assert int.from_bytes(ulid.bytes[6:14], "big") == first_seq + i
+        expected = Observation(
+            id=obs.id,
+            seq=first_seq + i,
+            event_type=item.event_type,
+            sector=item.sector,
+            value=item.value,
+            metadata={},
+            ingested_at_ns=now,
+            event_time=item.event_time,
+        )
+        assert bytes(rec) == msgspec.msgpack.encode(expected)
+    # Runs: the records of one sector, contiguous, in order, covering them all.
+    assert sum(r.count for r in enc.runs) == len(stored)
+    assert b"".join(enc.blob[r.start : r.end] for r in enc.runs) == b"".join(
+        bytes(r) for r in enc.records
+    )
+    for r in enc.runs:
+        assert {o.sector for o in stored[r.first : r.first + r.count]} == {r.sector}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), hz=st.integers(1_000_000, 5_000_000_000))
+def test_the_codec_agrees_with_the_python_reference(data: st.DataObject, hz: int) -> None:
+    clock = tsc.TickClock(tsc.TickRate(hz, "override"))
+    ref_ticks = clock.params()[1]
+    recs = [_pack(f, ref_ticks) for f in data.draw(st.lists(records(), min_size=1, max_size=24))]
+    first_seq = data.draw(st.integers(0, 2**63))
+    now = data.draw(st.integers(0, 2**63 - 1))
+    _check_against_reference(recs, clock, first_seq, now)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, -1, -32, -33, -128,
+     -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63), 0.0, -0.0, 1e308, 5e-324,
+     "", "x" * 31, "x" * 32, "é" * 20, b"", b"\x00" * 16, b"\xff" * 40, [], [1, -1, 2**40],
+     [1.5, -0.0, 3.0, 1e-300, 2.0], None],
+)  # fmt: skip
+def test_every_msgpack_form_boundary(value: Any) -> None:
+    clock = tsc.TickClock(tsc.TickRate(2_445_000_000, "override"))
+    now = ticks_now()
+    stamps = [now, now + 1_222_500_000, 0, 1]  # now, +0.5 s, unstamped, at the counter's start
+    recs = [pack_record(s % 5 + 1, s % 3, value, t) for s, t in enumerate(stamps)]
+    _check_against_reference(recs, clock, 2**32 - 2, time.time_ns())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"\xed\xa0\x80", b"\xed\x9f\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xe0\x80\x80",
+     b"\xe0\xa0\x80", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf",
+     b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xe2\x82", b"a\xe2\x82\xac", b"\x80",
+     b"\xff", "😀".encode(), b"\x00nul", b"ok\xc3"],
+)  # fmt: skip
+def test_text_is_strict_utf8_as_python_decodes_it(text: bytes) -> None:
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    rec = RECORD.pack(0, 0, 5, 1, 3, len(text), 0, text.ljust(40, b"\0"))
+    _check_against_reference([rec, rec[:-40] + text.ljust(40, b"x")], clock, 0, time.time_ns())
+
+
+def test_event_times_take_every_timestamp_form() -> None:
+    # timestamp32 (a whole second), timestamp64 (with microseconds), and none
+    # (implausible: more than an hour ahead). The 96-bit form (before 1970 or
+    # after 2514) is never written: such stamps are implausible, hence none.
+    clock = tsc.TickClock(tsc.TickRate(1_000_000_000, "override"))
+    ref_ns, ref_ticks, _, _ = clock.params()
+    whole = ref_ticks - ref_ns % 10**9  # a whole second, in the past
+    recs = [pack_record(5, 1, 1, t) for t in (whole, whole + 1_500, ref_ticks + 2 * 3600 * 10**9)]
+    forms = [rec[rec.index(b"event_time") + 10] for rec in _encoded(recs, clock)]
+    assert forms == [0xD6, 0xD7, 0xC0]
+    _check_against_reference(recs, clock, 0, time.time_ns())
+
+
+def _encoded(recs: list[bytes], clock: tsc.TickClock) -> list[bytes]:
+    batch = RingCodec({}).batch(b"".join(recs), len(recs), clock)
+    return [bytes(r) for r in batch.encode(0, time.time_ns()).records]
+
+
+def test_refused_records_are_left_out_and_named() -> None:
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    recs = [pack_record(3, 1, float(i), 0) for i in range(6)]
+    recs[1] = RECORD.pack(9, 0, 3, 1, 2, 1, 0, struct.pack("=d", math.inf).ljust(40, b"\0"))
+    batch = RingCodec({}).batch(b"".join(recs), 6, clock)
+    assert [(r.index, r.reason) for r in batch.rejected] == [(1, "nonfinite")]
+    assert len(batch) == 5
+    # Positions among the accepted records, as the SHACL gate reports them.
+    batch.refuse([0, 3], "shacl", {3: "value: too cold"})
+    assert [(r.index, r.reason, r.message) for r in batch.rejected[1:]] == [
+        (0, "shacl", "shacl"),
+        (4, "shacl", "value: too cold"),
+    ]
+    assert [o.value for o in batch.inputs()] == [2.0, 3.0, 5.0]
+    stored = batch.encode(10, time.time_ns()).observations()
+    assert [(o.seq, o.value) for o in stored] == [(10, 2.0), (11, 3.0), (12, 5.0)]
+
+
+def test_a_batch_owns_its_records() -> None:
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    buf = bytearray(pack_record(3, 1, 1.0, 0))
+    batch = RingCodec({}).batch(memoryview(buf), 1, clock)
+    buf[:] = pack_record(1, 2, 2.0, 0)  # the consumer reuses its buffer
+    assert batch.inputs() == [ObservationIn(event_type="ring.1", sector="manufacturing", value=1.0)]
+
+
+def test_event_codes_must_name_valid_event_types() -> None:
+    with pytest.raises(ValueError, match="event type"):
+        RingCodec({"1": "no spaces allowed"})
+    with pytest.raises(ValueError, match="65536"):
+        RingCodec({"65536": "a.b"})
+    assert RingCodec({"1": "plc.error"}).event_type(1) == "plc.error"
+    assert RingCodec({}).event_type(65535) == "ring.65535"
+
+
+def test_ring_batches_and_http_items_share_one_verified_commit(tmp_path: Path) -> None:
+    from knhkd.monitor.ingest import commit_job
+    from knhkd.receipts.fsck import fsck
+    from knhkd.store.env import count
+    from tests.unit.test_verifiable_log import Log
+
+    lg = Log(tmp_path)
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    codec = RingCodec({})
+    ring = [pack_record(1 + i % 2 + (i // 3) % 2, 1, i, ticks_now()) for i in range(9)]
+    http = [ObservationIn(event_type="a.b", sector="finance", value=i) for i in range(3)]
+    parts: list[Any] = [
+        http,
+        codec.batch(b"".join(ring), 9, clock),
+        http,
+        codec.batch(ring[0], 1, clock),
+    ]
+    out, counts = lg.run(commit_job(lg.store, lg.log, parts, time.time_ns))
+    assert [len(p) for p in out] == [3, 9, 3, 1]
+    assert counts == Counter(o.sector for p in out for o in p)
+    assert [o.seq for p in out for o in p] == list(range(16))
+    assert count(lg.store, "observations") == 16
+    report = fsck(lg.store)
+    assert report.ok, report.errors
+    # What was stored is what the analyzer was handed.
+    dec = msgspec.msgpack.Decoder(Observation)
+    with lg.store.reader() as txn:
+        db = lg.store.db("observations")
+        assert [dec.decode(txn.get(seq_key(s), db=db)) for s in range(16)] == [
+            o for p in out for o in p
+        ]
+    lg.store.close()
