@@ -27,7 +27,8 @@ Figures, in order:
    packed beforehand), and ``append`` (one call per record).
 4. ring → LMDB durable drain, obs/s: (a) in-process, the daemon's own parts
    (RingDrain → Ingest → ReceiptWriter → LMDB with sync=True, receipts; the
-   analyzer's channel emptied by a sink); (b) end to end, the real ``knhkd run``
+   analyzer's channel, which carries each ring batch as per-key counts, emptied
+   by a sink); (b) end to end, the real ``knhkd run``
    (analyzer included) draining a ring filled while it was stopped (SIGSTOP),
    with ``[ingest] shacl`` off and on (on by default: every record then passes
    its sector's SHACL shapes, as HTTP input does).
@@ -266,8 +267,7 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
 
     from knhkd.config import build
     from knhkd.crypto.keys import load_or_create
-    from knhkd.model import Observation
-    from knhkd.monitor.ingest import Ingest
+    from knhkd.monitor.ingest import Ingest, Stored
     from knhkd.monitor.ring_drain import RingDrain
     from knhkd.receipts.log import ReceiptLog
     from knhkd.runtime.receipt_writer import ReceiptWriter
@@ -287,8 +287,8 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
 
     async def main() -> None:
         writer = ReceiptWriter(store, metrics)
-        send, recv = trio.open_memory_channel[list[Observation]](64)
-        ingest = Ingest(store, writer, receipts, metrics, send, capacity=1024)  # type: ignore[arg-type]
+        send, recv = trio.open_memory_channel[Stored](64)
+        ingest = Ingest(store, writer, receipts, metrics, send, capacity=1024)
         drain = RingDrain(lambda: cfg, consumer, store, ingest, metrics)
         drain.rate = await trio.to_thread.run_sync(detect)
 

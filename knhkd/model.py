@@ -77,6 +77,30 @@ class Observation(Struct, gc=False):
     rdf: RdfPayload | None = None
 
 
+class KeyCount(Struct, frozen=True):
+    """The observations of one (sector, event type) in a committed ring batch."""
+
+    sector: Sector
+    event_type: str
+    count: int
+    # Position of the key's last observation in the batch.
+    last: int
+    # (position, id) of the key's first observations, at most the analyzer's
+    # evidence sample.
+    evidence: list[tuple[int, str]]
+
+
+class ObservationCounts(Struct, frozen=True):
+    """A committed ring batch as the analyzer counts it (in memory only):
+    observations ``first_seq..last_seq``, all with the ingest time
+    ``ingested_at_ns`` and no metadata, per key in order of its first one."""
+
+    ingested_at_ns: int
+    first_seq: int
+    last_seq: int
+    keys: list[KeyCount]
+
+
 class RingCursor(Struct):
     """LMDB ``meta`` value ``ring.cursor``: where the ring drain resumes.
 

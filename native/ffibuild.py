@@ -149,7 +149,17 @@ typedef struct knhk_codec_run {
     uint64_t start;
     uint64_t end;
 } knhk_codec_run;
+typedef struct knhk_codec_key {
+    uint32_t sector;
+    uint32_t event;
+    uint32_t count;
+    uint32_t last;
+} knhk_codec_key;
+#define KNHK_CODEC_GROUP_SLOTS ...
 size_t knhk_codec_check(const knhk_record *recs, size_t n, uint8_t *verdict);
+size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdict,
+                        uint32_t sample, uint32_t *slots, knhk_codec_key *groups,
+                        uint32_t *positions);
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
                           uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);

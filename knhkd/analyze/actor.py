@@ -23,6 +23,7 @@ from knhkd.model import (
     DetectedPattern,
     EnforceInvariant,
     Observation,
+    ObservationCounts,
     Outcome,
     ProposeChange,
     SignedReceipt,
@@ -126,6 +127,11 @@ class Analyzer:
                 return
             if isinstance(msg, Cycle):
                 await msg.run_phase(self._analyze(detectors, msg))
+                continue
+            if isinstance(msg, ObservationCounts):
+                # A commit is all above the floor or all below it.
+                if msg.first_seq > floor:
+                    detectors.observe_counts(msg)
                 continue
             fresh = [o for o in msg if o.seq > floor]
             if fresh:

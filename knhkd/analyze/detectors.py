@@ -31,7 +31,8 @@ Guarantees:
   is cut into buckets of ``min(1 s, window / 10)``; an observation counts while
   its bucket is one of the newest ``ceil(window / bucket)`` buckets up to the
   bucket of ``now_ns``. The window's resolution is therefore one bucket.
-- ``observe`` costs O(1) per observation and key; ``evaluate`` costs O(distinct
+- ``observe`` costs O(1) per observation and key (``observe_counts``, for a
+  ring batch given as counts, O(1) per key); ``evaluate`` costs O(distinct
   keys) (each key keeps running totals; expiring a bucket is amortised).
 - Each keyed table holds at most ``max_keys`` keys; beyond that the least
   recently seen key is dropped and ``evictions`` counts it.
@@ -67,6 +68,7 @@ from knhkd.model import (
     Alert,
     DetectedPattern,
     Observation,
+    ObservationCounts,
     PatternKind,
     ProposeChange,
     Sector,
@@ -134,6 +136,22 @@ class _Series:
             self.flagged += 1
         if evidence and len(bucket.ids) < sample:
             bucket.ids.append(obs_id)
+
+    def add_many(
+        self, index: int, span: int, count: int, *, flagged: int, evidence: list[str], sample: int
+    ) -> None:
+        """``count`` observations of one bucket at once: ``flagged`` of them
+        flagged, ``evidence`` the ids of the evidence ones in arrival order."""
+        bucket = self._bucket(index, span)
+        if bucket is None:
+            return
+        bucket.count += count
+        self.count += count
+        bucket.flagged += flagged
+        self.flagged += flagged
+        room = sample - len(bucket.ids)
+        if room > 0:
+            bucket.ids.extend(evidence[:room])
 
     def _bucket(self, index: int, span: int) -> _Bucket | None:
         buckets = self.buckets
@@ -319,6 +337,53 @@ class Detectors:
                 self._drift_keys.series((obs.sector, key)).add(
                     di, drift.buckets, obs.id, flagged=True, evidence=False, sample=0
                 )
+
+    def observe_counts(self, batch: ObservationCounts) -> None:
+        """``observe`` for a committed ring batch given as counts per key: its
+        observations share one ingest time and carry no metadata, so per key
+        they fall in one bucket of each window and none is drift-flagged.
+        O(keys), not O(observations), with the same counts, flags, evidence
+        ids and patterns as ``observe`` on the same observations; a table's
+        least-recently-seen order is kept per key by its last observation in
+        the batch (the same order ``observe`` leaves, unless a table overflows
+        ``max_keys`` within the batch)."""
+        if not batch.keys:
+            return
+        t = batch.ingested_at_ns
+        sample = self._cfg.evidence_sample
+        hf, err, drift = self._hf_window, self._err_window, self._drift_window
+        self._last_seen_ns = max(self._last_seen_ns, t)
+        self._absence_fired = False
+        keys = sorted(batch.keys, key=lambda k: k.last)
+        for k in keys:
+            self._by_type.series((k.sector, k.event_type)).add_many(
+                hf.index(t), hf.buckets, k.count, flagged=0,
+                evidence=[obs_id for _, obs_id in k.evidence], sample=sample,
+            )  # fmt: skip
+        # Per sector, in order of the sector's last observation.
+        last: dict[Sector, int] = {}
+        total: dict[Sector, int] = {}
+        errors: dict[Sector, int] = {}
+        error_ids: dict[Sector, list[tuple[int, str]]] = {}
+        for k in keys:
+            last[k.sector] = k.last
+            total[k.sector] = total.get(k.sector, 0) + k.count
+            if "error" in k.event_type:
+                errors[k.sector] = errors.get(k.sector, 0) + k.count
+                error_ids.setdefault(k.sector, []).extend(k.evidence)
+        for sector in sorted(last, key=last.__getitem__):
+            # Each key brings its first `sample` positions, so the sector's
+            # first `sample` error observations are among them.
+            ids = [obs_id for _, obs_id in sorted(error_ids.get(sector, []))]
+            self._errors.series(sector).add_many(
+                err.index(t), err.buckets, total[sector], flagged=errors.get(sector, 0),
+                evidence=ids, sample=sample,
+            )  # fmt: skip
+            if sector == "generic":
+                continue
+            self._drift.series(sector).add_many(
+                drift.index(t), drift.buckets, total[sector], flagged=0, evidence=[], sample=sample
+            )
 
     def evaluate(self, now_ns: int) -> list[DetectedPattern]:
         cfg = self._cfg

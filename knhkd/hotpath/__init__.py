@@ -4,7 +4,8 @@
 as ``_ring_cffi``): producers append 64-byte records without a system call,
 knhkd drains them and publishes the current-snapshot descriptor. ``records``
 packs and validates records in pure Python; ``tsc`` measures the tick rate;
-``decode`` turns drained records into ``ObservationIn``.
+``codec`` validates drained records and encodes them as stored observations
+(in C: ``native/src/knhk_codec.c``).
 
 Must never: import anything above layer 2.
 """

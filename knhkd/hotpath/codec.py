@@ -48,7 +48,14 @@ import msgspec
 from knhkd.hotpath._ring_cffi import ffi, lib
 from knhkd.hotpath.records import RECORD, SECTOR_BY_CODE, InvalidRecord, decode_value
 from knhkd.hotpath.tsc import TickClock
-from knhkd.model import EventType, Observation, ObservationIn, Sector
+from knhkd.model import (
+    EventType,
+    KeyCount,
+    Observation,
+    ObservationCounts,
+    ObservationIn,
+    Sector,
+)
 
 _MAX_RECORD: Final = int(lib.KNHK_CODEC_MAX_RECORD)
 _HEADER: Final = int(lib.KNHK_CODEC_ARRAY_HEADER)
@@ -128,6 +135,13 @@ class SectorRun:
     end: int
 
 
+class _IdOnly(msgspec.Struct):
+    id: str
+
+
+_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A batch's accepted records as stored: ``keys[i]`` → ``records[i]``.
@@ -141,9 +155,14 @@ class Encoded:
     records: list[msgspec.Raw]
     blob: bytes
     runs: list[SectorRun]
+    counts: ObservationCounts | None = None
 
     def observations(self) -> list[Observation]:
         return _obs_decoder.decode(self.blob)
+
+    def id_at(self, i: int) -> str:
+        """The id of record ``i`` (decoded alone: the others stay bytes)."""
+        return _id_decoder.decode(self.records[i]).id
 
 
 class RingCodec:
@@ -155,6 +174,9 @@ class RingCodec:
         self._name_ptrs: Any = ffi.new("char *[]", 0x10000)
         self._name_lens: Any = ffi.new("uint16_t[]", 0x10000)
         self._keep: list[Any] = []  # the C strings the table points at
+        # Scratch for knhk_codec_group (zero between calls; one batch at a
+        # time encodes: the writer thread's).
+        self._group_slots: Any = ffi.new("uint32_t[]", int(lib.KNHK_CODEC_GROUP_SLOTS))
         for code, name in self._names.items():
             raw = name.encode("utf-8")
             buf = ffi.new("char[]", raw)
@@ -252,9 +274,10 @@ class RingBatch:
         key_blob = ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:] if rnd else b""
         return blob, key_blob, [runs[i] for i in range(nruns[0])]
 
-    def encode(self, first_seq: int, ingested_at_ns: int) -> Encoded:
+    def encode(self, first_seq: int, ingested_at_ns: int, evidence_sample: int = 0) -> Encoded:
         """The accepted records as stored observations, sequence numbers from
-        ``first_seq``, ids from ``ingested_at_ns`` and fresh random bits."""
+        ``first_seq``, ids from ``ingested_at_ns`` and fresh random bits; with
+        ``evidence_sample`` > 0, also their ``ObservationCounts``."""
         blob, key_blob, runs = self._encode(
             int(lib.KNHK_SHAPE_OBSERVATION), first_seq, ingested_at_ns
         )
@@ -264,7 +287,44 @@ class RingBatch:
             count = int(r.count)
             out_runs.append(SectorRun(SECTOR_BY_CODE[int(r.sector)], first, count, r.start, r.end))
             first += count
-        return Encoded(_keys_decoder.decode(key_blob), _raw_decoder.decode(blob), blob, out_runs)
+        records = _raw_decoder.decode(blob)
+        counts = None
+        if evidence_sample > 0 and records:
+            counts = ObservationCounts(
+                ingested_at_ns,
+                first_seq,
+                first_seq + len(records) - 1,
+                self._key_counts(records, evidence_sample),
+            )
+        return Encoded(_keys_decoder.decode(key_blob), records, blob, out_runs, counts)
+
+    def _key_counts(self, records: list[msgspec.Raw], sample: int) -> list[KeyCount]:
+        n = self.count
+        keys = _alloc("knhk_codec_key[]", max(n, 1))
+        positions = _alloc("uint32_t[]", max(n, 1) * sample)
+        ng = int(
+            lib.knhk_codec_group(
+                self._recs, n, self._verdict, sample, self._codec._group_slots, keys, positions
+            )
+        )
+        out: list[KeyCount] = []
+        for g in range(ng):
+            k = keys[g]
+            taken = min(int(k.count), sample)
+            evidence = [
+                (p, _id_decoder.decode(records[p]).id)
+                for p in positions[g * sample : g * sample + taken]
+            ]  # fmt: skip
+            out.append(
+                KeyCount(
+                    SECTOR_BY_CODE[int(k.sector)],
+                    self._codec.event_type(int(k.event)),
+                    int(k.count),
+                    int(k.last),
+                    evidence,
+                )
+            )
+        return out
 
     def inputs(self) -> list[ObservationIn]:
         """The accepted records as ``ObservationIn`` (for the SHACL gate)."""

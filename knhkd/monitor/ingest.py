@@ -38,7 +38,7 @@ import msgspec
 import trio
 
 from knhkd.hotpath.codec import RingBatch
-from knhkd.model import Observation, ObservationIn, Outcome, Sector
+from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.runtime.receipt_writer import CommitFailed, ReceiptWriter, WriterClosed
 from knhkd.store.env import META_OBS_NEXT, Store
@@ -75,13 +75,29 @@ class _SectorGroup:
     """One sector's observations in a commit, in sequence order: what its
     ``observation_batch_committed`` receipt states."""
 
-    __slots__ = ("count", "digest", "first", "last")
+    __slots__ = ("count", "digest", "first_id", "first_seq", "last_id", "last_seq")
 
-    def __init__(self, first: Observation) -> None:
-        self.first = first
-        self.last = first
+    def __init__(self, first_id: str, first_seq: int) -> None:
+        self.first_id = first_id
+        self.first_seq = first_seq
+        self.last_id = first_id
+        self.last_seq = first_seq
         self.count = 0
         self.digest = hashlib.sha256()
+
+    @staticmethod
+    def of(
+        groups: dict[Sector, _SectorGroup], sector: Sector, obs_id: str, seq: int
+    ) -> _SectorGroup:
+        group = groups.get(sector)
+        if group is None:
+            group = groups[sector] = _SectorGroup(obs_id, seq)
+        return group
+
+
+# What a commit hands the analyzer for each part: HTTP observations as they
+# are, a ring batch as counts (the analyzer needs no more of it).
+Stored = list[Observation] | ObservationCounts
 
 
 def commit_job(
@@ -91,37 +107,40 @@ def commit_job(
     clock_ns: Callable[[], int],
     extra_meta: Mapping[bytes, bytes] | None = None,
     shapes_digest: Callable[[str], str | None] = lambda sector: None,
-) -> Callable[[lmdb.Transaction], tuple[list[list[Observation]], dict[Sector, int]]]:
+    evidence_sample: int = 16,
+) -> Callable[[lmdb.Transaction], tuple[list[Stored | None], dict[Sector, int]]]:
     """The writer-thread job that stores ``parts`` (in order) and their
     receipts, and ``extra_meta`` in the ``meta`` database, all in the job's
-    transaction; it returns each part's stored observations and how many
-    observations of each sector it stored. Each sector's
-    receipt names the digest of the shapes that accepted its observations
-    (``shapes_digest``), when shapes were checked."""
+    transaction. It returns, per part, what the analyzer is handed (None for
+    a ring batch with nothing accepted), and how many observations of each
+    sector it stored. Each sector's receipt names the digest of the shapes that
+    accepted its observations (``shapes_digest``), when shapes were checked;
+    ring batches carry ``evidence_sample`` evidence ids per key to the analyzer."""
     db = store.db("observations")
     meta = store.db("meta")
 
-    def job(txn: lmdb.Transaction) -> tuple[list[list[Observation]], dict[Sector, int]]:
+    def job(txn: lmdb.Transaction) -> tuple[list[Stored | None], dict[Sector, int]]:
         raw_next = txn.get(META_OBS_NEXT, db=meta)
-        seq = int(raw_next) if raw_next is not None else 0
+        seq = start = int(raw_next) if raw_next is not None else 0
         now = clock_ns()
-        out: list[list[Observation]] = []
+        out: list[Stored | None] = []
         groups: dict[Sector, _SectorGroup] = {}
         puts: list[Iterable[tuple[bytes, Any]]] = []
         for part in parts:
             if isinstance(part, RingBatch):
-                stored, part_puts = _ring_part(part, seq, now, groups)
+                counts, part_puts = _ring_part(part, seq, now, groups, evidence_sample)
+                out.append(counts)
+                seq += len(part)
             else:
                 stored, part_puts = _http_part(part, seq, now, groups)
-            out.append(stored)
+                out.append(stored)
+                seq += len(stored)
             puts.append(part_puts)
-            seq += len(stored)
         # One LMDB call for the commit: py-lmdb releases the GIL around every
         # call, and on a busy event loop each release costs a GIL hand-off.
-        expected = sum(len(o) for o in out)
         stored_n, _ = txn.cursor(db=db).putmulti(itertools.chain.from_iterable(puts), append=True)
-        if stored_n != expected:
-            raise lmdb.Error(f"stored {stored_n} of {expected} observations")
+        if stored_n != seq - start:
+            raise lmdb.Error(f"stored {stored_n} of {seq - start} observations")
         txn.put(META_OBS_NEXT, str(seq).encode(), db=meta)
         for key, value in (extra_meta or {}).items():
             txn.put(key, value, db=meta)
@@ -129,8 +148,8 @@ def commit_job(
             group = groups[sector]
             inputs = {
                 "count": str(group.count),
-                "first_seq": str(group.first.seq),
-                "last_seq": str(group.last.seq),
+                "first_seq": str(group.first_seq),
+                "last_seq": str(group.last_seq),
                 "records_sha256": group.digest.hexdigest(),
             }
             shapes = shapes_digest(sector)
@@ -141,7 +160,7 @@ def commit_job(
                 Draft(
                     kind="observation_batch_committed",
                     outcome=Outcome("approved"),
-                    subject_ids=[group.first.id, group.last.id],
+                    subject_ids=[group.first_id, group.last_id],
                     sector=sector,
                     inputs=inputs,
                 ),
@@ -172,10 +191,8 @@ def _http_part(
         record = _obs_encoder.encode(obs)
         puts.append((seq_key(seq), record))
         stored.append(obs)
-        group = groups.get(obs.sector)
-        if group is None:
-            group = groups[obs.sector] = _SectorGroup(obs)
-        group.last = obs
+        group = _SectorGroup.of(groups, obs.sector, obs_id, seq)
+        group.last_id, group.last_seq = obs_id, seq
         group.count += 1
         group.digest.update(record)
         seq += 1
@@ -183,21 +200,20 @@ def _http_part(
 
 
 def _ring_part(
-    batch: RingBatch, seq: int, now: int, groups: dict[Sector, _SectorGroup]
-) -> tuple[list[Observation], Iterable[tuple[bytes, Any]]]:
+    batch: RingBatch, seq: int, now: int, groups: dict[Sector, _SectorGroup], evidence_sample: int
+) -> tuple[ObservationCounts | None, Iterable[tuple[bytes, Any]]]:
     # Encoded in C (the GIL released); the records stay zero-copy views of one
-    # buffer, and each sector's run is hashed as one contiguous range.
-    encoded = batch.encode(seq, now)
-    stored = encoded.observations()
+    # buffer, each sector's run is hashed as one contiguous range, and no
+    # Observation object is made: the analyzer takes counts.
+    encoded = batch.encode(seq, now, evidence_sample)
     blob = memoryview(encoded.blob)
     for run in encoded.runs:
-        group = groups.get(run.sector)
-        if group is None:
-            group = groups[run.sector] = _SectorGroup(stored[run.first])
-        group.last = stored[run.first + run.count - 1]
+        first, last = run.first, run.first + run.count - 1
+        group = _SectorGroup.of(groups, run.sector, encoded.id_at(first), seq + first)
+        group.last_id, group.last_seq = encoded.id_at(last), seq + last
         group.count += run.count
         group.digest.update(blob[run.start : run.end])
-    return stored, zip(encoded.keys, encoded.records, strict=True)
+    return encoded.counts, zip(encoded.keys, encoded.records, strict=True)
 
 
 class Ingest:
@@ -207,12 +223,14 @@ class Ingest:
         writer: ReceiptWriter,
         receipts: ReceiptLog,
         metrics: Metrics,
-        to_analyzer: trio.MemorySendChannel[list[Observation]],
+        to_analyzer: trio.MemorySendChannel[Stored],
         *,
         capacity: int,
         max_items_per_commit: int = 8192,
         shapes_digest: Callable[[str], str | None] = lambda sector: None,
+        evidence_sample: Callable[[], int] = lambda: 16,
     ) -> None:
+        self._evidence_sample = evidence_sample
         self._shapes_digest = shapes_digest
         self._store = store
         self._writer = writer
@@ -296,6 +314,7 @@ class Ingest:
                     time.time_ns,
                     extra_meta,
                     self._shapes_digest,
+                    self._evidence_sample(),
                 )
             )
         except WriterClosed as exc:
@@ -311,7 +330,6 @@ class Ingest:
             raise
         self._metrics.store_commit_batch_size.observe(count)
         self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
-        stored = parts[0] if len(parts) == 1 else list(itertools.chain.from_iterable(parts))
         # One inc per sector, not per observation (~0.3 µs each; ring batches are 4,096).
         for sector, n in counts.items():
             self._metrics.ingested_by_sector[sector].inc(n)
@@ -319,14 +337,17 @@ class Ingest:
         # Stopping: the observations are durable and the analyzer rebuilds its
         # windows from the store when it starts again.
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            try:
-                # No checkpoint when there is room: the submitters are woken in
-                # this same scheduling round.
-                self._to_analyzer.send_nowait(stored)
-            except trio.WouldBlock:
-                await self._to_analyzer.send(stored)
+            for part in parts:
+                if part is None:
+                    continue
+                try:
+                    # No checkpoint when there is room: the submitters are woken
+                    # in this same scheduling round.
+                    self._to_analyzer.send_nowait(part)
+                except trio.WouldBlock:
+                    await self._to_analyzer.send(part)
         for req, part in zip(batch, parts, strict=True):
             # The ring drain needs no ids (its records are known by position).
-            if not isinstance(req.items, RingBatch):
+            if isinstance(part, list):
                 req.ids = [o.id for o in part]
             req.done.set()

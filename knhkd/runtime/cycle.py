@@ -23,7 +23,13 @@ from typing import Literal
 import trio
 from ulid import ULID
 
-from knhkd.model import CycleReport, DetectedPattern, Observation, Proposal
+from knhkd.model import (
+    CycleReport,
+    DetectedPattern,
+    Observation,
+    ObservationCounts,
+    Proposal,
+)
 from knhkd.runtime.receipt_writer import CommitFailed, WriterClosed
 
 log = logging.getLogger(__name__)
@@ -113,8 +119,9 @@ async def each_cycle(
         await cycle.run_phase(phase(cycle))
 
 
-# What the analyzer's inbox carries: committed observations, or a cycle to run.
-AnalyzerMessage = list[Observation] | Cycle
+# What the analyzer's inbox carries: committed observations (a ring batch as
+# counts), or a cycle to run.
+AnalyzerMessage = list[Observation] | ObservationCounts | Cycle
 
 
 class CycleScheduler:

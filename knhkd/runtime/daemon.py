@@ -779,6 +779,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     to_analyzer_send,
                     capacity=cfg.loop.channel_capacity * 16,
                     shapes_digest=daemon.observation_shapes_digest,
+                    evidence_sample=lambda: daemon.cfg.analyze.evidence_sample,
                 )
                 async with trio.open_nursery() as loop_n:
                     loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)

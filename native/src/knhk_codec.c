@@ -360,3 +360,31 @@ int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verd
     *nruns = nr;
     return (int64_t)(o - out);
 }
+
+size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdict,
+                        uint32_t sample, uint32_t *slots, knhk_codec_key *groups,
+                        uint32_t *positions) {
+    size_t ng = 0;
+    uint32_t pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (verdict[i] != KNHK_REC_OK) continue;
+        const knhk_record *r = &recs[i];
+        /* Accepted records have a sector of 1..5 (checked). */
+        uint32_t key = (uint32_t)r->sector * 65536u + r->event;
+        uint32_t g = slots[key];
+        if (g == 0) {
+            g = (uint32_t)++ng;
+            slots[key] = g;
+            groups[g - 1].sector = r->sector;
+            groups[g - 1].event = r->event;
+            groups[g - 1].count = 0;
+        }
+        knhk_codec_key *grp = &groups[g - 1];
+        if (grp->count < sample) positions[(size_t)(g - 1) * sample + grp->count] = pos;
+        grp->count++;
+        grp->last = pos;
+        pos++;
+    }
+    for (size_t g = 0; g < ng; g++) slots[groups[g].sector * 65536u + groups[g].event] = 0;
+    return ng;
+}

@@ -85,6 +85,19 @@ typedef struct knhk_codec_run {
     uint64_t end;    /* byte offset just past its last record */
 } knhk_codec_run;
 
+/* Records of one (sector, event code) in a batch, for the analyzer: it counts
+ * a commit's records per key, all with the commit's one ingest time, so it
+ * needs counts, order and a few evidence positions, not every record. */
+typedef struct knhk_codec_key {
+    uint32_t sector; /* enum knhk_sector */
+    uint32_t event;  /* event code */
+    uint32_t count;  /* accepted records of this key */
+    uint32_t last;   /* position (among the accepted records) of the key's last one */
+} knhk_codec_key;
+
+/* Scratch entries knhk_codec_group needs: one per (sector, event code). */
+#define KNHK_CODEC_GROUP_SLOTS (6u * 65536u)
+
 /* Fill verdict[0..n); returns how many records are KNHK_REC_OK. */
 size_t knhk_codec_check(const knhk_record *recs, size_t n, uint8_t *verdict);
 
@@ -99,5 +112,15 @@ size_t knhk_codec_check(const knhk_record *recs, size_t n, uint8_t *verdict);
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
                           uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);
+
+/* Group the records whose verdict is KNHK_REC_OK by (sector, event code), in
+ * order of each key's first record: groups[g] and, in
+ * positions[g * sample ..], the positions (among the accepted records) of the
+ * key's first min(count, sample) records.  `slots` is scratch of
+ * KNHK_CODEC_GROUP_SLOTS entries that are 0 on entry and are 0 again on return.
+ * groups and positions have room for n groups.  Returns the number of groups. */
+size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdict,
+                        uint32_t sample, uint32_t *slots, knhk_codec_key *groups,
+                        uint32_t *positions);
 
 #endif /* KNHK_CODEC_H */

@@ -28,7 +28,7 @@ from knhkd.hotpath import tsc
 from knhkd.hotpath.codec import RingCodec
 from knhkd.hotpath.records import RECORD, pack_record
 from knhkd.hotpath.ring import ticks_now
-from knhkd.model import Observation, ObservationIn
+from knhkd.model import KeyCount, Observation, ObservationCounts, ObservationIn
 from knhkd.store.ids import seq_key
 from tests.native.reference_decode import reference_decode
 
@@ -223,18 +223,98 @@ def test_ring_batches_and_http_items_share_one_verified_commit(tmp_path: Path) -
         http,
         codec.batch(ring[0], 1, clock),
     ]
-    out, counts = lg.run(commit_job(lg.store, lg.log, parts, time.time_ns))
-    assert [len(p) for p in out] == [3, 9, 3, 1]
-    assert counts == Counter(o.sector for p in out for o in p)
-    assert [o.seq for p in out for o in p] == list(range(16))
+    out, counts = lg.run(commit_job(lg.store, lg.log, parts, time.time_ns, evidence_sample=4))
+    assert [len(p) if isinstance(p, list) else p.last_seq - p.first_seq + 1 for p in out] == [
+        3, 9, 3, 1,
+    ]  # fmt: skip
+    assert [(p.first_seq, p.last_seq) for p in out if isinstance(p, ObservationCounts)] == [
+        (3, 11), (15, 15),
+    ]  # fmt: skip
     assert count(lg.store, "observations") == 16
     report = fsck(lg.store)
     assert report.ok, report.errors
-    # What was stored is what the analyzer was handed.
     dec = msgspec.msgpack.Decoder(Observation)
     with lg.store.reader() as txn:
         db = lg.store.db("observations")
-        assert [dec.decode(txn.get(seq_key(s), db=db)) for s in range(16)] == [
-            o for p in out for o in p
-        ]
+        stored = [dec.decode(txn.get(seq_key(s), db=db)) for s in range(16)]
     lg.store.close()
+    assert [o.seq for o in stored] == list(range(16))
+    assert counts == Counter(o.sector for o in stored)
+    # HTTP parts are handed over as stored; ring parts as counts of what was stored.
+    assert out[0] == stored[:3] and out[2] == stored[12:15]
+    ring_part = out[1]
+    assert isinstance(ring_part, ObservationCounts)
+    assert ring_part == counts_of(stored[3:12], sample=4)
+
+
+def counts_of(stored: list[Observation], sample: int) -> ObservationCounts:
+    """The ObservationCounts of a batch, from its observations, in plain Python."""
+    keys: dict[tuple[str, str], KeyCount] = {}
+    for pos, o in enumerate(stored):
+        k = keys.get((o.sector, o.event_type))
+        ev = [(pos, o.id)]
+        if k is None:
+            keys[(o.sector, o.event_type)] = KeyCount(o.sector, o.event_type, 1, pos, ev)
+        else:
+            keys[(o.sector, o.event_type)] = KeyCount(
+                o.sector, o.event_type, k.count + 1, pos, (k.evidence + ev)[:sample]
+            )
+    return ObservationCounts(
+        stored[0].ingested_at_ns, stored[0].seq, stored[-1].seq, list(keys.values())
+    )
+
+
+_EVENTS = {"1": "login", "2": "sensor.error", "3": "error", "4": "plc.ok"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([1, 2, 3, 4, 5]), st.sampled_from([1, 2, 3, 4, 9])),
+            min_size=0,
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    gaps=st.lists(st.integers(0, 90 * 10**9), min_size=6, max_size=6),
+    sample=st.integers(1, 5),
+    threshold=st.integers(1, 20),
+)
+def test_the_analyzer_counts_a_ring_batch_as_it_observes_its_observations(
+    batches: list[list[tuple[int, int]]], gaps: list[int], sample: int, threshold: int
+) -> None:
+    from knhkd.analyze.detectors import Detectors
+    from knhkd.config import AnalyzeConfig, ErrorSpikeConfig, HighFrequencyConfig
+
+    cfg = AnalyzeConfig(
+        evidence_sample=sample,
+        high_frequency=HighFrequencyConfig(threshold=threshold),
+        error_spike=ErrorSpikeConfig(min_events=1, error_rate=0.1),
+    )
+    schema = {s: frozenset() for s in ("finance", "healthcare", "manufacturing", "logistics")}
+    t0 = 1_700_000_000 * 10**9
+    by_list, by_counts = Detectors(cfg, schema, t0), Detectors(cfg, schema, t0)
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    codec = RingCodec(_EVENTS)
+    now, seq = t0, 0
+    for batch, gap in zip(batches, gaps, strict=False):
+        now += gap
+        recs = b"".join(pack_record(sector, event, 1, 0) for sector, event in batch)
+        enc = codec.batch(recs, len(batch), clock).encode(seq, now, sample)
+        stored = enc.observations()
+        seq += len(stored)
+        by_list.observe(stored)
+        if enc.counts is not None:
+            assert enc.counts == counts_of(stored, sample)
+            by_counts.observe_counts(enc.counts)
+        else:
+            assert not stored
+        assert by_counts.evaluate(now + 1) == by_list.evaluate(now + 1)
+        # The least-recently-seen order that max_keys evicts by.
+        for table in ("_by_type", "_errors", "_drift"):
+            assert list(getattr(by_counts, table)._series) == list(
+                getattr(by_list, table)._series
+            )
+    assert by_counts.evaluate(now + 31 * 10**9) == by_list.evaluate(now + 31 * 10**9)
