@@ -682,6 +682,8 @@ class Problem(Struct, omit_defaults=True):
     status: int
     detail: str = ""
     errors: list[FieldError] = []
+    # Errors beyond those listed (api/problems.py MAX_ERRORS); absent when none.
+    errors_omitted: int = 0
 
 
 class AdminRequest(Struct, forbid_unknown_fields=True):

@@ -3,7 +3,8 @@
 Guarantees: every error response is ``application/problem+json`` with a stable
 ``type`` URI (``urn:knhkd:problem:<slug>``), a title, the status, a detail,
 and, for invalid input, ``errors`` naming each offending field (and item index
-in a batch).
+in a batch): the first ``MAX_ERRORS`` of them, with ``errors_omitted`` counting
+the rest, so a large bad batch does not make a larger error document.
 Must never: leak a stack trace or an internal exception text for a 5xx.
 """
 
@@ -14,6 +15,9 @@ from quart import Response
 from knhkd.model import FieldError, Problem, encode_json
 
 PROBLEM_JSON = "application/problem+json"
+# Enough to fix a batch by; a 10,000-item batch with one fault per item would
+# otherwise answer with megabytes.
+MAX_ERRORS = 100
 
 
 class ApiProblem(Exception):
@@ -29,12 +33,14 @@ class ApiProblem(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail or title)
+        errors = errors or []
         self.problem = Problem(
             type=f"urn:knhkd:problem:{slug}",
             title=title,
             status=status,
             detail=detail,
-            errors=errors or [],
+            errors=errors[:MAX_ERRORS],
+            errors_omitted=max(0, len(errors) - MAX_ERRORS),
         )
         self.headers = headers or {}
 

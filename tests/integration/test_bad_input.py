@@ -60,6 +60,20 @@ def test_one_bad_item_rejects_the_whole_batch(daemon: RunningDaemon) -> None:
     assert _count(daemon) == before
 
 
+def test_a_large_bad_batch_lists_the_first_errors_and_counts_the_rest(
+    daemon: RunningDaemon,
+) -> None:
+    before = _count(daemon)
+    batch = [{**GOOD, "sector": "moon"}] * 150 + [GOOD]
+    with daemon.client() as c:
+        r = c.post("/api/v1/observations", json=batch)
+    assert r.status_code == 422
+    p = r.json()
+    assert [e["index"] for e in p["errors"]] == list(range(100))
+    assert p["errors_omitted"] == 50
+    assert _count(daemon) == before
+
+
 def test_oversize_body_is_413_problem(make_daemon) -> None:  # type: ignore[no-untyped-def]
     d = make_daemon("[http]\nmax_body_bytes = 2048\n")
     before = _count(d)
