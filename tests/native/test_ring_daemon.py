@@ -240,3 +240,47 @@ def test_a_ring_of_another_version_stops_the_daemon_at_start(
     assert d.proc.wait(timeout=30) == 2
     log = d.log()
     assert "ring:" in log and "header version 9" in log and "reads version 1" in log
+
+
+def test_ring_records_reach_the_analyzer_as_counts_with_their_evidence(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    """Ring batches go to the analyzer as per-key counts: a burst of them is
+    detected like the same burst over HTTP, its evidence ids are the stored
+    ids of its first records, and a restart counts nothing twice."""
+    ring = tmp_path / "obs.ring"
+    d = make_daemon(
+        _ring_config(ring, lanes=2, capacity=1024) + 'event_codes = { "7" = "press.error" }\n'
+    )
+    manufacturing = SECTOR_CODES["manufacturing"]
+    with Producer(ring) as p:
+        for start in range(0, 150, 50):  # three appends: likely more than one commit
+            assert (
+                p.append_batch([(manufacturing, 7, i) for i in range(start, start + 50)]).appended
+                == 50
+            )
+            time.sleep(0.01)
+        assert p.append_batch([(manufacturing, 8, 1.5)] * 5).appended == 5
+    _wait(lambda: _all_durable(ring), "the ring to drain")
+
+    def patterns() -> dict[str, Any]:
+        with d.client() as c:
+            assert c.post("/api/v1/mape-k/execute").status_code == 200
+            return {
+                p["name"]: p
+                for p in c.get("/api/v1/patterns").json()
+                if p["sector"] == "manufacturing"
+            }
+
+    found = patterns()
+    hf, spike = found["high_frequency_press.error"], found["error_spike"]
+    assert hf["evidence_count"] == 150 and spike["evidence_count"] == 150
+    assert "high_frequency_ring.8" not in found  # 5 records, under the threshold
+    assert d.stop() == 0
+    stored = [o for o in _stored(d) if o.event_type == "press.error"]
+    assert [o.value for o in stored] == list(range(150))
+    assert hf["evidence_ids"] == [o.id for o in stored[: len(hf["evidence_ids"])]]
+    assert spike["evidence_ids"] == hf["evidence_ids"] and len(hf["evidence_ids"]) == 16
+    d.start()  # the analyzer rebuilds its windows from the store: nothing doubles
+    again = patterns()
+    assert again["high_frequency_press.error"]["evidence_count"] == 150
