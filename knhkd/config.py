@@ -265,8 +265,12 @@ class RingConfig(Struct, forbid_unknown_fields=True, frozen=True):
     mode: Annotated[int, Meta(ge=0, le=0o7777)] = 0o600
     # Most ring records in one commit.
     drain_batch: Annotated[int, Meta(ge=1, le=65536)] = 4096
-    # Seconds the drain sleeps when the ring is empty.
+    # Seconds the drain sleeps when the ring has just become empty; each
+    # further empty poll doubles the sleep, up to idle_poll_max_s.
     poll_interval_s: PositiveFloat = 0.005
+    # The longest sleep between polls of an idle ring (the most a record that
+    # arrives after a quiet spell waits before it is drained).
+    idle_poll_max_s: PositiveFloat = 0.1
     # Tick (TSC) frequency in Hz; 0: measured at start.
     tsc_hz: Annotated[int, Meta(ge=0)] = 0
     # Event code (as a string) -> event type; unmapped codes become "ring.<code>".

@@ -27,7 +27,8 @@ Guarantees:
 - A slow store is back-pressure, not loss: the drain waits for the ingest queue
   and the commit; meanwhile lanes fill and producers are refused (counted as
   ``knhk_ring_full_rejections_total``).
-- The event loop is not blocked: an empty ring is polled with short sleeps,
+- The event loop is not blocked: an empty ring is polled with sleeps that
+  double while it stays empty (``poll_interval_s`` to ``idle_poll_max_s``),
   validation is C (~10 ns a record), encoding and commits run on the writer
   thread, the tick-rate calibration on a worker thread.
 
@@ -195,6 +196,7 @@ class RingDrain:
         codec: RingCodec | None = None
         next_stats = -math.inf
         active = False  # records drained since the statistics were last exported
+        idle_sleep = 0.0  # grows while the ring stays empty: an idle daemon stays idle
         while True:
             cfg = self._config().ring
             if codec is None or codec.event_codes != cfg.event_codes:
@@ -210,9 +212,14 @@ class RingDrain:
                 if active:  # caught up: let the backlog gauge say so now
                     self._export_stats()
                     active = False
-                await trio.sleep(cfg.poll_interval_s)
+                idle_sleep = min(
+                    max(idle_sleep * 2, cfg.poll_interval_s),
+                    max(cfg.idle_poll_max_s, cfg.poll_interval_s),
+                )
+                await trio.sleep(idle_sleep)
                 continue
             active = True
+            idle_sleep = 0.0
             position = drained.next_seq
             if time.monotonic() - clock.taken_monotonic > _CLOCK_REFRESH_S:
                 clock = tsc.TickClock(self.rate)
