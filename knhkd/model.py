@@ -101,6 +101,43 @@ class ObservationCounts(Struct, frozen=True):
     keys: list[KeyCount]
 
 
+class RingLaneStatus(Struct):
+    """One lane of the ring, as ``knhkctl ring`` reports it."""
+
+    lane: int
+    # Pid of the producer that last claimed the lane (0: never claimed), and
+    # whether a process with that pid exists now (a claim ends with its process).
+    owner_pid: int
+    owner_alive: bool
+    head: int
+    consumed: int
+    durable: int
+    # Appended but not yet durable.
+    backlog: int
+    full_count: int
+    corrupt_count: int
+    claims: int
+
+
+class RingStatus(Struct):
+    """The ring file read directly (``knhkctl ring``): works with the daemon down."""
+
+    path: str
+    ring_id: str
+    version: int
+    lanes: int
+    capacity: int
+    ticks_source: str
+    tsc_hz: int
+    snapshot_version: int | None
+    snapshot_id: str | None
+    snapshot_promoted_at_ns: int | None
+    lane_status: list[RingLaneStatus]
+    backlog: int
+    full_count: int
+    corrupt_count: int
+
+
 class RingCursor(Struct):
     """LMDB ``meta`` value ``ring.cursor``: where the ring drain resumes.
 

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from knhkd.model import AdminRequest, AdminResponse
+from knhkd.model import AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, parser_class=_Parser
     )
     fmt(cy.add_parser("run", help="run one cycle now and print its report"), "json")
+    rg = sub.add_parser(
+        "ring", help="the shared-memory ring, read from its file (works with knhkd stopped)"
+    )
+    rg.add_argument("--path", help="ring file (default: DATA_DIR/observations.ring)")
+    fmt(rg)
     ks = sub.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -380,6 +385,8 @@ def run(args: argparse.Namespace) -> int:
         return _verify_offline(args)
     elif group == "fsck":
         return _fsck(args)
+    elif group == "ring":
+        _out(args, _ring_status(args), _ring_table)
     return EXIT_OK
 
 
@@ -434,6 +441,77 @@ def _fsck(args: argparse.Namespace) -> int:
             print(f"ERROR {err}")
         print("fsck: clean" if report.ok else f"fsck: first inconsistency: {report.errors[0]}")
     return EXIT_OK if report.ok else EXIT_VERIFY_FAILED
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def _ring_status(args: argparse.Namespace) -> RingStatus:
+    from knhkd.hotpath.ring import RING_VERSION, Reader, RingError, ticks_source
+
+    path = Path(args.path) if args.path else Path(args.data_dir) / "observations.ring"
+    try:
+        with Reader(path) as r:
+            stats, snap, hz = r.lane_stats(), r.snapshot(), r.tsc_hz()
+            ring_id, lanes, capacity = r.ring_id, r.lanes, r.capacity
+    except RingError as exc:
+        raise CtlError(str(exc)) from None
+    lane_status = [
+        RingLaneStatus(
+            lane=s.lane, owner_pid=s.owner_pid, owner_alive=_pid_alive(s.owner_pid),
+            head=s.head, consumed=s.consumed, durable=s.durable, backlog=s.backlog,
+            full_count=s.full_count, corrupt_count=s.corrupt_count, claims=s.claims,
+        )
+        for s in stats
+    ]  # fmt: skip
+    return RingStatus(
+        path=str(path),
+        ring_id=f"{ring_id:016x}",
+        version=RING_VERSION,
+        lanes=lanes,
+        capacity=capacity,
+        ticks_source=ticks_source(),
+        tsc_hz=hz,
+        snapshot_version=snap.version if snap else None,
+        snapshot_id=snap.snapshot_id if snap else None,
+        snapshot_promoted_at_ns=snap.promoted_at_ns if snap else None,
+        lane_status=lane_status,
+        backlog=sum(s.backlog for s in lane_status),
+        full_count=sum(s.full_count for s in lane_status),
+        corrupt_count=sum(s.corrupt_count for s in lane_status),
+    )
+
+
+def _ring_table(st: RingStatus) -> None:
+    ticks = f"{st.ticks_source} at {st.tsc_hz / 1e6:.3f} MHz" if st.tsc_hz else st.ticks_source
+    print(f"ring {st.path}  id {st.ring_id}  version {st.version}")
+    print(f"{st.lanes} lanes x {st.capacity} records; ticks {ticks}")
+    if st.snapshot_version is None:
+        print("snapshot: none published")
+    else:
+        promoted = _ts(st.snapshot_promoted_at_ns or 0)
+        print(f"snapshot: v{st.snapshot_version} {str(st.snapshot_id)[:16]} promoted {promoted}")
+    rows = [
+        [str(s.lane),
+         "-" if not s.owner_pid else f"{s.owner_pid} ({'live' if s.owner_alive else 'gone'})",
+         str(s.head), str(s.consumed), str(s.durable), str(s.backlog), str(s.full_count),
+         str(s.corrupt_count), str(s.claims)]
+        for s in st.lane_status
+    ]  # fmt: skip
+    _table(
+        rows,
+        ["LANE", "PRODUCER", "HEAD", "CONSUMED", "DURABLE", "BACKLOG", "FULL", "CORRUPT", "CLAIMS"],
+    )
+    print(f"backlog {st.backlog}, refused (lane full) {st.full_count}, corrupt {st.corrupt_count}")
 
 
 def main(argv: list[str] | None = None) -> int:
