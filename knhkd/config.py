@@ -131,8 +131,9 @@ class AnalyzeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Per-key detector state is bounded: past this many distinct keys the
     # least recently seen key is evicted (and counted).
     max_keys: PositiveInt = 10_000
-    # How many evidence ids a pattern carries at most.
-    evidence_sample: PositiveInt = 16
+    # How many evidence ids a pattern carries at most (each one is kept per
+    # window bucket and per key, and gathered per ring batch: bounded).
+    evidence_sample: Annotated[int, Meta(ge=1, le=1024)] = 16
 
 
 NonNegativeFloat = Annotated[float, Meta(ge=0)]

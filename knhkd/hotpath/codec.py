@@ -300,6 +300,8 @@ class RingBatch:
 
     def _key_counts(self, records: list[msgspec.Raw], sample: int) -> list[KeyCount]:
         n = self.count
+        # No key has more positions than the batch has records.
+        sample = min(sample, max(len(records), 1))
         keys = _alloc("knhk_codec_key[]", max(n, 1))
         positions = _alloc("uint32_t[]", max(n, 1) * sample)
         ng = int(

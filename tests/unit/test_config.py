@@ -44,6 +44,8 @@ def test_relative_paths_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
         ({"http": {"bind": "localhost"}}, "http.bind"),
         ({"analyze": {"error_spike": {"error_rate": 2.0}}}, "analyze.error_spike.error_rate"),
         ({"storage": {"map_size_mb": 64, "max_map_size_mb": 32}}, "storage.max_map_size_mb"),
+        ({"analyze": {"evidence_sample": 5000}}, "analyze.evidence_sample"),
+        ({"ring": {"idle_poll_max_s": 0}}, "ring.idle_poll_max_s"),
     ],
 )
 def test_invalid_keys_are_named(raw: dict[str, object], key: str) -> None:
