@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Literal as TypingLiteral
+from typing import TypeVar
 
 import pyshacl
 from pyshacl.errors import ReportableRuntimeError
@@ -964,6 +965,9 @@ def _conforms(entries: Iterable[Entry]) -> bool:
     return all(e.violation.severity in ("Warning", "Info") for e in entries if e.top)
 
 
+_T = TypeVar("_T")
+
+
 class ShaclChecker:
     """Incremental SHACL with a memo of shapes analyses and parent baselines.
 
@@ -976,24 +980,21 @@ class ShaclChecker:
         self._certifiers: dict[str, Certifier] = {}
         self._baselines: dict[tuple[str, int], tuple[weakref.ref[Graph], Owned]] = {}
 
-    def dependencies(self, shapes: Shapes) -> Dependencies:
+    def _per_shapes(self, table: dict[str, _T], shapes: Shapes, make: Callable[[Graph], _T]) -> _T:
         with self._lock:
-            found = self._deps.get(shapes.digest)
+            found = table.get(shapes.digest)
         if found is None:
             # Shapes exposes no accessor for its graph; this module only reads it.
-            found = dependencies(shapes._graph)
+            found = make(shapes._graph)
             with self._lock:
-                self._deps[shapes.digest] = found
+                table[shapes.digest] = found
         return found
 
+    def dependencies(self, shapes: Shapes) -> Dependencies:
+        return self._per_shapes(self._deps, shapes, dependencies)
+
     def certifier(self, shapes: Shapes) -> Certifier:
-        with self._lock:
-            found = self._certifiers.get(shapes.digest)
-        if found is None:
-            found = certifier(shapes._graph)
-            with self._lock:
-                self._certifiers[shapes.digest] = found
-        return found
+        return self._per_shapes(self._certifiers, shapes, certifier)
 
     def baseline(self, shapes: Shapes, parent: Graph) -> Owned:
         """The plain call on the parent, computed once per (parent, shapes)."""
