@@ -40,6 +40,7 @@ import trio
 from knhkd.hotpath.codec import RingBatch
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.runtime.batching import receive_batch
 from knhkd.runtime.receipt_writer import CommitFailed, ReceiptWriter, WriterClosed
 from knhkd.store.env import META_OBS_NEXT, Store
 from knhkd.store.ids import observation_ids, seq_key
@@ -216,6 +217,10 @@ def _ring_part(
     return encoded.counts, zip(encoded.keys, encoded.records, strict=True)
 
 
+def _items(req: _Request) -> int:
+    return len(req.items)
+
+
 class Ingest:
     def __init__(
         self,
@@ -275,21 +280,8 @@ class Ingest:
         self._send.close()
 
     async def run(self) -> None:
-        while True:
-            try:
-                first = await self._recv.receive()
-            except trio.EndOfChannel:
-                return
-            batch = [first]
-            count = len(first.items)
-            while count < self._max_items:
-                try:
-                    nxt = self._recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                batch.append(nxt)
-                count += len(nxt.items)
-            await self._commit(batch, count)
+        while (got := await receive_batch(self._recv, self._max_items, _items)) is not None:
+            await self._commit(*got)
 
     @staticmethod
     def _fail(batch: list[_Request], exc: Exception) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from knhkd.runtime.batching import receive_batch
 from knhkd.store.env import Store
 from knhkd.store.writer import Job, JobResult, run_transaction
 from knhkd.telemetry.metrics import Metrics
@@ -144,18 +145,8 @@ class ReceiptWriter:
 
     async def run(self) -> None:
         """Actor body: commit batches until the intake is closed and empty."""
-        while True:
-            try:
-                first = await self._recv.receive()
-            except trio.EndOfChannel:
-                return
-            batch = [first]
-            while len(batch) < self._max_jobs:
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            await self._commit(batch)
+        while (got := await receive_batch(self._recv, self._max_jobs)) is not None:
+            await self._commit(got[0])
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
         jobs = [p.job for p in batch]
