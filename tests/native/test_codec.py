@@ -314,7 +314,33 @@ def test_the_analyzer_counts_a_ring_batch_as_it_observes_its_observations(
         assert by_counts.evaluate(now + 1) == by_list.evaluate(now + 1)
         # The least-recently-seen order that max_keys evicts by.
         for table in ("_by_type", "_errors", "_drift"):
-            assert list(getattr(by_counts, table)._series) == list(
-                getattr(by_list, table)._series
-            )
+            assert list(getattr(by_counts, table)._series) == list(getattr(by_list, table)._series)
     assert by_counts.evaluate(now + 31 * 10**9) == by_list.evaluate(now + 31 * 10**9)
+
+
+def test_any_record_is_checked_encoded_and_grouped_without_memory_errors(tmp_path: Path) -> None:
+    """The codec under AddressSanitizer and UBSan over ~10^5 arbitrary records
+    (tests/native/codec_fuzz.c): a producer can write any 64 bytes."""
+    import shutil
+    import subprocess
+
+    from tests.native.conftest import NATIVE
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "codec_fuzz"
+    build = subprocess.run(
+        [cc, "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror",
+         f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'src'}",
+         str(Path(__file__).parent / "codec_fuzz.c"), str(NATIVE / "src" / "knhk_codec.c"),
+         "-o", str(exe)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    for seed in (1, 2, 3):
+        run = subprocess.run(
+            [str(exe), str(seed), "300"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
