@@ -521,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         print(f"knhkctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`knhkctl ... | head`): nothing left to say.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (OSError, msgspec.DecodeError) as exc:
         print(f"knhkctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -61,3 +61,16 @@ def test_a_missing_or_unreadable_ring_is_one_line_and_exit_2(tmp_path: Path) -> 
     res = knhkctl(tmp_path, "--path", str(ring))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "version" in res.stderr and "99" in res.stderr
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path: Path) -> None:
+    # `true` exits without reading, long before Python has started: the write
+    # meets a closed pipe.
+    ring = tmp_path / "observations.ring"
+    with Consumer.create_or_open(ring, lanes=4, capacity=64):
+        cmd = f"{sys.executable} -m knhkd.cli.knhkctl --data-dir {tmp_path} ring | true"
+        res = subprocess.run(
+            ["sh", "-c", cmd],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert res.returncode == 0 and res.stderr == ""
