@@ -149,8 +149,11 @@ def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
 
 
 def _violations(report: Graph) -> list[Violation]:
+    # The results are the report's sh:result values (SHACL 3.6.1); pySHACL also
+    # types the nested sh:detail results of sh:node and friends as
+    # sh:ValidationResult, but those explain a result, they are not results.
     out = []
-    for r in report.subjects(RDF.type, SH.ValidationResult):
+    for r in report.objects(None, SH.result):
         focus = report.value(r, SH.focusNode)
         path = report.value(r, SH.resultPath)
         component = report.value(r, SH.sourceConstraintComponent)

@@ -902,7 +902,9 @@ class Owned:
     entries: tuple[Entry, ...]
 
     def result(self) -> ShaclResult:
-        return ShaclResult(self.conforms, sorted(e.violation for e in self.entries))
+        # Top-level results only, as Shapes.validate reports them (details
+        # are kept in entries: they say which focus node owns them).
+        return ShaclResult(self.conforms, sorted(e.violation for e in self.entries if e.top))
 
 
 def _violation(report: Graph, r: Node) -> Violation:
