@@ -344,3 +344,25 @@ def test_any_record_is_checked_encoded_and_grouped_without_memory_errors(tmp_pat
             [str(exe), str(seed), "300"], capture_output=True, text=True, timeout=120, check=False
         )
         assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_a_ring_batch_with_nothing_accepted_still_commits_its_cursor(tmp_path: Path) -> None:
+    # Every record refused (or every slot corrupt): the positions must still
+    # commit, with no observation and no receipt, so the records are not read again.
+    from knhkd.monitor.ingest import commit_job
+    from knhkd.store.env import count
+    from tests.unit.test_verifiable_log import Log
+
+    lg = Log(tmp_path)
+    before = count(lg.store, "receipts")
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    bad = RingCodec({}).batch(pack_record(0, 1, 1.0, 0) * 3, 3, clock)  # sector 0
+    empty = RingCodec({}).batch(b"", 0, clock)
+    assert len(bad) == 0 and len(bad.rejected) == 3
+    job = commit_job(lg.store, lg.log, [bad, empty], time.time_ns, {b"ring.cursor": b"c"})
+    out, counts = lg.run(job)
+    assert out == [None, None] and counts == {}
+    assert count(lg.store, "observations") == 0 and count(lg.store, "receipts") == before
+    with lg.store.reader() as txn:
+        assert txn.get(b"ring.cursor", db=lg.store.db("meta")) == b"c"
+    lg.store.close()
