@@ -114,6 +114,9 @@ def test_contract_directives() -> None:
         "Group": "knhkd",
         "StateDirectory": "knhkd",
         "RuntimeDirectory": "knhkd",
+        # The ring in /run/knhkd outlives a restart (systemd/README.md).
+        "RuntimeDirectoryPreserve": "yes",
+        "RuntimeDirectoryMode": "0750",
         "UMask": "0077",
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
