@@ -102,6 +102,7 @@ uint32_t knhk_ring_capacity(const knhk_ring *r);
 uint64_t knhk_ring_id(const knhk_ring *r);
 uint64_t knhk_ring_tsc_hz(const knhk_ring *r);
 int knhk_ring_lane(const knhk_ring *r);
+int knhk_ring_stale(const knhk_ring *r);
 int64_t knhk_append(knhk_ring *r, const knhk_record *rec);
 int64_t knhk_append_batch(knhk_ring *r, const knhk_record *recs, size_t n, uint64_t *first_seq);
 uint64_t knhk_durable(const knhk_ring *r);

@@ -238,6 +238,16 @@ class _Handle:
         """The tick frequency knhkd measured and stored (0 until it has)."""
         return int(lib.knhk_ring_tsc_hz(self._p()))
 
+    def stale(self) -> bool:
+        """True when the path no longer names the file this handle mapped
+        (removed, or replaced by a new ring): reopen to reach the live ring.
+        Two system calls; for when durable stops advancing, not per append."""
+        rc = int(lib.knhk_ring_stale(self._p()))
+        if rc < 0:
+            raise RingError(rc, f"ring {self.path}: cannot tell whether it is stale: "
+                            f"{os.strerror(ffi.errno)}")  # fmt: skip
+        return rc == 1
+
     def snapshot(self) -> SnapshotDescriptor | None:
         """The current-snapshot descriptor, or None before knhkd published one."""
         rc = lib.knhk_snapshot_read(self._p(), self._snap)

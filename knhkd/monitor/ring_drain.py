@@ -98,6 +98,7 @@ class RingDrain:
         self._corrupt_exported = 0
         self._rejected_unlogged = 0
         self._last_log = -math.inf
+        self._stale_logged = False
         self.committed_records = 0
         # Ticks per record of recent batch-append samples timed over at least
         # _MIN_TIMED_RECORDS records: above the counter's resolution, unlike a
@@ -315,6 +316,14 @@ class RingDrain:
                 self._metrics.append_ticks_snapshot_read.observe(per_record)
 
     def _export_stats(self) -> None:
+        if not self._stale_logged and self._consumer.stale():
+            # Producers open the path: they cannot reach this ring any more.
+            log.error(
+                "ring %s was removed or replaced while knhkd drains it: producers opening "
+                "that path do not reach this ring; restart knhkd to recreate it",
+                self._consumer.path,
+            )
+            self._stale_logged = True
         stats = self._consumer.lane_stats()
         full = sum(s.full_count for s in stats)
         corrupt = sum(s.corrupt_count for s in stats)

@@ -284,6 +284,14 @@ uint64_t knhk_ring_id(const knhk_ring *r);      /* random, fixed at creation */
 uint64_t knhk_ring_tsc_hz(const knhk_ring *r);  /* 0 until knhkd has measured it */
 int knhk_ring_lane(const knhk_ring *r);         /* the producer's lane, or -1 */
 
+/* Whether the path this handle was opened with still names the file it
+ * mapped: 0 it does; 1 it does not (removed, or replaced by a new ring, e.g.
+ * one knhkd created after the old file was deleted): appends would go to a
+ * ring nobody drains, so close and reopen; KNHK_ESYS (errno set) on another
+ * error.  Two system calls: call it when appends keep failing or durable stops
+ * advancing, not per append. */
+int knhk_ring_stale(const knhk_ring *r);
+
 /* ------------------------------------------------------------------------ */
 /* Producing (KNHK_ROLE_PRODUCER)                                            */
 /* ------------------------------------------------------------------------ */

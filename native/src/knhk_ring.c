@@ -124,6 +124,7 @@ struct knhk_ring {
     uint32_t lanes;
     uint32_t rr; /* consumer: first lane of the next knhk_consume */
     uint64_t last_sample[KNHK_MAX_LANES];
+    char *path; /* as opened: knhk_ring_stale compares what it names now */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -405,6 +406,11 @@ knhk_ring *knhk_ring_open(const char *path, int role, knhk_status *st) {
         goto fail;
     }
     memset(r, 0, sizeof *r);
+    r->path = strdup(path);
+    if (r->path == NULL) {
+        fail_sys(st, "malloc");
+        goto fail;
+    }
     r->fd = fd;
     r->role = role;
     r->lane_index = -1;
@@ -435,6 +441,7 @@ knhk_ring *knhk_ring_open(const char *path, int role, knhk_status *st) {
 fail:
     if (r != NULL) {
         if (r->base != NULL) munmap(r->base, r->size);
+        free(r->path);
         free(r);
     }
     close(fd); /* releases any lock taken above */
@@ -445,7 +452,15 @@ void knhk_ring_close(knhk_ring *r) {
     if (r == NULL) return;
     munmap(r->base, r->size);
     close(r->fd);
+    free(r->path);
     free(r);
+}
+
+int knhk_ring_stale(const knhk_ring *r) {
+    struct stat mine, named;
+    if (fstat(r->fd, &mine) != 0) return KNHK_ESYS;
+    if (stat(r->path, &named) != 0) return errno == ENOENT || errno == ENOTDIR ? 1 : KNHK_ESYS;
+    return mine.st_dev != named.st_dev || mine.st_ino != named.st_ino;
 }
 
 uint32_t knhk_ring_lanes(const knhk_ring *r) { return r->lanes; }

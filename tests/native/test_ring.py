@@ -225,6 +225,17 @@ def test_decoded_event_times_are_the_clocks_to_the_microsecond() -> None:
     assert got == [clock.to_datetime(s) if s else None for s in stamps]
 
 
+def test_a_handle_tells_when_its_path_names_another_ring(ring_path: Path) -> None:
+    with _consumer(ring_path, lanes=1) as c, Producer(ring_path) as p, Reader(ring_path) as r:
+        assert not p.stale() and not r.stale() and not c.stale()
+        ring_path.unlink()  # removed: e.g. a tmpfs cleaned under a running daemon
+        assert p.stale() and r.stale() and c.stale()
+        with _consumer(ring_path, lanes=1) as fresh:  # a new ring at the same path
+            assert p.stale() and not fresh.stale()
+            with Producer(ring_path) as again:
+                assert not again.stale()
+
+
 def _batch(records: bytes, clock: tsc.TickClock) -> RingBatch:
     return RingCodec({}).batch(records, len(records) // RECORD.size, clock)
 

@@ -284,3 +284,13 @@ def test_ring_records_reach_the_analyzer_as_counts_with_their_evidence(
     d.start()  # the analyzer rebuilds its windows from the store: nothing doubles
     again = patterns()
     assert again["high_frequency_press.error"]["evidence_count"] == 150
+
+
+def test_a_ring_removed_under_the_daemon_is_reported(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    ring = tmp_path / "obs.ring"
+    d = make_daemon(_ring_config(ring))
+    ring.unlink()  # an operator, or a tmpfs cleaner
+    _wait(lambda: "was removed or replaced" in d.log(), "the daemon to report the ring")
+    assert d.stop() == 0
