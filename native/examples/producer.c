@@ -13,7 +13,8 @@
  * back-pressure: the program waits and retries the reading that was refused;
  * it never drops one.
  *
- * Exit status: 0 all records durable; 1 not durable in time; 2 usage or open
+ * Exit status: 0 all records durable; 1 not durable in time, or the ring file
+ * was removed or replaced meanwhile (knhk_ring_stale); 2 usage or open
  * error (the message names the header field for a version or layout mismatch).
  *
  * Build: make -C native   (or: cc -std=c11 -O2 -Inative/include
@@ -101,6 +102,12 @@ int main(int argc, char **argv) {
            knhk_ring_lane(ring), first, last);
 
     for (int waited = 0; knhk_durable(ring) < last; waited++) {
+        if (waited % 1000 == 999 && knhk_ring_stale(ring) == 1) {
+            /* Nobody drains this file any more: the path names another ring. */
+            fprintf(stderr, "producer: %s was removed or replaced; reopen it\n", path);
+            knhk_ring_close(ring);
+            return 1;
+        }
         if (waited >= 10000) {
             fprintf(stderr, "producer: durable %" PRIu64 " < %" PRIu64 " after 10 s\n",
                     knhk_durable(ring), last);

@@ -60,3 +60,29 @@ def test_the_c_example_producer_hands_records_to_a_python_consumer(
     assert all(o.event_time is not None for o in items)
     assert ticks_source() in ("rdtsc", "cntvct", "clock_monotonic")
     c.close()
+
+
+def test_the_c_example_producer_stops_waiting_on_a_removed_ring(
+    ring_path: Path, c_producer: Path
+) -> None:
+    with Consumer.create_or_open(ring_path, lanes=1, capacity=64) as c:
+        c.begin()  # never drains: the producer waits for durability
+        proc = subprocess.Popen(
+            [str(c_producer), str(ring_path), "10"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while c.lane_stats()[0].head < 10:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+            ring_path.unlink()
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1
+    assert "was removed or replaced; reopen it" in stderr
