@@ -135,11 +135,9 @@ class SectorRun:
     end: int
 
 
-class _IdOnly(msgspec.Struct):
-    id: str
-
-
-_id_decoder = msgspec.msgpack.Decoder(_IdOnly)
+# A few records per batch are decoded alone: the ends of each sector's run
+# (for receipts) and the evidence of each key (for the analyzer).
+_one_decoder = msgspec.msgpack.Decoder(Observation)
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ class Encoded:
 
     def id_at(self, i: int) -> str:
         """The id of record ``i`` (decoded alone: the others stay bytes)."""
-        return _id_decoder.decode(self.records[i]).id
+        return _one_decoder.decode(self.records[i]).id
 
 
 class RingCodec:
@@ -314,7 +312,7 @@ class RingBatch:
             k = keys[g]
             taken = min(int(k.count), sample)
             evidence = [
-                (p, _id_decoder.decode(records[p]).id)
+                (p, _one_decoder.decode(records[p]).id)
                 for p in positions[g * sample : g * sample + taken]
             ]  # fmt: skip
             out.append(
