@@ -137,8 +137,8 @@ def commit_job(
                 out.append(stored)
                 seq += len(stored)
             puts.append(part_puts)
-        # One LMDB call for the commit: py-lmdb releases the GIL around every
-        # call, and on a busy event loop each release costs a GIL hand-off.
+        # One putmulti for the commit: one Python call into py-lmdb, not one
+        # per observation (ring parts are zero-copy views of one buffer).
         stored_n, _ = txn.cursor(db=db).putmulti(itertools.chain.from_iterable(puts), append=True)
         if stored_n != seq - start:
             raise lmdb.Error(f"stored {stored_n} of {seq - start} observations")
