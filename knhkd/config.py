@@ -176,7 +176,7 @@ class InvariantsConfig(Struct, forbid_unknown_fields=True, frozen=True):
 class BudgetConfig(Struct, forbid_unknown_fields=True, frozen=True):
     """Performance budget (stage 5): cost = ⌈classes×class_cost⌉ +
     ⌈properties×property_cost⌉ + ⌈shapes×shape_cost⌉ ticks, affordable iff
-    it is at most the remaining budget (total_ticks when nothing is consumed)."""
+    it is at most total_ticks (each proposal on its own; validate/budget.py)."""
 
     total_ticks: PositiveFloat = 64.0
     class_cost: NonNegativeFloat = 1.0
