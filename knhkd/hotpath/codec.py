@@ -269,7 +269,8 @@ class RingBatch:
         if size < 0:  # the capacities above are the header's safe sizes
             raise AssertionError("knhk_codec_encode: output buffer too small")
         blob = ffi.buffer(out, size)[:]
-        key_blob = ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:] if rnd else b""
+        stored = shape == lib.KNHK_SHAPE_OBSERVATION
+        key_blob = ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:] if stored else b""
         return blob, key_blob, [runs[i] for i in range(nruns[0])]
 
     def encode(self, first_seq: int, ingested_at_ns: int, evidence_sample: int = 0) -> Encoded:
