@@ -249,10 +249,11 @@ class RingBatch:
         p = self._codec._params(self, shape)
         p.first_seq = first_seq
         p.ingested_at_ns = ingested_at_ns
-        rnd = None
+        stored = shape == lib.KNHK_SHAPE_OBSERVATION
         keys: Any = ffi.NULL
         keys_cap = 0
-        if shape == lib.KNHK_SHAPE_OBSERVATION:
+        if stored:
+            # Kept referenced until the call returns: p.random points into it.
             rnd = ffi.from_buffer("uint16_t[]", secrets.token_bytes(2 * max(self.accepted, 1)))
             p.random = rnd
             keys_cap = _HEADER + n * _KEY_BYTES
@@ -269,7 +270,6 @@ class RingBatch:
         if size < 0:  # the capacities above are the header's safe sizes
             raise AssertionError("knhk_codec_encode: output buffer too small")
         blob = ffi.buffer(out, size)[:]
-        stored = shape == lib.KNHK_SHAPE_OBSERVATION
         key_blob = ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:] if stored else b""
         return blob, key_blob, [runs[i] for i in range(nruns[0])]
 
