@@ -94,6 +94,17 @@ def test_create_then_reopen_keeps_identity_and_size(ring_path: Path) -> None:
         assert again.ring_id == ring_id != 0
 
 
+def test_the_configured_mode_is_applied_whatever_the_umask(ring_path: Path) -> None:
+    # systemd/README.md: under UMask=0077 a ring for producers in knhkd's
+    # group is created 0660 because knhkd applies [ring] mode exactly.
+    code = (
+        "import os, sys; from knhkd.hotpath.ring import Consumer; os.umask(0o077); "
+        "Consumer.create_or_open(sys.argv[1], lanes=1, capacity=64, mode=0o660).close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(ring_path)], check=True, timeout=60)
+    assert ring_path.stat().st_mode & 0o777 == 0o660
+
+
 def test_a_version_mismatch_is_refused_naming_found_and_expected(
     ring_path: Path, c_producer: Path
 ) -> None:
