@@ -734,6 +734,21 @@ class AdminResponse(Struct, omit_defaults=True):
     error: str | None = None
 
 
+class RingSummary(Struct):
+    """The ring as the running daemon sees it (``knhkctl status``)."""
+
+    path: str
+    lanes: int
+    capacity: int
+    # Records appended and not yet durable, over all lanes.
+    backlog: int
+    # Appends refused because a lane was full, and corrupt slots skipped.
+    full_count: int
+    corrupt_count: int
+    # The path no longer names the file being drained (removed or replaced).
+    stale: bool
+
+
 class StatusReport(Struct):
     version: str
     pid: int
@@ -746,6 +761,7 @@ class StatusReport(Struct):
     current_snapshot: Snapshot | None
     actors: dict[str, ActorStatus]
     key_id: str
+    ring: RingSummary | None = None
 
 
 def encode_json(obj: Any) -> bytes:

@@ -300,6 +300,14 @@ def _status_table(st: dict[str, Any]) -> None:
     print(f"receipts:     {st['receipts']} (head {st['head_hash'][:16]})")
     print(f"snapshot:     v{snap.get('version')} {str(snap.get('snapshot_id'))[:16]}")
     print(f"signing key:  {st['key_id']}")
+    ring = st.get("ring")
+    if ring:
+        stale = "  STALE: the path names another file" if ring["stale"] else ""
+        print(
+            f"ring:         {ring['path']} ({ring['lanes']} x {ring['capacity']}) backlog "
+            f"{ring['backlog']}, refused {ring['full_count']}, corrupt {ring['corrupt_count']}"
+            f"{stale}"
+        )
     for name, a in sorted(st["actors"].items()):
         print(f"actor {name:<15} {a['state']} restarts={a['restarts']}")
 

@@ -71,6 +71,7 @@ from knhkd.model import (
     PublicKeyring,
     ReceiptView,
     Relaxation,
+    RingSummary,
     SignedReceipt,
     Snapshot,
     StatusReport,
@@ -664,7 +665,29 @@ class Daemon:
             current_snapshot=self.knowledge.current,
             actors=dict(self.supervisor.status),
             key_id=self.signer.key_id,
+            ring=self.ring_summary(),
         )
+
+    def ring_summary(self) -> RingSummary | None:
+        if self.ring is None or self.ring.closed:
+            return None
+        stats = self.ring.lane_stats()
+        return RingSummary(
+            path=self.ring.path,
+            lanes=self.ring.lanes,
+            capacity=self.ring.capacity,
+            backlog=sum(s.backlog for s in stats),
+            full_count=sum(s.full_count for s in stats),
+            corrupt_count=sum(s.corrupt_count for s in stats),
+            stale=self._ring_stale(self.ring),
+        )
+
+    @staticmethod
+    def _ring_stale(ring: Consumer) -> bool:
+        try:
+            return ring.stale()
+        except RingError:
+            return False  # cannot tell (stat failed): status reports what it knows
 
     async def reload(self) -> None:
         """SIGHUP: a new configuration, doctrine and guard sets; keep the old

@@ -4,6 +4,7 @@ rollback, and a ring header this build cannot read refused at start."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -290,7 +291,23 @@ def test_a_ring_removed_under_the_daemon_is_reported(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     ring = tmp_path / "obs.ring"
-    d = make_daemon(_ring_config(ring))
+    d = make_daemon(_ring_config(ring, lanes=2, capacity=64))
+
+    def status_ring() -> dict[str, Any]:
+        res = d.ctl("status", "--format", "json")
+        assert res.returncode == 0, res.stderr
+        summary: dict[str, Any] = json.loads(res.stdout)["ring"]
+        return summary
+
+    with Producer(ring) as p:
+        records = [(SECTOR_CODES["generic"], 1, i) for i in range(70)]
+        assert p.append_batch(records).appended == 64
+    _wait(lambda: _all_durable(ring), "the ring to drain")
+    summary = status_ring()
+    assert (summary["path"], summary["lanes"], summary["capacity"]) == (str(ring), 2, 64)
+    assert (summary["backlog"], summary["full_count"], summary["stale"]) == (0, 6, False)
     ring.unlink()  # an operator, or a tmpfs cleaner
     _wait(lambda: "was removed or replaced" in d.log(), "the daemon to report the ring")
+    assert status_ring()["stale"] is True
+    assert "STALE: the path names another file" in d.ctl("status").stdout
     assert d.stop() == 0
