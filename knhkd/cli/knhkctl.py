@@ -14,13 +14,14 @@ import argparse
 import os
 import socket
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import msgspec
 
-from knhkd.model import AdminRequest, AdminResponse, RingLaneStatus, RingStatus
+from knhkd.model import SECTORS, AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -130,6 +131,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     rg.add_argument("--path", help="ring file (default: DATA_DIR/observations.ring)")
     fmt(rg)
+    ra = rg.add_subparsers(dest="action", required=False, parser_class=_Parser)
+    ra.add_parser("status", help="lanes, cursors and the snapshot descriptor (the default)")
+    ap = ra.add_parser(
+        "append", help="append one record as a producer does (a smoke test of the ring path)"
+    )
+    ap.add_argument("--sector", required=True, choices=SECTORS)
+    ap.add_argument("--event", type=int, required=True, help="event code, 0..65535")
+    ap.add_argument(
+        "--value",
+        default="null",
+        help="JSON: a number, a string, a list of up to five numbers, or null (the default)",
+    )
+    ap.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait until knhkd makes it durable"
+    )
     ks = sub.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -393,6 +409,8 @@ def run(args: argparse.Namespace) -> int:
         return _verify_offline(args)
     elif group == "fsck":
         return _fsck(args)
+    elif (group, action) == ("ring", "append"):
+        return _ring_append(args)
     elif group == "ring":
         _out(args, _ring_status(args), _ring_table)
     return EXIT_OK
@@ -497,6 +515,42 @@ def _ring_status(args: argparse.Namespace) -> RingStatus:
         full_count=sum(s.full_count for s in lane_status),
         corrupt_count=sum(s.corrupt_count for s in lane_status),
     )
+
+
+def _ring_append(args: argparse.Namespace) -> int:
+    from knhkd.hotpath.records import SECTOR_CODES, InvalidRecord
+    from knhkd.hotpath.ring import Producer, RingError, RingFull
+
+    if not 0 <= args.event <= 0xFFFF:
+        raise CtlError(f"--event {args.event}: an event code is 0..65535")
+    try:
+        value = msgspec.json.decode(args.value)
+    except msgspec.DecodeError as exc:
+        raise CtlError(f"--value is not JSON: {exc}") from None
+    path = Path(args.path) if args.path else Path(args.data_dir) / "observations.ring"
+    try:
+        with Producer(path) as p:
+            seq = p.append(SECTOR_CODES[args.sector], args.event, value)
+            print(f"appended: lane {p.lane} seq {seq}")
+            if args.wait <= 0:
+                return EXIT_OK
+            deadline = time.monotonic() + args.wait
+            while p.durable() <= seq:
+                if p.stale():
+                    raise CtlError(f"{path} was removed or replaced: nobody drains this ring")
+                if time.monotonic() > deadline:
+                    print(f"knhkctl: not durable after {args.wait:g} s (is knhkd draining "
+                          f"{path}?)", file=sys.stderr)  # fmt: skip
+                    return EXIT_VERIFY_FAILED
+                time.sleep(0.01)
+            print(f"durable: lane {p.lane} durable through seq {p.durable() - 1}")
+    except RingFull:
+        raise CtlError("the lane is full: knhkd is behind; nothing was appended") from None
+    except InvalidRecord as exc:
+        raise CtlError(f"--value: {exc}") from None
+    except RingError as exc:
+        raise CtlError(str(exc)) from None
+    return EXIT_OK
 
 
 def _ring_table(st: RingStatus) -> None:

@@ -74,3 +74,21 @@ def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert res.returncode == 0 and res.stderr == ""
+
+
+def test_append_without_a_drain_is_not_durable_and_says_so(tmp_path: Path) -> None:
+    ring = tmp_path / "observations.ring"
+    with Consumer.create_or_open(ring, lanes=1, capacity=64) as c:
+        c.begin()  # attached, never drains
+        res = knhkctl(tmp_path, "append", "--sector", "generic", "--event", "3",
+                      "--value", "[1, 2.5]", "--wait", "0.3")  # fmt: skip
+        assert res.returncode == 1 and "appended: lane 0 seq 0" in res.stdout
+        assert res.stderr.count("\n") == 1 and "not durable after 0.3 s" in res.stderr
+        d = c.consume(10)
+        assert d.count == 1
+    too_long = '"' + "x" * 41 + '"'
+    for bad, why in (("[1, true]", "--value"), ("{", "not JSON"), (too_long, "--value")):
+        res = knhkctl(tmp_path, "append", "--sector", "generic", "--event", "1", "--value", bad)
+        assert res.returncode == 2 and why in res.stderr and res.stderr.count("\n") == 1
+    res = knhkctl(tmp_path, "append", "--sector", "generic", "--event", "70000")
+    assert res.returncode == 2 and "0..65535" in res.stderr

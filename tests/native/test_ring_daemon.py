@@ -311,3 +311,17 @@ def test_a_ring_removed_under_the_daemon_is_reported(
     assert status_ring()["stale"] is True
     assert "STALE: the path names another file" in d.ctl("status").stdout
     assert d.stop() == 0
+
+
+def test_knhkctl_ring_append_is_a_smoke_test_of_the_ring_path(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    ring = tmp_path / "obs.ring"
+    d = make_daemon(_ring_config(ring) + 'event_codes = { "7" = "press.temperature" }\n')
+    res = d.ctl("ring", "--path", str(ring), "append", "--sector", "manufacturing",
+                "--event", "7", "--value", "21.5", "--wait", "30")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "durable: lane" in res.stdout
+    assert d.stop() == 0
+    (obs,) = _stored(d)
+    assert (obs.event_type, obs.sector, obs.value) == ("press.temperature", "manufacturing", 21.5)
