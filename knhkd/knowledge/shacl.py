@@ -148,29 +148,26 @@ def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
     return "?"
 
 
+def _violation(report: Graph, r: Node) -> Violation:
+    """One result node of a pySHACL report, as text."""
+    path = report.value(r, SH.resultPath)
+    severity = report.value(r, SH.resultSeverity)
+    messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
+    return Violation(
+        focus_node=term_text(report.value(r, SH.focusNode)),
+        path="" if path is None else _path_text(report, path),
+        constraint=term_text(report.value(r, SH.sourceConstraintComponent)),
+        message="; ".join(messages),
+        severity="" if severity is None else str(severity).rpartition("#")[2],
+        value=term_text(report.value(r, SH.value)),
+    )
+
+
 def _violations(report: Graph) -> list[Violation]:
     # The results are the report's sh:result values (SHACL 3.6.1); pySHACL also
     # types the nested sh:detail results of sh:node and friends as
     # sh:ValidationResult, but those explain a result, they are not results.
-    out = []
-    for r in report.objects(None, SH.result):
-        focus = report.value(r, SH.focusNode)
-        path = report.value(r, SH.resultPath)
-        component = report.value(r, SH.sourceConstraintComponent)
-        severity = report.value(r, SH.resultSeverity)
-        value = report.value(r, SH.value)
-        messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
-        out.append(
-            Violation(
-                focus_node=term_text(focus),
-                path="" if path is None else _path_text(report, path),
-                constraint=term_text(component),
-                message="; ".join(messages),
-                severity="" if severity is None else str(severity).rpartition("#")[2],
-                value=term_text(value),
-            )
-        )
-    return sorted(out)
+    return sorted(_violation(report, r) for r in report.objects(None, SH.result))
 
 
 class Shapes:

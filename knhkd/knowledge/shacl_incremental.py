@@ -83,7 +83,6 @@ from decimal import Decimal
 from typing import Literal as TypingLiteral
 from typing import TypeVar
 
-import pyshacl
 from pyshacl.errors import ReportableRuntimeError
 from pyshacl.rdfutil.compare import compare_literal
 from rdflib import BNode, Graph, Literal, URIRef
@@ -97,8 +96,8 @@ from knhkd.knowledge.shacl import (
     Shapes,
     ShapesError,
     Violation,
-    _path_text,
-    forget_pyshacl_bnode_texts,
+    _violation,
+    plain_validate,
     term_text,
 )
 
@@ -907,40 +906,13 @@ class Owned:
         return ShaclResult(self.conforms, sorted(e.violation for e in self.entries if e.top))
 
 
-def _violation(report: Graph, r: Node) -> Violation:
-    # knhkd.knowledge.shacl._violations for one result node, with its helpers,
-    # so the text is the plain call's, character for character.
-    focus = report.value(r, SH.focusNode)
-    path = report.value(r, SH.resultPath)
-    component = report.value(r, SH.sourceConstraintComponent)
-    severity = report.value(r, SH.resultSeverity)
-    value = report.value(r, SH.value)
-    messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
-    return Violation(
-        focus_node=term_text(focus),
-        path="" if path is None else _path_text(report, path),
-        constraint=term_text(component),
-        message="; ".join(messages),
-        severity="" if severity is None else str(severity).rpartition("#")[2],
-        value=term_text(value),
-    )
-
-
 def validate_owned(shapes: Shapes, data: Graph) -> Owned:
     """The plain call of ``Shapes.validate`` (same options, a fresh copy of the
     shapes graph), with each result attributed to its top-level focus node."""
-    forget_pyshacl_bnode_texts()
-    shapes_copy = Graph()
-    shapes_copy += shapes._graph
     try:
-        conforms, report, _text = pyshacl.validate(
-            data, shacl_graph=shapes_copy, inference="none", abort_on_first=False,
-            allow_warnings=True, allow_infos=True, advanced=False, js=False, meta_shacl=False,
-        )
+        conforms, report = plain_validate(data, shapes._graph, allow_warnings=True)
     except (ReportableRuntimeError, re.error) as exc:
         raise ShapesError(f"SHACL validation failed to run: {exc}") from exc
-    if not isinstance(report, Graph):
-        raise ShapesError(f"pySHACL returned a {type(report).__name__} report")
     owner: dict[Node, tuple[str, bool]] = {}
     for top in report.objects(None, SH.result):
         focus = report.value(top, SH.focusNode)
@@ -957,7 +929,7 @@ def validate_owned(shapes: Shapes, data: Graph) -> Owned:
         v = _violation(report, r)
         owned_by, is_top = owner.get(r, (v.focus_node, True))
         entries.append(Entry(owned_by, is_top, v))
-    return Owned(bool(conforms), tuple(entries))
+    return Owned(conforms, tuple(entries))
 
 
 def _conforms(entries: Iterable[Entry]) -> bool:
@@ -1030,7 +1002,6 @@ class ShaclChecker:
         if reason is None and not _has_default_namespaces(view.parent):
             reason = "the parent graph binds namespaces of its own"
         if reason is not None:
-            forget_pyshacl_bnode_texts()
             return CheckResult(shapes.validate(view.graph()), "full", reason=reason)
         base = self.baseline(shapes, view.parent)
         focus = affected(deps, view, anchors(deps, view))

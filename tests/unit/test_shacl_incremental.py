@@ -21,13 +21,12 @@ from knhkd.knowledge.rdf import (
     from_rdflib,
     graph_from_ntriples,
 )
-from knhkd.knowledge.shacl import Shapes
+from knhkd.knowledge.shacl import Shapes, forget_pyshacl_bnode_texts
 from knhkd.knowledge.shacl_incremental import (
     ShaclChecker,
     certifier,
     certify,
     dependencies,
-    forget_pyshacl_bnode_texts,
     validate_owned,
 )
 from knhkd.knowledge.shacl_incremental import _focus_text as focus_text
