@@ -93,10 +93,10 @@ _subjects: list[URIRef] = [URIRef(f"{SUBJECT_PREFIX}{i}") for i in range(1024)]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _cached(cache: dict[str, URIRef], prefix: str, key: str) -> URIRef:
+def _cached(cache: dict[str, URIRef], prefix: str, key: str, safe: str = "") -> URIRef:
     iri = cache.get(key)
     if iri is None:
-        text = prefix + quote(key, safe="")
+        text = prefix + quote(key, safe=safe)
         iri = interned(text) or URIRef(text)
         if len(cache) < _CACHE_LIMIT:
             cache[key] = iri
@@ -115,13 +115,7 @@ def meta_predicate(key: str) -> URIRef:
 
 def event_class(event_type: str) -> URIRef:
     """``<urn:knhk:event:{event_type}>``: the class of every observation of that type."""
-    iri = _event_classes.get(event_type)
-    if iri is None:
-        text = EVENT_NS + quote(event_type, safe=":/")
-        iri = interned(text) or URIRef(text)
-        if len(_event_classes) < _CACHE_LIMIT:
-            _event_classes[event_type] = iri
-    return iri
+    return _cached(_event_classes, EVENT_NS, event_type, safe=":/")
 
 
 def subject_of(index: int) -> URIRef:
