@@ -11,13 +11,15 @@ exception. Must never: reorder results or share a mutable buffer across threads.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import nacl.bindings
 from nacl.exceptions import BadSignatureError
 
 PARALLEL_MIN = 64
+T = TypeVar("T")
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -38,18 +40,23 @@ def _chunks(n: int) -> list[tuple[int, int]]:
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _spread(n: int, run: Callable[[int, int], list[T]]) -> list[T]:
+    """``run(0, n)``, split over the pool when ``n`` is worth it, in order."""
+    if n < PARALLEL_MIN or _workers() == 1:
+        return run(0, n)
+    out: list[T] = []
+    for part in _executor().map(lambda c: run(*c), _chunks(n)):
+        out.extend(part)
+    return out
+
+
 def sign_many(secret: bytes, messages: Sequence[bytes]) -> list[bytes]:
     """Detached signatures of ``messages`` by the 64-byte libsodium secret key."""
 
     def run(lo: int, hi: int) -> list[bytes]:
         return [nacl.bindings.crypto_sign(m, secret)[:64] for m in messages[lo:hi]]
 
-    if len(messages) < PARALLEL_MIN or _workers() == 1:
-        return run(0, len(messages))
-    out: list[bytes] = []
-    for part in _executor().map(lambda c: run(*c), _chunks(len(messages))):
-        out.extend(part)
-    return out
+    return _spread(len(messages), run)
 
 
 def verify_many(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
@@ -67,9 +74,4 @@ def verify_many(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     def run(lo: int, hi: int) -> list[bool]:
         return [one(*it) for it in items[lo:hi]]
 
-    if len(items) < PARALLEL_MIN or _workers() == 1:
-        return run(0, len(items))
-    out: list[bool] = []
-    for part in _executor().map(lambda c: run(*c), _chunks(len(items))):
-        out.extend(part)
-    return out
+    return _spread(len(items), run)
