@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration bench clean
+.PHONY: run test lint imports typecheck unit integration bench clean
 
 # The native hot path is compiled by the install: rebuild when its sources change.
 $(STAMP): pyproject.toml setup.py native/ffibuild.py $(wildcard native/src/*.c native/src/*.h native/include/*.h)
@@ -22,10 +22,13 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check knhkd tests bench
 
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict knhkd
 
-test: lint typecheck
+test: lint imports typecheck
 	$(BIN)/python -m pytest -q tests
 
 unit: $(STAMP)

@@ -26,7 +26,7 @@ Figures, in order:
    records per call, packing in Python included), ``append_packed`` (records
    packed beforehand), and ``append`` (one call per record).
 4. ring → LMDB durable drain, obs/s: (a) in-process, the daemon's own parts
-   (RingDrain → Ingest → ReceiptWriter → LMDB with sync=True, receipts; the
+   (RingDrain → Ingest → StoreWriter → LMDB with sync=True, receipts; the
    analyzer's channel, which carries each ring batch as per-key counts, emptied
    by a sink); (b) end to end, the real ``knhkd run``
    (analyzer included) draining a ring filled while it was stopped (SIGSTOP),
@@ -267,10 +267,10 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
 
     from knhkd.config import build
     from knhkd.crypto.keys import load_or_create
-    from knhkd.monitor.ingest import Ingest, Stored
-    from knhkd.monitor.ring_drain import RingDrain
+    from knhkd.loop.ingest import Ingest, Stored
+    from knhkd.loop.ring_drain import RingDrain
+    from knhkd.loop.writer import StoreWriter
     from knhkd.receipts.log import ReceiptLog
-    from knhkd.runtime.receipt_writer import ReceiptWriter
     from knhkd.store.env import count, open_store
     from knhkd.telemetry.metrics import Metrics
 
@@ -286,7 +286,7 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
     result: dict[str, Any] = {"records": total}
 
     async def main() -> None:
-        writer = ReceiptWriter(store, metrics)
+        writer = StoreWriter(store, metrics)
         send, recv = trio.open_memory_channel[Stored](64)
         ingest = Ingest(store, writer, receipts, metrics, send, capacity=1024)
         drain = RingDrain(lambda: cfg, consumer, store, ingest, metrics)

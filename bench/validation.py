@@ -41,7 +41,8 @@ from knhkd.knowledge.rdf import apply_delta, canonical_ntriples, graph_from_ntri
 from knhkd.knowledge.shacl import Shapes
 from knhkd.model import Delta, Proposal, ProposalIn, RuntimeFigures, Snapshot, Triple
 from knhkd.plan.proposals import make_proposal
-from knhkd.validate.pipeline import ValidationInputs, default_pipeline
+from knhkd.validate.pipeline import default_pipeline
+from knhkd.validate.types import ValidationInputs
 
 REPO = Path(__file__).resolve().parents[1]
 K = "urn:knhk:ontology#"

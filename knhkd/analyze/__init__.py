@@ -1,1 +1,4 @@
-"""Analyze: incremental, deterministic pattern detectors over observations."""
+"""Analyze: incremental, deterministic pattern detectors over observations.
+
+Pure; the analyzer actor that feeds them is ``loop/analyzer.py``.
+"""

@@ -32,13 +32,13 @@ import trio
 
 from knhkd.execute.promotion import RollbackRefused
 from knhkd.governance.relaxation import RelaxationError
+from knhkd.loop.cycle import CycleFailed
+from knhkd.loop.daemon import Daemon, NotFound
+from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.model import AdminRequest, AdminResponse, ProposalIn
 from knhkd.receipts import canonical
 from knhkd.receipts.keyring import RotationError
 from knhkd.receipts.merkle import ProofError
-from knhkd.runtime.cycle import CycleFailed
-from knhkd.runtime.daemon import Daemon, NotFound
-from knhkd.runtime.knowledge import SnapshotConflict
 
 log = logging.getLogger("knhkd.admin")
 

@@ -42,6 +42,11 @@ from knhkd.governance.relaxation import (
     UnknownGuard,
     UnknownRelaxation,
 )
+from knhkd.loop.cycle import CycleFailed
+from knhkd.loop.daemon import Daemon, NotFound
+from knhkd.loop.ingest import Closed, Overloaded
+from knhkd.loop.knowledge_state import SnapshotConflict
+from knhkd.loop.writer import CommitFailed, WriterClosed
 from knhkd.model import (
     FieldError,
     IngestAccepted,
@@ -51,13 +56,8 @@ from knhkd.model import (
     encode_json,
 )
 from knhkd.monitor.decode import DecodeFailed, decode_body, field_of
-from knhkd.monitor.ingest import Closed, Overloaded
 from knhkd.monitor.shapes import ShaclRejected
 from knhkd.receipts.merkle import ProofError
-from knhkd.runtime.cycle import CycleFailed
-from knhkd.runtime.daemon import Daemon, NotFound
-from knhkd.runtime.knowledge import SnapshotConflict
-from knhkd.runtime.receipt_writer import CommitFailed, WriterClosed
 
 log = logging.getLogger("knhkd.http")
 

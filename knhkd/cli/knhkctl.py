@@ -446,7 +446,7 @@ def _verify_offline(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    from knhkd.receipts.fsck import fsck
+    from knhkd.datadir.fsck import fsck
     from knhkd.store.env import StoreError, open_store
 
     data_dir = Path(args.data_dir)

@@ -1,1 +1,4 @@
-"""Execute: pure snapshot transitions (genesis, promotion, rollback target)."""
+"""Execute: pure snapshot transitions (genesis, promotion, rollback target).
+
+The executor actor that applies them is ``loop/executor.py``.
+"""

@@ -25,13 +25,13 @@ Guarantees:
   at all: ``ObservationGate.check`` raises ``ShaclRejected`` listing, for every
   offending item, its index, the JSON field, focus node, path, constraint,
   severity, value and message.
-- ``knhk_ingest_shacl_failures_total{sector}`` counts rejected observations
-  (not requests) by sector.
-- Requests of more than ``inline_max_items`` items, or with any RDF payload,
-  are validated on a worker thread (one at a time), so the event loop is never
-  blocked for more than a few milliseconds.
+- ``rejection`` says, per sector, how many observations (not requests) a
+  refusal rejects; ``needs_thread`` says which requests may take long enough
+  (more than ``inline_max_items`` items, or any RDF payload) that the caller
+  must not check them on its event loop.
 
-Must never: store or acknowledge anything (the ingest actor does), fetch a
+Must never: store or acknowledge anything (the ingest actor does), block on
+a lock or a thread (the loop's gate, ``loop/shapes_gate.py``, does), fetch a
 remote JSON-LD context or resolve a relative IRI, or use pySHACL's
 ``focus_nodes``.
 """
@@ -42,13 +42,12 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import rdflib.exceptions
-import trio
 from rdflib import BNode, Graph, URIRef
 from rdflib.namespace import SH
 from rdflib.term import Node
@@ -91,10 +90,18 @@ _RDF_PARSE_ERRORS = (
 class ShaclRejected(Exception):
     """Observations of a request violate their sector's shapes; nothing is stored."""
 
-    def __init__(self, errors: list[FieldError], rejected: int, total: int) -> None:
+    def __init__(
+        self,
+        errors: list[FieldError],
+        rejected: int,
+        total: int,
+        by_sector: Mapping[Sector, int] | None = None,
+    ) -> None:
         self.errors = errors
         self.rejected = rejected
         self.total = total
+        # Rejected observations (not requests) per sector, for the metrics.
+        self.by_sector = dict(by_sector or {})
         self.detail = (
             f"{rejected} of {total} observation(s) violate their sector's shapes; none was stored"
         )
@@ -282,21 +289,13 @@ def _errors_for(
 
 
 class ObservationGate:
-    """The per-sector shapes the ingest path checks observations against."""
+    """The per-sector shapes the ingest path checks observations against.
 
-    def __init__(
-        self,
-        shapes: Mapping[str, SectorShapes],
-        failures: Mapping[Sector, Any],
-        *,
-        inline_max_items: Callable[[], int],
-    ) -> None:
+    Pure and thread-safe: ``loop/shapes_gate.py`` decides where a check runs
+    (inline or on a worker thread) and counts the rejections."""
+
+    def __init__(self, shapes: Mapping[str, SectorShapes]) -> None:
         self.shapes = dict(shapes)
-        # Bound prometheus children (telemetry/metrics.py), one per sector.
-        self._failures = failures
-        # A callable, so a configuration reload applies.
-        self._inline_max = inline_max_items
-        self._limiter = trio.CapacityLimiter(1)
 
     def validate_item(
         self, item: ObservationIn, index: int, report_index: int | None
@@ -337,17 +336,16 @@ class ObservationGate:
             errors.extend(self.validate_item(item, i, None if single else i))
         return errors
 
-    async def check(self, items: Sequence[ObservationIn], *, single: bool = False) -> None:
-        """Raise ``ShaclRejected`` when any item violates its sector's shapes."""
-        if len(items) > self._inline_max() or any(it.rdf is not None for it in items):
-            errors = await trio.to_thread.run_sync(
-                self.validate_batch, items, single, limiter=self._limiter
-            )
-        else:
-            errors = self.validate_batch(items, single)
-        if not errors:
-            return
-        bad = sorted({0 if e.index is None else e.index for e in errors})
-        for sector, n in Counter(items[i].sector for i in bad).items():
-            self._failures[sector].inc(n)
-        raise ShaclRejected(errors, len(bad), len(items))
+    @staticmethod
+    def needs_thread(items: Sequence[ObservationIn], inline_max_items: int) -> bool:
+        """Whether checking ``items`` may block the caller for long: more than
+        ``inline_max_items`` items, or any RDF payload to parse."""
+        return len(items) > inline_max_items or any(it.rdf is not None for it in items)
+
+
+def rejection(items: Sequence[ObservationIn], errors: list[FieldError]) -> ShaclRejected | None:
+    """The refusal of a request whose items have ``errors`` (None: accepted)."""
+    if not errors:
+        return None
+    bad = sorted({0 if e.index is None else e.index for e in errors})
+    return ShaclRejected(errors, len(bad), len(items), Counter(items[i].sector for i in bad))

@@ -9,11 +9,11 @@ Guarantees:
 - ``delta_id`` is the content address of a delta alone (normalised the same
   way): what receipts record as the ΔΣ hash, and what tells two proposals of
   the same change apart from two different changes.
-- ``can_rollback`` is false exactly when the delta removes a class or property
-  declaration (``rdf:type`` of ``rdfs:Class``, ``owl:Class``, ``rdf:Property``,
-  ``owl:ObjectProperty``, ``owl:DatatypeProperty`` or ``owl:AnnotationProperty``);
-  terms are compared as RDF terms, so an escaped spelling of ``rdf:type`` does
-  not slip through.
+- ``Proposal.can_rollback`` (``knowledge.vocabulary.can_rollback``) is false
+  exactly when the delta removes a class or property declaration (``rdf:type``
+  of ``rdfs:Class``, ``owl:Class``, ``rdf:Property``, ``owl:ObjectProperty``,
+  ``owl:DatatypeProperty`` or ``owl:AnnotationProperty``); terms are compared
+  as RDF terms, so an escaped spelling of ``rdf:type`` does not slip through.
 
 Must never: raise on a malformed term (judging terms is validation stage 1's
 job, and its verdict must be receipted), read a clock, or draw randomness.
@@ -23,27 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from rdflib import URIRef
-from rdflib.namespace import OWL, RDF, RDFS
-from rdflib.term import Node
-
-from knhkd.knowledge.rdf import TermError, content_hash, parse_term
-from knhkd.model import Delta, Proposal, ProposalIn, Triple
+from knhkd.knowledge.rdf import content_hash
+from knhkd.knowledge.vocabulary import can_rollback
+from knhkd.model import Delta, Proposal, ProposalIn
 
 _PROPOSAL_DOMAIN = "knhkd/proposal/v1"
 _DELTA_DOMAIN = "knhkd/delta/v1"
-
-DECLARATION_TYPES: frozenset[URIRef] = frozenset(
-    {
-        RDFS.Class,
-        OWL.Class,
-        RDF.Property,
-        OWL.ObjectProperty,
-        OWL.DatatypeProperty,
-        OWL.AnnotationProperty,
-    }
-)
-
 
 def normal_delta(delta: Delta) -> Delta:
     """The delta with its triples sorted and de-duplicated: same meaning, one spelling."""
@@ -91,23 +76,3 @@ def make_proposal(p: ProposalIn, parent_snapshot_id: str, now_ns: int) -> Propos
         can_rollback=can_rollback(delta),
         created_at_ns=now_ns,
     )
-
-
-def _term(text: str) -> Node | None:
-    try:
-        return parse_term(text)
-    except TermError:
-        return None
-
-
-def irreversible_removals(delta: Delta) -> list[Triple]:
-    """The removed triples that are class or property declarations, in delta order."""
-    out = []
-    for t in delta.remove:
-        if _term(t.p) == RDF.type and _term(t.o) in DECLARATION_TYPES:
-            out.append(t)
-    return out
-
-
-def can_rollback(delta: Delta) -> bool:
-    return not irreversible_removals(delta)

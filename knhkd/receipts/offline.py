@@ -28,8 +28,8 @@ import msgspec
 
 from knhkd.crypto.keys import Verifier
 from knhkd.model import ConsistencyFile, ExportFile, FileVerdict, ProofFile, SignedReceipt
-from knhkd.receipts import canonical, checkpoint, merkle
-from knhkd.receipts.checkpoint import Checkpoint, CheckpointError
+from knhkd.receipts import canonical, merkle, tlog_checkpoint
+from knhkd.receipts.tlog_checkpoint import Checkpoint, CheckpointError
 
 
 class Unusable(Exception):
@@ -79,7 +79,7 @@ def load(data: bytes) -> AnyFile:
 
 def _checkpoint(note: str, verifier: Verifier) -> Checkpoint:
     try:
-        return checkpoint.verify(note, verifier.public_keys())
+        return tlog_checkpoint.verify(note, verifier.public_keys())
     except CheckpointError as exc:
         raise NotVerified(f"checkpoint: {exc}") from None
 

@@ -3,7 +3,7 @@
 Guarantees:
 - ``run_transaction`` begins and commits its transaction inside one call, on the
   calling thread (PLATFORM_NOTES, LMDB: a transaction belongs to the thread that
-  began it). The caller (runtime/receipt_writer.py) makes sure only one such
+  began it). The caller (loop/writer.py) makes sure only one such
   call runs at a time, so the process has exactly one writer.
 - Each job runs in its own child transaction: a job that raises is rolled back
   alone and reported with its exception; the others still commit.

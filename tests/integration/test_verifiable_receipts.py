@@ -12,7 +12,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from knhkd.receipts import checkpoint, merkle
+from knhkd.receipts import merkle, tlog_checkpoint
 from tests.integration.conftest import RunningDaemon, run_ctl
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def test_prove_export_and_verify_offline(daemon: RunningDaemon, tmp_path: Path) 
         assert note.status_code == 200 and note.headers["content-type"].startswith("text/plain")
         ring = json.loads(keys.read_text())
         pubs = {k["key_id"]: base64.b64decode(k["public_key"]) for k in ring["keys"]}
-        cp = checkpoint.verify(note.text, pubs)
+        cp = tlog_checkpoint.verify(note.text, pubs)
         data = json.loads(proof.read_text())
         r = c.get("/api/v1/proofs/inclusion", params={"index": 3, "tree_size": cp.size}).json()
         path = [base64.b64decode(h) for h in r["hashes"]]

@@ -207,8 +207,8 @@ def test_event_codes_must_name_valid_event_types() -> None:
 
 
 def test_ring_batches_and_http_items_share_one_verified_commit(tmp_path: Path) -> None:
-    from knhkd.monitor.ingest import commit_job
-    from knhkd.receipts.fsck import fsck
+    from knhkd.datadir.fsck import fsck
+    from knhkd.loop.ingest import commit_job
     from knhkd.store.env import count
     from tests.unit.test_verifiable_log import Log
 
@@ -349,7 +349,7 @@ def test_any_record_is_checked_encoded_and_grouped_without_memory_errors(tmp_pat
 def test_a_ring_batch_with_nothing_accepted_still_commits_its_cursor(tmp_path: Path) -> None:
     # Every record refused (or every slot corrupt): the positions must still
     # commit, with no observation and no receipt, so the records are not read again.
-    from knhkd.monitor.ingest import commit_job
+    from knhkd.loop.ingest import commit_job
     from knhkd.store.env import count
     from tests.unit.test_verifiable_log import Log
 

@@ -519,7 +519,7 @@ def test_tick_rate_detection_and_clock(tmp_path: Path) -> None:
 
 def test_the_drain_exports_samples_and_keeps_block_timed_ones(ring_path: Path) -> None:
     from knhkd.config import build
-    from knhkd.monitor.ring_drain import RingDrain
+    from knhkd.loop.ring_drain import RingDrain
     from knhkd.telemetry.metrics import Metrics
 
     metrics = Metrics()

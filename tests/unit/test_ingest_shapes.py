@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import trio
 
+from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.model import SECTORS, ObservationIn, RdfPayload
 from knhkd.monitor.shapes import (
     ObservationGate,
@@ -49,12 +50,11 @@ class _Count:
         self.tally[self.sector] += n
 
 
-def _gate(directory: Path = SHIPPED, inline: int = 64) -> tuple[ObservationGate, Counter[str]]:
+def _gate(directory: Path = SHIPPED, inline: int = 64) -> tuple[ShapesGate, Counter[str]]:
     tally: Counter[str] = Counter()
     failures = {s: _Count(tally, s) for s in SECTORS}
-    return ObservationGate(
-        load_observation_shapes(directory), failures, inline_max_items=lambda: inline
-    ), tally
+    pure = ObservationGate(load_observation_shapes(directory))
+    return ShapesGate(pure, failures, inline_max_items=lambda: inline), tally
 
 
 def _item(raw: bytes | dict[str, Any]) -> ObservationIn:
@@ -65,7 +65,7 @@ def _item(raw: bytes | dict[str, Any]) -> ObservationIn:
 
 @pytest.fixture(scope="module")
 def gate() -> ObservationGate:
-    return _gate()[0]
+    return _gate()[0].gate
 
 
 # --------------------------------------------------------------------------- #
@@ -186,7 +186,7 @@ def test_warnings_do_not_reject(tmp_path: Path) -> None:
         "<urn:t> sh:targetClass <urn:knhk:ontology#Observation> ; sh:severity sh:Violation ;"
         " sh:property [ sh:path <urn:knhk:meta#kind> ; sh:maxCount 0 ] .\n"
     )
-    gate, _ = _gate(d)
+    gate = _gate(d)[0].gate
     assert gate.validate_item(_item({"event_type": "e", "sector": "generic"}), 0, 0) == []
     bad = {"event_type": "e", "sector": "generic", "metadata": {"kind": "x"}}
     assert [e.field for e in gate.validate_item(_item(bad), 0, 0)] == ["$.metadata.kind"]

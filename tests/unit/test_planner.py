@@ -20,6 +20,7 @@ from knhkd.knowledge.rdf import (
     to_rdflib,
 )
 from knhkd.knowledge.shacl import Shapes
+from knhkd.knowledge.vocabulary import can_rollback, irreversible_removals
 from knhkd.model import (
     Alert,
     Delta,
@@ -31,7 +32,7 @@ from knhkd.model import (
     Triple,
 )
 from knhkd.plan.planner import METADATA_KEY_TICKS, RATE_LIMIT_TICKS, plan, rate_limit_iri
-from knhkd.plan.proposals import can_rollback, delta_id, irreversible_removals, make_proposal
+from knhkd.plan.proposals import delta_id, make_proposal
 
 REPO = Path(__file__).resolve().parents[2]
 S = 1_000_000_000

@@ -14,14 +14,9 @@ from knhkd.knowledge.rdf import KnowledgeError, load_ontology
 from knhkd.knowledge.shacl import Shapes
 from knhkd.model import Delta, Proposal, ProposalIn, Triple, ValidationReport
 from knhkd.plan.proposals import make_proposal
-from knhkd.validate.pipeline import (
-    Pipeline,
-    PipelineError,
-    StageOutcome,
-    ValidationContext,
-    default_pipeline,
-)
+from knhkd.validate.pipeline import Pipeline, default_pipeline
 from knhkd.validate.stages import RollbackStage, StaticStage
+from knhkd.validate.types import PipelineError, StageOutcome, ValidationContext
 
 REPO = Path(__file__).resolve().parents[2]
 K = "urn:knhk:ontology#"

@@ -35,8 +35,9 @@ from knhkd.model import (
     ValidationReport,
 )
 from knhkd.plan.proposals import make_proposal
-from knhkd.validate.budget import cost
-from knhkd.validate.pipeline import ValidationInputs, default_pipeline
+from knhkd.validate.pipeline import default_pipeline
+from knhkd.validate.stages.s5_budget import cost
+from knhkd.validate.types import ValidationInputs
 
 REPO = Path(__file__).resolve().parents[2]
 K = "urn:knhk:ontology#"

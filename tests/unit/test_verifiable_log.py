@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from knhkd.crypto.keys import Signer, Verifier, load_or_create
+from knhkd.datadir.fsck import fsck
 from knhkd.model import ExportFile, Outcome, ProofFile
-from knhkd.receipts import checkpoint, checkpointing, keyring, merkle, offline
-from knhkd.receipts.checkpoint import CheckpointError
-from knhkd.receipts.fsck import fsck
+from knhkd.receipts import checkpoints, keyring, merkle, offline, tlog_checkpoint
 from knhkd.receipts.log import Draft, ReceiptLog, iter_raw, verify_store
+from knhkd.receipts.tlog_checkpoint import CheckpointError
 from knhkd.receipts.tree import node_key
 from knhkd.store.env import MB, Store, open_store
 from knhkd.store.ids import seq_key
@@ -36,7 +36,7 @@ class Log:
         clock = iter(range(1_000, 10**15, 1_000))
         self.log = ReceiptLog(self.store, self.signer, lambda: next(clock))
         self.run(keyring.register_job(self.store, self.signer))
-        self.run(checkpointing.set_origin_job(self.store, "test.local/log"))
+        self.run(checkpoints.set_origin_job(self.store, "test.local/log"))
 
     def run(self, job: Any) -> Any:
         [(value, err)] = run_transaction(self.store, [job])
@@ -54,8 +54,8 @@ class Log:
         for _, err in run_transaction(self.store, jobs):
             assert err is None
 
-    def checkpoint(self) -> checkpoint.Checkpoint:
-        cp = self.run(checkpointing.issue_job(self.store, self.log))
+    def checkpoint(self) -> tlog_checkpoint.Checkpoint:
+        cp = self.run(checkpoints.issue_job(self.store, self.log))
         assert cp is not None
         return cp
 
@@ -63,13 +63,13 @@ class Log:
         with self.store.reader() as txn:
             return Verifier(keyring.read_keyring(self.store, txn))
 
-    def proof(self, index: int, cp: checkpoint.Checkpoint) -> ProofFile:
+    def proof(self, index: int, cp: tlog_checkpoint.Checkpoint) -> ProofFile:
         with self.store.reader() as txn:
             record = bytes(txn.get(seq_key(index), db=self.store.db("receipts")))
             path = self.log.tree.inclusion(txn, index, cp.size)
         return offline.proof_file(index, cp, record, path)
 
-    def export(self, start: int, end: int, cp: checkpoint.Checkpoint) -> ExportFile:
+    def export(self, start: int, end: int, cp: tlog_checkpoint.Checkpoint) -> ExportFile:
         with self.store.reader() as txn:
             records = [r for s, r in iter_raw(self.store, txn) if start <= s < end]
             proof = self.log.tree.range_proof(txn, start, end, cp.size)
@@ -128,15 +128,15 @@ def test_checkpoint_note_format_and_signature(lg: Log) -> None:
     body, _, sig = cp.text.partition("\n\n")
     assert body.split("\n") == ["test.local/log", "5", base64.b64encode(cp.root).decode()]
     assert sig.startswith("\u2014 test.local/log ")
-    assert checkpoint.verify(cp.text, lg.verifier().public_keys()).size == 5
+    assert tlog_checkpoint.verify(cp.text, lg.verifier().public_keys()).size == 5
     other = load_or_create(lg.path / "other.key", 1)
     with pytest.raises(CheckpointError):
-        checkpoint.verify(cp.text, {"x": other.public_key})
+        tlog_checkpoint.verify(cp.text, {"x": other.public_key})
     forged = cp.text.replace("\n5\n", "\n6\n", 1)
     with pytest.raises(CheckpointError):
-        checkpoint.verify(forged, lg.verifier().public_keys())
+        tlog_checkpoint.verify(forged, lg.verifier().public_keys())
     # Nothing new: no second checkpoint of the same size.
-    assert lg.run(checkpointing.issue_job(lg.store, lg.log)) is None
+    assert lg.run(checkpoints.issue_job(lg.store, lg.log)) is None
 
 
 def test_log_refuses_to_sign_an_inconsistent_tree(lg: Log) -> None:
@@ -145,7 +145,7 @@ def test_log_refuses_to_sign_an_inconsistent_tree(lg: Log) -> None:
     lg.append(3)
     # Rewrite history under the checkpoint: the subtree over leaves [0, 4).
     lg.poke("merkle", node_key(2, 0), flip_at=3)
-    with pytest.raises(checkpointing.InconsistentTree):
+    with pytest.raises(checkpoints.InconsistentTree):
         lg.checkpoint()
 
 
@@ -169,7 +169,7 @@ def test_proofs_verify_offline_and_forgeries_do_not(lg: Log) -> None:
     other = load_or_create(lg.path / "other.key", 1)
     forged.append(
         msgspec.structs.replace(
-            good, checkpoint=checkpoint.sign("test.local/log", cp.size, cp.root, other)
+            good, checkpoint=tlog_checkpoint.sign("test.local/log", cp.size, cp.root, other)
         )
     )
     for f in forged:
@@ -208,11 +208,11 @@ def test_consistency_files_and_split_views(lg: Log) -> None:
     assert not _verify(msgspec.structs.replace(good, proof=proof[:-1]), v)[0].verified
     # A second tree of size 6 under the same origin and key: a split view.
     fake_root = merkle.leaf_hash(b"another history")
-    fake = checkpoint.Checkpoint(
+    fake = tlog_checkpoint.Checkpoint(
         "test.local/log",
         6,
         fake_root,
-        checkpoint.sign("test.local/log", 6, fake_root, lg.signer),
+        tlog_checkpoint.sign("test.local/log", 6, fake_root, lg.signer),
     )
     pf = lg.proof(2, old)
     pf_fake = msgspec.structs.replace(pf, checkpoint=fake.text)
@@ -300,8 +300,8 @@ def test_fsck_detects_any_bit_flip(tmp_path_factory: Any, data: st.DataObject) -
 def test_fsck_names_a_tampered_observation_batch(tmp_path: Path) -> None:
     import time
 
+    from knhkd.loop.ingest import commit_job
     from knhkd.model import ObservationIn
-    from knhkd.monitor.ingest import commit_job
 
     lg = Log(tmp_path)
     items = [ObservationIn(event_type="a.b", sector="generic", value=i) for i in range(5)]

@@ -1,5 +1,10 @@
-"""The RDF vocabulary the stages reason about: what declares a class, a
-property or a shape, and which namespaces are RDF's own.
+"""The RDF vocabulary proposals are judged by: what declares a class, a
+property or a shape, which namespaces are RDF's own, and which removals
+cannot be undone.
+
+Guarantees: ``irreversible_removals`` compares terms as RDF terms (an escaped
+spelling of ``rdf:type`` does not slip through) and skips a malformed term
+rather than raising: judging terms is validation stage 1's job.
 
 Must never: perform I/O or read a clock.
 """
@@ -12,7 +17,8 @@ from rdflib import URIRef
 from rdflib.namespace import OWL, RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.rdf import DeltaView, NodeTriple
+from knhkd.knowledge.rdf import DeltaView, NodeTriple, TermError, parse_term
+from knhkd.model import Delta, Triple
 
 CLASS_TYPES: frozenset[URIRef] = frozenset({RDFS.Class, OWL.Class})
 PROPERTY_TYPES: frozenset[URIRef] = frozenset(
@@ -60,3 +66,23 @@ def undeclared(view: DeltaView, types: frozenset[URIRef]) -> set[Node]:
 
 def subjects_typed(triples: Iterable[NodeTriple], types: frozenset[URIRef]) -> set[Node]:
     return {s for s, p, o in triples if p == RDF.type and o in types}
+
+
+def _term(text: str) -> Node | None:
+    try:
+        return parse_term(text)
+    except TermError:
+        return None
+
+
+def irreversible_removals(delta: Delta) -> list[Triple]:
+    """The removed triples that are class or property declarations, in delta order."""
+    out = []
+    for t in delta.remove:
+        if _term(t.p) == RDF.type and _term(t.o) in DECLARATION_TYPES:
+            out.append(t)
+    return out
+
+
+def can_rollback(delta: Delta) -> bool:
+    return not irreversible_removals(delta)

@@ -28,11 +28,11 @@ import msgspec
 from knhkd.crypto.keys import KeyFileError, Verifier
 from knhkd.knowledge.rdf import content_id
 from knhkd.model import FsckReport, Observation, SnapshotRecord
-from knhkd.receipts import canonical, checkpoint, merkle
-from knhkd.receipts.checkpoint import CheckpointError
-from knhkd.receipts.checkpointing import origin_of
+from knhkd.receipts import canonical, merkle, tlog_checkpoint
+from knhkd.receipts.checkpoints import origin_of
 from knhkd.receipts.keyring import current_key_id, read_keyring
 from knhkd.receipts.log import iter_raw, read_head
+from knhkd.receipts.tlog_checkpoint import CheckpointError
 from knhkd.receipts.tree import META_MERKLE_SIZE, MerkleTree, TreeError, node_key
 from knhkd.receipts.verify import verify_chain
 from knhkd.store.env import META_OBS_NEXT, META_SNAPSHOT_CURRENT, Store
@@ -140,7 +140,9 @@ def _checkpoints(
         n += 1
         where = f"checkpoints/{int.from_bytes(key, 'big')}"
         try:
-            cp = checkpoint.verify(bytes(value).decode(), verifier.public_keys(), origin=origin)
+            cp = tlog_checkpoint.verify(
+                bytes(value).decode(), verifier.public_keys(), origin=origin
+            )
         except (CheckpointError, UnicodeDecodeError) as exc:
             found.add(where, str(exc))
             continue

@@ -47,15 +47,29 @@ import msgspec
 import trio
 
 from knhkd import __version__
-from knhkd.analyze.actor import Analyzer
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
-from knhkd.execute.actor import Executor
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.knowledge.shacl import Shapes, ShapesError
+from knhkd.loop import knowledge_state as kn
+from knhkd.loop.analyzer import Analyzer
+from knhkd.loop.checkpointer import Checkpointer
+from knhkd.loop.context import LoopContext
+from knhkd.loop.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.loop.executor import Executor
+from knhkd.loop.figures import Figures
+from knhkd.loop.governance_state import Governance
+from knhkd.loop.ingest import Ingest
+from knhkd.loop.knowledge_state import SnapshotConflict
+from knhkd.loop.planner import Planner, change_key, proposal_draft, store_proposals_job
+from knhkd.loop.ring_drain import RingDrain
+from knhkd.loop.sdnotify import notify, watchdog_interval_s
+from knhkd.loop.shapes_gate import ShapesGate
+from knhkd.loop.supervisor import Supervisor
+from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     ChainVerification,
     ConsistencyFile,
@@ -77,31 +91,19 @@ from knhkd.model import (
     StatusReport,
     ValidationReport,
 )
-from knhkd.monitor.ingest import Ingest
-from knhkd.monitor.ring_drain import RingDrain
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
-from knhkd.plan.actor import Planner, change_key, proposal_draft, store_proposals_job
 from knhkd.plan.proposals import make_proposal
-from knhkd.receipts import canonical, checkpointing, keyring, offline
-from knhkd.receipts.checkpoint import Checkpoint
-from knhkd.receipts.checkpointing import set_origin_job
+from knhkd.receipts import canonical, checkpoints, keyring, offline
+from knhkd.receipts.checkpoints import set_origin_job
 from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
-from knhkd.runtime import knowledge as kn
-from knhkd.runtime.checkpointer import Checkpointer
-from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import AnalyzerMessage, Cycle, CycleScheduler
-from knhkd.runtime.figures import Figures
-from knhkd.runtime.governance import Governance
-from knhkd.runtime.knowledge import SnapshotConflict
-from knhkd.runtime.receipt_writer import ReceiptWriter
-from knhkd.runtime.sdnotify import notify, watchdog_interval_s
-from knhkd.runtime.supervisor import Supervisor
+from knhkd.receipts.tlog_checkpoint import Checkpoint
 from knhkd.store import ids
 from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
 from knhkd.store.ids import seq_key
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
-from knhkd.validate.pipeline import ValidationInputs, default_pipeline
+from knhkd.validate.pipeline import default_pipeline
+from knhkd.validate.types import ValidationInputs
 
 log = logging.getLogger("knhkd")
 
@@ -178,7 +180,7 @@ class Daemon:
         self.signer: Signer
         self.verifier: Verifier
         self.receipts: ReceiptLog
-        self.writer: ReceiptWriter
+        self.writer: StoreWriter
         self.ingest: Ingest
         self.scheduler: CycleScheduler
         self.executor: Executor
@@ -186,7 +188,7 @@ class Daemon:
         self.ctx: LoopContext
         self._knowledge: kn.KnowledgeState
         # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
-        self.shacl_gate: ObservationGate | None = None
+        self.shacl_gate: ShapesGate | None = None
         self.http_bound: list[str] = []
         # The shared-memory ring's consumer handle ([ring] enabled), and its drain.
         self.ring: Consumer | None = None
@@ -227,7 +229,7 @@ class Daemon:
                 self.store.close()
                 raise StartupError("ring", str(exc)) from None
         self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
-        self.writer = ReceiptWriter(
+        self.writer = StoreWriter(
             self.store,
             self.metrics,
             inline_max_s=lambda: self.cfg.storage.inline_commit_max_ms / 1000.0,
@@ -286,8 +288,8 @@ class Daemon:
     def observation_shapes_digest(self, sector: str) -> str | None:
         """The digest of the shapes a sector's observations were checked
         against (None when SHACL at ingest is off)."""
-        gate = self.shacl_gate
-        return None if gate is None or sector not in gate.shapes else gate.shapes[sector].digest
+        shapes = None if self.shacl_gate is None else self.shacl_gate.gate.shapes
+        return None if shapes is None or sector not in shapes else shapes[sector].digest
 
     def validation_inputs(self) -> ValidationInputs:
         return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
@@ -359,8 +361,8 @@ class Daemon:
                 sector_shapes = load_observation_shapes(cfg.observation_shapes_dir)
             except ShapesError as exc:
                 raise StartupError("observation_shapes", str(exc)) from None
-            self.shacl_gate = ObservationGate(
-                sector_shapes,
+            self.shacl_gate = ShapesGate(
+                ObservationGate(sector_shapes),
                 self.metrics.shacl_failures_by_sector,
                 inline_max_items=lambda: self.cfg.ingest.shacl_inline_max_items,
             )
@@ -483,7 +485,7 @@ class Daemon:
 
     def latest_checkpoint(self) -> Checkpoint | None:
         with self.store.reader() as txn:
-            return checkpointing.latest(self.store, txn)
+            return checkpoints.latest(self.store, txn)
 
     def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
         with self.store.reader() as txn:
@@ -496,7 +498,7 @@ class Daemon:
     async def covering_checkpoint(self, size: int) -> Checkpoint:
         """A signed checkpoint of at least ``size`` leaves, issuing one if needed."""
         with self.store.reader() as txn:
-            cp = checkpointing.covering(self.store, txn, size)
+            cp = checkpoints.covering(self.store, txn, size)
         if cp is None:
             cp = await self.checkpointer.issue()
         if cp is None or cp.size < size:
@@ -532,13 +534,13 @@ class Daemon:
 
     async def consistency_file(self, size1: int, size2: int | None) -> ConsistencyFile:
         with self.store.reader() as txn:
-            old = checkpointing.at_size(self.store, txn, size1)
+            old = checkpoints.at_size(self.store, txn, size1)
         if old is None:
             raise NotFound(f"no signed checkpoint of size {size1}")
         new = await self.covering_checkpoint(size2 or size1)
         if size2 is not None and new.size != size2:
             with self.store.reader() as txn:
-                exact = checkpointing.at_size(self.store, txn, size2)
+                exact = checkpoints.at_size(self.store, txn, size2)
             if exact is None:
                 raise NotFound(f"no signed checkpoint of size {size2}")
             new = exact

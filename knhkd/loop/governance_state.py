@@ -26,6 +26,7 @@ from knhkd.config import Config
 from knhkd.governance.doctrines import DoctrineSet, load_doctrines
 from knhkd.governance.guards import GuardSet, load_guards
 from knhkd.governance.relaxation import GuardRelaxations
+from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     Outcome,
     Relaxation,
@@ -35,10 +36,9 @@ from knhkd.model import (
     Snapshot,
 )
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.validate.pipeline import ValidationInputs
+from knhkd.validate.types import ValidationInputs
 
 META_DIGESTS = {"doctrines": b"governance.doctrines_digest", "guards": b"governance.guards_digest"}
 
@@ -110,7 +110,7 @@ def digests_job(
 
 
 class Governance:
-    def __init__(self, store: Store, writer: ReceiptWriter, receipts: ReceiptLog) -> None:
+    def __init__(self, store: Store, writer: StoreWriter, receipts: ReceiptLog) -> None:
         self._store = store
         self._writer = writer
         self._receipts = receipts

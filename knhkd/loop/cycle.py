@@ -23,6 +23,7 @@ from typing import Literal
 import trio
 from ulid import ULID
 
+from knhkd.loop.writer import CommitFailed, WriterClosed
 from knhkd.model import (
     CycleReport,
     DetectedPattern,
@@ -30,7 +31,6 @@ from knhkd.model import (
     ObservationCounts,
     Proposal,
 )
-from knhkd.runtime.receipt_writer import CommitFailed, WriterClosed
 
 log = logging.getLogger(__name__)
 

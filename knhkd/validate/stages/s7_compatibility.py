@@ -32,9 +32,9 @@ from rdflib.term import Node
 
 from knhkd.knowledge import semver
 from knhkd.knowledge.rdf import DeltaView
+from knhkd.knowledge.vocabulary import DECLARATION_TYPES, newly_declared, undeclared
 from knhkd.model import SubVerdict
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
-from knhkd.validate.vocabulary import DECLARATION_TYPES, newly_declared, undeclared
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 _REFERENCES = (RDFS.subClassOf, RDFS.subPropertyOf, RDFS.domain, RDFS.range)
 

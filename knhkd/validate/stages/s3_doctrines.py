@@ -17,7 +17,7 @@ from __future__ import annotations
 from knhkd.governance.doctrines import DoctrineSubject, judge
 from knhkd.governance.signers import parse_signers
 from knhkd.model import SchemaConstraint, SubVerdict, SubVerdictKind
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 
 class DoctrineStage:

@@ -21,14 +21,14 @@ from rdflib.namespace import SH
 from rdflib.term import Node
 
 from knhkd.knowledge.rdf import DeltaView
-from knhkd.validate.pipeline import StageOutcome, ValidationContext
-from knhkd.validate.vocabulary import (
+from knhkd.knowledge.vocabulary import (
     CLASS_TYPES,
     PROPERTY_TYPES,
     SHAPE_TYPES,
     declared,
     newly_declared,
 )
+from knhkd.validate.types import StageOutcome, ValidationContext
 
 
 def cost(classes: int, properties: int, shapes: int, class_cost: float,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from knhkd.config import Config
+from knhkd.loop.knowledge_state import KnowledgeState
+from knhkd.loop.writer import StoreWriter
 from knhkd.receipts.log import ReceiptLog
-from knhkd.runtime.knowledge import KnowledgeState
-from knhkd.runtime.receipt_writer import ReceiptWriter
 from knhkd.store.env import Store
 from knhkd.telemetry.metrics import Metrics
 
@@ -22,7 +22,7 @@ from knhkd.telemetry.metrics import Metrics
 class LoopContext:
     config: Callable[[], Config]
     store: Store
-    writer: ReceiptWriter
+    writer: StoreWriter
     receipts: ReceiptLog
     knowledge: Callable[[], KnowledgeState]
     metrics: Metrics

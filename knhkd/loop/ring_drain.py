@@ -51,10 +51,11 @@ from knhkd.config import Config
 from knhkd.hotpath import tsc
 from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
+from knhkd.loop.ingest import Closed, Ingest
+from knhkd.loop.shapes_gate import ShapesGate
+from knhkd.loop.writer import WriterClosed
 from knhkd.model import RingCursor
-from knhkd.monitor.ingest import Closed, Ingest
-from knhkd.monitor.shapes import ObservationGate, ShaclRejected
-from knhkd.runtime.receipt_writer import WriterClosed
+from knhkd.monitor.shapes import ShaclRejected
 from knhkd.store.env import META_RING_CURSOR, Store
 from knhkd.telemetry.metrics import Metrics
 
@@ -84,7 +85,7 @@ class RingDrain:
         store: Store,
         ingest: Ingest,
         metrics: Metrics,
-        shacl_gate: Callable[[], ObservationGate | None] = lambda: None,
+        shacl_gate: Callable[[], ShapesGate | None] = lambda: None,
     ) -> None:
         self._config = config
         self._shacl_gate = shacl_gate

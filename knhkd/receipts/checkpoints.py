@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import lmdb
 
-from knhkd.receipts import checkpoint, merkle
-from knhkd.receipts.checkpoint import Checkpoint, CheckpointError
+from knhkd.receipts import merkle, tlog_checkpoint
 from knhkd.receipts.log import ReceiptLog
+from knhkd.receipts.tlog_checkpoint import Checkpoint, CheckpointError
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 
@@ -51,13 +51,13 @@ def latest(store: Store, txn: lmdb.Transaction) -> Checkpoint | None:
     cursor = txn.cursor(db=store.db("checkpoints"))
     if not cursor.last():
         return None
-    cp, _, _ = checkpoint.parse(bytes(cursor.value()).decode())
+    cp, _, _ = tlog_checkpoint.parse(bytes(cursor.value()).decode())
     return cp
 
 
 def at_size(store: Store, txn: lmdb.Transaction, size: int) -> Checkpoint | None:
     raw = txn.get(size.to_bytes(8, "big"), db=store.db("checkpoints"))
-    return None if raw is None else checkpoint.parse(bytes(raw).decode())[0]
+    return None if raw is None else tlog_checkpoint.parse(bytes(raw).decode())[0]
 
 
 def covering(store: Store, txn: lmdb.Transaction, size: int) -> Checkpoint | None:
@@ -65,7 +65,7 @@ def covering(store: Store, txn: lmdb.Transaction, size: int) -> Checkpoint | Non
     cursor = txn.cursor(db=store.db("checkpoints"))
     if not cursor.set_range(size.to_bytes(8, "big")):
         return None
-    return checkpoint.parse(bytes(cursor.value()).decode())[0]
+    return tlog_checkpoint.parse(bytes(cursor.value()).decode())[0]
 
 
 def iter_checkpoints(store: Store, txn: lmdb.Transaction) -> list[tuple[int, str]]:
@@ -96,8 +96,8 @@ def issue_job(store: Store, log: ReceiptLog) -> Job[Checkpoint | None]:
                     f"tree of size {size} is not consistent with the checkpoint of size "
                     f"{last.size}; refusing to sign"
                 )
-        note = checkpoint.sign(origin, size, root, log.signer(txn))
-        txn.put(size.to_bytes(8, "big"), note.encode(), db=store.db("checkpoints"))
-        return Checkpoint(origin, size, root, note)
+        signed = tlog_checkpoint.sign(origin, size, root, log.signer(txn))
+        txn.put(size.to_bytes(8, "big"), signed.encode(), db=store.db("checkpoints"))
+        return Checkpoint(origin, size, root, signed)
 
     return job

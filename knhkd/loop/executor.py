@@ -5,7 +5,7 @@ Guarantees:
 - Every proposal of a cycle gets a ``validation_executed`` receipt carrying the
   verdict and the hashes it depended on (parent snapshot, proposal); the full
   report is stored under the proposal id.
-- A passing proposal is promoted atomically (store/knowledge.py): snapshot,
+- A passing proposal is promoted atomically (loop/knowledge_state.py): snapshot,
   current pointer and ``snapshot_promoted`` receipt in one transaction. A
   promotion refused at commit time (stale parent, Q1) is receipted as rejected.
 - A proposal made stale by an earlier promotion in the same cycle is rebased on
@@ -27,23 +27,24 @@ import trio
 
 from knhkd.execute.promotion import promote
 from knhkd.knowledge.rdf import KnowledgeError, apply_delta
-from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
-from knhkd.plan.actor import proposal_draft, store_proposals_job
-from knhkd.plan.proposals import make_proposal
-from knhkd.receipts import canonical
-from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import Cycle, each_cycle
-from knhkd.runtime.knowledge import (
+from knhkd.loop.context import LoopContext
+from knhkd.loop.cycle import Cycle, each_cycle
+from knhkd.loop.knowledge_state import (
     KnowledgeState,
     SnapshotConflict,
     install_job,
     state_of,
 )
+from knhkd.loop.planner import proposal_draft, store_proposals_job
+from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
+from knhkd.plan.proposals import make_proposal
+from knhkd.receipts import canonical
+from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
-from knhkd.validate.pipeline import Pipeline, ValidationInputs
+from knhkd.validate.pipeline import Pipeline
+from knhkd.validate.types import ValidationInputs
 
 _encoder = msgspec.msgpack.Encoder()
 

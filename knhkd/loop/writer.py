@@ -1,8 +1,9 @@
-"""The receipt writer actor: the single writer of the store.
+"""The store writer (the design's "receipt writer" actor): the single writer of
+the store, for every job: observations, receipts, snapshots, governance.
 
 Guarantees:
 - Every state change of the daemon, and the receipts that record it, reach
-  LMDB through ``ReceiptWriter.submit``; the actor runs them one transaction at
+  LMDB through ``StoreWriter.submit``; the actor runs them one transaction at
   a time on a worker thread (store/writer.py), so there is one writer.
 - Jobs that queue while a commit is in flight share the next transaction
   (group commit across ingest, analyzer, planner and executor alike).
@@ -32,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from knhkd.runtime.batching import receive_batch
+from knhkd.loop.batching import receive_batch
 from knhkd.store.env import Store
 from knhkd.store.writer import Job, JobResult, run_transaction
 from knhkd.telemetry.metrics import Metrics
@@ -62,7 +63,7 @@ class _Pending(Generic[T]):
         self.error: Exception | None = None
 
 
-class ReceiptWriter:
+class StoreWriter:
     def __init__(
         self,
         store: Store,

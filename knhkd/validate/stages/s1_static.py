@@ -21,7 +21,7 @@ from __future__ import annotations
 from rdflib import Literal
 
 from knhkd.knowledge.rdf import from_rdflib
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 
 class StaticStage:

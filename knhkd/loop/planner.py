@@ -19,13 +19,13 @@ import lmdb
 import msgspec
 import trio
 
+from knhkd.loop.context import LoopContext
+from knhkd.loop.cycle import Cycle, each_cycle
 from knhkd.model import Outcome, Proposal, SignedReceipt
 from knhkd.plan.planner import plan
 from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import Cycle, each_cycle
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span

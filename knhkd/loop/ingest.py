@@ -38,10 +38,10 @@ import msgspec
 import trio
 
 from knhkd.hotpath.codec import RingBatch
+from knhkd.loop.batching import receive_batch
+from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.runtime.batching import receive_batch
-from knhkd.runtime.receipt_writer import CommitFailed, ReceiptWriter, WriterClosed
 from knhkd.store.env import META_OBS_NEXT, Store
 from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
@@ -225,7 +225,7 @@ class Ingest:
     def __init__(
         self,
         store: Store,
-        writer: ReceiptWriter,
+        writer: StoreWriter,
         receipts: ReceiptLog,
         metrics: Metrics,
         to_analyzer: trio.MemorySendChannel[Stored],

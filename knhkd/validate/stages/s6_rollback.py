@@ -11,8 +11,8 @@ Must never: mutate the context's graphs, read a clock, or perform I/O.
 
 from __future__ import annotations
 
-from knhkd.plan.proposals import irreversible_removals
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
+from knhkd.knowledge.vocabulary import irreversible_removals
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 
 class RollbackStage:

@@ -13,9 +13,9 @@ import logging
 
 import trio
 
-from knhkd.receipts.checkpoint import Checkpoint
-from knhkd.receipts.checkpointing import issue_job, latest
-from knhkd.runtime.context import LoopContext
+from knhkd.loop.context import LoopContext
+from knhkd.receipts.checkpoints import issue_job, latest
+from knhkd.receipts.tlog_checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from knhkd.governance.guards import trips
 from knhkd.governance.relaxation import relaxed_guards
 from knhkd.model import SubVerdict
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 
 class GuardStage:

@@ -8,13 +8,13 @@ run of the default pipeline; the SHACL memo belongs to the ``Pipeline``).
 
 from __future__ import annotations
 
-from knhkd.validate.budget import BudgetStage
-from knhkd.validate.compatibility import CompatibilityStage
-from knhkd.validate.doctrines import DoctrineStage
-from knhkd.validate.guards import GuardStage
-from knhkd.validate.invariants import InvariantsStage
-from knhkd.validate.rollback import RollbackStage
-from knhkd.validate.static import StaticStage
+from knhkd.validate.stages.s1_static import StaticStage
+from knhkd.validate.stages.s2_invariants import InvariantsStage
+from knhkd.validate.stages.s3_doctrines import DoctrineStage
+from knhkd.validate.stages.s4_guards import GuardStage
+from knhkd.validate.stages.s5_budget import BudgetStage
+from knhkd.validate.stages.s6_rollback import RollbackStage
+from knhkd.validate.stages.s7_compatibility import CompatibilityStage
 
 __all__ = [
     "DEFAULT_STAGES",

@@ -18,6 +18,8 @@ import msgspec
 import trio
 
 from knhkd.analyze.detectors import Detectors
+from knhkd.loop.context import LoopContext
+from knhkd.loop.cycle import AnalyzerMessage, Cycle
 from knhkd.model import (
     Alert,
     DetectedPattern,
@@ -30,8 +32,6 @@ from knhkd.model import (
 )
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.runtime.context import LoopContext
-from knhkd.runtime.cycle import AnalyzerMessage, Cycle
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span

@@ -42,9 +42,7 @@ from rdflib.term import Node
 
 from knhkd.config import InvariantsConfig
 from knhkd.knowledge.rdf import DeltaView
-from knhkd.model import RuntimeFigures, SubVerdict
-from knhkd.validate.pipeline import StageOutcome, ValidationContext, listing
-from knhkd.validate.vocabulary import (
+from knhkd.knowledge.vocabulary import (
     CLASS_TYPES,
     PROPERTY_TYPES,
     WELL_KNOWN_CLASSES,
@@ -52,6 +50,8 @@ from knhkd.validate.vocabulary import (
     declared,
     is_builtin,
 )
+from knhkd.model import RuntimeFigures, SubVerdict
+from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
 
 @dataclass

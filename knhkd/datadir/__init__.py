@@ -1,0 +1,1 @@
+"""Layer 5: whole-data-directory tools (fsck) that may read every table."""
