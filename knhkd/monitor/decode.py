@@ -243,6 +243,12 @@ def decode_detect(body: bytes) -> list[ObservationIn]:
     if not body.strip():
         return []
     if not body.lstrip().startswith(b"["):
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise DecodeFailed(400, "Malformed JSON", str(exc), []) from None
+        except RecursionError:
+            pass  # well-formed or not, it is no array: 422 below
         raise DecodeFailed(
             422,
             "Invalid observations",

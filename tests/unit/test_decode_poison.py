@@ -163,9 +163,13 @@ def test_detect_applies_the_same_checks() -> None:
     with pytest.raises(DecodeFailed) as info:
         decode_detect(OK)
     assert info.value.status == 422
+    for malformed in (b"{nope", b"[" * 3000):
+        with pytest.raises(DecodeFailed) as info:
+            decode_detect(malformed)
+        assert info.value.status == 400
     with pytest.raises(DecodeFailed) as info:
-        decode_detect(b"[" * 3000)
-    assert info.value.status == 400
+        decode_detect(b'{"a":' * 3000)
+    assert info.value.status == 422
 
 
 PROPOSAL = b'{"sector":"generic","description":"d","delta":{"remove":[],"add":[]}'
