@@ -255,7 +255,8 @@ class ProposalIn(Struct, forbid_unknown_fields=True):
     delta: Delta
     reasoning: Annotated[str, Meta(max_length=16384)] = ""
     confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
-    estimated_ticks: Annotated[int, Meta(ge=0)] = 0
+    # int64 at most: it is hashed as MessagePack (content_hash) and stored.
+    estimated_ticks: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
     signers: list[SignerText] = []
     resources: dict[str, float] = {}
     pattern_id: str | None = None

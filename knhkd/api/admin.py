@@ -259,6 +259,9 @@ async def _dispatch(
         req = _request_decoder.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return AdminResponse(ok=False, error=f"malformed request: {exc}")
+    except RecursionError:
+        # ``args`` is Any: JSON nested past msgspec's recursion limit.
+        return AdminResponse(ok=False, error="malformed request: nested too deeply")
     fn = commands.get(req.cmd)
     if fn is None:
         return AdminResponse(ok=False, error=f"unknown command {req.cmd!r}")

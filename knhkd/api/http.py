@@ -51,18 +51,16 @@ from knhkd.model import (
     FieldError,
     IngestAccepted,
     IngestBatchAccepted,
-    ObservationIn,
     ProposalIn,
     encode_json,
 )
-from knhkd.monitor.decode import DecodeFailed, decode_body, field_of
+from knhkd.monitor.decode import DecodeFailed, decode_body, decode_detect, field_of
 from knhkd.monitor.shapes import ShaclRejected
 from knhkd.receipts.merkle import ProofError
 
 log = logging.getLogger("knhkd.http")
 
 JSON = "application/json"
-_detect_decoder = msgspec.json.Decoder(list[ObservationIn])
 _proposal_decoder = msgspec.json.Decoder(ProposalIn)
 
 
@@ -209,15 +207,11 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.post("/api/v1/patterns/detect")
     async def detect() -> Response:
-        body = await _body()
-        if not body.strip():
-            body = b"[]"
         try:
-            items = _detect_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            raise ApiProblem(422, "invalid-observation", "Invalid observations", str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
+            items = decode_detect(await _body())
+        except DecodeFailed as exc:
+            slug = "malformed-json" if exc.status == 400 else "invalid-observation"
+            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
         return _json(daemon.detect(items))
 
     @app.get("/api/v1/patterns")
@@ -264,6 +258,16 @@ def create_app(daemon: Daemon) -> QuartTrio:
             ) from None
         except msgspec.DecodeError as exc:
             raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
+        except RecursionError:
+            # Only an unknown member of ``delta`` (ignored, but skipped by
+            # recursion) can nest this deep: everything else is typed.
+            raise ApiProblem(
+                422,
+                "invalid-proposal",
+                "Invalid proposal",
+                "$.delta: nested too deeply",
+                [FieldError(field="$.delta", message="nested too deeply")],
+            ) from None
 
     def _conflict(exc: Exception) -> ApiProblem:
         return ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc))

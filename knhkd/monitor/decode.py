@@ -7,13 +7,25 @@ Guarantees:
   NDJSON (one object per line; selected by the content type
   ``application/x-ndjson`` or ``application/jsonl``).
 - Limits are enforced here (item count), the body size by the HTTP layer.
+- Every accepted ``value`` can be stored and read back unchanged: each integer
+  in it is within int64 (-2**63 .. 2**63-1, what MessagePack and the C codec
+  hold), each float is finite, and it nests at most ``MAX_VALUE_DEPTH`` (32)
+  arrays/objects deep. A violation is a 422 field error naming the path under
+  ``$.value`` (and the item's index in a batch), never a 500 at commit time.
+- No body makes decoding raise anything but ``DecodeFailed``: JSON nested
+  deeper than msgspec's recursion limit is refused as ``$.value`` too deep (an
+  object cannot recurse through any other field), and every check here is
+  iterative, so it cannot itself exhaust the stack.
 
 Must never: read the clock, touch storage, or accept unknown fields.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -23,6 +35,16 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "applicat
 
 _item_decoder = msgspec.json.Decoder(ObservationIn)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+# Arrays/objects nested in one observation's value, at most (a scalar is 0,
+# ``[1]`` is 1). Far below msgspec's recursion limit (~1000 levels, less on a
+# deep stack), and deeper than any structured reading a producer sends.
+MAX_VALUE_DEPTH = 32
+
+TOO_DEEP = f"nested deeper than {MAX_VALUE_DEPTH} arrays/objects"
+INT_RANGE = f"integer out of range (int64: {INT64_MIN}..{INT64_MAX})"
 
 
 class DecodeFailed(Exception):
@@ -51,14 +73,124 @@ def field_of(exc: msgspec.ValidationError) -> tuple[str, str]:
     return where.rstrip("`"), msg
 
 
+def _path(node: tuple[Any, ...]) -> str:
+    # ``node`` is (parent, segment) linked back to (): built per child only as
+    # a pair, the string only for the one error reported.
+    parts: list[str] = []
+    while node:
+        node, seg = node
+        parts.append(seg)
+    return "$.value" + "".join(reversed(parts))
+
+
+def value_problem(value: Any) -> tuple[str, str] | None:
+    """(field, message) of the first part of ``value`` (in document order) that
+    cannot be stored as given, else None. Iterative: a value of any depth costs
+    at most MAX_VALUE_DEPTH levels of stack-free work before it is refused."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return None
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 0, ())]
+    while stack:
+        node, depth, where = stack.pop()
+        t = type(node)
+        if t is int:
+            if not INT64_MIN <= node <= INT64_MAX:
+                return _path(where), INT_RANGE
+        elif t is float:
+            # msgspec already refuses 1e999 ("Number out of range"); kept so
+            # the guarantee does not rest on that.
+            if not math.isfinite(node):
+                return _path(where), "number must be finite"
+        elif t is list or t is dict:
+            if depth >= MAX_VALUE_DEPTH:
+                return _path(where), TOO_DEEP
+            # Dict members are named ``[...]`` as msgspec names them.
+            children = (
+                [(c, (where, f"[{i}]")) for i, c in enumerate(node)]
+                if t is list
+                else [(c, (where, "[...]")) for c in node.values()]
+            )
+            stack.extend((c, depth + 1, w) for c, w in reversed(children))
+        elif not (t is str or t is bool or node is None):
+            return _path(where), f"unsupported type {t.__name__}"
+    return None
+
+
 def _decode_item(raw: bytes | msgspec.Raw, index: int | None) -> ObservationIn | FieldError:
     try:
-        return _item_decoder.decode(raw)
+        item = _item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         field, msg = field_of(exc)
         return FieldError(field=field, message=msg, index=index)
     except msgspec.DecodeError as exc:
         return FieldError(field="$", message=f"malformed JSON: {exc}", index=index)
+    except RecursionError:
+        # Only ``value`` (Any) can recurse: every other field is typed and
+        # refuses an array at its first level, and unknown fields are refused
+        # at their key, before their value is read.
+        return FieldError(field="$.value", message=TOO_DEEP, index=index)
+    problem = value_problem(item.value)
+    if problem is not None:
+        return FieldError(field=problem[0], message=problem[1], index=index)
+    return item
+
+
+_STRUCTURAL = re.compile(rb'[\[\]{},"]')
+
+
+def _string_end(body: bytes, i: int) -> int:
+    """Index just past the string opening at ``body[i]``, -1 if unterminated."""
+    j = i + 1
+    while True:
+        j = body.find(b'"', j)
+        if j < 0:
+            return -1
+        k = j - 1
+        while body[k] == 0x5C:  # a run of backslashes, each run counted once
+            k -= 1
+        if (j - 1 - k) % 2 == 0:
+            return j + 1
+        j += 1
+
+
+def split_array(body: bytes) -> list[bytes] | None:
+    """The raw items of a top-level JSON array, without recursion; None if it
+    is not one array. Only used when msgspec's own split hit its recursion
+    limit, so that each item can still be judged (and named) on its own.
+    Linear in the body: every byte is looked at a bounded number of times."""
+    items: list[bytes] = []
+    depth = 0
+    start = -1
+    pos = 0
+    while True:
+        m = _STRUCTURAL.search(body, pos)
+        if m is None:
+            return None
+        i = m.start()
+        c = body[i]
+        pos = i + 1
+        if c == 0x22:  # '"'
+            pos = _string_end(body, i)
+            if pos < 0:
+                return None
+            continue
+        if depth == 0:
+            if c != 0x5B or body[:i].strip():
+                return None
+            depth, start = 1, i + 1
+        elif c in b"[{":
+            depth += 1
+        elif c in b"]}":
+            depth -= 1
+            if depth == 0:
+                last = body[start:i]
+                if last.strip() or items:
+                    items.append(last)
+                return None if body[i + 1 :].strip() else items
+        elif c == 0x2C and depth == 1:  # ','
+            items.append(body[start:i])
+            start = i + 1
 
 
 def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
@@ -89,19 +221,53 @@ def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
     return Decoded(items, single=False)
 
 
+def _split(body: bytes) -> list[bytes] | list[msgspec.Raw]:
+    try:
+        return _raw_list_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeFailed(
+            400, "Malformed JSON", f"the body is not a JSON array: {exc}", []
+        ) from None
+    except RecursionError:
+        pass
+    raws = split_array(body)
+    if raws is None:
+        raise DecodeFailed(400, "Malformed JSON", "the body is not a JSON array", [])
+    return raws
+
+
+def decode_detect(body: bytes) -> list[ObservationIn]:
+    """A JSON array of observations for ``/patterns/detect``: the same checks
+    as ingest (an empty body or array is no observation), no item limit but
+    the body size."""
+    if not body.strip():
+        return []
+    if not body.lstrip().startswith(b"["):
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise DecodeFailed(400, "Malformed JSON", str(exc), []) from None
+        except RecursionError:
+            pass  # well-formed or not, it is no array: 422 below
+        raise DecodeFailed(
+            422,
+            "Invalid observations",
+            "expected a JSON array of observations",
+            [FieldError(field="$", message="expected a JSON array")],
+        )
+    raws = _split(body)
+    if not raws:
+        return []
+    return _collect(raws, len(raws)).items
+
+
 def decode_body(body: bytes, content_type: str, *, max_items: int) -> Decoded:
     if content_type in NDJSON_TYPES:
         lines = [line for line in body.split(b"\n") if line.strip()]
         return _collect(lines, max_items)
     stripped = body.lstrip()
     if stripped.startswith(b"["):
-        try:
-            raws = _raw_list_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise DecodeFailed(
-                400, "Malformed JSON", f"the body is not a JSON array: {exc}", []
-            ) from None
-        return _collect(raws, max_items)
+        return _collect(_split(body), max_items)
     if not stripped:
         raise DecodeFailed(400, "Empty body", "expected a JSON object, array or NDJSON", [])
     got = _decode_item(body, None)
