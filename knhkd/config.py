@@ -405,6 +405,12 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError("", f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the bytes itself: a file that is not UTF-8 is not
+        # TOML (TOML 1.0 §"Spec": a TOML file must be a valid UTF-8 document).
+        raise ConfigError(
+            "", f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     except OSError as exc:
         raise ConfigError("", f"{path}: {exc.strerror}") from None
 

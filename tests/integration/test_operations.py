@@ -43,6 +43,15 @@ def test_check_config_names_the_offending_key(tmp_path: Path) -> None:
     assert _knhkd("check-config", str(tmp_path / "missing.toml")).returncode == 2
 
 
+def test_check_config_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[telemetry]\n# caf\u00e9\nlog_level = "info"\n'.encode("latin-1"))
+    res = _knhkd("check-config", str(latin1))
+    assert res.returncode == 2, res.stderr
+    assert "not UTF-8" in res.stderr and "0xe9" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
 def test_start_up_failure_is_one_line_and_non_zero(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     leaky = tmp_path / "leaky.key"
     leaky.write_text("{}")
@@ -70,6 +79,13 @@ def test_sighup_keeps_old_config_when_new_is_invalid(daemon: RunningDaemon) -> N
     daemon.proc.send_signal(signal.SIGHUP)
     _wait_for_log(daemon, "reload refused")
     assert "telemetry.bogus" in daemon.log()
+    assert httpx.get(daemon.base + "/ready").status_code == 200
+
+    # Not UTF-8: refused like any other invalid file, never a crash.
+    daemon.config.write_bytes(original.encode() + b"\n# \xff\xfe\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait_for_log(daemon, "not UTF-8")
+    assert daemon.proc.poll() is None
     assert httpx.get(daemon.base + "/ready").status_code == 200
 
     daemon.config.write_text(original.replace("interval_s = 3600", "interval_s = 1800"))
