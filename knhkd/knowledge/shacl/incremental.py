@@ -91,15 +91,10 @@ from rdflib.namespace import RDF, RDFS, SH
 from rdflib.term import Node
 
 from knhkd.knowledge.rdf import DeltaView, NodeTriple
-from knhkd.knowledge.shacl import (
-    ShaclResult,
-    Shapes,
-    ShapesError,
-    Violation,
-    _violation,
-    plain_validate,
-    term_text,
-)
+from knhkd.knowledge.shacl.errors import ShapesError
+from knhkd.knowledge.shacl.plain import Shapes, plain_validate, violation
+from knhkd.knowledge.shacl.results import ShaclResult, Violation
+from knhkd.knowledge.shacl.terms import term_text
 
 # SHACL Core vocabulary a shapes graph may use as predicates and still be
 # validated incrementally. Anything else under sh: (sh:sparql, sh:rule,
@@ -926,7 +921,7 @@ def validate_owned(shapes: Shapes, data: Graph) -> Owned:
                     stack.append(detail)
     entries = []
     for r in report.subjects(RDF.type, SH.ValidationResult):
-        v = _violation(report, r)
+        v = violation(report, r)
         owned_by, is_top = owner.get(r, (v.focus_node, True))
         entries.append(Entry(owned_by, is_top, v))
     return Owned(conforms, tuple(entries))
