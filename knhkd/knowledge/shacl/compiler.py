@@ -66,14 +66,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.namespace import OWL, RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
+from knhkd.knowledge.shacl.constraints import (
+    RANGES,
+    ValueCheck,
+    compile_patterns,
+    datatype,
+    has_value,
+    in_range,
+    instance_of,
+    language_in,
+    length,
+    matches,
+    max_count_ok,
+    member_of,
+    min_count_ok,
+    node_kind,
+)
 from knhkd.knowledge.shacl.datagraph import DataGraph
 from knhkd.knowledge.shacl.errors import ShaclRuntimeError, ShapesError, Unsupported
 from knhkd.knowledge.shacl.paths import PathFn, compile_path, path_steps, path_text
@@ -92,14 +106,6 @@ def _i(t: Node) -> Node:
 # Vocabulary
 # --------------------------------------------------------------------------- #
 
-_NUMERIC_TYPES = frozenset(
-    intern_iri(XSD[n])
-    for n in (
-        "integer", "decimal", "double", "float", "byte", "int", "long", "negativeInteger",
-        "nonNegativeInteger", "nonPositiveInteger", "positiveInteger", "short",
-        "unsignedByte", "unsignedInt", "unsignedLong", "unsignedShort",
-    )
-)  # fmt: skip
 _WHOLE_INTEGERS = frozenset(
     XSD[n]
     for n in (
@@ -169,10 +175,6 @@ _ALWAYS_IGNORED = ((RDF.type, RDFS.Resource),)
 # rdflib's namespace attributes cost ~1.7 µs per access: bind the hot ones once.
 _TYPE = intern_iri(RDF.type)
 _SUBCLASS = intern_iri(RDFS.subClassOf)
-_LANGSTRING = RDF.langString
-_XSD_STRING = XSD.string
-_RDFS_LITERAL = RDFS.Literal
-_RDFS_DATATYPE = RDFS.Datatype
 _QMAX = SH.QualifiedMaxCountConstraintComponent
 _QMIN = SH.QualifiedMinCountConstraintComponent
 
@@ -181,48 +183,6 @@ def _one(values: set[Node], what: str) -> Node:
     if len(values) != 1:
         raise ShapesError(f"{what}: expected exactly one value, found {len(values)}")
     return next(iter(values))
-
-
-
-# --------------------------------------------------------------------------- #
-# Literal helpers that mirror pySHACL exactly
-# --------------------------------------------------------------------------- #
-
-
-def _compare_literal(l1: Literal, l2: Literal) -> int:
-    """pySHACL's ``rdfutil.compare.compare_literal``, on rdflib's own operators."""
-    if l1.eq(l2):
-        return 0
-    if l1.value.__class__ in (datetime, time):
-        if l1.value == l2.value:
-            return 0
-        if l1.value > l2.value:
-            return 1
-    elif l1 > l2:
-        return 1
-    return -1
-
-
-def _string_of(v: Node) -> str:
-    """pySHACL's ``value_node_to_string``."""
-    if isinstance(v, Literal):
-        if v.value is not None and v.datatype in (None, _LANGSTRING, _XSD_STRING):
-            return str(v.value)
-        return str(v)
-    return str(v)
-
-
-_PYTHON_TYPES: dict[Node, type | tuple[type, ...]] = {
-    _XSD_STRING: (str, bytes),
-    _LANGSTRING: (str, bytes),
-    XSD.integer: int,
-    XSD.float: float,
-    XSD.decimal: Decimal,
-    XSD.boolean: bool,
-    XSD.date: date,
-    XSD.time: time,
-    XSD.dateTime: datetime,
-}
 
 
 # --------------------------------------------------------------------------- #
@@ -302,10 +262,10 @@ class _Shape:
         if self.deactivated:
             self.quick = lambda g, v: True
         elif self.path_fn is None and all(isinstance(c, _PerValue) for c in self.constraints):
-            checks = [c.ok for c in self.constraints if isinstance(c, _PerValue)]
+            checks = [c.check for c in self.constraints if isinstance(c, _PerValue)]
             # None of these checks raises, so stopping at the first failure
             # cannot hide an error pySHACL would meet.
-            self.quick = lambda g, v: all(ok(g, v) for ok in checks)
+            self.quick = lambda g, v: all(check(v) for check in checks)
 
     def conforms(self, g: DataGraph, v: Node, depth: int) -> bool:
         """pySHACL's ``Shape.validate(focus=v)[0]`` for a nested shape."""
@@ -384,23 +344,22 @@ class _Constraint:
 
 
 class _PerValue(_Constraint):
-    """A constraint that judges each value node on its own."""
+    """A constraint that judges each value node on its own, with one check of
+    ``constraints``."""
 
-    __slots__ = ("message",)
+    __slots__ = ("check", "message")
 
-    def __init__(self, shape: _Shape, component: URIRef, message: str) -> None:
+    def __init__(self, shape: _Shape, component: URIRef, message: str, check: ValueCheck) -> None:
         super().__init__(shape, component)
         self.message = message
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        raise NotImplementedError
+        self.check = check
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        ok = self.ok
+        check = self.check
         for f, values in fv:
             for v in values:
-                if not ok(g, v):
+                if not check(v):
                     results.append(self.shape.result(f, self.component, v, self.message))
         return not results, results
 
@@ -419,7 +378,7 @@ class _MinCount(_Constraint):
         results = [
             self.shape.result(f, self.component, None, f"Less than {n} values on {f}")
             for f, values in fv
-            if len(values) < n
+            if not min_count_ok(values, n)
         ]
         return not results, results
 
@@ -436,7 +395,7 @@ class _MaxCount(_Constraint):
         results = [
             self.shape.result(f, self.component, None, f"More than {n} values on {f}")
             for f, values in fv
-            if len(values) > n
+            if not max_count_ok(values, n)
         ]
         return not results, results
 
@@ -453,7 +412,7 @@ class _Class(_Constraint):
         for c in self.classes:
             for f, values in fv:
                 for v in values:
-                    if not self._instance(g, v, c):
+                    if not instance_of(g, v, c):
                         results.append(
                             self.shape.result(
                                 f, self.component, v, f"Value does not have class {term_text(c)}"
@@ -461,92 +420,11 @@ class _Class(_Constraint):
                         )
         return not results, results
 
-    @staticmethod
-    def _instance(g: DataGraph, v: Node, c: Node) -> bool:
-        if isinstance(v, Literal):
-            return False
-        for ctype in g.objects(v, _TYPE):
-            if ctype == c or c in g.transitive_objects(ctype, _SUBCLASS):
-                return True
-        return False
-
-
-class _Datatype(_PerValue):
-    """pySHACL's DatatypeConstraintComponent, with the tests that depend only
-    on the rule decided once."""
-
-    __slots__ = ("expected", "is_datatype", "is_langstring", "is_literal", "is_string", "rule")
-
-    def __init__(self, shape: _Shape, rule: Node) -> None:
-        super().__init__(
-            shape,
-            SH.DatatypeConstraintComponent,
-            f"Value is not Literal with datatype {term_text(rule)}",
-        )
-        self.rule = rule
-        # pySHACL's _assert_actual_datatype: the Python type rdflib gives a
-        # well-formed value of the datatype; other datatypes pass.
-        self.expected = _PYTHON_TYPES.get(rule)
-        self.is_literal = rule == _RDFS_LITERAL
-        self.is_datatype = rule == _RDFS_DATATYPE
-        self.is_string = rule == _XSD_STRING
-        self.is_langstring = rule == _LANGSTRING
-
-    def _actual(self, v: Literal) -> bool:
-        return self.expected is None or isinstance(v.value, self.expected)
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        datatype = v.datatype
-        if datatype is self.rule or datatype == self.rule:
-            if getattr(v, "ill_typed", None) is True:
-                return False
-            return self._actual(v)
-        if self.is_literal:
-            return True
-        if self.is_datatype and datatype:
-            return True
-        lang = v.language
-        if self.is_string and datatype is None and lang is None:
-            return self._actual(v)
-        if self.is_langstring and lang:
-            return self._actual(v)
-        return False
-
-
-_NODE_KINDS: dict[Node, tuple[bool, bool, bool]] = {
-    # rule: (matches blank nodes, matches literals, matches IRIs)
-    SH.BlankNode: (True, False, False),
-    SH.IRI: (False, False, True),
-    SH.Literal: (False, True, False),
-    SH.BlankNodeOrIRI: (True, False, True),
-    SH.BlankNodeOrLiteral: (True, True, False),
-    SH.IRIOrLiteral: (False, True, True),
-}
-
-
-class _NodeKind(_PerValue):
-    __slots__ = ("kinds",)
-
-    def __init__(self, shape: _Shape, rule: Node) -> None:
-        super().__init__(
-            shape, SH.NodeKindConstraintComponent, f"Value is not of Node Kind {term_text(rule)}"
-        )
-        self.kinds = _NODE_KINDS.get(rule, (False, False, False))
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if isinstance(v, BNode):
-            return self.kinds[0]
-        if isinstance(v, Literal):
-            return self.kinds[1]
-        return self.kinds[2]
-
 
 class _Range(_Constraint):
     """sh:min/maxInclusive/Exclusive: one pass per bound, like pySHACL."""
 
-    __slots__ = ("accept", "bounds", "symbol")
+    __slots__ = ("bounds", "symbol")
 
     def __init__(
         self,
@@ -557,17 +435,15 @@ class _Range(_Constraint):
         symbol: str,
     ) -> None:
         super().__init__(shape, component)
-        self.bounds = bounds
-        self.accept = accept
+        self.bounds = [(b, in_range(b, accept)) for b in bounds]
         self.symbol = symbol
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        for bound in self.bounds:
-            bound_is_string = isinstance(bound.value, str)
+        for bound, check in self.bounds:
             for f, values in fv:
                 for v in values:
-                    if not self._passes(v, bound, bound_is_string):
+                    if not check(v):
                         results.append(
                             self.shape.result(
                                 f,
@@ -578,94 +454,26 @@ class _Range(_Constraint):
                         )
         return not results, results
 
-    def _passes(self, v: Node, bound: Literal, bound_is_string: bool) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        value = v.value
-        if isinstance(value, str) != bound_is_string:
-            return False
-        try:
-            if (
-                v.datatype in _NUMERIC_TYPES
-                and bound.datatype in _NUMERIC_TYPES
-                and not v.ill_typed
-                and not bound.ill_typed
-                and value is not None
-                and bound.value is not None
-            ):
-                # rdflib's own fast path for two numeric literals, which is
-                # what Literal.eq and Literal.__gt__ take in compare_literal.
-                other = bound.value
-                cmp = 0 if value == other else (1 if value > other else -1)
-            else:
-                cmp = _compare_literal(v, bound)
-            return self.accept(cmp)
-        except (TypeError, NotImplementedError):
-            return False
-
-
-class _Length(_PerValue):
-    __slots__ = ("is_min", "n")
-
-    def __init__(self, shape: _Shape, n: int, *, is_min: bool) -> None:
-        symbol = ">=" if is_min else "<="
-        component = SH.MinLengthConstraintComponent if is_min else SH.MaxLengthConstraintComponent
-        super().__init__(shape, component, f"String length not {symbol} {n}")
-        self.n = n
-        self.is_min = is_min
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if self.is_min:
-            if self.n == 0:
-                return True  # pySHACL: a zero minimum passes even blank nodes
-            return not isinstance(v, BNode) and len(_string_of(v)) >= self.n
-        return not isinstance(v, BNode) and len(_string_of(v)) <= self.n
-
 
 class _Pattern(_Constraint):
     __slots__ = ("patterns",)
 
     def __init__(self, shape: _Shape, patterns: list[tuple[re.Pattern[str], str]]) -> None:
         super().__init__(shape, SH.PatternConstraintComponent)
-        self.patterns = patterns
+        self.patterns = [(matches(regex), text) for regex, text in patterns]
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        for regex, text in self.patterns:
+        for check, text in self.patterns:
             for f, values in fv:
                 for v in values:
-                    # pySHACL tries match() then search(): search() decides.
-                    if isinstance(v, BNode) or regex.search(_string_of(v)) is None:
+                    if not check(v):
                         results.append(
                             self.shape.result(
                                 f, self.component, v, f"Value does not match pattern '{text}'"
                             )
                         )
         return not results, results
-
-
-class _LanguageIn(_PerValue):
-    __slots__ = ("languages", "wildcard")
-
-    def __init__(self, shape: _Shape, languages: set[str]) -> None:
-        super().__init__(
-            shape,
-            SH.LanguageInConstraintComponent,
-            f"String language is not in {sorted(languages)}",
-        )
-        self.languages = languages
-        self.wildcard = "*" in languages
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        lang = v.language
-        if not lang:
-            return False
-        if self.wildcard:
-            return True
-        lower = str(lang).lower()
-        return lower in self.languages or lower.split("-")[0] in self.languages
 
 
 class _UniqueLang(_Constraint):
@@ -695,19 +503,6 @@ class _UniqueLang(_Constraint):
         return not results, results
 
 
-class _In(_PerValue):
-    __slots__ = ("members",)
-
-    def __init__(self, shape: _Shape, members: set[Node]) -> None:
-        super().__init__(
-            shape, SH.InConstraintComponent, "Value is not in the list of allowed values"
-        )
-        self.members = members
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        return v in self.members
-
-
 class _HasValue(_Constraint):
     __slots__ = ("required",)
 
@@ -719,7 +514,7 @@ class _HasValue(_Constraint):
         results: list[Result] = []
         for hv in self.required:
             for f, values in fv:
-                if not any(v == hv for v in values):
+                if not has_value(values, hv):
                     results.append(
                         self.shape.result(
                             f, self.component, None, f"Missing required value {term_text(hv)}"
@@ -1199,20 +994,26 @@ class _Compiler:
         if name == "class":
             return _Class(shape, list(values(SH["class"])))
         if name == "datatype":
-            return _Datatype(shape, _one(values(SH.datatype), f"{where} sh:datatype"))
+            rule = _one(values(SH.datatype), f"{where} sh:datatype")
+            return _PerValue(
+                shape,
+                SH.DatatypeConstraintComponent,
+                f"Value is not Literal with datatype {term_text(rule)}",
+                datatype(rule),
+            )
         if name == "nodeKind":
-            return _NodeKind(shape, _one(values(SH.nodeKind), f"{where} sh:nodeKind"))
+            rule = _one(values(SH.nodeKind), f"{where} sh:nodeKind")
+            return _PerValue(
+                shape,
+                SH.NodeKindConstraintComponent,
+                f"Value is not of Node Kind {term_text(rule)}",
+                node_kind(rule),
+            )
         if name in ("minExclusive", "minInclusive", "maxExclusive", "maxInclusive"):
             bounds = list(values(SH[name]))
             if not all(isinstance(b, Literal) for b in bounds):
                 raise ShapesError(f"{where}: sh:{name} must be a literal")
-            accept: dict[str, tuple[Callable[[int], bool], str]] = {
-                "minExclusive": (lambda c: c > 0, ">"),
-                "minInclusive": (lambda c: c >= 0, ">="),
-                "maxExclusive": (lambda c: c < 0, "<"),
-                "maxInclusive": (lambda c: c <= 0, "<="),
-            }
-            fn, symbol = accept[name]
+            fn, symbol = RANGES[name]
             component = URIRef(f"{SH}{name[0].upper()}{name[1:]}ConstraintComponent")
             return _Range(
                 shape, component, [b for b in bounds if isinstance(b, Literal)], fn, symbol
@@ -1227,9 +1028,15 @@ class _Compiler:
                 or lit.value < 0
             ):
                 raise ShapesError(f"{where}: sh:{name} must be a non-negative integer")
-            return _Length(shape, int(lit.value), is_min=name == "minLength")
+            n, is_min = int(lit.value), name == "minLength"
+            return _PerValue(
+                shape,
+                SH.MinLengthConstraintComponent if is_min else SH.MaxLengthConstraintComponent,
+                f"String length not {'>=' if is_min else '<='} {n}",
+                length(n, is_min=is_min),
+            )
         if name == "pattern":
-            return self._pattern(shape)
+            return _Pattern(shape, compile_patterns(sg, node))
         if name == "languageIn":
             lst = _one(values(SH.languageIn), f"{where} sh:languageIn")
             languages: set[str] = set()
@@ -1237,7 +1044,12 @@ class _Compiler:
                 if not isinstance(item, Literal) or not isinstance(item.value, str):
                     raise ShapesError(f"{where}: sh:languageIn members must be strings")
                 languages.add(item.value.lower())
-            return _LanguageIn(shape, languages)
+            return _PerValue(
+                shape,
+                SH.LanguageInConstraintComponent,
+                f"String language is not in {sorted(languages)}",
+                language_in(languages),
+            )
         if name == "uniqueLang":
             lit = _one(values(SH.uniqueLang), f"{where} sh:uniqueLang")
             property_only("sh:uniqueLang")
@@ -1246,7 +1058,12 @@ class _Compiler:
             return _UniqueLang(shape)
         if name == "in":
             lst = _one(values(SH["in"]), f"{where} sh:in")
-            return _In(shape, {_i(m) for m in sg.items(lst)})
+            return _PerValue(
+                shape,
+                SH.InConstraintComponent,
+                "Value is not in the list of allowed values",
+                member_of({_i(m) for m in sg.items(lst)}),
+            )
         if name == "hasValue":
             return _HasValue(shape, values(SH.hasValue))
         if name == "equals":
@@ -1283,33 +1100,6 @@ class _Compiler:
         if name == "closed":
             return self._closed(shape)
         raise ShapesError(f"{where}: no compiler for {name}")  # pragma: no cover
-
-    def _pattern(self, shape: _Shape) -> _Pattern:
-        sg, node = self.sg, shape.node
-        patterns = list(sg.objects(node, SH.pattern))
-        if not all(isinstance(p, Literal) for p in patterns):
-            raise ShapesError(f"{term_text(node)}: sh:pattern must be a literal")
-        flags_found = values_of(sg, node, SH.flags)
-        re_flags = 0
-        if flags_found:
-            flags = next(iter(flags_found))
-            text = str(flags.value if isinstance(flags, Literal) else flags).lower()
-            # pySHACL honours only i and m.
-            if "i" in text:
-                re_flags |= re.I
-            if "m" in text:
-                re_flags |= re.M
-        compiled: list[tuple[re.Pattern[str], str]] = []
-        for p in patterns:
-            assert isinstance(p, Literal)
-            if p.value is not None and not isinstance(p.value, str):
-                raise ShapesError(f"{term_text(node)}: sh:pattern must be a string")
-            source = str(p.value) if p.value is not None and len(p.value) > 1 else str(p)
-            try:
-                compiled.append((re.compile(source, re_flags), str(p.value)))
-            except re.error as exc:
-                raise ShapesError(f"{term_text(node)}: bad sh:pattern {source!r}: {exc}") from None
-        return _Pattern(shape, compiled)
 
     def _qualified(self, shape: _Shape) -> _Qualified | None:
         if not shape.is_property:
