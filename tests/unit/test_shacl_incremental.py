@@ -29,8 +29,8 @@ from knhkd.knowledge.shacl.incremental import (
     dependencies,
     validate_owned,
 )
-from knhkd.knowledge.shacl.incremental import _focus_text as focus_text
 from knhkd.knowledge.shacl.plain import forget_pyshacl_bnode_texts
+from knhkd.knowledge.shacl.terms import term_text as focus_text
 from knhkd.model import Delta, Triple
 
 REPO = Path(__file__).resolve().parents[2]

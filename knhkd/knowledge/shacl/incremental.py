@@ -103,7 +103,8 @@ from knhkd.knowledge.shacl.constraints import (
     min_count_ok,
     node_kind,
 )
-from knhkd.knowledge.shacl.errors import ShapesError
+from knhkd.knowledge.shacl.errors import ShapesError, Unsupported
+from knhkd.knowledge.shacl.paths import path_predicates
 from knhkd.knowledge.shacl.plain import Shapes, plain_validate, violation
 from knhkd.knowledge.shacl.results import ShaclResult, Violation
 from knhkd.knowledge.shacl.terms import term_text
@@ -168,8 +169,6 @@ _CORE_PREDICATES: frozenset[URIRef] = frozenset(
     )
 )
 _PAIR_PREDICATES = (SH.equals, SH.disjoint, SH.lessThan, SH.lessThanOrEquals)
-_REPEAT_PATHS = (SH.zeroOrMorePath, SH.oneOrMorePath, SH.zeroOrOnePath)
-_MAX_PATH_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,40 +184,6 @@ class Dependencies:
     unsupported: str | None
 
 
-class _Unsupported(Exception):
-    pass
-
-
-def _walk_path(
-    g: Graph, node: Node, inverse: bool, fwd: set[URIRef], inv: set[URIRef], depth: int = 0
-) -> None:
-    if depth > _MAX_PATH_DEPTH:
-        raise _Unsupported("a property path nested too deeply")
-    if isinstance(node, URIRef):
-        (inv if inverse else fwd).add(node)
-        return
-    if not isinstance(node, BNode):
-        raise _Unsupported(f"a property path that is a literal: {node!r}")
-    matched = False
-    if (node, RDF.first, None) in g:  # sequence path
-        matched = True
-        for step in Collection(g, node):
-            _walk_path(g, step, inverse, fwd, inv, depth + 1)
-    for pred in _REPEAT_PATHS:
-        for inner in g.objects(node, pred):
-            matched = True
-            _walk_path(g, inner, inverse, fwd, inv, depth + 1)
-    for inner in g.objects(node, SH.inversePath):
-        matched = True
-        _walk_path(g, inner, not inverse, fwd, inv, depth + 1)
-    for alternatives in g.objects(node, SH.alternativePath):
-        matched = True
-        for step in Collection(g, alternatives):
-            _walk_path(g, step, inverse, fwd, inv, depth + 1)
-    if not matched:
-        raise _Unsupported("a blank-node property path of no SHACL path kind")
-
-
 def dependencies(shapes_graph: Graph) -> Dependencies:
     """Analyse a shapes graph (see the module docstring, step 1)."""
     fwd: set[URIRef] = set()
@@ -229,9 +194,9 @@ def dependencies(shapes_graph: Graph) -> Dependencies:
     try:
         for _s, p, o in shapes_graph:
             if isinstance(p, URIRef) and p.startswith(str(SH)) and p not in _CORE_PREDICATES:
-                raise _Unsupported(f"the shapes use <{p}>, which is not SHACL Core")
+                raise Unsupported(f"the shapes use <{p}>, which is not SHACL Core")
             if p == SH.path:
-                _walk_path(shapes_graph, o, False, fwd, inv)
+                path_predicates(shapes_graph, o, False, fwd, inv)
             elif p == SH.targetSubjectsOf and isinstance(o, URIRef):
                 out_only.add(o)
             elif p == SH.targetObjectsOf and isinstance(o, URIRef):
@@ -241,7 +206,7 @@ def dependencies(shapes_graph: Graph) -> Dependencies:
             elif p == SH.closed and isinstance(o, Literal) and o.toPython() is True:
                 closed = True
         _check_severities(shapes_graph)
-    except _Unsupported as exc:
+    except Unsupported as exc:
         return Dependencies(frozenset(), frozenset(), frozenset(), frozenset(), False, str(exc))
     return Dependencies(
         frozenset(fwd), frozenset(inv), frozenset(out_only), frozenset(in_only), closed, None
@@ -285,22 +250,11 @@ def _check_severities(g: Graph) -> None:
                     continue
                 seen.add(o)
                 if _severity(g, o) not in _ALLOWED_SEVERITIES:
-                    raise _Unsupported(
+                    raise Unsupported(
                         f"shape {o.n3()} of severity {_severity(g, o).n3()} is nested in "
                         f"{shape.n3()} of severity {_severity(g, shape).n3()}"
                     )
                 stack.append(o)
-
-
-def _focus_text(t: Node) -> str:
-    # The spelling knhkd.knowledge.shacl gives a focus node in a Violation.
-    if isinstance(t, URIRef):
-        return f"<{t}>"
-    if isinstance(t, Literal):
-        return t.n3()
-    if isinstance(t, BNode):
-        return f"_:{t}"
-    return str(t)
 
 
 def _descendants(view: DeltaView, cls: Node) -> set[Node]:
@@ -905,7 +859,7 @@ class ShaclChecker:
         focus = affected(deps, view, anchors(deps, view))
         if not focus:
             return CheckResult(base.result(), "certified")
-        names = {_focus_text(n) for n in focus}
+        names = {term_text(n) for n in focus}
         kept = [e for e in base.entries if e.owner not in names]
         proof = self.certifier(shapes)
         memo: TypeMemo = {}

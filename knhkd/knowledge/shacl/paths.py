@@ -40,8 +40,13 @@ def path_steps(graph: Graph, path: Node | None) -> tuple[Node, ...]:
 
 
 def path_text(graph: Graph, path: Node | None, depth: int = 0) -> str:
-    """A SHACL property path as a SPARQL property-path expression, following
-    the same precedence as pySHACL's path evaluation."""
+    """A SHACL property path as a SPARQL property-path expression ("" for
+    none), from the shapes graph or from a report that copied the path.
+
+    A malformed path node carrying several path kinds is written as the kind
+    pySHACL follows: its evaluation (``value_nodes_from_path``) and its own
+    SPARQL printer (``shacl_path_to_sparql_path``) both take a sequence, then
+    sh:inversePath, then sh:alternativePath, before any repetition path."""
     if path is None:
         return ""
     if isinstance(path, URIRef):
@@ -163,3 +168,42 @@ def _closure(step: PathFn, *, include_focus: bool, repeat: bool) -> PathFn:
 
     return closure
 
+
+# pySHACL gives up on paths nested 10 deep; a walk this deep is a cyclic or
+# pathological path, which the certifier leaves to the plain call.
+_MAX_WALK_DEPTH = 64
+_REPEAT_PATHS = (SH.zeroOrMorePath, SH.oneOrMorePath, SH.zeroOrOnePath)
+
+
+def path_predicates(
+    g: Graph, node: Node, inverse: bool, fwd: set[URIRef], inv: set[URIRef], depth: int = 0
+) -> None:
+    """Add to ``fwd`` the predicates the path follows forwards and to ``inv``
+    those it follows backwards, through every branch of every path kind the
+    node carries (an over-approximation of what pySHACL evaluates). Raises
+    ``Unsupported`` for a path that is no SHACL path or nests too deeply."""
+    if depth > _MAX_WALK_DEPTH:
+        raise Unsupported("a property path nested too deeply")
+    if isinstance(node, URIRef):
+        (inv if inverse else fwd).add(node)
+        return
+    if not isinstance(node, BNode):
+        raise Unsupported(f"a property path that is a literal: {node!r}")
+    matched = False
+    if (node, RDF.first, None) in g:  # sequence path
+        matched = True
+        for step in RdfList(g, node):
+            path_predicates(g, step, inverse, fwd, inv, depth + 1)
+    for pred in _REPEAT_PATHS:
+        for inner in g.objects(node, pred):
+            matched = True
+            path_predicates(g, inner, inverse, fwd, inv, depth + 1)
+    for inner in g.objects(node, SH.inversePath):
+        matched = True
+        path_predicates(g, inner, not inverse, fwd, inv, depth + 1)
+    for alternatives in g.objects(node, SH.alternativePath):
+        matched = True
+        for step in RdfList(g, alternatives):
+            path_predicates(g, step, inverse, fwd, inv, depth + 1)
+    if not matched:
+        raise Unsupported("a blank-node property path of no SHACL path kind")

@@ -35,7 +35,6 @@ import pyshacl
 from pyshacl.errors import ReportableRuntimeError
 from pyshacl.rdfutil.stringify import stringify_blank_node
 from rdflib import BNode, Graph, Literal, URIRef
-from rdflib.collection import Collection
 from rdflib.namespace import RDF, SH
 from rdflib.term import Node
 
@@ -85,32 +84,6 @@ def plain_validate(
     return bool(conforms), report
 
 
-def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
-    """A SHACL property path as a SPARQL property-path expression."""
-    if isinstance(path, URIRef):
-        return f"<{path}>"
-    if not isinstance(path, BNode) or depth > 16:
-        return term_text(path)
-    if (path, RDF.first, None) in report:
-        steps = (_path_text(report, p, depth + 1) for p in Collection(report, path))
-        return "(" + "/".join(steps) + ")"
-    unary = (
-        (SH.inversePath, "^{}"),
-        (SH.zeroOrMorePath, "({})*"),
-        (SH.oneOrMorePath, "({})+"),
-        (SH.zeroOrOnePath, "({})?"),
-    )
-    for pred, fmt in unary:
-        inner = report.value(path, pred)
-        if inner is not None:
-            return fmt.format(_path_text(report, inner, depth + 1))
-    alt = report.value(path, SH.alternativePath)
-    if alt is not None:
-        options = (_path_text(report, p, depth + 1) for p in Collection(report, alt))
-        return "(" + "|".join(options) + ")"
-    return "?"
-
-
 def violation(report: Graph, r: Node) -> Violation:
     """One result node of a pySHACL report, as text."""
     path = report.value(r, SH.resultPath)
@@ -118,7 +91,7 @@ def violation(report: Graph, r: Node) -> Violation:
     messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
     return Violation(
         focus_node=term_text(report.value(r, SH.focusNode)),
-        path="" if path is None else _path_text(report, path),
+        path=path_text(report, path),
         constraint=term_text(report.value(r, SH.sourceConstraintComponent)),
         message="; ".join(messages),
         severity="" if severity is None else str(severity).rpartition("#")[2],
