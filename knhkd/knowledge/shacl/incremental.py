@@ -639,7 +639,8 @@ def _superclasses(view: DeltaView, cls: Node) -> set[Node]:
 
 
 # Node -> every class it is an instance of (its types and their superclasses),
-# for one check: the certifier asks the same question for every shape.
+# for one check: every top-level shape asks it again of the same node when
+# deciding whether the node is a focus node of its class targets.
 TypeMemo = dict[Node, frozenset[Node]]
 
 
@@ -664,8 +665,7 @@ def _is_focus(view: DeltaView, top: _TopShape, f: Node, memo: TypeMemo) -> bool:
     return any(next(view.subjects(p, f), None) is not None for p in top.objects_of)
 
 
-def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, depth: int,
-                   memo: TypeMemo) -> bool:
+def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, depth: int) -> bool:
     """True only if validating ``f`` against the shape yields no result."""
     shape = c.shapes.get(shape_node)
     if shape is None or depth > _MAX_NESTING or not shape.certifiable:
@@ -696,7 +696,7 @@ def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, dep
             return False
         if not all(instance_of(view, v, cls) for cls in shape.classes):
             return False
-        if not all(_certify_shape(c, view, n, v, depth + 1, memo) for n in shape.nested):
+        if not all(_certify_shape(c, view, n, v, depth + 1) for n in shape.nested):
             return False
     return True
 
@@ -705,7 +705,7 @@ def certify(c: Certifier, view: DeltaView, f: Node, memo: TypeMemo | None = None
     """True only if pySHACL on the result reports no result owned by focus node ``f``."""
     memo = {} if memo is None else memo
     return all(
-        _certify_shape(c, view, top.node, f, 0, memo)
+        _certify_shape(c, view, top.node, f, 0)
         for top in c.top if _is_focus(view, top, f, memo)
     )
 
