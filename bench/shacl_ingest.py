@@ -49,7 +49,7 @@ import pyshacl  # noqa: E402
 from rdflib import Graph  # noqa: E402
 
 from knhkd.knowledge.observation_rdf import observation_graph  # noqa: E402
-from knhkd.knowledge.shacl_core import CompiledShapes, Result, report_results  # noqa: E402
+from knhkd.knowledge.shacl import CompiledShapes, Result, report_results  # noqa: E402
 from knhkd.model import SECTORS, ObservationIn  # noqa: E402
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes  # noqa: E402
 

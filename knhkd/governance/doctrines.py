@@ -64,8 +64,7 @@ from knhkd.governance.files import (
 )
 from knhkd.governance.signers import Signer, persons
 from knhkd.knowledge.rdf import DeltaView, KnowledgeError, content_hash, load_turtle
-from knhkd.knowledge.shacl import Shapes
-from knhkd.knowledge.shacl_incremental import ShaclChecker
+from knhkd.knowledge.shacl import ShaclChecker, Shapes
 from knhkd.model import (
     SECTORS,
     WEEKDAYS,

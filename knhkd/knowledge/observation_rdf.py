@@ -63,7 +63,7 @@ from rdflib import BNode, Literal, URIRef
 from rdflib.namespace import RDF, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.shacl_core import DataGraph, intern_iri, interned
+from knhkd.knowledge.shacl import DataGraph, intern_iri, interned
 from knhkd.model import SECTORS, ObservationIn
 
 KNHK_NS = "urn:knhk:ontology#"
@@ -72,7 +72,7 @@ META_NS = "urn:knhk:meta#"
 EVENT_NS = "urn:knhk:event:"
 SUBJECT_PREFIX = "urn:knhk:obs:pending:"
 
-# Interned (shacl_core.intern_iri): the compiled shapes hold the same objects,
+# Interned (shacl.intern_iri): the compiled shapes hold the same objects,
 # which keeps their index lookups off rdflib's Python-level __eq__.
 OBSERVATION = intern_iri(URIRef(KNHK_NS + "Observation"))
 EVENT_TYPE = intern_iri(URIRef(KNHK_NS + "eventType"))

@@ -54,13 +54,13 @@ from rdflib.term import Node
 
 from knhkd.knowledge.observation_rdf import field_of, observation_graph, subject_of
 from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id, from_rdflib
-from knhkd.knowledge.shacl import term_text
-from knhkd.knowledge.shacl_core import (
+from knhkd.knowledge.shacl import (
     CompiledShapes,
     DataGraph,
     Result,
     ShaclRuntimeError,
     ShapesError,
+    term_text,
 )
 from knhkd.model import SECTORS, FieldError, ObservationIn, RdfPayload, Sector
 

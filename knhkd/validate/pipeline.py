@@ -51,8 +51,7 @@ from collections.abc import Callable, Iterable
 from rdflib import Graph
 
 from knhkd.knowledge.rdf import KnowledgeError
-from knhkd.knowledge.shacl import Shapes
-from knhkd.knowledge.shacl_incremental import ShaclChecker
+from knhkd.knowledge.shacl import ShaclChecker, Shapes
 from knhkd.model import Proposal, StageResult, ValidationReport
 from knhkd.validate.stages import DEFAULT_STAGES
 from knhkd.validate.types import (

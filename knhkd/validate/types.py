@@ -24,8 +24,7 @@ from knhkd.config import ValidateConfig
 from knhkd.governance.doctrines import DoctrineSet
 from knhkd.governance.guards import GuardSet
 from knhkd.knowledge.rdf import DeltaView, KnowledgeError
-from knhkd.knowledge.shacl import Shapes
-from knhkd.knowledge.shacl_incremental import ShaclChecker
+from knhkd.knowledge.shacl import ShaclChecker, Shapes
 from knhkd.model import (
     Proposal,
     Relaxation,

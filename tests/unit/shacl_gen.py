@@ -22,7 +22,7 @@ from rdflib.collection import Collection
 from rdflib.namespace import RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.shacl_core import CompiledShapes, DataGraph, Result, report_results
+from knhkd.knowledge.shacl import CompiledShapes, DataGraph, Result, report_results
 
 EX = "http://example.org/"
 PREDS = [URIRef(f"{EX}p{i}") for i in range(4)]

@@ -22,7 +22,7 @@ from knhkd.governance.doctrines import (
 from knhkd.governance.files import GovernanceError, GovernanceFileError
 from knhkd.governance.signers import SignerError, parse_signer, parse_signers
 from knhkd.knowledge.rdf import DeltaView, load_ontology
-from knhkd.knowledge.shacl_incremental import ShaclChecker
+from knhkd.knowledge.shacl import ShaclChecker
 from knhkd.model import (
     WEEKDAYS,
     Delta,

@@ -13,13 +13,8 @@ from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.compare import isomorphic
 from rdflib.namespace import RDF, RDFS, SH
 
-from knhkd.knowledge.shacl_core import (
-    CompiledShapes,
-    DataGraph,
-    ShaclRuntimeError,
-    ShapesError,
-    path_text,
-)
+from knhkd.knowledge.shacl import CompiledShapes, DataGraph, ShaclRuntimeError, ShapesError
+from knhkd.knowledge.shacl.paths import path_text
 from tests.unit.shacl_gen import describe, message_shapes, run_compiled, run_pyshacl, same
 
 PREFIXES = """

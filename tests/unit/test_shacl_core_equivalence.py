@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from rdflib import Graph
 
 from knhkd.knowledge.observation_rdf import observation_graph
-from knhkd.knowledge.shacl_core import CompiledShapes, DataGraph
+from knhkd.knowledge.shacl import CompiledShapes, DataGraph
 from knhkd.model import SECTORS, ObservationIn, RdfPayload
 from knhkd.monitor.shapes import load_observation_shapes, payload_triples
 from tests.unit.shacl_gen import (

@@ -28,7 +28,7 @@ import pytest
 from rdflib import BNode, Graph, Namespace, URIRef
 from rdflib.namespace import RDF
 
-from knhkd.knowledge.shacl_core import CompiledShapes, DataGraph, Result, report_results
+from knhkd.knowledge.shacl import CompiledShapes, DataGraph, Result, report_results
 from tests.unit.shacl_gen import message_shapes, result_keys, run_pyshacl
 
 ROOT = Path(__file__).resolve().parents[1] / "vectors" / "shacl-core"

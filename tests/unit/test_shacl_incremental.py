@@ -21,15 +21,16 @@ from knhkd.knowledge.rdf import (
     from_rdflib,
     graph_from_ntriples,
 )
-from knhkd.knowledge.shacl import Shapes, forget_pyshacl_bnode_texts
-from knhkd.knowledge.shacl_incremental import (
+from knhkd.knowledge.shacl import Shapes
+from knhkd.knowledge.shacl.incremental import (
     ShaclChecker,
     certifier,
     certify,
     dependencies,
     validate_owned,
 )
-from knhkd.knowledge.shacl_incremental import _focus_text as focus_text
+from knhkd.knowledge.shacl.plain import forget_pyshacl_bnode_texts
+from knhkd.knowledge.shacl.terms import term_text as focus_text
 from knhkd.model import Delta, Triple
 
 REPO = Path(__file__).resolve().parents[2]

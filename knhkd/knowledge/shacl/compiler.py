@@ -64,265 +64,38 @@ with ``focus_nodes``, or report ``conforms`` for a shape it did not evaluate.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 from rdflib import BNode, Graph, Literal, URIRef
-from rdflib.collection import Collection as RdfList
 from rdflib.namespace import OWL, RDF, RDFS, SH, XSD
 from rdflib.term import Node
 
-from knhkd.knowledge.shacl import ShapesError, plain_validate, term_text
+from knhkd.knowledge.shacl.constraints import (
+    RANGES,
+    ValueCheck,
+    compile_patterns,
+    datatype,
+    has_value,
+    in_range,
+    instance_of,
+    language_in,
+    length,
+    matches,
+    max_count_ok,
+    member_of,
+    min_count_ok,
+    node_kind,
+)
+from knhkd.knowledge.shacl.datagraph import DataGraph
+from knhkd.knowledge.shacl.errors import ShaclRuntimeError, ShapesError, Unsupported
+from knhkd.knowledge.shacl.paths import PathFn, compile_path, path_steps, path_text
+from knhkd.knowledge.shacl.plain import plain_validate, report_results
+from knhkd.knowledge.shacl.results import Result, Validation
+from knhkd.knowledge.shacl.terms import intern_iri, term_text, values_of
 
-__all__ = [
-    "CompiledShapes",
-    "DataGraph",
-    "Result",
-    "ShaclRuntimeError",
-    "ShapesError",
-    "Validation",
-    "intern_iri",
-    "interned",
-    "path_steps",
-    "path_text",
-    "report_results",
-]
-
-
-class ShaclRuntimeError(Exception):
-    """The data made a check impossible to evaluate (where pySHACL raises
-    ``ReportableRuntimeError``, e.g. ``sh:lessThan`` on a blank node)."""
-
-
-# --------------------------------------------------------------------------- #
-# Results
-# --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """One validation result, as pySHACL would put it in its report.
-
-    ``path`` is the result path written as a SPARQL property path (``""`` when
-    the result has none); ``path_node`` is the path term itself, in the graph
-    it came from. ``messages`` are the ``sh:message`` texts of the source
-    shape, or one generic text when it declares none (``generic`` is then
-    true: pySHACL words its generic texts differently)."""
-
-    focus: Node
-    path: str
-    component: URIRef
-    severity: Node
-    source_shape: Node
-    value: Node | None
-    messages: tuple[str, ...]
-    generic: bool
-    path_node: Node | None = None
-    # The predicates of a predicate or sequence path, in order; () otherwise.
-    steps: tuple[Node, ...] = ()
-
-    def key(self) -> tuple[Node, str, URIRef, Node, Node, Node | None]:
-        """What must equal pySHACL's: focus, path, component, severity,
-        source shape, value."""
-        return (self.focus, self.path, self.component, self.severity, self.source_shape, self.value)
-
-
-@dataclass(frozen=True, slots=True)
-class Validation:
-    conforms: bool
-    results: list[Result]
-    # Top-level shapes that were handed to pySHACL (empty: all compiled).
-    fallback_shapes: tuple[Node, ...] = ()
-
-
-# --------------------------------------------------------------------------- #
-# The data graph index
-# --------------------------------------------------------------------------- #
-
-_EMPTY: tuple[Node, ...] = ()
-Triple = tuple[Node, Node, Node]
-
-
-class DataGraph:
-    """An immutable in-memory index of a data graph.
-
-    ``spo`` maps subject -> predicate -> the distinct objects (any sized
-    collection: dict keys when duplicates had to be dropped, a tuple when the
-    builder knew there were none). Inverse indexes are built on first use."""
-
-    __slots__ = ("_pos", "_spo")
-
-    def __init__(self, spo: dict[Node, dict[Node, Collection[Node]]]) -> None:
-        self._spo = spo
-        self._pos: dict[Node, dict[Node, list[Node]]] = {}
-
-    @classmethod
-    def from_triples(cls, triples: Iterable[Triple]) -> DataGraph:
-        spo: dict[Node, dict[Node, dict[Node, None]]] = {}
-        for s, p, o in triples:
-            po = spo.get(s)
-            if po is None:
-                spo[s] = {p: {o: None}}
-                continue
-            objs = po.get(p)
-            if objs is None:
-                po[p] = {o: None}
-            else:
-                objs[o] = None
-        return cls({s: {p: objs.keys() for p, objs in po.items()} for s, po in spo.items()})
-
-    @classmethod
-    def from_graph(cls, graph: Graph) -> DataGraph:
-        return cls.from_triples(graph)
-
-    def triples(self) -> Iterator[Triple]:
-        for s, po in self._spo.items():
-            for p, objs in po.items():
-                for o in objs:
-                    yield s, p, o
-
-    def to_rdflib(self) -> Graph:
-        g = Graph()
-        for t in self.triples():
-            g.add(t)
-        return g
-
-    def __len__(self) -> int:
-        return sum(len(objs) for po in self._spo.values() for objs in po.values())
-
-    def objects(self, s: Node, p: Node) -> Collection[Node]:
-        po = self._spo.get(s)
-        if po is None:
-            return _EMPTY
-        return po.get(p, _EMPTY)
-
-    def predicate_objects(self, s: Node) -> Iterator[tuple[Node, Node]]:
-        po = self._spo.get(s)
-        if po is None:
-            return
-        for p, objs in po.items():
-            for o in objs:
-                yield p, o
-
-    def _inverse(self, p: Node) -> dict[Node, list[Node]]:
-        # Per predicate, on first use: focus nodes need rdf:type's inverse,
-        # rarely anything else, so indexing every triple would be wasted.
-        pos = self._pos
-        inv = pos.get(p)
-        if inv is None:
-            inv = {}
-            for s, po in self._spo.items():
-                objs = po.get(p)
-                if objs:
-                    for o in objs:
-                        found = inv.get(o)
-                        if found is None:
-                            inv[o] = [s]
-                        else:
-                            found.append(s)
-            pos[p] = inv
-        return inv
-
-    def subjects(self, p: Node, o: Node) -> Collection[Node]:
-        return self._inverse(p).get(o, _EMPTY)
-
-    def subject_objects(self, p: Node) -> list[tuple[Node, Node]]:
-        return [(s, o) for o, subjects in self._inverse(p).items() for s in subjects]
-
-    def transitive_subjects(self, p: Node, o: Node) -> list[Node]:
-        """rdflib's ``transitive_subjects``: ``o`` first, then depth first."""
-        if not self._inverse(p):
-            return [o]
-        seen: dict[Node, None] = {}
-
-        def walk(node: Node) -> None:
-            if node in seen:
-                return
-            seen[node] = None
-            for s in self.subjects(p, node):
-                walk(s)
-
-        walk(o)
-        return list(seen)
-
-    def transitive_objects(self, s: Node, p: Node) -> list[Node]:
-        """rdflib's ``transitive_objects``: ``s`` first, then depth first."""
-        seen: dict[Node, None] = {}
-
-        def walk(node: Node) -> None:
-            if node in seen:
-                return
-            seen[node] = None
-            for o in self.objects(node, p):
-                walk(o)
-
-        walk(s)
-        return list(seen)
-
-
-# --------------------------------------------------------------------------- #
-# Rendering paths and terms
-# --------------------------------------------------------------------------- #
-
-
-def path_steps(graph: Graph, path: Node | None) -> tuple[Node, ...]:
-    """The predicates of a predicate path or of a sequence of predicates."""
-    if isinstance(path, URIRef):
-        return (path,)
-    if isinstance(path, BNode) and (path, RDF.first, None) in graph:
-        steps = tuple(RdfList(graph, path))
-        if all(isinstance(p, URIRef) for p in steps):
-            return steps
-    return ()
-
-
-def path_text(graph: Graph, path: Node | None, depth: int = 0) -> str:
-    """A SHACL property path as a SPARQL property-path expression, following
-    the same precedence as pySHACL's path evaluation."""
-    if path is None:
-        return ""
-    if isinstance(path, URIRef):
-        return f"<{path}>"
-    if not isinstance(path, BNode) or depth > 16:
-        return term_text(path)
-    if (path, RDF.first, None) in graph:
-        steps = (path_text(graph, p, depth + 1) for p in RdfList(graph, path))
-        return "(" + "/".join(steps) + ")"
-    unary = (
-        (SH.inversePath, "^{}"),
-        (SH.alternativePath, None),
-        (SH.zeroOrMorePath, "({})*"),
-        (SH.oneOrMorePath, "({})+"),
-        (SH.zeroOrOnePath, "({})?"),
-    )
-    for pred, fmt in unary:
-        inner = graph.value(path, pred)
-        if inner is None:
-            continue
-        if fmt is None:
-            options = (path_text(graph, p, depth + 1) for p in RdfList(graph, inner))
-            return "(" + "|".join(options) + ")"
-        return fmt.format(path_text(graph, inner, depth + 1))
-    return "?"
-
-
-# IRIs the compiled shapes compare against, one object per IRI. A dict lookup
-# whose key is the very object stored skips rdflib's Python-level __eq__
-# (~1 µs), so the observation view builds its terms from this table too.
-_INTERNED: dict[str, URIRef] = {}
-
-
-def intern_iri(iri: URIRef) -> URIRef:
-    """The one shared object for ``iri`` (registered if new)."""
-    return _INTERNED.setdefault(str(iri), iri)
-
-
-def interned(text: str) -> URIRef | None:
-    """The shared object for ``text`` if one is registered (never registers)."""
-    return _INTERNED.get(text)
+__all__ = ["CompiledShapes"]
 
 
 def _i(t: Node) -> Node:
@@ -333,14 +106,6 @@ def _i(t: Node) -> Node:
 # Vocabulary
 # --------------------------------------------------------------------------- #
 
-_NUMERIC_TYPES = frozenset(
-    intern_iri(XSD[n])
-    for n in (
-        "integer", "decimal", "double", "float", "byte", "int", "long", "negativeInteger",
-        "nonNegativeInteger", "nonPositiveInteger", "positiveInteger", "short",
-        "unsignedByte", "unsignedInt", "unsignedLong", "unsignedShort",
-    )
-)  # fmt: skip
 _WHOLE_INTEGERS = frozenset(
     XSD[n]
     for n in (
@@ -410,10 +175,6 @@ _ALWAYS_IGNORED = ((RDF.type, RDFS.Resource),)
 # rdflib's namespace attributes cost ~1.7 µs per access: bind the hot ones once.
 _TYPE = intern_iri(RDF.type)
 _SUBCLASS = intern_iri(RDFS.subClassOf)
-_LANGSTRING = RDF.langString
-_XSD_STRING = XSD.string
-_RDFS_LITERAL = RDFS.Literal
-_RDFS_DATATYPE = RDFS.Datatype
 _QMAX = SH.QualifiedMaxCountConstraintComponent
 _QMIN = SH.QualifiedMinCountConstraintComponent
 
@@ -422,153 +183,6 @@ def _one(values: set[Node], what: str) -> Node:
     if len(values) != 1:
         raise ShapesError(f"{what}: expected exactly one value, found {len(values)}")
     return next(iter(values))
-
-
-# --------------------------------------------------------------------------- #
-# Paths
-# --------------------------------------------------------------------------- #
-
-PathFn = Callable[[DataGraph, Node], Collection[Node]]
-
-
-class _Unsupported(Exception):
-    """A feature this module does not mirror; the shape falls back to pySHACL."""
-
-
-def _values_of(sg: Graph, node: Node, pred: URIRef) -> set[Node]:
-    return set(sg.objects(node, pred))
-
-
-def _pick(values: set[Node], what: str) -> Node:
-    # pySHACL takes next(iter(set)): with several values its choice is arbitrary.
-    if len(values) > 1:
-        raise _Unsupported(f"several values of {what}")
-    return next(iter(values))
-
-
-def _compile_path(sg: Graph, node: Node, inverse: bool = False, recursion: int = 0) -> PathFn:
-    """Mirror of pySHACL's ``value_nodes_from_path`` (helper/expression_helper.py)."""
-    if isinstance(node, URIRef):
-        pred = intern_iri(node)
-        if inverse:
-            return lambda g, f: g.subjects(pred, f)
-        return lambda g, f: g.objects(f, pred)
-    if isinstance(node, Literal):
-        raise ShapesError("a property path cannot be a literal")
-    if recursion >= 10:
-        raise ShapesError("property path nested too deeply")
-    firsts = _values_of(sg, node, RDF.first)
-    if firsts:
-        first = _compile_path(sg, _pick(firsts, "rdf:first"), inverse, recursion + 1)
-        rests = _values_of(sg, node, RDF.rest)
-        if not rests:
-            raise ShapesError("a sequence path list has no rdf:rest")
-        rest_node = _pick(rests, "rdf:rest")
-        if rest_node == RDF.nil:
-            if recursion == 0:
-                raise ShapesError("a sequence path needs at least two steps")
-            return first
-        rest = _compile_path(sg, rest_node, inverse, recursion + 1)
-
-        def sequence(g: DataGraph, f: Node) -> Collection[Node]:
-            out: dict[Node, None] = {}
-            for mid in first(g, f):
-                for v in rest(g, mid):
-                    out[v] = None
-            return out.keys()
-
-        return sequence
-    inverse_of = _values_of(sg, node, SH.inversePath)
-    if inverse_of:
-        return _compile_path(sg, _pick(inverse_of, "sh:inversePath"), not inverse, recursion + 1)
-    alternatives = _values_of(sg, node, SH.alternativePath)
-    if alternatives:
-        items = list(sg.items(_pick(alternatives, "sh:alternativePath")))
-        options = [_compile_path(sg, a, inverse, recursion + 1) for a in items]
-        if len(options) < 2:
-            raise ShapesError("an alternative path needs at least two paths")
-
-        def alternative(g: DataGraph, f: Node) -> Collection[Node]:
-            out: dict[Node, None] = {}
-            for option in options:
-                for v in option(g, f):
-                    out[v] = None
-            return out.keys()
-
-        return alternative
-    for pred, include_focus, repeat in (
-        (SH.zeroOrMorePath, True, True),
-        (SH.oneOrMorePath, False, True),
-        (SH.zeroOrOnePath, True, False),
-    ):
-        found = _values_of(sg, node, pred)
-        if not found:
-            continue
-        step = _compile_path(sg, _pick(found, str(pred)), inverse, recursion + 1)
-        return _closure(step, include_focus=include_focus, repeat=repeat)
-    if any(True for _ in sg.predicate_objects(node)):
-        raise ShapesError(f"not a property path: {term_text(node)}")
-    raise ShapesError(f"empty property path: {term_text(node)}")
-
-
-def _closure(step: PathFn, *, include_focus: bool, repeat: bool) -> PathFn:
-    def closure(g: DataGraph, f: Node) -> Collection[Node]:
-        seen: dict[Node, None] = {f: None} if include_focus else {}
-        frontier = list(step(g, f))
-        if not repeat:
-            for v in frontier:
-                seen[v] = None
-            return seen.keys()
-        while frontier:
-            current = frontier.pop()
-            if current in seen:
-                continue
-            seen[current] = None
-            frontier.extend(step(g, current))
-        return seen.keys()
-
-    return closure
-
-
-# --------------------------------------------------------------------------- #
-# Literal helpers that mirror pySHACL exactly
-# --------------------------------------------------------------------------- #
-
-
-def _compare_literal(l1: Literal, l2: Literal) -> int:
-    """pySHACL's ``rdfutil.compare.compare_literal``, on rdflib's own operators."""
-    if l1.eq(l2):
-        return 0
-    if l1.value.__class__ in (datetime, time):
-        if l1.value == l2.value:
-            return 0
-        if l1.value > l2.value:
-            return 1
-    elif l1 > l2:
-        return 1
-    return -1
-
-
-def _string_of(v: Node) -> str:
-    """pySHACL's ``value_node_to_string``."""
-    if isinstance(v, Literal):
-        if v.value is not None and v.datatype in (None, _LANGSTRING, _XSD_STRING):
-            return str(v.value)
-        return str(v)
-    return str(v)
-
-
-_PYTHON_TYPES: dict[Node, type | tuple[type, ...]] = {
-    _XSD_STRING: (str, bytes),
-    _LANGSTRING: (str, bytes),
-    XSD.integer: int,
-    XSD.float: float,
-    XSD.decimal: Decimal,
-    XSD.boolean: bool,
-    XSD.date: date,
-    XSD.time: time,
-    XSD.dateTime: datetime,
-}
 
 
 # --------------------------------------------------------------------------- #
@@ -648,10 +262,10 @@ class _Shape:
         if self.deactivated:
             self.quick = lambda g, v: True
         elif self.path_fn is None and all(isinstance(c, _PerValue) for c in self.constraints):
-            checks = [c.ok for c in self.constraints if isinstance(c, _PerValue)]
+            checks = [c.check for c in self.constraints if isinstance(c, _PerValue)]
             # None of these checks raises, so stopping at the first failure
             # cannot hide an error pySHACL would meet.
-            self.quick = lambda g, v: all(ok(g, v) for ok in checks)
+            self.quick = lambda g, v: all(check(v) for check in checks)
 
     def conforms(self, g: DataGraph, v: Node, depth: int) -> bool:
         """pySHACL's ``Shape.validate(focus=v)[0]`` for a nested shape."""
@@ -730,23 +344,22 @@ class _Constraint:
 
 
 class _PerValue(_Constraint):
-    """A constraint that judges each value node on its own."""
+    """A constraint that judges each value node on its own, with one check of
+    ``constraints``."""
 
-    __slots__ = ("message",)
+    __slots__ = ("check", "message")
 
-    def __init__(self, shape: _Shape, component: URIRef, message: str) -> None:
+    def __init__(self, shape: _Shape, component: URIRef, message: str, check: ValueCheck) -> None:
         super().__init__(shape, component)
         self.message = message
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        raise NotImplementedError
+        self.check = check
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        ok = self.ok
+        check = self.check
         for f, values in fv:
             for v in values:
-                if not ok(g, v):
+                if not check(v):
                     results.append(self.shape.result(f, self.component, v, self.message))
         return not results, results
 
@@ -765,7 +378,7 @@ class _MinCount(_Constraint):
         results = [
             self.shape.result(f, self.component, None, f"Less than {n} values on {f}")
             for f, values in fv
-            if len(values) < n
+            if not min_count_ok(values, n)
         ]
         return not results, results
 
@@ -782,7 +395,7 @@ class _MaxCount(_Constraint):
         results = [
             self.shape.result(f, self.component, None, f"More than {n} values on {f}")
             for f, values in fv
-            if len(values) > n
+            if not max_count_ok(values, n)
         ]
         return not results, results
 
@@ -799,7 +412,7 @@ class _Class(_Constraint):
         for c in self.classes:
             for f, values in fv:
                 for v in values:
-                    if not self._instance(g, v, c):
+                    if not instance_of(g, v, c):
                         results.append(
                             self.shape.result(
                                 f, self.component, v, f"Value does not have class {term_text(c)}"
@@ -807,92 +420,11 @@ class _Class(_Constraint):
                         )
         return not results, results
 
-    @staticmethod
-    def _instance(g: DataGraph, v: Node, c: Node) -> bool:
-        if isinstance(v, Literal):
-            return False
-        for ctype in g.objects(v, _TYPE):
-            if ctype == c or c in g.transitive_objects(ctype, _SUBCLASS):
-                return True
-        return False
-
-
-class _Datatype(_PerValue):
-    """pySHACL's DatatypeConstraintComponent, with the tests that depend only
-    on the rule decided once."""
-
-    __slots__ = ("expected", "is_datatype", "is_langstring", "is_literal", "is_string", "rule")
-
-    def __init__(self, shape: _Shape, rule: Node) -> None:
-        super().__init__(
-            shape,
-            SH.DatatypeConstraintComponent,
-            f"Value is not Literal with datatype {term_text(rule)}",
-        )
-        self.rule = rule
-        # pySHACL's _assert_actual_datatype: the Python type rdflib gives a
-        # well-formed value of the datatype; other datatypes pass.
-        self.expected = _PYTHON_TYPES.get(rule)
-        self.is_literal = rule == _RDFS_LITERAL
-        self.is_datatype = rule == _RDFS_DATATYPE
-        self.is_string = rule == _XSD_STRING
-        self.is_langstring = rule == _LANGSTRING
-
-    def _actual(self, v: Literal) -> bool:
-        return self.expected is None or isinstance(v.value, self.expected)
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        datatype = v.datatype
-        if datatype is self.rule or datatype == self.rule:
-            if getattr(v, "ill_typed", None) is True:
-                return False
-            return self._actual(v)
-        if self.is_literal:
-            return True
-        if self.is_datatype and datatype:
-            return True
-        lang = v.language
-        if self.is_string and datatype is None and lang is None:
-            return self._actual(v)
-        if self.is_langstring and lang:
-            return self._actual(v)
-        return False
-
-
-_NODE_KINDS: dict[Node, tuple[bool, bool, bool]] = {
-    # rule: (matches blank nodes, matches literals, matches IRIs)
-    SH.BlankNode: (True, False, False),
-    SH.IRI: (False, False, True),
-    SH.Literal: (False, True, False),
-    SH.BlankNodeOrIRI: (True, False, True),
-    SH.BlankNodeOrLiteral: (True, True, False),
-    SH.IRIOrLiteral: (False, True, True),
-}
-
-
-class _NodeKind(_PerValue):
-    __slots__ = ("kinds",)
-
-    def __init__(self, shape: _Shape, rule: Node) -> None:
-        super().__init__(
-            shape, SH.NodeKindConstraintComponent, f"Value is not of Node Kind {term_text(rule)}"
-        )
-        self.kinds = _NODE_KINDS.get(rule, (False, False, False))
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if isinstance(v, BNode):
-            return self.kinds[0]
-        if isinstance(v, Literal):
-            return self.kinds[1]
-        return self.kinds[2]
-
 
 class _Range(_Constraint):
     """sh:min/maxInclusive/Exclusive: one pass per bound, like pySHACL."""
 
-    __slots__ = ("accept", "bounds", "symbol")
+    __slots__ = ("bounds", "symbol")
 
     def __init__(
         self,
@@ -903,17 +435,15 @@ class _Range(_Constraint):
         symbol: str,
     ) -> None:
         super().__init__(shape, component)
-        self.bounds = bounds
-        self.accept = accept
+        self.bounds = [(b, in_range(b, accept)) for b in bounds]
         self.symbol = symbol
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        for bound in self.bounds:
-            bound_is_string = isinstance(bound.value, str)
+        for bound, check in self.bounds:
             for f, values in fv:
                 for v in values:
-                    if not self._passes(v, bound, bound_is_string):
+                    if not check(v):
                         results.append(
                             self.shape.result(
                                 f,
@@ -924,94 +454,26 @@ class _Range(_Constraint):
                         )
         return not results, results
 
-    def _passes(self, v: Node, bound: Literal, bound_is_string: bool) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        value = v.value
-        if isinstance(value, str) != bound_is_string:
-            return False
-        try:
-            if (
-                v.datatype in _NUMERIC_TYPES
-                and bound.datatype in _NUMERIC_TYPES
-                and not v.ill_typed
-                and not bound.ill_typed
-                and value is not None
-                and bound.value is not None
-            ):
-                # rdflib's own fast path for two numeric literals, which is
-                # what Literal.eq and Literal.__gt__ take in compare_literal.
-                other = bound.value
-                cmp = 0 if value == other else (1 if value > other else -1)
-            else:
-                cmp = _compare_literal(v, bound)
-            return self.accept(cmp)
-        except (TypeError, NotImplementedError):
-            return False
-
-
-class _Length(_PerValue):
-    __slots__ = ("is_min", "n")
-
-    def __init__(self, shape: _Shape, n: int, *, is_min: bool) -> None:
-        symbol = ">=" if is_min else "<="
-        component = SH.MinLengthConstraintComponent if is_min else SH.MaxLengthConstraintComponent
-        super().__init__(shape, component, f"String length not {symbol} {n}")
-        self.n = n
-        self.is_min = is_min
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if self.is_min:
-            if self.n == 0:
-                return True  # pySHACL: a zero minimum passes even blank nodes
-            return not isinstance(v, BNode) and len(_string_of(v)) >= self.n
-        return not isinstance(v, BNode) and len(_string_of(v)) <= self.n
-
 
 class _Pattern(_Constraint):
     __slots__ = ("patterns",)
 
     def __init__(self, shape: _Shape, patterns: list[tuple[re.Pattern[str], str]]) -> None:
         super().__init__(shape, SH.PatternConstraintComponent)
-        self.patterns = patterns
+        self.patterns = [(matches(regex), text) for regex, text in patterns]
 
     def evaluate(self, g: DataGraph, fv: FocusValues, depth: int) -> Outcome:
         results: list[Result] = []
-        for regex, text in self.patterns:
+        for check, text in self.patterns:
             for f, values in fv:
                 for v in values:
-                    # pySHACL tries match() then search(): search() decides.
-                    if isinstance(v, BNode) or regex.search(_string_of(v)) is None:
+                    if not check(v):
                         results.append(
                             self.shape.result(
                                 f, self.component, v, f"Value does not match pattern '{text}'"
                             )
                         )
         return not results, results
-
-
-class _LanguageIn(_PerValue):
-    __slots__ = ("languages", "wildcard")
-
-    def __init__(self, shape: _Shape, languages: set[str]) -> None:
-        super().__init__(
-            shape,
-            SH.LanguageInConstraintComponent,
-            f"String language is not in {sorted(languages)}",
-        )
-        self.languages = languages
-        self.wildcard = "*" in languages
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        if not isinstance(v, Literal):
-            return False
-        lang = v.language
-        if not lang:
-            return False
-        if self.wildcard:
-            return True
-        lower = str(lang).lower()
-        return lower in self.languages or lower.split("-")[0] in self.languages
 
 
 class _UniqueLang(_Constraint):
@@ -1041,19 +503,6 @@ class _UniqueLang(_Constraint):
         return not results, results
 
 
-class _In(_PerValue):
-    __slots__ = ("members",)
-
-    def __init__(self, shape: _Shape, members: set[Node]) -> None:
-        super().__init__(
-            shape, SH.InConstraintComponent, "Value is not in the list of allowed values"
-        )
-        self.members = members
-
-    def ok(self, g: DataGraph, v: Node) -> bool:
-        return v in self.members
-
-
 class _HasValue(_Constraint):
     __slots__ = ("required",)
 
@@ -1065,7 +514,7 @@ class _HasValue(_Constraint):
         results: list[Result] = []
         for hv in self.required:
             for f, values in fv:
-                if not any(v == hv for v in values):
+                if not has_value(values, hv):
                     results.append(
                         self.shape.result(
                             f, self.component, None, f"Missing required value {term_text(hv)}"
@@ -1340,14 +789,14 @@ def _discover(sg: Graph) -> dict[Node, _Declared]:
     """pySHACL's ``ShapesGraph._build_node_shape_cache``: which nodes are shapes."""
     defined_node = set(sg.subjects(RDF.type, SH.NodeShape))
     for s in defined_node:
-        if _values_of(sg, s, SH.path):
+        if values_of(sg, s, SH.path):
             raise ShapesError(f"{term_text(s)}: a sh:NodeShape cannot have sh:path")
     defined_prop = set(sg.subjects(RDF.type, SH.PropertyShape))
     out: dict[Node, _Declared] = {s: _Declared(s, False, None) for s in defined_node}
     for s in defined_prop:
         if s in defined_node:
             raise ShapesError(f"{term_text(s)}: both sh:NodeShape and sh:PropertyShape")
-        out[s] = _Declared(s, True, _one(_values_of(sg, s, SH.path), f"{term_text(s)} sh:path"))
+        out[s] = _Declared(s, True, _one(values_of(sg, s, SH.path), f"{term_text(s)} sh:path"))
     subject_shapes: set[Node] = set()
     for pred in (*_TARGET_PREDICATES, SH.property, SH.node):
         subject_shapes.update(s for s, _ in sg.subject_objects(pred))
@@ -1363,7 +812,7 @@ def _discover(sg: Graph) -> dict[Node, _Declared]:
     for s in (*subject_shapes, *value_shapes):
         if s in out:
             continue
-        paths = _values_of(sg, s, SH.path)
+        paths = values_of(sg, s, SH.path)
         if len(paths) > 1:
             raise ShapesError(f"{term_text(s)}: a shape has at most one sh:path")
         out[s] = _Declared(s, bool(paths), next(iter(paths)) if paths else None)
@@ -1407,28 +856,28 @@ class _Compiler:
                     and (p not in _SHAPE_ATTRIBUTES)
                 ):
                     reasons.append(f"uses {p}")
-            if len(_values_of(sg, node, SH.severity)) > 1:
+            if len(values_of(sg, node, SH.severity)) > 1:
                 reasons.append("several sh:severity values")
-            if len(_values_of(sg, node, SH.flags)) > 1:
+            if len(values_of(sg, node, SH.flags)) > 1:
                 reasons.append("several sh:flags values")
-            for lit in _values_of(sg, node, SH.uniqueLang):
+            for lit in values_of(sg, node, SH.uniqueLang):
                 if not (
                     isinstance(lit, Literal) and lit.datatype == XSD.boolean and str(lit) == "true"
                 ):
                     reasons.append(f"sh:uniqueLang {term_text(lit)} (only true is mirrored)")
             if decl.path is not None:
                 try:
-                    _compile_path(sg, decl.path)
-                except _Unsupported as exc:
+                    compile_path(sg, decl.path)
+                except Unsupported as exc:
                     reasons.append(f"path: {exc}")
             for pred in _SHAPE_VALUED:
                 if pred == SH.qualifiedValueShape and not decl.is_property:
                     continue  # pySHACL ignores it on node shapes
-                refs.update(_values_of(sg, node, pred))
+                refs.update(values_of(sg, node, pred))
             for pred in _SHAPE_LISTS:
-                for lst in _values_of(sg, node, pred):
+                for lst in values_of(sg, node, pred):
                     refs.update(sg.items(lst))
-            if decl.is_property and _values_of(sg, node, SH.qualifiedValueShape):
+            if decl.is_property and values_of(sg, node, SH.qualifiedValueShape):
                 refs.update(self._siblings(node, None))
             self.reasons[node] = reasons
             self.refs[node] = refs
@@ -1489,8 +938,8 @@ class _Compiler:
             shape.path_node = decl.path
             shape.path_str = path_text(sg, decl.path)
             shape.path_steps = path_steps(sg, decl.path)
-            shape.path_fn = _compile_path(sg, decl.path)
-        deactivated = _values_of(sg, node, SH.deactivated)
+            shape.path_fn = compile_path(sg, decl.path)
+        deactivated = values_of(sg, node, SH.deactivated)
         if len(deactivated) > 1:
             raise ShapesError(f"{term_text(node)}: several sh:deactivated values")
         if deactivated:
@@ -1498,10 +947,10 @@ class _Compiler:
             if not isinstance(d, Literal):
                 raise ShapesError(f"{term_text(node)}: sh:deactivated must be a literal")
             shape.deactivated = bool(d.value)
-        severities = _values_of(sg, node, SH.severity)
+        severities = values_of(sg, node, SH.severity)
         if severities:
             shape.severity = next(iter(severities))
-        messages = _values_of(sg, node, SH.message)
+        messages = values_of(sg, node, SH.message)
         shape.has_message = bool(messages)
         shape.messages = tuple(sorted(str(m) for m in messages))
         shape.target_nodes = tuple(_i(t) for t in sg.objects(node, SH.targetNode))
@@ -1527,7 +976,7 @@ class _Compiler:
         where = term_text(node)
 
         def values(pred: URIRef) -> set[Node]:
-            return {_i(v) for v in _values_of(sg, node, pred)}
+            return {_i(v) for v in values_of(sg, node, pred)}
 
         def property_only(what: str) -> None:
             if not shape.is_property:
@@ -1545,20 +994,26 @@ class _Compiler:
         if name == "class":
             return _Class(shape, list(values(SH["class"])))
         if name == "datatype":
-            return _Datatype(shape, _one(values(SH.datatype), f"{where} sh:datatype"))
+            rule = _one(values(SH.datatype), f"{where} sh:datatype")
+            return _PerValue(
+                shape,
+                SH.DatatypeConstraintComponent,
+                f"Value is not Literal with datatype {term_text(rule)}",
+                datatype(rule),
+            )
         if name == "nodeKind":
-            return _NodeKind(shape, _one(values(SH.nodeKind), f"{where} sh:nodeKind"))
+            rule = _one(values(SH.nodeKind), f"{where} sh:nodeKind")
+            return _PerValue(
+                shape,
+                SH.NodeKindConstraintComponent,
+                f"Value is not of Node Kind {term_text(rule)}",
+                node_kind(rule),
+            )
         if name in ("minExclusive", "minInclusive", "maxExclusive", "maxInclusive"):
             bounds = list(values(SH[name]))
             if not all(isinstance(b, Literal) for b in bounds):
                 raise ShapesError(f"{where}: sh:{name} must be a literal")
-            accept: dict[str, tuple[Callable[[int], bool], str]] = {
-                "minExclusive": (lambda c: c > 0, ">"),
-                "minInclusive": (lambda c: c >= 0, ">="),
-                "maxExclusive": (lambda c: c < 0, "<"),
-                "maxInclusive": (lambda c: c <= 0, "<="),
-            }
-            fn, symbol = accept[name]
+            fn, symbol = RANGES[name]
             component = URIRef(f"{SH}{name[0].upper()}{name[1:]}ConstraintComponent")
             return _Range(
                 shape, component, [b for b in bounds if isinstance(b, Literal)], fn, symbol
@@ -1573,9 +1028,15 @@ class _Compiler:
                 or lit.value < 0
             ):
                 raise ShapesError(f"{where}: sh:{name} must be a non-negative integer")
-            return _Length(shape, int(lit.value), is_min=name == "minLength")
+            n, is_min = int(lit.value), name == "minLength"
+            return _PerValue(
+                shape,
+                SH.MinLengthConstraintComponent if is_min else SH.MaxLengthConstraintComponent,
+                f"String length not {'>=' if is_min else '<='} {n}",
+                length(n, is_min=is_min),
+            )
         if name == "pattern":
-            return self._pattern(shape)
+            return _Pattern(shape, compile_patterns(sg, node))
         if name == "languageIn":
             lst = _one(values(SH.languageIn), f"{where} sh:languageIn")
             languages: set[str] = set()
@@ -1583,7 +1044,12 @@ class _Compiler:
                 if not isinstance(item, Literal) or not isinstance(item.value, str):
                     raise ShapesError(f"{where}: sh:languageIn members must be strings")
                 languages.add(item.value.lower())
-            return _LanguageIn(shape, languages)
+            return _PerValue(
+                shape,
+                SH.LanguageInConstraintComponent,
+                f"String language is not in {sorted(languages)}",
+                language_in(languages),
+            )
         if name == "uniqueLang":
             lit = _one(values(SH.uniqueLang), f"{where} sh:uniqueLang")
             property_only("sh:uniqueLang")
@@ -1592,7 +1058,12 @@ class _Compiler:
             return _UniqueLang(shape)
         if name == "in":
             lst = _one(values(SH["in"]), f"{where} sh:in")
-            return _In(shape, {_i(m) for m in sg.items(lst)})
+            return _PerValue(
+                shape,
+                SH.InConstraintComponent,
+                "Value is not in the list of allowed values",
+                member_of({_i(m) for m in sg.items(lst)}),
+            )
         if name == "hasValue":
             return _HasValue(shape, values(SH.hasValue))
         if name == "equals":
@@ -1630,43 +1101,16 @@ class _Compiler:
             return self._closed(shape)
         raise ShapesError(f"{where}: no compiler for {name}")  # pragma: no cover
 
-    def _pattern(self, shape: _Shape) -> _Pattern:
-        sg, node = self.sg, shape.node
-        patterns = list(sg.objects(node, SH.pattern))
-        if not all(isinstance(p, Literal) for p in patterns):
-            raise ShapesError(f"{term_text(node)}: sh:pattern must be a literal")
-        flags_found = _values_of(sg, node, SH.flags)
-        re_flags = 0
-        if flags_found:
-            flags = next(iter(flags_found))
-            text = str(flags.value if isinstance(flags, Literal) else flags).lower()
-            # pySHACL honours only i and m.
-            if "i" in text:
-                re_flags |= re.I
-            if "m" in text:
-                re_flags |= re.M
-        compiled: list[tuple[re.Pattern[str], str]] = []
-        for p in patterns:
-            assert isinstance(p, Literal)
-            if p.value is not None and not isinstance(p.value, str):
-                raise ShapesError(f"{term_text(node)}: sh:pattern must be a string")
-            source = str(p.value) if p.value is not None and len(p.value) > 1 else str(p)
-            try:
-                compiled.append((re.compile(source, re_flags), str(p.value)))
-            except re.error as exc:
-                raise ShapesError(f"{term_text(node)}: bad sh:pattern {source!r}: {exc}") from None
-        return _Pattern(shape, compiled)
-
     def _qualified(self, shape: _Shape) -> _Qualified | None:
         if not shape.is_property:
             return None  # pySHACL warns and ignores it on node shapes
         sg, node, where = self.sg, shape.node, term_text(shape.node)
-        value_shapes = _values_of(sg, node, SH.qualifiedValueShape)
+        value_shapes = values_of(sg, node, SH.qualifiedValueShape)
         if not value_shapes:
             raise ShapesError(f"{where}: sh:qualifiedValueShape missing")
 
         def count(pred: URIRef) -> int | None:
-            found = _values_of(sg, node, pred)
+            found = values_of(sg, node, pred)
             if not found:
                 return None
             lit = _one(found, f"{where} {pred}")
@@ -1679,7 +1123,7 @@ class _Compiler:
             raise ShapesError(f"{where}: a qualified shape needs a min or max count")
         disjoint = any(
             isinstance(d, Literal) and isinstance(d.value, bool) and d.value
-            for d in _values_of(sg, node, SH.qualifiedValueShapesDisjoint)
+            for d in values_of(sg, node, SH.qualifiedValueShapesDisjoint)
         )
         pairs: list[tuple[_Shape, list[_Shape]]] = []
         for vs in value_shapes:
@@ -1796,38 +1240,3 @@ class CompiledShapes:
             results + fallback_results,
             tuple(self.fallback),
         )
-
-
-def report_results(report: Graph, root: Node | None = None) -> tuple[list[Result], bool]:
-    """The top-level results of a validation report (pySHACL's, or the
-    expected report of a W3C test, rooted at ``root``) and its ``sh:conforms``;
-    nested ``sh:detail`` results are not top-level."""
-    if root is None:
-        reports = list(report.subjects(RDF.type, SH.ValidationReport))
-        if len(reports) != 1:
-            raise ShapesError(f"expected one sh:ValidationReport, found {len(reports)}")
-        root = reports[0]
-    conforms_lit = report.value(root, SH.conforms)
-    conforms = isinstance(conforms_lit, Literal) and bool(conforms_lit.value)
-    out: list[Result] = []
-    for r in report.objects(root, SH.result):
-        focus = report.value(r, SH.focusNode)
-        path = report.value(r, SH.resultPath)
-        component = report.value(r, SH.sourceConstraintComponent)
-        messages = tuple(sorted(str(m) for m in report.objects(r, SH.resultMessage)))
-        assert focus is not None and isinstance(component, URIRef)
-        out.append(
-            Result(
-                focus=focus,
-                path=path_text(report, path),
-                component=component,
-                severity=report.value(r, SH.resultSeverity) or SH.Violation,
-                source_shape=report.value(r, SH.sourceShape) or BNode(),
-                value=report.value(r, SH.value),
-                messages=messages,
-                generic=False,
-                path_node=path,
-                steps=path_steps(report, path),
-            )
-        )
-    return out, conforms

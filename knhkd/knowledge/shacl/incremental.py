@@ -32,9 +32,9 @@ pySHACL on the whole resulting graph costs ~0.1 ms per triple, and its
    *baseline*: the plain call on the parent, once per parent graph and shapes,
    memoised). For the affected nodes:
 4. a *certifier* first tries to prove that pySHACL would report no result
-   owned by them (``certify``). It implements the common SHACL Core components
-   with pySHACL 0.40's own pass conditions (value-range comparisons call
-   pySHACL's ``compare_literal``), over-approximates targets, and answers
+   owned by them (``certify``). It judges the common SHACL Core components
+   with the checks of ``constraints`` (the compiled validator's own, so
+   pySHACL 0.40's pass conditions), over-approximates targets, and answers
    "cannot tell" for everything else (complex paths, sh:closed,
    sh:or/sh:not/sh:xone, qualified shapes, property pairs, language
    constraints, deep nesting). It is sound, not complete. Most valid proposals
@@ -78,28 +78,36 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Literal as TypingLiteral
 from typing import TypeVar
 
 from pyshacl.errors import ReportableRuntimeError
-from pyshacl.rdfutil.compare import compare_literal
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.collection import Collection
 from rdflib.namespace import RDF, RDFS, SH
 from rdflib.term import Node
 
 from knhkd.knowledge.rdf import DeltaView, NodeTriple
-from knhkd.knowledge.shacl import (
-    ShaclResult,
-    Shapes,
-    ShapesError,
-    Violation,
-    _violation,
-    plain_validate,
-    term_text,
+from knhkd.knowledge.shacl.constraints import (
+    RANGES,
+    ValueCheck,
+    compile_patterns,
+    datatype,
+    has_value,
+    in_range,
+    instance_of,
+    length,
+    matches,
+    max_count_ok,
+    member_of,
+    min_count_ok,
+    node_kind,
 )
+from knhkd.knowledge.shacl.errors import ShapesError, Unsupported
+from knhkd.knowledge.shacl.paths import path_predicates
+from knhkd.knowledge.shacl.plain import Shapes, plain_validate, violation
+from knhkd.knowledge.shacl.results import ShaclResult, Violation
+from knhkd.knowledge.shacl.terms import term_text
 
 # SHACL Core vocabulary a shapes graph may use as predicates and still be
 # validated incrementally. Anything else under sh: (sh:sparql, sh:rule,
@@ -161,8 +169,6 @@ _CORE_PREDICATES: frozenset[URIRef] = frozenset(
     )
 )
 _PAIR_PREDICATES = (SH.equals, SH.disjoint, SH.lessThan, SH.lessThanOrEquals)
-_REPEAT_PATHS = (SH.zeroOrMorePath, SH.oneOrMorePath, SH.zeroOrOnePath)
-_MAX_PATH_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,40 +184,6 @@ class Dependencies:
     unsupported: str | None
 
 
-class _Unsupported(Exception):
-    pass
-
-
-def _walk_path(
-    g: Graph, node: Node, inverse: bool, fwd: set[URIRef], inv: set[URIRef], depth: int = 0
-) -> None:
-    if depth > _MAX_PATH_DEPTH:
-        raise _Unsupported("a property path nested too deeply")
-    if isinstance(node, URIRef):
-        (inv if inverse else fwd).add(node)
-        return
-    if not isinstance(node, BNode):
-        raise _Unsupported(f"a property path that is a literal: {node!r}")
-    matched = False
-    if (node, RDF.first, None) in g:  # sequence path
-        matched = True
-        for step in Collection(g, node):
-            _walk_path(g, step, inverse, fwd, inv, depth + 1)
-    for pred in _REPEAT_PATHS:
-        for inner in g.objects(node, pred):
-            matched = True
-            _walk_path(g, inner, inverse, fwd, inv, depth + 1)
-    for inner in g.objects(node, SH.inversePath):
-        matched = True
-        _walk_path(g, inner, not inverse, fwd, inv, depth + 1)
-    for alternatives in g.objects(node, SH.alternativePath):
-        matched = True
-        for step in Collection(g, alternatives):
-            _walk_path(g, step, inverse, fwd, inv, depth + 1)
-    if not matched:
-        raise _Unsupported("a blank-node property path of no SHACL path kind")
-
-
 def dependencies(shapes_graph: Graph) -> Dependencies:
     """Analyse a shapes graph (see the module docstring, step 1)."""
     fwd: set[URIRef] = set()
@@ -222,9 +194,9 @@ def dependencies(shapes_graph: Graph) -> Dependencies:
     try:
         for _s, p, o in shapes_graph:
             if isinstance(p, URIRef) and p.startswith(str(SH)) and p not in _CORE_PREDICATES:
-                raise _Unsupported(f"the shapes use <{p}>, which is not SHACL Core")
+                raise Unsupported(f"the shapes use <{p}>, which is not SHACL Core")
             if p == SH.path:
-                _walk_path(shapes_graph, o, False, fwd, inv)
+                path_predicates(shapes_graph, o, False, fwd, inv)
             elif p == SH.targetSubjectsOf and isinstance(o, URIRef):
                 out_only.add(o)
             elif p == SH.targetObjectsOf and isinstance(o, URIRef):
@@ -234,7 +206,7 @@ def dependencies(shapes_graph: Graph) -> Dependencies:
             elif p == SH.closed and isinstance(o, Literal) and o.toPython() is True:
                 closed = True
         _check_severities(shapes_graph)
-    except _Unsupported as exc:
+    except Unsupported as exc:
         return Dependencies(frozenset(), frozenset(), frozenset(), frozenset(), False, str(exc))
     return Dependencies(
         frozenset(fwd), frozenset(inv), frozenset(out_only), frozenset(in_only), closed, None
@@ -278,22 +250,11 @@ def _check_severities(g: Graph) -> None:
                     continue
                 seen.add(o)
                 if _severity(g, o) not in _ALLOWED_SEVERITIES:
-                    raise _Unsupported(
+                    raise Unsupported(
                         f"shape {o.n3()} of severity {_severity(g, o).n3()} is nested in "
                         f"{shape.n3()} of severity {_severity(g, shape).n3()}"
                     )
                 stack.append(o)
-
-
-def _focus_text(t: Node) -> str:
-    # The spelling knhkd.knowledge.shacl gives a focus node in a Violation.
-    if isinstance(t, URIRef):
-        return f"<{t}>"
-    if isinstance(t, Literal):
-        return t.n3()
-    if isinstance(t, BNode):
-        return f"_:{t}"
-    return str(t)
 
 
 def _descendants(view: DeltaView, cls: Node) -> set[Node]:
@@ -417,8 +378,6 @@ def region(deps: Dependencies, view: DeltaView, focus: set[Node]) -> Graph:
 # The certifier (step 4): "pySHACL reports nothing for this focus node"
 # --------------------------------------------------------------------------- #
 
-_XSD = "http://www.w3.org/2001/XMLSchema#"
-_RDF_LANGSTRING = RDF.langString
 _IGNORED_ON_SHAPES: frozenset[URIRef] = frozenset(
     SH[name]
     for name in (
@@ -465,6 +424,25 @@ _REPEATABLE = frozenset({SH["class"], SH.node, SH.property, SH["and"], SH.hasVal
 _SHAPE_TYPES = frozenset({SH.NodeShape, SH.PropertyShape, SH.Shape})
 _MAX_NESTING = 8
 
+# rdflib's Namespace attribute lookup costs ~1.5 µs; the certifier uses these.
+_SH_AND: URIRef = SH["and"]
+_SH_CLASS: URIRef = SH["class"]
+_SH_DATATYPE: URIRef = SH["datatype"]
+_SH_HASVALUE: URIRef = SH["hasValue"]
+_SH_IN: URIRef = SH["in"]
+_SH_MAXCOUNT: URIRef = SH["maxCount"]
+_SH_MAXLENGTH: URIRef = SH["maxLength"]
+_SH_MINCOUNT: URIRef = SH["minCount"]
+_SH_MINLENGTH: URIRef = SH["minLength"]
+_SH_NODE: URIRef = SH["node"]
+_SH_NODEKIND: URIRef = SH["nodeKind"]
+_SH_PATTERN: URIRef = SH["pattern"]
+_SH_PROPERTY: URIRef = SH["property"]
+# Each value-range parameter with the comparison outcomes it accepts.
+_RANGES: dict[URIRef, Callable[[int], bool]] = {
+    SH[name]: accept for name, (accept, _symbol) in RANGES.items()
+}
+
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
@@ -473,11 +451,18 @@ class _Shape:
     path: tuple[URIRef, bool] | None
     is_property: bool
     deactivated: bool
-    # Parameter -> values; None when the shape uses something not certified.
-    params: dict[URIRef, list[Node]] | None
-    in_values: frozenset[Node]
-    and_lists: tuple[tuple[Node, ...], ...]
-    pattern: re.Pattern[str] | None
+    # False when the shape uses something the certifier does not evaluate.
+    certifiable: bool
+    # The checks of ``constraints`` every value node must pass: sh:datatype,
+    # sh:nodeKind, value ranges, lengths, sh:pattern, sh:in.
+    value_checks: tuple[ValueCheck, ...] = ()
+    min_count: int | None = None
+    max_count: int | None = None
+    classes: tuple[Node, ...] = ()
+    has_values: tuple[Node, ...] = ()
+    # Shapes every value node must certify against: sh:node, sh:property and
+    # the members of each sh:and list.
+    nested: tuple[Node, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +485,50 @@ def _list(g: Graph, head: Node) -> list[Node] | None:
         return list(Collection(g, head))
     except (ValueError, TypeError, AssertionError):
         return None
+
+
+def _count(values: list[Node]) -> int | None:
+    count = values[0]
+    if isinstance(count, Literal) and isinstance(count.value, int):
+        return int(count.value)
+    return None
+
+
+def _value_checks(
+    g: Graph, node: Node, params: dict[URIRef, list[Node]]
+) -> list[ValueCheck] | None:
+    """The per-value checks of a shape's parameters; None when one of them
+    cannot be built the way pySHACL would evaluate it."""
+    checks: list[ValueCheck] = []
+    for p, args in params.items():
+        arg = args[0]
+        if p == _SH_DATATYPE:
+            checks.append(datatype(arg))
+        elif p == _SH_NODEKIND:
+            checks.append(node_kind(arg))
+        elif p in _RANGES:
+            if not isinstance(arg, Literal):
+                return None
+            checks.append(in_range(arg, _RANGES[p]))
+        elif p in (_SH_MINLENGTH, _SH_MAXLENGTH):
+            if not (isinstance(arg, Literal) and isinstance(arg.value, int) and arg.value >= 0):
+                return None
+            checks.append(length(int(arg.value), is_min=p == _SH_MINLENGTH))
+        elif p == _SH_PATTERN:
+            flags = list(g.objects(node, SH.flags))
+            if len(flags) > 1 or not all(isinstance(f, Literal) for f in flags):
+                return None
+            try:
+                regexes = compile_patterns(g, node)
+            except ShapesError:
+                return None
+            checks.extend(matches(regex) for regex, _text in regexes)
+        elif p == _SH_IN:
+            items = _list(g, arg)
+            if items is None:
+                return None
+            checks.append(member_of(frozenset(items)))
+    return checks
 
 
 def _compile_shape(g: Graph, node: Node) -> _Shape:
@@ -541,59 +570,36 @@ def _compile_shape(g: Graph, node: Node) -> _Shape:
             deactivated = bool(flag.value)
         else:
             certifiable = False
-    in_values: frozenset[Node] = frozenset()
-    if SH["in"] in params:
-        items = _list(g, params[SH["in"]][0])
-        if items is None:
-            certifiable = False
-        else:
-            in_values = frozenset(items)
-    and_lists: list[tuple[Node, ...]] = []
-    for head in params.get(SH["and"], []):
+    nested: list[Node] = [*params.get(_SH_NODE, []), *params.get(_SH_PROPERTY, [])]
+    for head in params.get(_SH_AND, []):
         items = _list(g, head)
         if not items:
             certifiable = False
         else:
-            and_lists.append(tuple(items))
-    pattern = None
-    if SH.pattern in params:
-        pattern = _compile_pattern(g, node, params[SH.pattern][0])
-        if pattern is None:
-            certifiable = False
+            nested.extend(items)
+    min_count = max_count = None
+    if _SH_MINCOUNT in params:
+        min_count = _count(params[_SH_MINCOUNT])
+        certifiable = certifiable and min_count is not None
+    if _SH_MAXCOUNT in params:
+        max_count = _count(params[_SH_MAXCOUNT])
+        certifiable = certifiable and max_count is not None
+    checks = _value_checks(g, node, params) if certifiable else None
+    if checks is None:
+        return _Shape(node, path, bool(path_nodes), deactivated, certifiable=False)
     return _Shape(
         node=node,
         path=path,
         is_property=bool(path_nodes),
         deactivated=deactivated,
-        params=params if certifiable else None,
-        in_values=in_values,
-        and_lists=tuple(and_lists),
-        pattern=pattern,
+        certifiable=True,
+        value_checks=tuple(checks),
+        min_count=min_count,
+        max_count=max_count,
+        classes=tuple(params.get(_SH_CLASS, [])),
+        has_values=tuple(params.get(_SH_HASVALUE, [])),
+        nested=tuple(nested),
     )
-
-
-def _compile_pattern(g: Graph, node: Node, p: Node) -> re.Pattern[str] | None:
-    # PatternConstraintComponent.__init__ of pySHACL 0.40, for one pattern.
-    if not isinstance(p, Literal):
-        return None
-    flags_found = list(g.objects(node, SH.flags))
-    if len(flags_found) > 1:
-        return None
-    re_flags = 0
-    if flags_found:
-        f = flags_found[0]
-        if not isinstance(f, Literal):
-            return None
-        flags = str(f.value).lower()
-        if "i" in flags:
-            re_flags |= re.I
-        if "m" in flags:
-            re_flags |= re.M
-    text = str(p.value) if p.value is not None and len(p.value) > 1 else str(p)
-    try:
-        return re.compile(text, re_flags)
-    except re.error:
-        return None
 
 
 def certifier(shapes_graph: Graph) -> Certifier:
@@ -633,7 +639,8 @@ def _superclasses(view: DeltaView, cls: Node) -> set[Node]:
 
 
 # Node -> every class it is an instance of (its types and their superclasses),
-# for one check: the certifier asks the same question for every shape.
+# for one check: every top-level shape asks it again of the same node when
+# deciding whether the node is a focus node of its class targets.
 TypeMemo = dict[Node, frozenset[Node]]
 
 
@@ -658,118 +665,13 @@ def _is_focus(view: DeltaView, top: _TopShape, f: Node, memo: TypeMemo) -> bool:
     return any(next(view.subjects(p, f), None) is not None for p in top.objects_of)
 
 
-def _datatype_ok(v: Node, dt: Node) -> bool:
-    # DatatypeConstraintComponent.evaluate of pySHACL 0.40.
-    if not isinstance(v, Literal):
-        return False
-    if v.datatype == dt:
-        if getattr(v, "ill_typed", None) is True:
-            return False
-        return _actual_datatype(v, dt)
-    if dt == RDFS.Literal:
-        return True
-    if dt == RDFS.Datatype and v.datatype:
-        return True
-    if v.datatype is None and v.language is None and dt == URIRef(_XSD + "string"):
-        return _actual_datatype(v, dt)
-    if dt == _RDF_LANGSTRING and v.language:
-        return _actual_datatype(v, dt)
-    return False
-
-
-def _actual_datatype(v: Literal, dt: Node) -> bool:
-    value = v.value
-    checks: dict[str, type | tuple[type, ...]] = {
-        "string": (str, bytes),
-        "integer": int,
-        "float": float,
-        "decimal": Decimal,
-        "boolean": bool,
-        "date": date,
-        "time": time,
-        "dateTime": datetime,
-    }
-    if dt == _RDF_LANGSTRING:
-        return isinstance(value, str | bytes)
-    if isinstance(dt, URIRef) and dt.startswith(_XSD) and dt[len(_XSD) :] in checks:
-        return isinstance(value, checks[dt[len(_XSD) :]])
-    return True
-
-
-def _node_kind_ok(v: Node, kind: Node) -> bool:
-    if isinstance(v, BNode):
-        return kind in (SH.BlankNode, SH.BlankNodeOrLiteral, SH.BlankNodeOrIRI)
-    if isinstance(v, Literal):
-        return kind in (SH.Literal, SH.BlankNodeOrLiteral, SH.IRIOrLiteral)
-    return kind in (SH.IRI, SH.IRIOrLiteral, SH.BlankNodeOrIRI)
-
-
-def _string(v: Node) -> str:
-    # StringBasedConstraintBase.value_node_to_string of pySHACL 0.40.
-    if (
-        isinstance(v, Literal)
-        and v.value is not None
-        and v.datatype in (None, _RDF_LANGSTRING, URIRef(_XSD + "string"))
-    ):
-        return str(v.value)
-    return str(v)
-
-
-def _range_ok(v: Node, bound: Node, accept: Callable[[int], bool]) -> bool:
-    # Value-range components of pySHACL 0.40: blank nodes and IRIs fail;
-    # strings compare only with strings.
-    if not isinstance(v, Literal) or not isinstance(bound, Literal):
-        return False
-    if isinstance(v.value, str) != isinstance(bound.value, str):
-        return False
-    try:
-        order: int = compare_literal(v, bound)  # type: ignore[no-untyped-call]
-        return accept(order)
-    except (TypeError, NotImplementedError):
-        return False
-
-
-def _length_bound(bound: Node) -> int | None:
-    if isinstance(bound, Literal) and isinstance(bound.value, int) and bound.value >= 0:
-        return bound.value
-    return None
-
-
-_RANGES: dict[URIRef, Callable[[int], bool]] = {
-    SH.minInclusive: lambda c: c >= 0,
-    SH.minExclusive: lambda c: c > 0,
-    SH.maxInclusive: lambda c: c <= 0,
-    SH.maxExclusive: lambda c: c < 0,
-}
-
-
-# rdflib's Namespace attribute lookup costs ~1.5 µs; the certifier's loop uses these.
-_SH_AND: URIRef = SH["and"]
-_SH_CLASS: URIRef = SH["class"]
-_SH_DATATYPE: URIRef = SH["datatype"]
-_SH_HASVALUE: URIRef = SH["hasValue"]
-_SH_IN: URIRef = SH["in"]
-_SH_MAXCOUNT: URIRef = SH["maxCount"]
-_SH_MAXLENGTH: URIRef = SH["maxLength"]
-_SH_MINCOUNT: URIRef = SH["minCount"]
-_SH_MINLENGTH: URIRef = SH["minLength"]
-_SH_NODE: URIRef = SH["node"]
-_SH_NODEKIND: URIRef = SH["nodeKind"]
-_SH_PATTERN: URIRef = SH["pattern"]
-_SH_PROPERTY: URIRef = SH["property"]
-
-
-def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, depth: int,
-                   memo: TypeMemo) -> bool:
+def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, depth: int) -> bool:
     """True only if validating ``f`` against the shape yields no result."""
     shape = c.shapes.get(shape_node)
-    if shape is None or depth > _MAX_NESTING:
-        return False
-    if shape.params is None:
+    if shape is None or depth > _MAX_NESTING or not shape.certifiable:
         return False
     if shape.deactivated:
         return True
-    params = shape.params
     values: set[Node]
     if shape.path is None:
         if shape.is_property:
@@ -783,68 +685,18 @@ def _certify_shape(c: Certifier, view: DeltaView, shape_node: Node, f: Node, dep
             values = set()
         else:
             values = set(view.objects(f, pred))
-    for p, args in params.items():
-        if p in (_SH_MINCOUNT, _SH_MAXCOUNT):
-            count = args[0]
-            if not (isinstance(count, Literal) and isinstance(count.value, int)):
-                return False
-            if (p == _SH_MINCOUNT and len(values) < count.value) or (
-                p == _SH_MAXCOUNT and len(values) > count.value
-            ):
-                return False
-        elif p == _SH_CLASS:
-            for cls in args:
-                if any(isinstance(v, Literal) or cls not in _classes_of(view, v, memo)
-                       for v in values):
-                    return False
-        elif p == _SH_DATATYPE:
-            if not all(_datatype_ok(v, args[0]) for v in values):
-                return False
-        elif p == _SH_NODEKIND:
-            if not all(_node_kind_ok(v, args[0]) for v in values):
-                return False
-        elif p in _RANGES:
-            accept = _RANGES[p]
-            if not all(_range_ok(v, args[0], accept) for v in values):
-                return False
-        elif p in (_SH_MINLENGTH, _SH_MAXLENGTH):
-            bound = _length_bound(args[0])
-            if bound is None:
-                return False
-            for v in values:
-                if p == _SH_MINLENGTH and bound == 0:
-                    continue
-                if isinstance(v, BNode):
-                    return False
-                size = len(_string(v))
-                if (p == _SH_MINLENGTH and size < bound) or (p == _SH_MAXLENGTH and size > bound):
-                    return False
-        elif p == _SH_PATTERN:
-            pattern = shape.pattern
-            if pattern is None or any(
-                isinstance(v, BNode) or not pattern.search(_string(v)) for v in values
-            ):
-                return False
-        elif p == _SH_IN:
-            if not all(v in shape.in_values for v in values):
-                return False
-        elif p == _SH_HASVALUE:
-            if not all(hv in values for hv in args):
-                return False
-        elif p == _SH_NODE:
-            for nested in args:
-                if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
-                    return False
-        elif p == _SH_AND:
-            for members in shape.and_lists:
-                for nested in members:
-                    if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
-                        return False
-        elif p == _SH_PROPERTY:
-            for nested in args:
-                if not all(_certify_shape(c, view, nested, v, depth + 1, memo) for v in values):
-                    return False
-        else:  # pragma: no cover -- _compile_shape admits only the parameters above
+    if shape.min_count is not None and not min_count_ok(values, shape.min_count):
+        return False
+    if shape.max_count is not None and not max_count_ok(values, shape.max_count):
+        return False
+    if not all(has_value(values, hv) for hv in shape.has_values):
+        return False
+    for v in values:
+        if not all(check(v) for check in shape.value_checks):
+            return False
+        if not all(instance_of(view, v, cls) for cls in shape.classes):
+            return False
+        if not all(_certify_shape(c, view, n, v, depth + 1) for n in shape.nested):
             return False
     return True
 
@@ -853,7 +705,7 @@ def certify(c: Certifier, view: DeltaView, f: Node, memo: TypeMemo | None = None
     """True only if pySHACL on the result reports no result owned by focus node ``f``."""
     memo = {} if memo is None else memo
     return all(
-        _certify_shape(c, view, top.node, f, 0, memo)
+        _certify_shape(c, view, top.node, f, 0)
         for top in c.top if _is_focus(view, top, f, memo)
     )
 
@@ -926,7 +778,7 @@ def validate_owned(shapes: Shapes, data: Graph) -> Owned:
                     stack.append(detail)
     entries = []
     for r in report.subjects(RDF.type, SH.ValidationResult):
-        v = _violation(report, r)
+        v = violation(report, r)
         owned_by, is_top = owner.get(r, (v.focus_node, True))
         entries.append(Entry(owned_by, is_top, v))
     return Owned(conforms, tuple(entries))
@@ -1007,7 +859,7 @@ class ShaclChecker:
         focus = affected(deps, view, anchors(deps, view))
         if not focus:
             return CheckResult(base.result(), "certified")
-        names = {_focus_text(n) for n in focus}
+        names = {term_text(n) for n in focus}
         kept = [e for e in base.entries if e.owner not in names]
         proof = self.certifier(shapes)
         memo: TypeMemo = {}

@@ -1,6 +1,8 @@
-"""SHACL validation of a data graph against the daemon's shapes.
+"""The plain pySHACL call, the daemon's loaded shapes, and reading pySHACL's reports.
 
 Guarantees:
+- ``plain_validate`` is the project's one ``pyshacl.validate`` call; every
+  other module that needs pySHACL's verdict goes through it.
 - ``Shapes.validate`` runs plain ``pyshacl.validate`` with no inference, no
   ``focus_nodes`` (pySHACL silently skips constraints reached through nested
   ``sh:node`` shapes when it is given), no JavaScript and no advanced
@@ -15,25 +17,32 @@ Guarantees:
 - ``Shapes.load`` rejects a shapes graph pySHACL cannot use, at load time
   rather than on the first proposal.
 
-Must never: mutate the data graph or the loaded shapes graph, or read files
-other than those in the directory it is asked to load.
+- ``violation``/``violations`` read a report into ``Violation`` text,
+  ``report_results`` into compiled-validator ``Result`` terms; both print
+  paths with ``paths.path_text``.
+
+Must never: mutate the data graph or the loaded shapes graph, read files
+other than those in the directory it is asked to load, or import the
+compiler or the incremental certifier (they build on this module).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyshacl
 from pyshacl.errors import ReportableRuntimeError
 from pyshacl.rdfutil.stringify import stringify_blank_node
 from rdflib import BNode, Graph, Literal, URIRef
-from rdflib.collection import Collection
 from rdflib.namespace import RDF, SH
 from rdflib.term import Node
 
-from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id, load_ontology
+from knhkd.knowledge.rdf import canonical_ntriples, content_id, load_ontology
+from knhkd.knowledge.shacl.errors import ShapesError
+from knhkd.knowledge.shacl.paths import path_steps, path_text
+from knhkd.knowledge.shacl.results import Result, ShaclResult, Violation
+from knhkd.knowledge.shacl.terms import term_text
 
 
 def forget_pyshacl_bnode_texts() -> None:
@@ -75,87 +84,14 @@ def plain_validate(
     return bool(conforms), report
 
 
-class ShapesError(KnowledgeError):
-    """A shapes graph pySHACL cannot validate with."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Violation:
-    """One SHACL validation result, as text. ``severity`` is the local name of
-    the severity IRI: ``Violation``, ``Warning`` or ``Info``."""
-
-    focus_node: str
-    path: str
-    constraint: str
-    message: str
-    severity: str
-    value: str = ""
-
-    def describe(self) -> str:
-        value = f" (value {self.value})" if self.value else ""
-        return (
-            f"{self.severity} at {self.focus_node} path {self.path or '-'}: "
-            f"{self.constraint}{value}: {self.message}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ShaclResult:
-    conforms: bool
-    violations: list[Violation]
-
-
-
-
-def term_text(t: Node | None) -> str:
-    """N-Triples-like text of a term ("" for none; blank nodes keep labels)."""
-    if t is None:
-        return ""
-    if isinstance(t, URIRef):
-        return f"<{t}>"
-    if isinstance(t, Literal):
-        return t.n3()
-    if isinstance(t, BNode):
-        # pySHACL reports data-graph blank nodes; their labels are the data
-        # graph's, which is stable when the graph came from canonical text.
-        return f"_:{t}"
-    return str(t)
-
-
-def _path_text(report: Graph, path: Node, depth: int = 0) -> str:
-    """A SHACL property path as a SPARQL property-path expression."""
-    if isinstance(path, URIRef):
-        return f"<{path}>"
-    if not isinstance(path, BNode) or depth > 16:
-        return term_text(path)
-    if (path, RDF.first, None) in report:
-        steps = (_path_text(report, p, depth + 1) for p in Collection(report, path))
-        return "(" + "/".join(steps) + ")"
-    unary = (
-        (SH.inversePath, "^{}"),
-        (SH.zeroOrMorePath, "({})*"),
-        (SH.oneOrMorePath, "({})+"),
-        (SH.zeroOrOnePath, "({})?"),
-    )
-    for pred, fmt in unary:
-        inner = report.value(path, pred)
-        if inner is not None:
-            return fmt.format(_path_text(report, inner, depth + 1))
-    alt = report.value(path, SH.alternativePath)
-    if alt is not None:
-        options = (_path_text(report, p, depth + 1) for p in Collection(report, alt))
-        return "(" + "|".join(options) + ")"
-    return "?"
-
-
-def _violation(report: Graph, r: Node) -> Violation:
+def violation(report: Graph, r: Node) -> Violation:
     """One result node of a pySHACL report, as text."""
     path = report.value(r, SH.resultPath)
     severity = report.value(r, SH.resultSeverity)
     messages = sorted(str(m) for m in report.objects(r, SH.resultMessage))
     return Violation(
         focus_node=term_text(report.value(r, SH.focusNode)),
-        path="" if path is None else _path_text(report, path),
+        path=path_text(report, path),
         constraint=term_text(report.value(r, SH.sourceConstraintComponent)),
         message="; ".join(messages),
         severity="" if severity is None else str(severity).rpartition("#")[2],
@@ -163,11 +99,11 @@ def _violation(report: Graph, r: Node) -> Violation:
     )
 
 
-def _violations(report: Graph) -> list[Violation]:
+def violations(report: Graph) -> list[Violation]:
     # The results are the report's sh:result values (SHACL 3.6.1); pySHACL also
     # types the nested sh:detail results of sh:node and friends as
     # sh:ValidationResult, but those explain a result, they are not results.
-    return sorted(_violation(report, r) for r in report.objects(None, SH.result))
+    return sorted(violation(report, r) for r in report.objects(None, SH.result))
 
 
 class Shapes:
@@ -200,10 +136,46 @@ class Shapes:
         conforms, report = plain_validate(
             data, self._graph, allow_warnings=True, meta_shacl=meta_shacl
         )
-        return ShaclResult(conforms=conforms, violations=_violations(report))
+        return ShaclResult(conforms=conforms, violations=violations(report))
 
     def validate(self, data: Graph) -> ShaclResult:
         try:
             return self._run(data)
         except (ReportableRuntimeError, re.error) as exc:
             raise ShapesError(f"SHACL validation failed to run: {exc}") from exc
+
+
+def report_results(report: Graph, root: Node | None = None) -> tuple[list[Result], bool]:
+    """The top-level results of a validation report (pySHACL's, or the
+    expected report of a W3C test, rooted at ``root``) and its ``sh:conforms``;
+    nested ``sh:detail`` results are not top-level."""
+    if root is None:
+        reports = list(report.subjects(RDF.type, SH.ValidationReport))
+        if len(reports) != 1:
+            raise ShapesError(f"expected one sh:ValidationReport, found {len(reports)}")
+        root = reports[0]
+    conforms_lit = report.value(root, SH.conforms)
+    conforms = isinstance(conforms_lit, Literal) and bool(conforms_lit.value)
+    out: list[Result] = []
+    for r in report.objects(root, SH.result):
+        focus = report.value(r, SH.focusNode)
+        path = report.value(r, SH.resultPath)
+        component = report.value(r, SH.sourceConstraintComponent)
+        messages = tuple(sorted(str(m) for m in report.objects(r, SH.resultMessage)))
+        assert focus is not None and isinstance(component, URIRef)
+        out.append(
+            Result(
+                focus=focus,
+                path=path_text(report, path),
+                component=component,
+                severity=report.value(r, SH.resultSeverity) or SH.Violation,
+                source_shape=report.value(r, SH.sourceShape) or BNode(),
+                value=report.value(r, SH.value),
+                messages=messages,
+                generic=False,
+                path_node=path,
+                steps=path_steps(report, path),
+            )
+        )
+    return out, conforms
+
