@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     items = generate(args.count, args.seed)
     loaded = load_observation_shapes(SHAPES)
-    gate = ObservationGate(loaded, {}, inline_max_items=lambda: args.batch)
+    gate = ObservationGate(loaded)
     # pySHACL and the per-item comparison use the same parsed shapes graph the
     # compiled validator is built from (so blank-node shape names agree).
     graphs: dict[str, Graph] = {}

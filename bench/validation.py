@@ -4,7 +4,7 @@
 What one validation is here: ``Pipeline.run`` exactly as the executor calls it,
 with the shipped shapes, doctrines (conf/doctrines) and guards (conf/guards),
 measured runtime figures and a snapshot ancestry, so every stage does its real
-work: stage 1 SHACL of the result (incremental, knowledge/shacl_incremental.py),
+work: stage 1 SHACL of the result (incremental, knowledge/shacl/incremental.py),
 stage 2 Q1–Q5, stage 3 the three finance doctrines including the Schema
 doctrine's SHACL, stage 4 the guards, stage 5 the cost formula, stage 6
 reversibility, stage 7 data compatibility and ontology versions.

@@ -28,7 +28,7 @@ The rules (knhkd decides where the concepts file leaves room):
   Friday 22:00 to Saturday 06:00. start == end is refused (write 0–24).
 - Schema{shapes}: the resulting graph conforms to the SHACL shapes file
   (relative to the doctrine file), judged exactly as the plain pySHACL call on
-  the whole result would (knowledge/shacl_incremental.py).
+  the whole result would (knowledge/shacl/incremental.py).
 - Custom{rule, params}: a check of ``BUILTIN_CHECKS`` that the configuration
   enables (``governance.custom_checks``); an unknown or disabled name, or
   parameters the check does not take, are refused at load time.

@@ -17,7 +17,7 @@ Guarantees:
   sector, or a file that does not parse or compile raises ``ShapesError``
   naming the file.
 - Verdicts are those of plain ``pyshacl.validate`` (compiled checks,
-  knhkd/knowledge/shacl_core.py, with pySHACL itself for shapes it does not
+  knhkd/knowledge/shacl/compiler.py, with pySHACL itself for shapes it does not
   compile).
 - An item is rejected when any result has a severity other than ``sh:Warning``
   or ``sh:Info``, or when its payload does not parse (422 naming ``$.rdf.data``),

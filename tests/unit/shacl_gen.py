@@ -1,7 +1,7 @@
 """Hypothesis strategies for SHACL shapes graphs and data graphs, and the
 comparison of a compiled validation with a plain ``pyshacl.validate`` call.
 
-The shapes use only what knhkd/knowledge/shacl_core.py compiles (every
+The shapes use only what knhkd/knowledge/shacl/compiler.py compiles (every
 generated shapes graph must compile without falling back), over a small
 vocabulary so that targets, paths and values collide often.
 """

@@ -1,4 +1,4 @@
-"""knhkd.knowledge.shacl_core: the fallback rule, refusals, and the data index.
+"""knhkd.knowledge.shacl (compiler): the fallback rule, refusals, and the data index.
 
 Equivalence with pySHACL on supported features is proved in
 test_shacl_core_equivalence.py (generated inputs) and test_shacl_core_w3c.py

@@ -10,7 +10,7 @@ component, value, SHACL message.
 
 The SHACL verdict and violation list are exactly those of the plain pySHACL
 call on the whole resulting graph, computed incrementally
-(knowledge/shacl_incremental.py); the parent's own baseline is computed in
+(knowledge/shacl/incremental.py); the parent's own baseline is computed in
 ``prepare``, outside the stage's time budget.
 
 Must never: mutate the context's graphs, read a clock, or perform I/O.
