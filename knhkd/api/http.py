@@ -34,19 +34,15 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api.problems import ApiProblem, for_status, problem_response
-from knhkd.execute.promotion import RollbackRefused
-from knhkd.governance.relaxation import (
-    MissingIdentity,
-    RelaxationError,
-    UnknownGuard,
-    UnknownRelaxation,
+from knhkd.api.problems import (
+    InvalidParameter,
+    InvalidProposal,
+    MalformedJson,
+    NotReady,
+    problem_response,
 )
-from knhkd.loop.cycle import CycleFailed
-from knhkd.loop.daemon import Daemon, NotFound
-from knhkd.loop.ingest import Closed, Overloaded
-from knhkd.loop.knowledge_state import SnapshotConflict
-from knhkd.loop.writer import CommitFailed, WriterClosed
+from knhkd.errors import KnhkdError, NotFound
+from knhkd.loop.daemon import Daemon
 from knhkd.model import (
     FieldError,
     IngestAccepted,
@@ -54,9 +50,7 @@ from knhkd.model import (
     ProposalIn,
     encode_json,
 )
-from knhkd.monitor.decode import DecodeFailed, decode_body, decode_detect, field_of
-from knhkd.monitor.shapes import ShaclRejected
-from knhkd.receipts.merkle import ProofError
+from knhkd.monitor.decode import decode_body, decode_detect, field_of
 
 log = logging.getLogger("knhkd.http")
 
@@ -75,16 +69,9 @@ def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiProblem(
-            400, "invalid-parameter", "Invalid query parameter", f"{name} must be an integer"
-        ) from None
+        raise InvalidParameter(f"{name} must be an integer") from None
     if not lo <= value <= hi:
-        raise ApiProblem(
-            400,
-            "invalid-parameter",
-            "Invalid query parameter",
-            f"{name} must be between {lo} and {hi}",
-        )
+        raise InvalidParameter(f"{name} must be between {lo} and {hi}")
     return value
 
 
@@ -102,13 +89,15 @@ def create_app(daemon: Daemon) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
     metrics = daemon.metrics
 
-    @app.errorhandler(ApiProblem)
-    async def _problem(exc: ApiProblem) -> Response:
+    @app.errorhandler(KnhkdError)
+    async def _problem(exc: KnhkdError) -> Response:
+        if type(exc).problem == KnhkdError.problem:
+            log.exception("internal error in %s %s", request.method, request.path)
         return problem_response(exc)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        response = problem_response(for_status(exc.code or 500, exc.description or ""))
+        response = problem_response(exc)
         if exc.code == 413:
             # The rest of the body was never read: the connection cannot carry
             # another request, so say so rather than leave the client waiting.
@@ -118,7 +107,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return problem_response(for_status(500, "an internal error occurred; see the daemon log"))
+        return problem_response(exc)
 
     @app.after_request
     async def _count(response: Response) -> Response:
@@ -134,66 +123,17 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.post("/api/v1/observations")
     async def ingest() -> Response:
-        if daemon.draining:
-            raise ApiProblem(
-                503,
-                "draining",
-                "Shutting down",
-                "knhkd is shutting down",
-                headers={"Retry-After": "5"},
-            )
+        daemon.check_accepting()
         body = await _body()
-        cfg = daemon.cfg.http
-        try:
-            decoded = decode_body(body, request.mimetype, max_items=cfg.max_batch_items)
-        except DecodeFailed as exc:
-            slug = {400: "malformed-json", 413: "batch-too-large"}.get(
-                exc.status, "invalid-observation"
-            )
-            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
-        if daemon.shacl_gate is not None:
-            try:
-                await daemon.shacl_gate.check(decoded.items, single=decoded.single)
-            except ShaclRejected as exc:
-                raise ApiProblem(
-                    422,
-                    "shacl-violation",
-                    "Observations violate their sector's shapes",
-                    exc.detail,
-                    exc.errors,
-                ) from None
-        try:
-            ids = await daemon.ingest.submit(
-                decoded.items,
-                enqueue_timeout=cfg.enqueue_timeout_s,
-                commit_timeout=cfg.commit_timeout_s,
-            )
-        except Overloaded as exc:
-            raise ApiProblem(
-                503, "overloaded", "Overloaded", str(exc), headers={"Retry-After": "1"}
-            ) from None
-        except (Closed, WriterClosed) as exc:
-            raise ApiProblem(
-                503, "draining", "Shutting down", str(exc), headers={"Retry-After": "5"}
-            ) from None
-        except CommitFailed as exc:
-            raise ApiProblem(
-                503,
-                "storage-unavailable",
-                "Storage unavailable",
-                f"nothing was stored: {exc}",
-                headers={"Retry-After": "5"},
-            ) from None
+        decoded = decode_body(body, request.mimetype, max_items=daemon.cfg.http.max_batch_items)
+        ids = await daemon.ingest(decoded)
         if decoded.single:
             return _json(IngestAccepted(id=ids[0]), 201)
         return _json(IngestBatchAccepted(ids=ids, count=len(ids)), 201)
 
     @app.get("/api/v1/observations/<obs_id>")
     async def get_observation(obs_id: str) -> Response:
-        try:
-            return _json(daemon.get_observation(obs_id))
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Observation not found", str(exc)) from None
+        return _json(daemon.get_observation(obs_id))
 
     if daemon.cfg.http.noop_endpoint:
 
@@ -207,12 +147,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.post("/api/v1/patterns/detect")
     async def detect() -> Response:
-        try:
-            items = decode_detect(await _body())
-        except DecodeFailed as exc:
-            slug = "malformed-json" if exc.status == 400 else "invalid-observation"
-            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
-        return _json(daemon.detect(items))
+        return _json(daemon.detect(decode_detect(await _body())))
 
     @app.get("/api/v1/patterns")
     async def patterns() -> Response:
@@ -235,12 +170,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.post("/api/v1/snapshots/rollback")
     async def rollback() -> Response:
-        try:
-            return _json(await daemon.rollback())
-        except RollbackRefused as exc:
-            raise ApiProblem(409, "rollback-refused", "Rollback refused", str(exc)) from None
-        except SnapshotConflict as exc:
-            raise ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc)) from None
+        return _json(await daemon.rollback())
 
     # ---------------------------------------------------------------- proposals
 
@@ -249,62 +179,37 @@ def create_app(daemon: Daemon) -> QuartTrio:
             return _proposal_decoder.decode(await _body())
         except msgspec.ValidationError as exc:
             field, msg = field_of(exc)
-            raise ApiProblem(
-                422,
-                "invalid-proposal",
-                "Invalid proposal",
-                f"{field}: {msg}",
-                [FieldError(field=field, message=msg)],
-            ) from None
+            errors = [FieldError(field=field, message=msg)]
+            raise InvalidProposal(f"{field}: {msg}", errors) from None
         except msgspec.DecodeError as exc:
-            raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
+            raise MalformedJson(str(exc)) from None
         except RecursionError:
             # Only an unknown member of ``delta`` (ignored, but skipped by
             # recursion) can nest this deep: everything else is typed.
-            raise ApiProblem(
-                422,
-                "invalid-proposal",
-                "Invalid proposal",
+            raise InvalidProposal(
                 "$.delta: nested too deeply",
                 [FieldError(field="$.delta", message="nested too deeply")],
             ) from None
 
-    def _conflict(exc: Exception) -> ApiProblem:
-        return ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc))
-
     @app.post("/api/v1/proposals")
     async def submit_proposal() -> Response:
         p = await _proposal_in()
-        try:
-            proposal, created = await daemon.submit_proposal(p)
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
+        proposal, created = await daemon.submit_proposal(p)
         return _json(proposal, 201 if created else 200)
 
     @app.post("/api/v1/proposals/validate")
     async def validate_proposal() -> Response:
         p = await _proposal_in()
-        try:
-            return _json(await daemon.validate_dry(p))
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
+        return _json(await daemon.validate_dry(p))
 
     @app.get("/api/v1/proposals/<proposal_id>")
     async def get_proposal(proposal_id: str) -> Response:
-        try:
-            proposal, report = daemon.get_proposal(proposal_id)
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
+        proposal, report = daemon.get_proposal(proposal_id)
         return _json({"proposal": proposal, "validation": report})
 
     @app.post("/api/v1/proposals/<proposal_id>/promote")
     async def promote_proposal(proposal_id: str) -> Response:
-        try:
-            report, promoted = await daemon.promote_proposal(proposal_id)
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
+        report, promoted = await daemon.promote_proposal(proposal_id)
         body = {
             "promoted": promoted,
             "validation": report,
@@ -314,29 +219,13 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     # ---------------------------------------------------------------- governance
 
-    def _refused(exc: RelaxationError) -> ApiProblem:
-        name = type(exc).__name__
-        slug = "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
-        status = {UnknownGuard: 404, UnknownRelaxation: 404, MissingIdentity: 422}.get(
-            type(exc), 409
-        )
-        return ApiProblem(status, slug, "Relaxation refused", str(exc))
-
     async def _step_body() -> dict[str, str]:
         body = await _body()
         try:
             doc = msgspec.json.decode(body or b"{}", type=dict[str, str])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiProblem(
-                400, "malformed-json", "Malformed JSON", f"expected an object of strings: {exc}"
-            ) from None
+            raise MalformedJson(f"expected an object of strings: {exc}") from None
         return doc
-
-    async def _relaxation_step(step: Any) -> Response:
-        try:
-            return _json(await step)
-        except RelaxationError as exc:
-            raise _refused(exc) from None
 
     @app.get("/api/v1/guards")
     async def guards() -> Response:
@@ -351,57 +240,40 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.post("/api/v1/guards/<guard_id>/relaxations")
     async def request_relaxation(guard_id: str) -> Response:
         doc = await _step_body()
-        try:
-            record = await daemon.request_relaxation(
-                guard_id, doc.get("requester", ""), doc.get("reason", "")
-            )
-        except RelaxationError as exc:
-            raise _refused(exc) from None
+        record = await daemon.request_relaxation(
+            guard_id, doc.get("requester", ""), doc.get("reason", "")
+        )
         return _json(record, 201)
 
     @app.get("/api/v1/guards/relaxations/<relaxation_id>")
     async def get_relaxation(relaxation_id: str) -> Response:
-        try:
-            return _json(daemon.relaxation(relaxation_id))
-        except RelaxationError as exc:
-            raise _refused(exc) from None
+        return _json(daemon.relaxation(relaxation_id))
 
     @app.post("/api/v1/guards/relaxations/<relaxation_id>/approve")
     async def approve_relaxation(relaxation_id: str) -> Response:
         doc = await _step_body()
-        return await _relaxation_step(
-            daemon.approve_relaxation(relaxation_id, doc.get("approver", ""))
-        )
+        return _json(await daemon.approve_relaxation(relaxation_id, doc.get("approver", "")))
 
     @app.post("/api/v1/guards/relaxations/<relaxation_id>/activate")
     async def activate_relaxation(relaxation_id: str) -> Response:
         doc = await _step_body()
-        return await _relaxation_step(
-            daemon.activate_relaxation(relaxation_id, doc.get("actor", ""))
-        )
+        return _json(await daemon.activate_relaxation(relaxation_id, doc.get("actor", "")))
 
     @app.post("/api/v1/guards/relaxations/<relaxation_id>/revoke")
     async def revoke_relaxation(relaxation_id: str) -> Response:
         doc = await _step_body()
-        return await _relaxation_step(
-            daemon.revoke_relaxation(relaxation_id, doc.get("actor", ""), doc.get("reason", ""))
-        )
+        actor, reason = doc.get("actor", ""), doc.get("reason", "")
+        return _json(await daemon.revoke_relaxation(relaxation_id, actor, reason))
 
     @app.get("/api/v1/snapshots/<a>/diff/<b>")
     async def snapshot_diff(a: str, b: str) -> Response:
-        try:
-            return _json(daemon.snapshot_diff(a, b))
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Snapshot not found", str(exc)) from None
+        return _json(daemon.snapshot_diff(a, b))
 
     # ---------------------------------------------------------------- loop
 
     @app.post("/api/v1/mape-k/execute")
     async def execute() -> Response:
-        try:
-            return _json(await daemon.run_cycle())
-        except CycleFailed as exc:
-            raise ApiProblem(500, "cycle-failed", "Cycle failed", str(exc)) from None
+        return _json(await daemon.run_cycle())
 
     # ---------------------------------------------------------------- receipts
 
@@ -416,7 +288,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def checkpoint_latest() -> Response:
         cp = daemon.latest_checkpoint()
         if cp is None:
-            raise ApiProblem(404, "not-found", "No checkpoint yet", "no checkpoint signed yet")
+            raise NotFound("no checkpoint signed yet", title="No checkpoint yet")
         # C2SP tlog-checkpoint signed note, as text.
         return Response(cp.text, status=200, content_type="text/plain; charset=utf-8")
 
@@ -427,26 +299,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
             cp = daemon.latest_checkpoint()
             size = cp.size if cp else 0
         index = _int_arg("index", -1, lo=0, hi=2**63 - 1)
-        try:
-            hashes = daemon.inclusion_proof(index, size)
-        except ProofError as exc:
-            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
-        return _json(
-            {
-                "index": index,
-                "tree_size": size,
-                "hashes": [base64.b64encode(h).decode() for h in hashes],
-            }
-        )
+        hashes = daemon.inclusion_proof(index, size)
+        return _json({"index": index, "tree_size": size, "hashes": _b64(hashes)})
 
     @app.get("/api/v1/proofs/consistency")
     async def proof_consistency() -> Response:
         first = _int_arg("from", 0, lo=0, hi=2**63 - 1)
         second = _int_arg("to", 0, lo=0, hi=2**63 - 1)
-        try:
-            hashes = daemon.consistency_proof(first, second)
-        except ProofError as exc:
-            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
+        hashes = daemon.consistency_proof(first, second)
         return _json({"from": first, "to": second, "hashes": _b64(hashes)})
 
     # ---------------------------------------------------------------- operations
@@ -460,7 +320,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def ready() -> Response:
         if daemon.ready and not daemon.draining:
             return _json({"ready": True})
-        raise ApiProblem(503, "not-ready", "Not ready", "knhkd is starting or draining")
+        raise NotReady("knhkd is starting or draining")
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

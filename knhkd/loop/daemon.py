@@ -46,10 +46,11 @@ from typing import Any
 import msgspec
 import trio
 
-from knhkd import __version__
+from knhkd import __version__, errors
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
+from knhkd.errors import KnhkdError
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
@@ -62,7 +63,7 @@ from knhkd.loop.cycle import AnalyzerMessage, Cycle, CycleScheduler
 from knhkd.loop.executor import Executor
 from knhkd.loop.figures import Figures
 from knhkd.loop.governance_state import Governance
-from knhkd.loop.ingest import Ingest
+from knhkd.loop.ingest import Closed, Ingest
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import Planner, change_key, proposal_draft, store_proposals_job
 from knhkd.loop.ring_drain import RingDrain
@@ -86,11 +87,11 @@ from knhkd.model import (
     ReceiptView,
     Relaxation,
     RingSummary,
-    SignedReceipt,
     Snapshot,
     StatusReport,
     ValidationReport,
 )
+from knhkd.monitor.decode import Decoded
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical, checkpoints, keyring, offline
@@ -113,6 +114,7 @@ _obs_decoder = msgspec.msgpack.Decoder(Observation)
 _pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
 _proposal_decoder = msgspec.msgpack.Decoder(Proposal)
 _report_decoder = msgspec.msgpack.Decoder(ValidationReport)
+_OBS_NOT_FOUND = "Observation not found"
 
 # Settings a running daemon cannot take over on SIGHUP.
 RESTART_ONLY = (
@@ -133,15 +135,18 @@ RESTART_ONLY = (
 )
 
 
-class StartupError(Exception):
+class StartupError(KnhkdError):
     """A start-up step failed; the daemon exits non-zero with this one line."""
+
+    problem = "startup-failed"
+    title = "Start-up failed"
 
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
 
 
-class NotFound(Exception):
+class NotFound(errors.NotFound):
     """The requested record does not exist."""
 
 
@@ -181,7 +186,7 @@ class Daemon:
         self.verifier: Verifier
         self.receipts: ReceiptLog
         self.writer: StoreWriter
-        self.ingest: Ingest
+        self._ingest: Ingest
         self.scheduler: CycleScheduler
         self.executor: Executor
         self.checkpointer: Checkpointer
@@ -343,7 +348,7 @@ class Daemon:
             rec_b = kn.read_record(self.store, txn, b)
         for sid, rec in ((a, rec_a), (b, rec_b)):
             if rec is None:
-                raise NotFound(f"no snapshot {sid!r}")
+                raise NotFound(f"no snapshot {sid!r}", title="Snapshot not found")
         assert rec_a is not None and rec_b is not None
         removed, added = diff_ntriples(rec_a.ntriples, rec_b.ntriples)
         return {"from": rec_a.meta, "to": rec_b.meta, "removed": removed, "added": added}
@@ -405,14 +410,14 @@ class Daemon:
         try:
             seq = ids.seq_of(obs_id)
         except ids.BadId:
-            raise NotFound(f"no observation {obs_id!r}") from None
+            raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND) from None
         with self.store.reader() as txn:
             raw = txn.get(ids.seq_key(seq), db=self.store.db("observations"))
         if raw is None:
-            raise NotFound(f"no observation {obs_id!r}")
+            raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND)
         obs = _obs_decoder.decode(raw)
         if obs.id != obs_id:
-            raise NotFound(f"no observation {obs_id!r}")
+            raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND)
         return obs
 
     def observation_count(self) -> int:
@@ -465,8 +470,9 @@ class Daemon:
         with self.store.reader() as txn:
             return keyring.read_keyring(self.store, txn)
 
-    async def rotate_key(self) -> SignedReceipt:
-        """knhkctl keys rotate: the protocol of receipts/keyring.py."""
+    async def rotate_key(self) -> dict[str, str]:
+        """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
+        ``key_rotated`` receipt's id and the new key id."""
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -479,7 +485,7 @@ class Daemon:
         self.refresh_keyring()
         self.metrics.receipts_appended.labels("key_rotated").inc()
         log.info("signing key rotated: %s -> %s", outgoing, new.key_id)
-        return signed
+        return {"receipt": canonical.receipt_id(signed.body.seq), "key_id": new.key_id}
 
     # Proofs ----------------------------------------------------------- #
 
@@ -568,6 +574,26 @@ class Daemon:
     # Operations
     # ------------------------------------------------------------------ #
 
+    def check_accepting(self) -> None:
+        """Raises ``Closed`` (503, draining) once shutdown has begun."""
+        if self.draining:
+            raise Closed("knhkd is shutting down")
+
+    async def ingest(self, decoded: Decoded) -> list[str]:
+        """The sector shapes gate (``ShaclRejected``), then the durable commit:
+        returns the ids once the observations and their receipts are fsynced.
+        Raises ``Overloaded`` when the queue stays full, ``Closed`` or
+        ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
+        nothing of a refused request is stored."""
+        if self.shacl_gate is not None:
+            await self.shacl_gate.check(decoded.items, single=decoded.single)
+        cfg = self.cfg.http
+        return await self._ingest.submit(
+            decoded.items,
+            enqueue_timeout=cfg.enqueue_timeout_s,
+            commit_timeout=cfg.commit_timeout_s,
+        )
+
     async def run_cycle(self) -> CycleReport:
         cycle: Cycle = await self.scheduler.request("on_demand")
         return await cycle.wait()
@@ -595,7 +621,8 @@ class Daemon:
         with self.store.reader() as txn:
             existing = txn.get(change_key(proposal), db=self.store.db("proposal_deltas"))
         if existing is None:
-            raise NotFound(f"proposal {proposal.id[:16]} was neither stored nor found")
+            # Stored by another request and gone since: nothing a client did.
+            raise KnhkdError(f"proposal {proposal.id[:16]} was neither stored nor found")
         return self.get_proposal(bytes(existing).decode())[0], False
 
     def get_proposal(self, proposal_id: str) -> tuple[Proposal, ValidationReport | None]:
@@ -603,7 +630,7 @@ class Daemon:
             raw = txn.get(proposal_id.encode(), db=self.store.db("proposals"))
             report = txn.get(proposal_id.encode(), db=self.store.db("validations"))
         if raw is None:
-            raise NotFound(f"no proposal {proposal_id!r}")
+            raise NotFound(f"no proposal {proposal_id!r}", title="Proposal not found")
         return (
             _proposal_decoder.decode(raw),
             None if report is None else _report_decoder.decode(report),
@@ -796,7 +823,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                 )
                 analyzer = Analyzer(daemon.ctx, to_analyzer_recv, to_planner_send)
                 planner = Planner(daemon.ctx, to_planner_recv, to_exec_send)
-                daemon.ingest = Ingest(
+                daemon._ingest = Ingest(
                     daemon.store,
                     daemon.writer,
                     daemon.receipts,
@@ -813,7 +840,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
                     loop_n.start_soon(sup.supervise, "checkpointer", daemon.checkpointer.run)
                     async with trio.open_nursery() as ingest_n:
-                        ingest_n.start_soon(sup.supervise, "ingest", daemon.ingest.run)
+                        ingest_n.start_soon(sup.supervise, "ingest", daemon._ingest.run)
                         async with trio.open_nursery() as front_n:
                             front_n.start_soon(_watch_signals, daemon)
                             for server in servers:
@@ -829,7 +856,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                                     lambda: daemon.cfg,
                                     daemon.ring,
                                     daemon.store,
-                                    daemon.ingest,
+                                    daemon._ingest,
                                     daemon.metrics,
                                     # The same SHACL gate as HTTP ingest.
                                     shacl_gate=lambda: daemon.shacl_gate,
@@ -857,7 +884,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                             # the admin socket and watchdog are cancelled then.
                             await daemon.http_done.wait()
                             front_n.cancel_scope.cancel()
-                        daemon.ingest.close()
+                        daemon._ingest.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
                 await daemon.checkpointer.issue()
