@@ -158,7 +158,7 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
     async def checkpoint_latest(args: dict[str, Any]) -> Any:
         cp = daemon.latest_checkpoint()
         if args.get("issue") or cp is None:
-            cp = await daemon.checkpointer.issue() or daemon.latest_checkpoint()
+            cp = await daemon.issue_checkpoint() or daemon.latest_checkpoint()
         if cp is None:
             raise NotFound("the log is empty: no checkpoint to sign")
         return cp.text

@@ -65,7 +65,6 @@ def create_app(daemon: Daemon) -> QuartTrio:
         app.register_blueprint(bp)
     if daemon.cfg.http.noop_endpoint:
         app.register_blueprint(health.bench)
-    metrics = daemon.metrics
 
     @app.errorhandler(KnhkdError)
     async def _problem(exc: KnhkdError) -> Response:
@@ -89,12 +88,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.after_request
     async def _count(response: Response) -> Response:
-        if response.status_code < 400:
-            metrics.requests_success.inc()
-        elif response.status_code < 500:
-            metrics.requests_client_error.inc()
-        else:
-            metrics.requests_error.inc()
+        daemon.count_response(response.status_code)
         return response
 
     return app

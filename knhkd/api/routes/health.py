@@ -34,9 +34,7 @@ async def ready() -> Response:
 
 @bp.get("/metrics")
 async def metrics() -> Response:
-    d = daemon()
-    d.health()  # refresh knhk_health_status
-    return Response(d.metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
+    return Response(daemon().metrics_text(), status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @bench.post("/api/v1/_noop")
