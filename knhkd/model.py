@@ -7,7 +7,9 @@ Guarantees:
   carry their own bounds, so decoding *is* validation.
 - Times stored on disk are integer nanoseconds since the Unix epoch (UTC).
 
-Must never: import anything from the project, perform I/O, read a clock.
+Must never: import anything from the project but ``knhkd.errors`` (whose
+``FieldError`` is also the wire record of a problem's ``errors``), perform
+I/O, read a clock.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+
+# Re-exported: a problem's ``errors`` are wire records too.
+from knhkd.errors import FieldError as FieldError  # noqa: PLC0414
 
 # --------------------------------------------------------------------------- #
 # Shared vocabularies
@@ -696,20 +701,6 @@ class Health(Struct):
     uptime_seconds: int
     dependencies: dict[str, str]
     actors: dict[str, ActorStatus]
-
-
-class FieldError(Struct, omit_defaults=True):
-    field: str
-    message: str
-    index: int | None = None
-    # A SHACL result (ingest shapes): focus node and value as N-Triples terms,
-    # the result path as a SPARQL property path, the constraint component IRI
-    # and the severity's local name (Violation, Warning, Info).
-    focus_node: str | None = None
-    path: str | None = None
-    constraint: str | None = None
-    severity: str | None = None
-    value: str | None = None
 
 
 class Problem(Struct, omit_defaults=True):

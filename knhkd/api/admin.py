@@ -30,15 +30,9 @@ from typing import Any
 import msgspec
 import trio
 
-from knhkd.execute.promotion import RollbackRefused
-from knhkd.governance.relaxation import RelaxationError
-from knhkd.loop.cycle import CycleFailed
-from knhkd.loop.daemon import Daemon, NotFound
-from knhkd.loop.knowledge_state import SnapshotConflict
+from knhkd.errors import KnhkdError, Malformed, NotFound
+from knhkd.loop.daemon import Daemon
 from knhkd.model import AdminRequest, AdminResponse, ProposalIn
-from knhkd.receipts import canonical
-from knhkd.receipts.keyring import RotationError
-from knhkd.receipts.merkle import ProofError
 
 log = logging.getLogger("knhkd.admin")
 
@@ -47,8 +41,8 @@ _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
 
 
-class CommandError(Exception):
-    """A command was refused; the message goes back to the client."""
+class CommandError(Malformed):
+    """A command's arguments were refused; the message goes back to the client."""
 
 
 def _arg_int(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -78,16 +72,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         }
 
     async def snapshots_rollback(args: dict[str, Any]) -> Any:
-        try:
-            return await daemon.rollback()
-        except (RollbackRefused, SnapshotConflict) as exc:
-            raise CommandError(str(exc)) from None
+        return await daemon.rollback()
 
     async def cycle_run(args: dict[str, Any]) -> Any:
-        try:
-            return await daemon.run_cycle()
-        except CycleFailed as exc:
-            raise CommandError(str(exc)) from None
+        return await daemon.run_cycle()
 
     async def keys_export_public(args: dict[str, Any]) -> Any:
         return daemon.public_keyring()
@@ -96,11 +84,7 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         return daemon.health()
 
     async def keys_rotate(args: dict[str, Any]) -> Any:
-        try:
-            signed = await daemon.rotate_key()
-        except RotationError as exc:
-            raise CommandError(str(exc)) from None
-        return {"receipt": canonical.receipt_id(signed.body.seq), "key_id": daemon.signer.key_id}
+        return await daemon.rotate_key()
 
     async def receipts_prove(args: dict[str, Any]) -> Any:
         return await daemon.prove(_arg_int(args, "index", -1, 0, 2**63 - 1))
@@ -126,27 +110,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise CommandError(f"invalid proposal: {exc}") from None
 
     async def proposals_submit(args: dict[str, Any]) -> Any:
-        try:
-            proposal, created = await daemon.submit_proposal(_proposal(args))
-        except SnapshotConflict as exc:
-            raise CommandError(str(exc)) from None
+        proposal, created = await daemon.submit_proposal(_proposal(args))
         return {"created": created, "proposal": proposal}
 
     async def proposals_validate(args: dict[str, Any]) -> Any:
-        try:
-            return await daemon.validate_dry(_proposal(args))
-        except SnapshotConflict as exc:
-            raise CommandError(str(exc)) from None
+        return await daemon.validate_dry(_proposal(args))
 
     async def proposals_show(args: dict[str, Any]) -> Any:
         proposal, report = daemon.get_proposal(str(args.get("id", "")))
         return {"proposal": proposal, "validation": report}
 
     async def proposals_promote(args: dict[str, Any]) -> Any:
-        try:
-            report, promoted = await daemon.promote_proposal(str(args.get("id", "")))
-        except SnapshotConflict as exc:
-            raise CommandError(str(exc)) from None
+        report, promoted = await daemon.promote_proposal(str(args.get("id", "")))
         return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
 
     def _s(args: dict[str, Any], name: str) -> str:
@@ -166,29 +141,26 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
 
     async def relaxation(args: dict[str, Any]) -> Any:
         rid, step = _s(args, "id"), _s(args, "step")
-        try:
-            if step == "request":
-                return await daemon.request_relaxation(
-                    _s(args, "guard"), _s(args, "who"), _s(args, "reason")
-                )
-            if step == "approve":
-                return await daemon.approve_relaxation(rid, _s(args, "who"))
-            if step == "activate":
-                return await daemon.activate_relaxation(rid, _s(args, "who"))
-            if step == "revoke":
-                return await daemon.revoke_relaxation(rid, _s(args, "who"), _s(args, "reason"))
-            if step == "show":
-                return daemon.relaxation(rid)
-        except RelaxationError as exc:
-            raise CommandError(f"{type(exc).__name__}: {exc}") from None
+        if step == "request":
+            return await daemon.request_relaxation(
+                _s(args, "guard"), _s(args, "who"), _s(args, "reason")
+            )
+        if step == "approve":
+            return await daemon.approve_relaxation(rid, _s(args, "who"))
+        if step == "activate":
+            return await daemon.activate_relaxation(rid, _s(args, "who"))
+        if step == "revoke":
+            return await daemon.revoke_relaxation(rid, _s(args, "who"), _s(args, "reason"))
+        if step == "show":
+            return daemon.relaxation(rid)
         raise CommandError(f"unknown relaxation step {step!r}")
 
     async def checkpoint_latest(args: dict[str, Any]) -> Any:
         cp = daemon.latest_checkpoint()
         if args.get("issue") or cp is None:
-            cp = await daemon.checkpointer.issue() or daemon.latest_checkpoint()
+            cp = await daemon.issue_checkpoint() or daemon.latest_checkpoint()
         if cp is None:
-            raise CommandError("the log is empty: no checkpoint to sign")
+            raise NotFound("the log is empty: no checkpoint to sign")
         return cp.text
 
     return {
@@ -267,8 +239,10 @@ async def _dispatch(
         return AdminResponse(ok=False, error=f"unknown command {req.cmd!r}")
     try:
         return AdminResponse(ok=True, result=await fn(req.args))
-    except (CommandError, NotFound, ProofError) as exc:
-        return AdminResponse(ok=False, error=str(exc))
+    except KnhkdError as exc:
+        # Every refusal, by kind (knhkd/errors.py); anything else is a bug and
+        # is not hidden behind an answer.
+        return AdminResponse(ok=False, error=exc.line())
 
 
 async def _bind(path: Path) -> trio.socket.SocketType:

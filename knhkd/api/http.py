@@ -1,114 +1,80 @@
-"""The HTTP API (quart-trio on Hypercorn's trio worker, inside the daemon's run).
+"""The HTTP app (quart-trio on Hypercorn's trio worker, inside the daemon's run).
+
+The routes are in ``api/routes/``, one module per resource; this module makes
+the app (its blueprints, error handlers, request counters), Hypercorn's one
+``Config``, and serves it.
 
 Guarantees:
-- ``POST /api/v1/observations`` answers 201 only after the observations are
-  durably committed; a batch (JSON array or NDJSON) is all-or-nothing.
-- With ``[ingest] shacl`` on, a request holding an observation that violates
-  its sector's shapes gets 422 ``urn:knhkd:problem:shacl-violation``, whose
-  ``errors`` give per offending item its index, field, focus node, path,
-  constraint and message; nothing of it is stored (monitor/shapes.py).
-- Every error is ``application/problem+json`` (api/problems.py); bodies over
-  ``http.max_body_bytes`` get 413 before they are read whole.
-- While the daemon drains (SIGTERM), ingest answers 503 with ``Retry-After``
-  and ``/ready`` answers 503; ``/health`` answers 503 when degraded.
+- Every error is ``application/problem+json`` (api/problems.py), mapped by the
+  kind of error (knhkd/errors.py); bodies over ``http.max_body_bytes`` get 413
+  before they are read whole, with ``Connection: close``.
 - Hypercorn is served programmatically with a shutdown trigger: the Hypercorn
   CLI exits 0 when its worker crashes, and installs no signal handling in
-  ``serve`` (PLATFORM_NOTES, Hypercorn).
+  ``serve`` (PLATFORM_NOTES, Hypercorn). ``serve_http`` returns once Hypercorn
+  has drained in-flight requests.
 
-Must never: open LMDB transactions itself (it calls ``Daemon``), or send a
-success status for data that was not committed.
+Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
+or send a success status for data that was not committed.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from typing import Any
 
 import hypercorn.trio
-import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
-from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api.problems import ApiProblem, for_status, problem_response
-from knhkd.execute.promotion import RollbackRefused
-from knhkd.governance.relaxation import (
-    MissingIdentity,
-    RelaxationError,
-    UnknownGuard,
-    UnknownRelaxation,
+from knhkd.api.problems import problem_response
+from knhkd.api.routes import (
+    cycle,
+    governance,
+    health,
+    observations,
+    patterns,
+    proposals,
+    receipts,
+    snapshots,
 )
-from knhkd.loop.cycle import CycleFailed
-from knhkd.loop.daemon import Daemon, NotFound
-from knhkd.loop.ingest import Closed, Overloaded
-from knhkd.loop.knowledge_state import SnapshotConflict
-from knhkd.loop.writer import CommitFailed, WriterClosed
-from knhkd.model import (
-    FieldError,
-    IngestAccepted,
-    IngestBatchAccepted,
-    ProposalIn,
-    encode_json,
-)
-from knhkd.monitor.decode import DecodeFailed, decode_body, decode_detect, field_of
-from knhkd.monitor.shapes import ShaclRejected
-from knhkd.receipts.merkle import ProofError
+from knhkd.api.routes.base import DAEMON_KEY
+from knhkd.errors import KnhkdError
+from knhkd.loop.daemon import Daemon
 
 log = logging.getLogger("knhkd.http")
 
-JSON = "application/json"
-_proposal_decoder = msgspec.json.Decoder(ProposalIn)
-
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(encode_json(obj), status=status, content_type=JSON)
-
-
-def _int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiProblem(
-            400, "invalid-parameter", "Invalid query parameter", f"{name} must be an integer"
-        ) from None
-    if not lo <= value <= hi:
-        raise ApiProblem(
-            400,
-            "invalid-parameter",
-            "Invalid query parameter",
-            f"{name} must be between {lo} and {hi}",
-        )
-    return value
-
-
-def _b64(hashes: list[bytes]) -> list[str]:
-    return [base64.b64encode(h).decode() for h in hashes]
-
-
-async def _body() -> bytes:
-    data = await request.get_data(cache=False, as_text=False)
-    return data if isinstance(data, bytes) else data.encode()
+BLUEPRINTS = (
+    observations.bp,
+    patterns.bp,
+    proposals.bp,
+    snapshots.bp,
+    governance.bp,
+    receipts.bp,
+    cycle.bp,
+    health.bp,
+)
 
 
 def create_app(daemon: Daemon) -> QuartTrio:
     app = QuartTrio("knhkd")
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
-    metrics = daemon.metrics
+    app.config[DAEMON_KEY] = daemon
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+    if daemon.cfg.http.noop_endpoint:
+        app.register_blueprint(health.bench)
 
-    @app.errorhandler(ApiProblem)
-    async def _problem(exc: ApiProblem) -> Response:
+    @app.errorhandler(KnhkdError)
+    async def _problem(exc: KnhkdError) -> Response:
+        if type(exc).problem == KnhkdError.problem:
+            log.exception("internal error in %s %s", request.method, request.path)
         return problem_response(exc)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        response = problem_response(for_status(exc.code or 500, exc.description or ""))
+        response = problem_response(exc)
         if exc.code == 413:
             # The rest of the body was never read: the connection cannot carry
             # another request, so say so rather than leave the client waiting.
@@ -118,354 +84,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return problem_response(for_status(500, "an internal error occurred; see the daemon log"))
+        return problem_response(exc)
 
     @app.after_request
     async def _count(response: Response) -> Response:
-        if response.status_code < 400:
-            metrics.requests_success.inc()
-        elif response.status_code < 500:
-            metrics.requests_client_error.inc()
-        else:
-            metrics.requests_error.inc()
+        daemon.count_response(response.status_code)
         return response
-
-    # ---------------------------------------------------------------- ingest
-
-    @app.post("/api/v1/observations")
-    async def ingest() -> Response:
-        if daemon.draining:
-            raise ApiProblem(
-                503,
-                "draining",
-                "Shutting down",
-                "knhkd is shutting down",
-                headers={"Retry-After": "5"},
-            )
-        body = await _body()
-        cfg = daemon.cfg.http
-        try:
-            decoded = decode_body(body, request.mimetype, max_items=cfg.max_batch_items)
-        except DecodeFailed as exc:
-            slug = {400: "malformed-json", 413: "batch-too-large"}.get(
-                exc.status, "invalid-observation"
-            )
-            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
-        if daemon.shacl_gate is not None:
-            try:
-                await daemon.shacl_gate.check(decoded.items, single=decoded.single)
-            except ShaclRejected as exc:
-                raise ApiProblem(
-                    422,
-                    "shacl-violation",
-                    "Observations violate their sector's shapes",
-                    exc.detail,
-                    exc.errors,
-                ) from None
-        try:
-            ids = await daemon.ingest.submit(
-                decoded.items,
-                enqueue_timeout=cfg.enqueue_timeout_s,
-                commit_timeout=cfg.commit_timeout_s,
-            )
-        except Overloaded as exc:
-            raise ApiProblem(
-                503, "overloaded", "Overloaded", str(exc), headers={"Retry-After": "1"}
-            ) from None
-        except (Closed, WriterClosed) as exc:
-            raise ApiProblem(
-                503, "draining", "Shutting down", str(exc), headers={"Retry-After": "5"}
-            ) from None
-        except CommitFailed as exc:
-            raise ApiProblem(
-                503,
-                "storage-unavailable",
-                "Storage unavailable",
-                f"nothing was stored: {exc}",
-                headers={"Retry-After": "5"},
-            ) from None
-        if decoded.single:
-            return _json(IngestAccepted(id=ids[0]), 201)
-        return _json(IngestBatchAccepted(ids=ids, count=len(ids)), 201)
-
-    @app.get("/api/v1/observations/<obs_id>")
-    async def get_observation(obs_id: str) -> Response:
-        try:
-            return _json(daemon.get_observation(obs_id))
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Observation not found", str(exc)) from None
-
-    if daemon.cfg.http.noop_endpoint:
-
-        @app.post("/api/v1/_noop")
-        async def noop() -> Response:
-            # The stack's baseline for bench/: same server, no work.
-            await request.get_data(cache=False, as_text=False)
-            return Response(b"{}", status=200, content_type=JSON)
-
-    # ---------------------------------------------------------------- analyze
-
-    @app.post("/api/v1/patterns/detect")
-    async def detect() -> Response:
-        try:
-            items = decode_detect(await _body())
-        except DecodeFailed as exc:
-            slug = "malformed-json" if exc.status == 400 else "invalid-observation"
-            raise ApiProblem(exc.status, slug, exc.title, exc.detail, exc.errors) from None
-        return _json(daemon.detect(items))
-
-    @app.get("/api/v1/patterns")
-    async def patterns() -> Response:
-        return _json(daemon.list_patterns(limit=_int_arg("limit", 100, lo=1, hi=1000)))
-
-    # ---------------------------------------------------------------- knowledge
-
-    @app.get("/api/v1/snapshots")
-    async def snapshots() -> Response:
-        return _json(
-            {
-                "current": daemon.knowledge.current.snapshot_id,
-                "snapshots": daemon.list_snapshots(),
-            }
-        )
-
-    @app.get("/api/v1/snapshots/current")
-    async def current_snapshot() -> Response:
-        return _json(daemon.knowledge.current)
-
-    @app.post("/api/v1/snapshots/rollback")
-    async def rollback() -> Response:
-        try:
-            return _json(await daemon.rollback())
-        except RollbackRefused as exc:
-            raise ApiProblem(409, "rollback-refused", "Rollback refused", str(exc)) from None
-        except SnapshotConflict as exc:
-            raise ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc)) from None
-
-    # ---------------------------------------------------------------- proposals
-
-    async def _proposal_in() -> ProposalIn:
-        try:
-            return _proposal_decoder.decode(await _body())
-        except msgspec.ValidationError as exc:
-            field, msg = field_of(exc)
-            raise ApiProblem(
-                422,
-                "invalid-proposal",
-                "Invalid proposal",
-                f"{field}: {msg}",
-                [FieldError(field=field, message=msg)],
-            ) from None
-        except msgspec.DecodeError as exc:
-            raise ApiProblem(400, "malformed-json", "Malformed JSON", str(exc)) from None
-        except RecursionError:
-            # Only an unknown member of ``delta`` (ignored, but skipped by
-            # recursion) can nest this deep: everything else is typed.
-            raise ApiProblem(
-                422,
-                "invalid-proposal",
-                "Invalid proposal",
-                "$.delta: nested too deeply",
-                [FieldError(field="$.delta", message="nested too deeply")],
-            ) from None
-
-    def _conflict(exc: Exception) -> ApiProblem:
-        return ApiProblem(409, "snapshot-conflict", "Snapshot conflict", str(exc))
-
-    @app.post("/api/v1/proposals")
-    async def submit_proposal() -> Response:
-        p = await _proposal_in()
-        try:
-            proposal, created = await daemon.submit_proposal(p)
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
-        return _json(proposal, 201 if created else 200)
-
-    @app.post("/api/v1/proposals/validate")
-    async def validate_proposal() -> Response:
-        p = await _proposal_in()
-        try:
-            return _json(await daemon.validate_dry(p))
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
-
-    @app.get("/api/v1/proposals/<proposal_id>")
-    async def get_proposal(proposal_id: str) -> Response:
-        try:
-            proposal, report = daemon.get_proposal(proposal_id)
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
-        return _json({"proposal": proposal, "validation": report})
-
-    @app.post("/api/v1/proposals/<proposal_id>/promote")
-    async def promote_proposal(proposal_id: str) -> Response:
-        try:
-            report, promoted = await daemon.promote_proposal(proposal_id)
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Proposal not found", str(exc)) from None
-        except SnapshotConflict as exc:
-            raise _conflict(exc) from None
-        body = {
-            "promoted": promoted,
-            "validation": report,
-            "snapshot": daemon.knowledge.current,
-        }
-        return _json(body, 200 if promoted else 422)
-
-    # ---------------------------------------------------------------- governance
-
-    def _refused(exc: RelaxationError) -> ApiProblem:
-        name = type(exc).__name__
-        slug = "".join(f"-{c.lower()}" if c.isupper() else c for c in name).lstrip("-")
-        status = {UnknownGuard: 404, UnknownRelaxation: 404, MissingIdentity: 422}.get(
-            type(exc), 409
-        )
-        return ApiProblem(status, slug, "Relaxation refused", str(exc))
-
-    async def _step_body() -> dict[str, str]:
-        body = await _body()
-        try:
-            doc = msgspec.json.decode(body or b"{}", type=dict[str, str])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiProblem(
-                400, "malformed-json", "Malformed JSON", f"expected an object of strings: {exc}"
-            ) from None
-        return doc
-
-    async def _relaxation_step(step: Any) -> Response:
-        try:
-            return _json(await step)
-        except RelaxationError as exc:
-            raise _refused(exc) from None
-
-    @app.get("/api/v1/guards")
-    async def guards() -> Response:
-        return _json(daemon.guards_overview())
-
-    @app.get("/api/v1/doctrines")
-    async def doctrines() -> Response:
-        return _json(daemon.doctrines_overview())
-
-    # Identity is a declared field until authentication lands (its own issue):
-    # the caller vouches for ``requester``, ``approver`` and ``actor``.
-    @app.post("/api/v1/guards/<guard_id>/relaxations")
-    async def request_relaxation(guard_id: str) -> Response:
-        doc = await _step_body()
-        try:
-            record = await daemon.request_relaxation(
-                guard_id, doc.get("requester", ""), doc.get("reason", "")
-            )
-        except RelaxationError as exc:
-            raise _refused(exc) from None
-        return _json(record, 201)
-
-    @app.get("/api/v1/guards/relaxations/<relaxation_id>")
-    async def get_relaxation(relaxation_id: str) -> Response:
-        try:
-            return _json(daemon.relaxation(relaxation_id))
-        except RelaxationError as exc:
-            raise _refused(exc) from None
-
-    @app.post("/api/v1/guards/relaxations/<relaxation_id>/approve")
-    async def approve_relaxation(relaxation_id: str) -> Response:
-        doc = await _step_body()
-        return await _relaxation_step(
-            daemon.approve_relaxation(relaxation_id, doc.get("approver", ""))
-        )
-
-    @app.post("/api/v1/guards/relaxations/<relaxation_id>/activate")
-    async def activate_relaxation(relaxation_id: str) -> Response:
-        doc = await _step_body()
-        return await _relaxation_step(
-            daemon.activate_relaxation(relaxation_id, doc.get("actor", ""))
-        )
-
-    @app.post("/api/v1/guards/relaxations/<relaxation_id>/revoke")
-    async def revoke_relaxation(relaxation_id: str) -> Response:
-        doc = await _step_body()
-        return await _relaxation_step(
-            daemon.revoke_relaxation(relaxation_id, doc.get("actor", ""), doc.get("reason", ""))
-        )
-
-    @app.get("/api/v1/snapshots/<a>/diff/<b>")
-    async def snapshot_diff(a: str, b: str) -> Response:
-        try:
-            return _json(daemon.snapshot_diff(a, b))
-        except NotFound as exc:
-            raise ApiProblem(404, "not-found", "Snapshot not found", str(exc)) from None
-
-    # ---------------------------------------------------------------- loop
-
-    @app.post("/api/v1/mape-k/execute")
-    async def execute() -> Response:
-        try:
-            return _json(await daemon.run_cycle())
-        except CycleFailed as exc:
-            raise ApiProblem(500, "cycle-failed", "Cycle failed", str(exc)) from None
-
-    # ---------------------------------------------------------------- receipts
-
-    @app.get("/api/v1/receipts")
-    async def receipts() -> Response:
-        after = _int_arg("after", -1, lo=-1, hi=2**63 - 1)
-        limit = _int_arg("limit", 100, lo=1, hi=1000)
-        items = daemon.list_receipts(after=after, limit=limit)
-        return _json({"receipts": items, "next_after": items[-1].body.seq if items else None})
-
-    @app.get("/api/v1/checkpoint")
-    async def checkpoint_latest() -> Response:
-        cp = daemon.latest_checkpoint()
-        if cp is None:
-            raise ApiProblem(404, "not-found", "No checkpoint yet", "no checkpoint signed yet")
-        # C2SP tlog-checkpoint signed note, as text.
-        return Response(cp.text, status=200, content_type="text/plain; charset=utf-8")
-
-    @app.get("/api/v1/proofs/inclusion")
-    async def proof_inclusion() -> Response:
-        size = _int_arg("tree_size", -1, lo=-1, hi=2**63 - 1)
-        if size < 0:
-            cp = daemon.latest_checkpoint()
-            size = cp.size if cp else 0
-        index = _int_arg("index", -1, lo=0, hi=2**63 - 1)
-        try:
-            hashes = daemon.inclusion_proof(index, size)
-        except ProofError as exc:
-            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
-        return _json(
-            {
-                "index": index,
-                "tree_size": size,
-                "hashes": [base64.b64encode(h).decode() for h in hashes],
-            }
-        )
-
-    @app.get("/api/v1/proofs/consistency")
-    async def proof_consistency() -> Response:
-        first = _int_arg("from", 0, lo=0, hi=2**63 - 1)
-        second = _int_arg("to", 0, lo=0, hi=2**63 - 1)
-        try:
-            hashes = daemon.consistency_proof(first, second)
-        except ProofError as exc:
-            raise ApiProblem(400, "invalid-proof-request", "No such proof", str(exc)) from None
-        return _json({"from": first, "to": second, "hashes": _b64(hashes)})
-
-    # ---------------------------------------------------------------- operations
-
-    @app.get("/health")
-    async def health() -> Response:
-        report = daemon.health()
-        return _json(report, 200 if report.status == "healthy" else 503)
-
-    @app.get("/ready")
-    async def ready() -> Response:
-        if daemon.ready and not daemon.draining:
-            return _json({"ready": True})
-        raise ApiProblem(503, "not-ready", "Not ready", "knhkd is starting or draining")
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        daemon.health()  # refresh knhk_health_status
-        return Response(metrics.render(), status=200, content_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -5,53 +5,54 @@ Guarantees: every error response is ``application/problem+json`` with a stable
 and, for invalid input, ``errors`` naming each offending field (and item index
 in a batch): the first ``MAX_ERRORS`` of them, with ``errors_omitted`` counting
 the rest, so a large bad batch does not make a larger error document.
-Must never: leak a stack trace or an internal exception text for a 5xx.
+
+The mapping is by kind (``knhkd.errors``): a ``KnhkdError`` answers with the
+status, problem type, title and detail it names (and ``Retry-After`` when it
+says when to retry); Werkzeug's own HTTP errors (no route, wrong method, body
+over ``MAX_CONTENT_LENGTH``) by their status; anything else is 500
+``internal-error``.
+
+Must never: leak a stack trace or an internal exception's text (500
+``internal-error``), or know a package's exception types: a handler lets the
+error its call raised propagate, and its kind says how to answer.
 """
 
 from __future__ import annotations
 
 from quart import Response
+from werkzeug.exceptions import HTTPException
 
-from knhkd.model import FieldError, Problem, encode_json
+from knhkd.errors import Invalid, KnhkdError, Malformed, Unavailable
+from knhkd.model import Problem, encode_json
 
 PROBLEM_JSON = "application/problem+json"
 # Enough to fix a batch by; a 10,000-item batch with one fault per item would
 # otherwise answer with megabytes.
 MAX_ERRORS = 100
+INTERNAL_DETAIL = "an internal error occurred; see the daemon log"
 
 
-class ApiProblem(Exception):
-    """Raise from a handler to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        slug: str,
-        title: str,
-        detail: str = "",
-        errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail or title)
-        errors = errors or []
-        self.problem = Problem(
-            type=f"urn:knhkd:problem:{slug}",
-            title=title,
-            status=status,
-            detail=detail,
-            errors=errors[:MAX_ERRORS],
-            errors_omitted=max(0, len(errors) - MAX_ERRORS),
-        )
-        self.headers = headers or {}
+# The edge's own refusals (the request itself, before the daemon is asked).
 
 
-def problem_response(exc: ApiProblem) -> Response:
-    return Response(
-        encode_json(exc.problem),
-        status=exc.problem.status,
-        content_type=PROBLEM_JSON,
-        headers=exc.headers,
-    )
+class InvalidParameter(Malformed):
+    problem = "invalid-parameter"
+    title = "Invalid query parameter"
+
+
+class MalformedJson(Malformed):
+    problem = "malformed-json"
+    title = "Malformed JSON"
+
+
+class InvalidProposal(Invalid):
+    problem = "invalid-proposal"
+    title = "Invalid proposal"
+
+
+class NotReady(Unavailable):
+    problem = "not-ready"
+    title = "Not ready"
 
 
 _SLUGS = {
@@ -65,6 +66,33 @@ _SLUGS = {
 }
 
 
-def for_status(status: int, detail: str = "") -> ApiProblem:
+def for_status(status: int, detail: str = "") -> Problem:
+    """The problem for a bare HTTP status (Werkzeug's errors)."""
     slug, title = _SLUGS.get(status, ("error", "Error"))
-    return ApiProblem(status, slug, title, detail)
+    return Problem(type=f"urn:knhkd:problem:{slug}", title=title, status=status, detail=detail)
+
+
+def problem_for(exc: BaseException) -> tuple[Problem, dict[str, str]]:
+    """The problem document and extra headers that answer ``exc``."""
+    if isinstance(exc, KnhkdError) and type(exc).problem != KnhkdError.problem:
+        errors = list(exc.errors)
+        problem = Problem(
+            type=exc.problem_type,
+            title=exc.title,
+            status=exc.status,
+            detail=exc.detail,
+            errors=errors[:MAX_ERRORS],
+            errors_omitted=max(0, len(errors) - MAX_ERRORS),
+        )
+        headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        return problem, headers
+    if isinstance(exc, HTTPException):
+        return for_status(exc.code or 500, exc.description or ""), {}
+    return for_status(500, INTERNAL_DETAIL), {}
+
+
+def problem_response(exc: BaseException) -> Response:
+    problem, headers = problem_for(exc)
+    return Response(
+        encode_json(problem), status=problem.status, content_type=PROBLEM_JSON, headers=headers
+    )

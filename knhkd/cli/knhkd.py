@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from knhkd.api.admin import serve_admin
     from knhkd.api.http import serve_http
-    from knhkd.loop.daemon import Daemon, StartupError, run_daemon
+    from knhkd.loop.daemon import Daemon, StartupError
     from knhkd.loop.supervisor import ActorFailed
+    from knhkd.loop.tree import run_daemon
 
     daemon = Daemon(cfg, config_path=args.config, env=os.environ, overrides=overrides)
     try:

@@ -25,16 +25,23 @@ from __future__ import annotations
 
 from rdflib import Graph
 
+from knhkd.errors import Conflict
 from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id
 from knhkd.model import Proposal, Snapshot, SnapshotRecord
 
 
-class PromotionError(KnowledgeError):
+class PromotionError(KnowledgeError, Conflict):
     """A promotion the snapshot rules forbid."""
 
+    problem = "snapshot-conflict"
+    title = "Snapshot conflict"
 
-class RollbackRefused(KnowledgeError):
+
+class RollbackRefused(KnowledgeError, Conflict):
     """A rollback with nothing to roll back to."""
+
+    problem = "rollback-refused"
+    title = "Rollback refused"
 
 
 def _record(g: Graph, *, parent: Snapshot | None, proposal_id: str | None,

@@ -64,6 +64,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from knhkd.config import GovernanceConfig, QuorumConfig
+from knhkd.errors import Conflict, Invalid, NotFound
 from knhkd.governance.files import GovernanceError
 from knhkd.governance.guards import GuardSet
 from knhkd.knowledge.rdf import content_hash
@@ -73,11 +74,28 @@ _ID_DOMAIN = "knhkd/relaxation/v1"
 _NS_PER_HOUR = 3_600_000_000_000
 
 
-class RelaxationError(GovernanceError):
-    """A relaxation step the rules refuse. Nothing was changed."""
+class RelaxationError(GovernanceError, Conflict):
+    """A relaxation step the rules refuse. Nothing was changed.
+
+    Each refusal is its own class, and its problem type is the class's name
+    (``SelfApproval`` is ``urn:knhkd:problem:self-approval``); a refusal is a
+    409 unless it subclasses another kind first (``UnknownGuard`` 404,
+    ``MissingIdentity`` 422). The admin socket names the class too."""
+
+    problem = "relaxation-error"
+    title = "Relaxation refused"
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls.problem = "".join(f"-{c.lower()}" if c.isupper() else c for c in cls.__name__)[1:]
+        # Set on each class: a kind listed before RelaxationError has its own.
+        cls.title = "Relaxation refused"
+
+    def line(self) -> str:
+        return f"{type(self).__name__}: {self}"
 
 
-class UnknownGuard(RelaxationError):
+class UnknownGuard(NotFound, RelaxationError):
     pass
 
 
@@ -89,11 +107,11 @@ class RelaxationOpen(RelaxationError):
     pass
 
 
-class UnknownRelaxation(RelaxationError):
+class UnknownRelaxation(NotFound, RelaxationError):
     pass
 
 
-class MissingIdentity(RelaxationError):
+class MissingIdentity(Invalid, RelaxationError):
     pass
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 import trio
 from ulid import ULID
 
+from knhkd.errors import KnhkdError
 from knhkd.loop.writer import CommitFailed, WriterClosed
 from knhkd.model import (
     CycleReport,
@@ -37,8 +38,12 @@ log = logging.getLogger(__name__)
 Trigger = Literal["interval", "on_demand"]
 
 
-class CycleFailed(Exception):
-    """A cycle could not complete; its decisions so far stay receipted."""
+class CycleFailed(KnhkdError):
+    """A cycle could not complete; its decisions so far stay receipted (500,
+    with the reason: the cycle's failure is the caller's news)."""
+
+    problem = "cycle-failed"
+    title = "Cycle failed"
 
 
 @dataclass(eq=False)

@@ -1,4 +1,7 @@
-"""The daemon: start-up as a sequence with a result, the actor tree, shutdown.
+"""The daemon facade: the one object the API and the admin socket call, one
+method per use case (``ingest``, ``submit_proposal``, ``promote_proposal``,
+``rollback``, the relaxation steps, ``run_cycle``, proofs, reads …), and the
+start-up steps the nursery tree (loop/tree.py) runs in order.
 
 Start-up, in order; a failed step raises ``StartupError`` naming the step:
   1. data directory (0700) and the LMDB store (exclusive lock, reader_check,
@@ -11,34 +14,24 @@ Start-up, in order; a failed step raises ``StartupError`` naming the step:
      snapshot descriptor (as is every later promotion and rollback); before
      it, the sectors' observation shapes when ``[ingest] shacl`` is on (a
      missing or broken file fails the step ``observation_shapes``);
-  4. the actors (ingest, analyzer, planner, executor, scheduler) under the
-     supervisor, the admin socket, the HTTP server, the ring drain;
-  5. ``gc.freeze()`` of the start-up heap, then ready (``/ready`` 200,
-     ``READY=1`` to systemd).
+  4. the actors under the supervisor, the admin socket, the HTTP server, the
+     ring drain (loop/tree.py); then ready.
 
-Shutdown (SIGTERM/SIGINT), bounded by ``shutdown.timeout_s``: stop accepting
-(``/ready`` 503), let Hypercorn finish in-flight requests, close the ingest
-intake and commit what it holds, stop the loop actors, commit what the writer
-holds, close the store, exit 0. SIGHUP reloads the configuration file; an
-invalid one keeps the old configuration and logs why.
+Reads are answered by loop/queries.py (short read transactions); every write
+goes through the writer actor. SIGHUP (``reload``) takes a new configuration,
+doctrine and guard set, or keeps the old ones and logs why.
 
-Nesting of nurseries is the shutdown order: front (HTTP, admin, signals) inside
-ingest inside the loop actors inside the receipt writer. An actor past its
-restart budget raises ``ActorFailed`` out of all of them: exit status 1.
-
-Must never: acknowledge before commit; exit 0 after losing an acknowledged write.
+Must never: acknowledge before commit; hand the API an actor, the writer or
+the store (the API calls these methods only).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import random
-import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,23 +43,24 @@ from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
+from knhkd.errors import KnhkdError
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.loop import knowledge_state as kn
-from knhkd.loop.analyzer import Analyzer
 from knhkd.loop.checkpointer import Checkpointer
 from knhkd.loop.context import LoopContext
-from knhkd.loop.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.loop.cycle import Cycle, CycleScheduler
 from knhkd.loop.executor import Executor
 from knhkd.loop.figures import Figures
 from knhkd.loop.governance_state import Governance
-from knhkd.loop.ingest import Ingest
+from knhkd.loop.ingest import Closed, Ingest
 from knhkd.loop.knowledge_state import SnapshotConflict
-from knhkd.loop.planner import Planner, change_key, proposal_draft, store_proposals_job
+from knhkd.loop.planner import proposal_draft, store_proposals_job
+from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
+from knhkd.loop.queries import Queries
 from knhkd.loop.ring_drain import RingDrain
-from knhkd.loop.sdnotify import notify, watchdog_interval_s
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.supervisor import Supervisor
 from knhkd.loop.writer import StoreWriter
@@ -86,33 +80,24 @@ from knhkd.model import (
     ReceiptView,
     Relaxation,
     RingSummary,
-    SignedReceipt,
     Snapshot,
     StatusReport,
     ValidationReport,
 )
+from knhkd.monitor.decode import Decoded
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
 from knhkd.plan.proposals import make_proposal
-from knhkd.receipts import canonical, checkpoints, keyring, offline
+from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.checkpoints import set_origin_job
-from knhkd.receipts.log import ReceiptLog, iter_raw, verify_store, view
+from knhkd.receipts.log import ReceiptLog, verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
-from knhkd.store import ids
-from knhkd.store.env import META_OBS_NEXT, Store, StoreError, open_store
-from knhkd.store.ids import seq_key
+from knhkd.store.env import Store, StoreError, open_store
 from knhkd.telemetry.metrics import Metrics
-from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
-from knhkd.validate.pipeline import default_pipeline
 from knhkd.validate.types import ValidationInputs
 
 log = logging.getLogger("knhkd")
 
 MB = 1024 * 1024
-SWITCH_INTERVAL_S = 0.0005
-_obs_decoder = msgspec.msgpack.Decoder(Observation)
-_pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
-_proposal_decoder = msgspec.msgpack.Decoder(Proposal)
-_report_decoder = msgspec.msgpack.Decoder(ValidationReport)
 
 # Settings a running daemon cannot take over on SIGHUP.
 RESTART_ONLY = (
@@ -133,16 +118,15 @@ RESTART_ONLY = (
 )
 
 
-class StartupError(Exception):
+class StartupError(KnhkdError):
     """A start-up step failed; the daemon exits non-zero with this one line."""
+
+    problem = "startup-failed"
+    title = "Start-up failed"
 
     def __init__(self, step: str, message: str) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
-
-
-class NotFound(Exception):
-    """The requested record does not exist."""
 
 
 def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
@@ -181,11 +165,12 @@ class Daemon:
         self.verifier: Verifier
         self.receipts: ReceiptLog
         self.writer: StoreWriter
-        self.ingest: Ingest
+        self.ingest_actor: Ingest
         self.scheduler: CycleScheduler
         self.executor: Executor
         self.checkpointer: Checkpointer
         self.ctx: LoopContext
+        self.queries: Queries
         self._knowledge: kn.KnowledgeState
         # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
         self.shacl_gate: ShapesGate | None = None
@@ -243,6 +228,7 @@ class Daemon:
             metrics=self.metrics,
         )
         self.checkpointer = Checkpointer(self.ctx)
+        self.queries = Queries(self.store, self.receipts)
         self.governance = Governance(self.store, self.writer, self.receipts)
 
     async def register_keys(self) -> None:
@@ -274,16 +260,7 @@ class Daemon:
 
     def ancestry(self, limit: int = 64) -> tuple[Snapshot, ...]:
         """The current snapshot, then its parent, ... (at most ``limit``)."""
-        out: list[Snapshot] = []
-        with self.store.reader() as txn:
-            sid: str | None = self.knowledge.current.snapshot_id
-            while sid is not None and len(out) < limit:
-                rec = kn.read_record(self.store, txn, sid)
-                if rec is None:
-                    break
-                out.append(rec.meta)
-                sid = rec.meta.parent_id
-        return tuple(out)
+        return self.queries.ancestry(self.knowledge.current.snapshot_id, limit)
 
     def observation_shapes_digest(self, sector: str) -> str | None:
         """The digest of the shapes a sector's observations were checked
@@ -338,13 +315,7 @@ class Daemon:
         }
 
     def snapshot_diff(self, a: str, b: str) -> dict[str, Any]:
-        with self.store.reader() as txn:
-            rec_a = kn.read_record(self.store, txn, a)
-            rec_b = kn.read_record(self.store, txn, b)
-        for sid, rec in ((a, rec_a), (b, rec_b)):
-            if rec is None:
-                raise NotFound(f"no snapshot {sid!r}")
-        assert rec_a is not None and rec_b is not None
+        rec_a, rec_b = self.queries.snapshot_pair(a, b)
         removed, added = diff_ntriples(rec_a.ntriples, rec_b.ntriples)
         return {"from": rec_a.meta, "to": rec_b.meta, "removed": removed, "added": added}
 
@@ -402,53 +373,22 @@ class Daemon:
     # ------------------------------------------------------------------ #
 
     def get_observation(self, obs_id: str) -> Observation:
-        try:
-            seq = ids.seq_of(obs_id)
-        except ids.BadId:
-            raise NotFound(f"no observation {obs_id!r}") from None
-        with self.store.reader() as txn:
-            raw = txn.get(ids.seq_key(seq), db=self.store.db("observations"))
-        if raw is None:
-            raise NotFound(f"no observation {obs_id!r}")
-        obs = _obs_decoder.decode(raw)
-        if obs.id != obs_id:
-            raise NotFound(f"no observation {obs_id!r}")
-        return obs
+        return self.queries.get_observation(obs_id)
 
     def observation_count(self) -> int:
-        with self.store.reader() as txn:
-            raw = txn.get(META_OBS_NEXT, db=self.store.db("meta"))
-        return int(raw) if raw is not None else 0
+        return self.queries.observation_count()
 
     def list_snapshots(self) -> list[Snapshot]:
-        with self.store.reader() as txn:
-            snaps = list(kn.iter_snapshots(self.store, txn))
-        return sorted(snaps, key=lambda s: (s.version, s.promoted_at_ns))
+        return self.queries.list_snapshots()
 
     def list_receipts(self, *, after: int, limit: int) -> list[ReceiptView]:
-        out: list[ReceiptView] = []
-        with self.store.reader() as txn:
-            for _, raw in iter_raw(self.store, txn, after=after):
-                out.append(view(canonical.decode_record(raw)))
-                if len(out) >= limit:
-                    break
-        return out
+        return self.queries.list_receipts(after=after, limit=limit)
 
     def list_patterns(self, *, limit: int) -> list[DetectedPattern]:
-        out: list[DetectedPattern] = []
-        with self.store.reader() as txn:
-            cursor = txn.cursor(db=self.store.db("patterns"))
-            if cursor.last():
-                for _, raw in cursor.iterprev():
-                    out.append(_pattern_decoder.decode(raw))
-                    if len(out) >= limit:
-                        break
-        return out
+        return self.queries.list_patterns(limit=limit)
 
     def receipt_head(self) -> tuple[int, str]:
-        with self.store.reader() as txn:
-            head = self.receipts.head(txn)
-        return head.next_seq, head.hash
+        return self.queries.receipt_head()
 
     async def verify(self) -> ChainVerification:
         report = await trio.to_thread.run_sync(verify_store, self.store, self.verifier)
@@ -462,11 +402,11 @@ class Daemon:
         return report
 
     def public_keyring(self) -> PublicKeyring:
-        with self.store.reader() as txn:
-            return keyring.read_keyring(self.store, txn)
+        return self.queries.public_keyring()
 
-    async def rotate_key(self) -> SignedReceipt:
-        """knhkctl keys rotate: the protocol of receipts/keyring.py."""
+    async def rotate_key(self) -> dict[str, str]:
+        """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
+        ``key_rotated`` receipt's id and the new key id."""
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -479,26 +419,22 @@ class Daemon:
         self.refresh_keyring()
         self.metrics.receipts_appended.labels("key_rotated").inc()
         log.info("signing key rotated: %s -> %s", outgoing, new.key_id)
-        return signed
+        return {"receipt": canonical.receipt_id(signed.body.seq), "key_id": new.key_id}
 
     # Proofs ----------------------------------------------------------- #
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        with self.store.reader() as txn:
-            return checkpoints.latest(self.store, txn)
+        return self.queries.latest_checkpoint()
 
     def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        with self.store.reader() as txn:
-            return self.receipts.tree.inclusion(txn, index, tree_size)
+        return self.queries.inclusion_proof(index, tree_size)
 
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        with self.store.reader() as txn:
-            return self.receipts.tree.consistency(txn, size1, size2)
+        return self.queries.consistency_proof(size1, size2)
 
     async def covering_checkpoint(self, size: int) -> Checkpoint:
         """A signed checkpoint of at least ``size`` leaves, issuing one if needed."""
-        with self.store.reader() as txn:
-            cp = checkpoints.covering(self.store, txn, size)
+        cp = self.queries.covering_checkpoint(size)
         if cp is None:
             cp = await self.checkpointer.issue()
         if cp is None or cp.size < size:
@@ -507,12 +443,8 @@ class Daemon:
 
     async def prove(self, index: int) -> ProofFile:
         cp = await self.covering_checkpoint(index + 1)
-        with self.store.reader() as txn:
-            record = txn.get(seq_key(index), db=self.store.db("receipts"))
-            path = self.receipts.tree.inclusion(txn, index, cp.size)
-        if record is None:
-            raise NotFound(f"no receipt {index}")
-        return offline.proof_file(index, cp, bytes(record), path)
+        record, path = self.queries.receipt_with_path(index, cp.size)
+        return offline.proof_file(index, cp, record, path)
 
     async def export(self, start: int, end: int | None) -> ExportFile:
         if end is None:
@@ -525,22 +457,16 @@ class Daemon:
             cp = await self.covering_checkpoint(max(end, 1))
         if not 0 <= start <= end <= cp.size:
             raise NotFound(f"range [{start}, {end}) is not in the log")
-        with self.store.reader() as txn:
-            records = [bytes(raw) for _, raw in iter_raw(self.store, txn, after=start - 1)][
-                : end - start
-            ]
-            proof = self.receipts.tree.range_proof(txn, start, end, cp.size)
+        records, proof = self.queries.receipts_with_range_proof(start, end, cp.size)
         return offline.export_file(start, cp, records, proof)
 
     async def consistency_file(self, size1: int, size2: int | None) -> ConsistencyFile:
-        with self.store.reader() as txn:
-            old = checkpoints.at_size(self.store, txn, size1)
+        old = self.queries.checkpoint_at_size(size1)
         if old is None:
             raise NotFound(f"no signed checkpoint of size {size1}")
         new = await self.covering_checkpoint(size2 or size1)
         if size2 is not None and new.size != size2:
-            with self.store.reader() as txn:
-                exact = checkpoints.at_size(self.store, txn, size2)
+            exact = self.queries.checkpoint_at_size(size2)
             if exact is None:
                 raise NotFound(f"no signed checkpoint of size {size2}")
             new = exact
@@ -568,6 +494,26 @@ class Daemon:
     # Operations
     # ------------------------------------------------------------------ #
 
+    def check_accepting(self) -> None:
+        """Raises ``Closed`` (503, draining) once shutdown has begun."""
+        if self.draining:
+            raise Closed("knhkd is shutting down")
+
+    async def ingest(self, decoded: Decoded) -> list[str]:
+        """The sector shapes gate (``ShaclRejected``), then the durable commit:
+        returns the ids once the observations and their receipts are fsynced.
+        Raises ``Overloaded`` when the queue stays full, ``Closed`` or
+        ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
+        nothing of a refused request is stored."""
+        if self.shacl_gate is not None:
+            await self.shacl_gate.check(decoded.items, single=decoded.single)
+        cfg = self.cfg.http
+        return await self.ingest_actor.submit(
+            decoded.items,
+            enqueue_timeout=cfg.enqueue_timeout_s,
+            commit_timeout=cfg.commit_timeout_s,
+        )
+
     async def run_cycle(self) -> CycleReport:
         cycle: Cycle = await self.scheduler.request("on_demand")
         return await cycle.wait()
@@ -592,22 +538,14 @@ class Daemon:
         )
         if stored:
             return proposal, True
-        with self.store.reader() as txn:
-            existing = txn.get(change_key(proposal), db=self.store.db("proposal_deltas"))
+        existing = self.queries.proposal_with_change_of(proposal)
         if existing is None:
-            raise NotFound(f"proposal {proposal.id[:16]} was neither stored nor found")
-        return self.get_proposal(bytes(existing).decode())[0], False
+            # Stored by another request and gone since: nothing a client did.
+            raise KnhkdError(f"proposal {proposal.id[:16]} was neither stored nor found")
+        return self.get_proposal(existing)[0], False
 
     def get_proposal(self, proposal_id: str) -> tuple[Proposal, ValidationReport | None]:
-        with self.store.reader() as txn:
-            raw = txn.get(proposal_id.encode(), db=self.store.db("proposals"))
-            report = txn.get(proposal_id.encode(), db=self.store.db("validations"))
-        if raw is None:
-            raise NotFound(f"no proposal {proposal_id!r}")
-        return (
-            _proposal_decoder.decode(raw),
-            None if report is None else _report_decoder.decode(report),
-        )
+        return self.queries.get_proposal(proposal_id)
 
     async def validate_dry(self, p: ProposalIn) -> ValidationReport:
         """The full report for ``p`` against the current snapshot; nothing is
@@ -632,6 +570,25 @@ class Daemon:
         self.metrics.snapshots_rolled_back.inc()
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta
+
+    async def issue_checkpoint(self) -> Checkpoint | None:
+        """Sign a checkpoint of everything committed now (None when the log is
+        empty or nothing was added since the last one)."""
+        return await self.checkpointer.issue()
+
+    def count_response(self, status: int) -> None:
+        """Count an HTTP answer by class (success, client error, error)."""
+        if status < 400:
+            self.metrics.requests_success.inc()
+        elif status < 500:
+            self.metrics.requests_client_error.inc()
+        else:
+            self.metrics.requests_error.inc()
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus exposition, with ``knhk_health_status`` refreshed."""
+        self.health()
+        return self.metrics.render()
 
     def uptime_s(self) -> int:
         return int(time.monotonic() - self.started_monotonic)
@@ -724,156 +681,3 @@ class Daemon:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-# ---------------------------------------------------------------------- #
-# The actor tree
-# ---------------------------------------------------------------------- #
-
-
-async def _watch_signals(daemon: Daemon) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                notify("RELOADING=1")
-                await daemon.reload()
-                notify("READY=1")
-                continue
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            daemon.draining = True
-            daemon.ready = False
-            notify("STOPPING=1")
-            daemon.shutdown_requested.set()
-            return
-
-
-async def _watchdog(daemon: Daemon, interval: float) -> None:
-    while True:
-        if daemon.health().status == "healthy":
-            notify("WATCHDOG=1")
-        await trio.sleep(interval)
-
-
-Server = Callable[..., Awaitable[None]]
-
-
-async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
-    """Run until shutdown; ``servers`` (admin socket, HTTP) are started in order
-    with ``nursery.start`` once the actors run. Returns the exit status."""
-    # The writer thread hands the GIL back and forth with the event loop on
-    # every LMDB call; with CPython's 5 ms switch interval a busy loop makes
-    # each hand-off wait, and a commit's latency is mostly that waiting
-    # (measured: 12.7 ms -> 9.5 ms per commit, ingest/no-op 0.66 -> 0.81).
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    cfg = daemon.cfg
-    daemon.open()
-    setup_tracing(cfg.telemetry)
-    sup = daemon.supervisor
-    to_analyzer_send, to_analyzer_recv = trio.open_memory_channel[AnalyzerMessage](
-        cfg.loop.channel_capacity
-    )
-    to_planner_send, to_planner_recv = trio.open_memory_channel[Cycle](cfg.loop.channel_capacity)
-    to_exec_send, to_exec_recv = trio.open_memory_channel[Cycle](cfg.loop.channel_capacity)
-    deadline_scope = trio.CancelScope()
-    clean = True
-    try:
-        with deadline_scope:
-            async with trio.open_nursery() as writer_n:
-                writer_n.start_soon(sup.supervise, "receipt_writer", daemon.writer.run)
-                await daemon.register_keys()
-                await daemon.load_knowledge()
-                await daemon.load_governance()
-                daemon.scheduler = CycleScheduler(
-                    to_analyzer_send, lambda: daemon.cfg.loop.interval_s
-                )
-                daemon.executor = Executor(
-                    daemon.ctx,
-                    daemon.set_knowledge,
-                    default_pipeline(),
-                    to_exec_recv,
-                    inputs=daemon.validation_inputs,
-                    before_cycle=daemon.advance_relaxations,
-                )
-                analyzer = Analyzer(daemon.ctx, to_analyzer_recv, to_planner_send)
-                planner = Planner(daemon.ctx, to_planner_recv, to_exec_send)
-                daemon.ingest = Ingest(
-                    daemon.store,
-                    daemon.writer,
-                    daemon.receipts,
-                    daemon.metrics,
-                    to_analyzer_send,
-                    capacity=cfg.loop.channel_capacity * 16,
-                    shapes_digest=daemon.observation_shapes_digest,
-                    evidence_sample=lambda: daemon.cfg.analyze.evidence_sample,
-                )
-                async with trio.open_nursery() as loop_n:
-                    loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)
-                    loop_n.start_soon(sup.supervise, "planner", planner.run)
-                    loop_n.start_soon(sup.supervise, "executor", daemon.executor.run)
-                    loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
-                    loop_n.start_soon(sup.supervise, "checkpointer", daemon.checkpointer.run)
-                    async with trio.open_nursery() as ingest_n:
-                        ingest_n.start_soon(sup.supervise, "ingest", daemon.ingest.run)
-                        async with trio.open_nursery() as front_n:
-                            front_n.start_soon(_watch_signals, daemon)
-                            for server in servers:
-                                await front_n.start(server, daemon)
-                            interval = watchdog_interval_s()
-                            if interval:
-                                front_n.start_soon(_watchdog, daemon, interval)
-                            if daemon.ring is not None:
-                                # A producer like any other: stops with the front,
-                                # before the ingest intake closes. A batch cut off
-                                # mid-commit is found by its stored cursor at start.
-                                daemon.ring_drain = RingDrain(
-                                    lambda: daemon.cfg,
-                                    daemon.ring,
-                                    daemon.store,
-                                    daemon.ingest,
-                                    daemon.metrics,
-                                    # The same SHACL gate as HTTP ingest.
-                                    shacl_gate=lambda: daemon.shacl_gate,
-                                )
-                                front_n.start_soon(
-                                    sup.supervise, "ring_drain", daemon.ring_drain.run
-                                )
-                            # Start-up garbage is long-lived: keep it out of every
-                            # later full collection (PLATFORM_NOTES, CPython GC).
-                            gc.collect()
-                            gc.freeze()
-                            daemon.figures.start()
-                            daemon.ready = True
-                            notify("READY=1")
-                            log.info(
-                                "knhkd %s ready: http %s, admin %s, data %s",
-                                __version__,
-                                ",".join(daemon.http_bound) or cfg.http.bind,
-                                cfg.admin_socket,
-                                cfg.data_dir,
-                            )
-                            await daemon.shutdown_requested.wait()
-                            deadline_scope.deadline = trio.current_time() + cfg.shutdown.timeout_s
-                            # serve_http returns once Hypercorn has drained;
-                            # the admin socket and watchdog are cancelled then.
-                            await daemon.http_done.wait()
-                            front_n.cancel_scope.cancel()
-                        daemon.ingest.close()
-                    loop_n.cancel_scope.cancel()
-                # The last word of a clean stop: a checkpoint of everything committed.
-                await daemon.checkpointer.issue()
-                daemon.writer.close()
-        if deadline_scope.cancelled_caught:
-            clean = False
-            log.warning("shutdown deadline of %.1fs reached", cfg.shutdown.timeout_s)
-    finally:
-        if daemon.ring is not None:
-            daemon.ring.close()
-        daemon.store.close()
-        shutdown_tracing()
-    log.info(
-        "knhkd stopped%s: %d ingest commits, %d of them on the event loop's thread",
-        "" if clean else " (deadline reached)",
-        daemon.writer.commits,
-        daemon.writer.inline_commits,
-    )
-    return 0

@@ -37,6 +37,7 @@ import lmdb
 import msgspec
 import trio
 
+from knhkd.errors import Unavailable
 from knhkd.hotpath.codec import RingBatch
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
@@ -47,12 +48,20 @@ from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
 
 
-class Overloaded(Exception):
+class Overloaded(Unavailable):
     """The ingest queue stayed full; retry later."""
 
+    problem = "overloaded"
+    title = "Overloaded"
+    retry_after = 1
 
-class Closed(Exception):
+
+class Closed(Unavailable):
     """The daemon is stopping and takes no more observations."""
+
+    problem = "draining"
+    title = "Shutting down"
+    retry_after = 5
 
 
 # What one request submits: observations from HTTP, or a drained ring batch

@@ -26,6 +26,7 @@ import lmdb
 import msgspec
 from rdflib import Graph
 
+from knhkd.errors import Conflict
 from knhkd.execute.promotion import RollbackRefused, genesis
 from knhkd.knowledge.rdf import (
     content_id,
@@ -45,9 +46,12 @@ _record_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class SnapshotConflict(Exception):
+class SnapshotConflict(Conflict):
     """The snapshot a transition started from is no longer current, or the
     transition would break a snapshot invariant."""
+
+    problem = "snapshot-conflict"
+    title = "Snapshot conflict"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from knhkd.errors import Unavailable
 from knhkd.loop.batching import receive_batch
 from knhkd.store.env import Store
 from knhkd.store.writer import Job, JobResult, run_transaction
@@ -45,12 +46,24 @@ T = TypeVar("T")
 PROBE_EVERY = 256
 
 
-class CommitFailed(Exception):
-    """The transaction holding the job did not commit."""
+class CommitFailed(Unavailable):
+    """The transaction holding the job did not commit: nothing of it was stored."""
+
+    problem = "storage-unavailable"
+    title = "Storage unavailable"
+    retry_after = 5
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.detail = f"nothing was stored: {message}"
 
 
-class WriterClosed(Exception):
+class WriterClosed(Unavailable):
     """The writer no longer accepts jobs (the daemon is stopping)."""
+
+    problem = "draining"
+    title = "Shutting down"
+    retry_after = 5
 
 
 class _Pending(Generic[T]):

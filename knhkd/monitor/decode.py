@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from knhkd.errors import Invalid, KnhkdError, Malformed, PayloadTooLarge
 from knhkd.model import FieldError, ObservationIn
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-seq"})
@@ -47,15 +49,34 @@ TOO_DEEP = f"nested deeper than {MAX_VALUE_DEPTH} arrays/objects"
 INT_RANGE = f"integer out of range (int64: {INT64_MIN}..{INT64_MAX})"
 
 
-class DecodeFailed(Exception):
-    """The body was refused. ``status`` is the HTTP status that fits."""
+class DecodeFailed(KnhkdError):
+    """The body was refused; nothing of it was stored. Raised as one of its
+    kinds below, whose ``status`` is the HTTP status that fits."""
 
-    def __init__(self, status: int, title: str, detail: str, errors: list[FieldError]) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors
+    def __init__(self, title: str, detail: str, errors: Sequence[FieldError] = ()) -> None:
+        super().__init__(detail, title=title)
+        self.errors = list(errors)
+
+
+class MalformedBody(DecodeFailed, Malformed):
+    """Not JSON (or NDJSON) at all: 400."""
+
+    problem = "malformed-json"
+
+
+class InvalidBody(DecodeFailed, Invalid):
+    """JSON, but not observations: 422 naming each offending field."""
+
+    problem = "invalid-observation"
+
+
+class BatchTooLarge(DecodeFailed, PayloadTooLarge):
+    """More observations in one request than ``http.max_batch_items``: 413."""
+
+    problem = "batch-too-large"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("Batch too large", detail)
 
 
 @dataclass(frozen=True)
@@ -195,14 +216,9 @@ def split_array(body: bytes) -> list[bytes] | None:
 
 def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
     if not raws:
-        raise DecodeFailed(422, "Empty batch", "the batch holds no observation", [])
+        raise InvalidBody("Empty batch", "the batch holds no observation")
     if len(raws) > max_items:
-        raise DecodeFailed(
-            413,
-            "Batch too large",
-            f"{len(raws)} observations in one request; the limit is {max_items}",
-            [],
-        )
+        raise BatchTooLarge(f"{len(raws)} observations in one request; the limit is {max_items}")
     items: list[ObservationIn] = []
     errors: list[FieldError] = []
     for i, raw in enumerate(raws):
@@ -212,8 +228,7 @@ def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
         else:
             items.append(got)
     if errors:
-        raise DecodeFailed(
-            422,
+        raise InvalidBody(
             "Invalid observations",
             f"{len(errors)} of {len(raws)} observations are invalid; none was stored",
             errors,
@@ -225,14 +240,12 @@ def _split(body: bytes) -> list[bytes] | list[msgspec.Raw]:
     try:
         return _raw_list_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeFailed(
-            400, "Malformed JSON", f"the body is not a JSON array: {exc}", []
-        ) from None
+        raise MalformedBody("Malformed JSON", f"the body is not a JSON array: {exc}") from None
     except RecursionError:
         pass
     raws = split_array(body)
     if raws is None:
-        raise DecodeFailed(400, "Malformed JSON", "the body is not a JSON array", [])
+        raise MalformedBody("Malformed JSON", "the body is not a JSON array")
     return raws
 
 
@@ -246,11 +259,10 @@ def decode_detect(body: bytes) -> list[ObservationIn]:
         try:
             msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
-            raise DecodeFailed(400, "Malformed JSON", str(exc), []) from None
+            raise MalformedBody("Malformed JSON", str(exc)) from None
         except RecursionError:
             pass  # well-formed or not, it is no array: 422 below
-        raise DecodeFailed(
-            422,
+        raise InvalidBody(
             "Invalid observations",
             "expected a JSON array of observations",
             [FieldError(field="$", message="expected a JSON array")],
@@ -269,10 +281,10 @@ def decode_body(body: bytes, content_type: str, *, max_items: int) -> Decoded:
     if stripped.startswith(b"["):
         return _collect(_split(body), max_items)
     if not stripped:
-        raise DecodeFailed(400, "Empty body", "expected a JSON object, array or NDJSON", [])
+        raise MalformedBody("Empty body", "expected a JSON object, array or NDJSON")
     got = _decode_item(body, None)
     if isinstance(got, FieldError):
-        status = 400 if got.message.startswith("malformed JSON") else 422
-        title = "Malformed JSON" if status == 400 else "Invalid observation"
-        raise DecodeFailed(status, title, f"{got.field}: {got.message}", [got])
+        if got.message.startswith("malformed JSON"):
+            raise MalformedBody("Malformed JSON", f"{got.field}: {got.message}", [got])
+        raise InvalidBody("Invalid observation", f"{got.field}: {got.message}", [got])
     return Decoded([got], single=True)

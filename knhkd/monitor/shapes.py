@@ -52,6 +52,7 @@ from rdflib import BNode, Graph, URIRef
 from rdflib.namespace import SH
 from rdflib.term import Node
 
+from knhkd.errors import Invalid
 from knhkd.knowledge.observation_rdf import field_of, observation_graph, subject_of
 from knhkd.knowledge.rdf import KnowledgeError, canonical_ntriples, content_id, from_rdflib
 from knhkd.knowledge.shacl import (
@@ -87,8 +88,11 @@ _RDF_PARSE_ERRORS = (
 )
 
 
-class ShaclRejected(Exception):
+class ShaclRejected(Invalid):
     """Observations of a request violate their sector's shapes; nothing is stored."""
+
+    problem = "shacl-violation"
+    title = "Observations violate their sector's shapes"
 
     def __init__(
         self,
@@ -97,15 +101,14 @@ class ShaclRejected(Exception):
         total: int,
         by_sector: Mapping[Sector, int] | None = None,
     ) -> None:
-        self.errors = errors
+        super().__init__(
+            f"{rejected} of {total} observation(s) violate their sector's shapes; none was stored",
+            errors,
+        )
         self.rejected = rejected
         self.total = total
         # Rejected observations (not requests) per sector, for the metrics.
         self.by_sector = dict(by_sector or {})
-        self.detail = (
-            f"{rejected} of {total} observation(s) violate their sector's shapes; none was stored"
-        )
-        super().__init__(self.detail)
 
 
 class PayloadError(Exception):

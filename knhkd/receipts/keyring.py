@@ -29,6 +29,7 @@ import lmdb
 import msgspec
 
 from knhkd.crypto.keys import KeyFileError, Signer, generate_file, load
+from knhkd.errors import Conflict
 from knhkd.model import Outcome, PublicKeyEntry, PublicKeyring, SignedReceipt
 from knhkd.receipts.log import META_KEYS_CURRENT, Draft, ReceiptLog
 from knhkd.store.env import Store
@@ -38,8 +39,11 @@ _entry_decoder = msgspec.msgpack.Decoder(PublicKeyEntry)
 _encoder = msgspec.msgpack.Encoder()
 
 
-class RotationError(Exception):
+class RotationError(Conflict):
     """A rotation was refused or a key file disagrees with the log."""
+
+    problem = "rotation-refused"
+    title = "Key rotation refused"
 
 
 def read_keyring(store: Store, txn: lmdb.Transaction) -> PublicKeyring:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
+from knhkd.errors import Malformed
+
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -29,8 +31,11 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 SubtreeHash = Callable[[int, int], bytes]
 
 
-class ProofError(ValueError):
+class ProofError(Malformed, ValueError):
     """A proof was asked for a range the tree does not have."""
+
+    problem = "invalid-proof-request"
+    title = "No such proof"
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -1,0 +1,55 @@
+"""What every route module shares: the daemon of the running app, JSON
+answers, query parameters and the raw body.
+
+Guarantees: ``daemon()`` is the ``Daemon`` ``create_app`` was given (a
+``TypeError`` otherwise, never a wrong object); a bad query parameter is 400
+``invalid-parameter`` naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from quart import Response, current_app, request
+
+from knhkd.api.problems import InvalidParameter
+from knhkd.loop.daemon import Daemon
+from knhkd.model import encode_json
+
+JSON = "application/json"
+DAEMON_KEY = "KNHKD_DAEMON"
+
+
+def daemon() -> Daemon:
+    """The daemon the app serves (``create_app`` puts it in the app's config)."""
+    found = current_app.config[DAEMON_KEY]
+    if not isinstance(found, Daemon):
+        raise TypeError(f"app config {DAEMON_KEY} holds {type(found).__name__}, not a Daemon")
+    return found
+
+
+def json(obj: Any, status: int = 200) -> Response:
+    return Response(encode_json(obj), status=status, content_type=JSON)
+
+
+def int_arg(name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidParameter(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+async def body() -> bytes:
+    data = await request.get_data(cache=False, as_text=False)
+    return data if isinstance(data, bytes) else data.encode()

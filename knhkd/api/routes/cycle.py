@@ -1,0 +1,15 @@
+"""The MAPE-K loop on demand: run one cycle now and answer with its report
+(500 ``cycle-failed`` with the reason if it could not complete)."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from knhkd.api.routes.base import daemon, json
+
+bp = Blueprint("cycle", __name__)
+
+
+@bp.post("/api/v1/mape-k/execute")
+async def run_cycle() -> Response:
+    return json(await daemon().run_cycle())

@@ -1,0 +1,35 @@
+"""Observations: ingest (one, a JSON array, or NDJSON) and read one back.
+
+Guarantees: ``POST /api/v1/observations`` answers 201 only after the
+observations are durably committed; a batch is all-or-nothing; with
+``[ingest] shacl`` on, an observation that violates its sector's shapes is 422
+``shacl-violation`` naming each offending item and nothing is stored; while
+the daemon drains, 503 ``draining`` with ``Retry-After`` before the body is
+read.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from knhkd.api.routes.base import body, daemon, json
+from knhkd.model import IngestAccepted, IngestBatchAccepted
+from knhkd.monitor.decode import decode_body
+
+bp = Blueprint("observations", __name__)
+
+
+@bp.post("/api/v1/observations")
+async def ingest() -> Response:
+    d = daemon()
+    d.check_accepting()
+    decoded = decode_body(await body(), request.mimetype, max_items=d.cfg.http.max_batch_items)
+    ids = await d.ingest(decoded)
+    if decoded.single:
+        return json(IngestAccepted(id=ids[0]), 201)
+    return json(IngestBatchAccepted(ids=ids, count=len(ids)), 201)
+
+
+@bp.get("/api/v1/observations/<obs_id>")
+async def get_observation(obs_id: str) -> Response:
+    return json(daemon().get_observation(obs_id))
