@@ -180,46 +180,48 @@ class MetaSpec(Generic[V]):
 
 
 # Compared as bytes by store/env.py, so that a damaged value is reported, not parsed.
-META_SCHEMA = b"schema_version"
+SCHEMA_VERSION_SLOT = MetaSpec(b"schema_version", DECIMAL)
 # The next observation sequence number (= observations stored).
-META_OBS_NEXT = b"observations.next_seq"
-META_RECEIPT_HEAD = b"receipts.head"
+OBS_NEXT = MetaSpec(b"observations.next_seq", DECIMAL)
+RECEIPT_HEAD = MetaSpec(b"receipts.head", msgpack_of(ReceiptHead))
 # The log's name in its checkpoints, fixed at first start.
-META_ORIGIN = b"receipts.origin"
-META_MERKLE_SIZE = b"merkle.size"
-META_KEYS_CURRENT = b"keys.current"
-META_SNAPSHOT_CURRENT = b"snapshots.current"
+ORIGIN = MetaSpec(b"receipts.origin", TEXT)
+MERKLE_SIZE = MetaSpec(b"merkle.size", DECIMAL)
+KEYS_CURRENT = MetaSpec(b"keys.current", TEXT)
+SNAPSHOT_CURRENT = MetaSpec(b"snapshots.current", TEXT)
+# model.RingCursor: where the ring drain resumes; written in the transaction
+# that commits the ring records it covers (exactly-once across crashes).
+RING_CURSOR = MetaSpec(b"ring.cursor", msgpack_of(RingCursor))
+# The digest of the doctrine and guard sets last receipted as in force.
+DOCTRINES_DIGEST = MetaSpec(b"governance.doctrines_digest", TEXT)
+GUARDS_DIGEST = MetaSpec(b"governance.guards_digest", TEXT)
+
 # Declared by the first schema and never written; reserved so that no other
 # record takes the name.
 META_SNAPSHOT_HISTORY = b"snapshots.history"
-# model.RingCursor: where the ring drain resumes; written in the transaction
-# that commits the ring records it covers (exactly-once across crashes).
-META_RING_CURSOR = b"ring.cursor"
-# The digest of the doctrine and guard sets last receipted as in force.
-META_DOCTRINES_DIGEST = b"governance.doctrines_digest"
-META_GUARDS_DIGEST = b"governance.guards_digest"
-
-SCHEMA_VERSION_SLOT = MetaSpec(META_SCHEMA, DECIMAL)
-OBS_NEXT = MetaSpec(META_OBS_NEXT, DECIMAL)
-RECEIPT_HEAD = MetaSpec(META_RECEIPT_HEAD, msgpack_of(ReceiptHead))
-ORIGIN = MetaSpec(META_ORIGIN, TEXT)
-MERKLE_SIZE = MetaSpec(META_MERKLE_SIZE, DECIMAL)
-KEYS_CURRENT = MetaSpec(META_KEYS_CURRENT, TEXT)
-SNAPSHOT_CURRENT = MetaSpec(META_SNAPSHOT_CURRENT, TEXT)
-RING_CURSOR = MetaSpec(META_RING_CURSOR, msgpack_of(RingCursor))
-DOCTRINES_DIGEST = MetaSpec(META_DOCTRINES_DIGEST, TEXT)
-GUARDS_DIGEST = MetaSpec(META_GUARDS_DIGEST, TEXT)
 
 META_KEYS: tuple[bytes, ...] = (
-    META_SCHEMA,
-    META_OBS_NEXT,
-    META_RECEIPT_HEAD,
-    META_ORIGIN,
-    META_MERKLE_SIZE,
-    META_KEYS_CURRENT,
-    META_SNAPSHOT_CURRENT,
+    *(
+        spec.key
+        for spec in (
+            SCHEMA_VERSION_SLOT,
+            OBS_NEXT,
+            RECEIPT_HEAD,
+            ORIGIN,
+            MERKLE_SIZE,
+            KEYS_CURRENT,
+            SNAPSHOT_CURRENT,
+            RING_CURSOR,
+            DOCTRINES_DIGEST,
+            GUARDS_DIGEST,
+        )
+    ),
     META_SNAPSHOT_HISTORY,
-    META_RING_CURSOR,
-    META_DOCTRINES_DIGEST,
-    META_GUARDS_DIGEST,
 )
+
+# The names store/env.py has always exported.
+META_SCHEMA = SCHEMA_VERSION_SLOT.key
+META_OBS_NEXT = OBS_NEXT.key
+META_RECEIPT_HEAD = RECEIPT_HEAD.key
+META_SNAPSHOT_CURRENT = SNAPSHOT_CURRENT.key
+META_RING_CURSOR = RING_CURSOR.key

@@ -29,23 +29,13 @@ from typing import Any, Generic, TypeVar
 
 import lmdb
 
-from knhkd.model import (
-    CycleReport,
-    DetectedPattern,
-    Observation,
-    Proposal,
-    PublicKeyEntry,
-    ReceiptHead,
-    Relaxation,
-    RingCursor,
-    SnapshotRecord,
-    ValidationReport,
-)
 from knhkd.store import schema
 from knhkd.store.schema import MetaSpec, TableSpec
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+_META_KEYS = frozenset(schema.META_KEYS)
 
 
 class Table(Generic[K, V]):
@@ -53,9 +43,9 @@ class Table(Generic[K, V]):
 
     __slots__ = ("_db", "_dec", "_enc", "_key", "_key_of", "_unkey", "name")
 
-    def __init__(self, spec: TableSpec[K, V], db: Any) -> None:
+    def __init__(self, spec: TableSpec[K, V], dbs: Mapping[str, Any]) -> None:
         self.name = spec.name
-        self._db = db
+        self._db = dbs[spec.name]
         self._key = spec.key.encode
         self._unkey = spec.key.decode
         self._enc = spec.value.encode
@@ -175,36 +165,31 @@ class Tables:
     """Every database and ``meta`` key of one open store."""
 
     def __init__(self, dbs: Mapping[str, Any]) -> None:
+        # Each accessor's key and value types are those of its spec in schema.py.
         s = schema
-        self.observations: Table[int, Observation] = Table(s.OBSERVATIONS, dbs[s.OBSERVATIONS.name])
-        self.patterns: Table[tuple[int, str], DetectedPattern] = Table(
-            s.PATTERNS, dbs[s.PATTERNS.name]
-        )
-        self.proposals: Table[str, Proposal] = Table(s.PROPOSALS, dbs[s.PROPOSALS.name])
-        self.proposal_deltas: Table[bytes, str] = Table(
-            s.PROPOSAL_DELTAS, dbs[s.PROPOSAL_DELTAS.name]
-        )
-        self.validations: Table[str, ValidationReport] = Table(
-            s.VALIDATIONS, dbs[s.VALIDATIONS.name]
-        )
-        self.snapshots: Table[str, SnapshotRecord] = Table(s.SNAPSHOTS, dbs[s.SNAPSHOTS.name])
-        self.receipts: Table[int, bytes] = Table(s.RECEIPTS, dbs[s.RECEIPTS.name])
-        self.tree: Table[tuple[int, int], bytes] = Table(s.MERKLE, dbs[s.MERKLE.name])
-        self.checkpoints: Table[int, str] = Table(s.CHECKPOINTS, dbs[s.CHECKPOINTS.name])
-        self.keys: Table[str, PublicKeyEntry] = Table(s.KEYS, dbs[s.KEYS.name])
-        self.relaxations: Table[str, Relaxation] = Table(s.RELAXATIONS, dbs[s.RELAXATIONS.name])
-        self.cycles: Table[str, CycleReport] = Table(s.CYCLES, dbs[s.CYCLES.name])
-        self.meta: Table[bytes, bytes] = Table(s.META, dbs[s.META.name])
+        self.observations = Table(s.OBSERVATIONS, dbs)
+        self.patterns = Table(s.PATTERNS, dbs)
+        self.proposals = Table(s.PROPOSALS, dbs)
+        self.proposal_deltas = Table(s.PROPOSAL_DELTAS, dbs)
+        self.validations = Table(s.VALIDATIONS, dbs)
+        self.snapshots = Table(s.SNAPSHOTS, dbs)
+        self.receipts = Table(s.RECEIPTS, dbs)
+        self.tree = Table(s.MERKLE, dbs)
+        self.checkpoints = Table(s.CHECKPOINTS, dbs)
+        self.keys = Table(s.KEYS, dbs)
+        self.relaxations = Table(s.RELAXATIONS, dbs)
+        self.cycles = Table(s.CYCLES, dbs)
+        self.meta = Table(s.META, dbs)
 
         meta = dbs[s.META.name]
-        self.schema_version: MetaSlot[int] = MetaSlot(s.SCHEMA_VERSION_SLOT, meta)
-        self.observations_next: MetaSlot[int] = MetaSlot(s.OBS_NEXT, meta)
-        self.receipt_head: MetaSlot[ReceiptHead] = MetaSlot(s.RECEIPT_HEAD, meta)
-        self.log_origin: MetaSlot[str] = MetaSlot(s.ORIGIN, meta)
-        self.tree_size: MetaSlot[int] = MetaSlot(s.MERKLE_SIZE, meta)
-        self.keys_current: MetaSlot[str] = MetaSlot(s.KEYS_CURRENT, meta)
-        self.snapshot_current: MetaSlot[str] = MetaSlot(s.SNAPSHOT_CURRENT, meta)
-        self.ring_cursor: MetaSlot[RingCursor] = MetaSlot(s.RING_CURSOR, meta)
+        self.schema_version = MetaSlot(s.SCHEMA_VERSION_SLOT, meta)
+        self.observations_next = MetaSlot(s.OBS_NEXT, meta)
+        self.receipt_head = MetaSlot(s.RECEIPT_HEAD, meta)
+        self.log_origin = MetaSlot(s.ORIGIN, meta)
+        self.tree_size = MetaSlot(s.MERKLE_SIZE, meta)
+        self.keys_current = MetaSlot(s.KEYS_CURRENT, meta)
+        self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
+        self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -214,6 +199,6 @@ class Tables:
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
         """Write ``MetaSlot.entry`` results (keys of store/schema.py only)."""
         for key, value in entries.items():
-            if key not in schema.META_KEYS:
+            if key not in _META_KEYS:
                 raise KeyError(f"{key!r} is not a meta key of the schema")
             self.meta.put_raw(txn, key, value)

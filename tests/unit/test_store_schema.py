@@ -4,11 +4,14 @@
   always written under the key it has always used (an existing data directory
   reads the same);
 - the schema version is checked in one place and refused with
-  ``SchemaVersionError``.
+  ``SchemaVersionError``;
+- no module of knhkd outside store/ names a database or a ``meta`` key
+  (loop/daemon.py is exempt until its split lands).
 """
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import knhkd
 from knhkd.model import (
     CycleReport,
     Delta,
@@ -307,3 +311,73 @@ def test_a_store_without_a_version_is_refused_read_only(tmp_path: Path) -> None:
     with pytest.raises(SchemaVersionError, match="no schema version") as caught:
         open_store(tmp_path, readonly=True, exclusive=False)
     assert caught.value.found is None
+
+
+# --------------------------------------------------------------------------- #
+# No module outside store/ names a database or a meta key
+# --------------------------------------------------------------------------- #
+
+PACKAGE = Path(knhkd.__file__).parent
+# loop/daemon.py is being split (issue 9 item 4); it moves to the accessors then.
+EXEMPT = ("store/", "loop/daemon.py")
+
+
+def offences(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each place ``source`` opens a database by name or spells
+    a ``meta`` key; docstrings may mention them."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    meta_keys = set(schema.META_KEYS)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("db", "open_db")
+        ):
+            found.append((node.lineno, f".{node.func.attr}(...) opens a database by name"))
+        elif isinstance(node, ast.Attribute) and node.attr == "dbs":
+            found.append((node.lineno, ".dbs reaches the database handles"))
+        elif isinstance(node, ast.Constant) and id(node) not in docstrings:
+            value = node.value
+            raw = value.encode() if isinstance(value, str) else value
+            if isinstance(raw, bytes) and raw in meta_keys:
+                found.append((node.lineno, f"meta key {value!r}"))
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name.startswith("META_") or alias.name == "DB_NAMES":
+                    found.append((node.lineno, f"imports {alias.name}"))
+        if isinstance(node, ast.Attribute) and node.attr.startswith("META_"):
+            found.append((node.lineno, f"uses {node.attr}"))
+    return sorted(found)
+
+
+def test_the_scan_finds_what_it_is_meant_to() -> None:
+    bad = (
+        '"""Docstrings may say receipts.head."""\n'
+        'x = txn.get(b"receipts.head", db=store.db("meta"))\n'
+        "from knhkd.store.env import META_OBS_NEXT\n"
+        "y = store.dbs\n"
+        "z = schema.META_ORIGIN\n"
+        'k = "keys.current"\n'
+    )
+    assert [line for line, _ in offences(bad)] == [2, 2, 3, 4, 5, 6]
+    assert offences('"""ring.cursor"""\nx = store.tables.ring_cursor.get(txn)\n') == []
+
+
+def test_no_module_outside_store_names_a_database_or_a_meta_key() -> None:
+    report = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith(EXEMPT):
+            continue
+        for line, what in offences(path.read_text()):
+            report.append(f"knhkd/{rel}:{line}: {what}")
+    assert not report, "use store.tables (store/tables.py):\n" + "\n".join(report)
