@@ -25,7 +25,6 @@ from knhkd.model import Outcome
 from knhkd.receipts import merkle
 from knhkd.receipts.log import Draft, ReceiptLog, verify_store
 from knhkd.store.env import MB, open_store
-from knhkd.store.ids import seq_key
 from knhkd.store.writer import run_transaction
 
 BATCH = 1000
@@ -64,7 +63,7 @@ def proofs(log: ReceiptLog, store: object, n: int, samples: int = 200) -> dict[s
             t0 = time.perf_counter()
             path = log.tree.inclusion(txn, i, n)
             t1 = time.perf_counter()
-            record = bytes(txn.get(seq_key(i), db=store.db("receipts")))  # type: ignore[attr-defined]
+            record = store.tables.receipts.get_raw(txn, i)  # type: ignore[attr-defined]
             leaf = merkle.leaf_hash(record)
             t2 = time.perf_counter()
             assert merkle.verify_inclusion(leaf, i, n, path, root)

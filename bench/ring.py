@@ -271,7 +271,7 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
     from knhkd.loop.ring_drain import RingDrain
     from knhkd.loop.writer import StoreWriter
     from knhkd.receipts.log import ReceiptLog
-    from knhkd.store.env import count, open_store
+    from knhkd.store.env import open_store
     from knhkd.telemetry.metrics import Metrics
 
     data = tmp / "inproc"
@@ -309,7 +309,8 @@ def drain_in_process(tmp: Path, ring: Path, lanes: int, capacity: int) -> dict[s
 
     try:
         trio.run(main)
-        result["stored"] = count(store, "observations")
+        with store.reader() as txn:
+            result["stored"] = store.tables.observations.count(txn)
         result["commits"] = int(metrics.store_commits._value.get())
     finally:
         consumer.close()

@@ -156,6 +156,17 @@ class RingCursor(Struct):
     next_seq: list[int]
 
 
+class ReceiptHead(Struct, array_like=True):
+    """LMDB ``meta`` value ``receipts.head``: what the next receipt links to.
+
+    Stored as a MessagePack array ``[next_seq, hash, timestamp_ns]``.
+    """
+
+    next_seq: int
+    hash: str
+    timestamp_ns: int
+
+
 class IngestAccepted(Struct):
     """201 body for one observation."""
 

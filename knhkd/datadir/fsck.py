@@ -33,10 +33,9 @@ from knhkd.receipts.checkpoints import origin_of
 from knhkd.receipts.keyring import current_key_id, read_keyring
 from knhkd.receipts.log import iter_raw, read_head
 from knhkd.receipts.tlog_checkpoint import CheckpointError
-from knhkd.receipts.tree import META_MERKLE_SIZE, MerkleTree, TreeError, node_key
+from knhkd.receipts.tree import MerkleTree, TreeError
 from knhkd.receipts.verify import verify_chain
-from knhkd.store.env import META_OBS_NEXT, META_SNAPSHOT_CURRENT, Store
-from knhkd.store.ids import seq_key
+from knhkd.store.env import Store
 
 MAX_ERRORS = 100
 _obs_decoder = msgspec.msgpack.Decoder(Observation)
@@ -98,30 +97,28 @@ def _receipts(store: Store, txn: lmdb.Transaction, verifier: Verifier, found: _F
 
 
 def _tree(store: Store, txn: lmdb.Transaction, found: _Findings) -> int:
-    raw_size = txn.get(META_MERKLE_SIZE, db=store.db("meta"))
-    size = int(raw_size) if raw_size is not None else 0
+    size = store.tables.tree_size.get(txn) or 0
     receipts = read_head(store, txn).next_seq
     if size != receipts:
         found.add("merkle/size", f"tree has {size} leaves, the log {receipts} receipts")
-    db = store.db("merkle")
+    nodes_db = store.tables.tree
     for seq, record in iter_raw(store, txn):
-        stored = txn.get(node_key(0, seq), db=db)
-        if stored is None or bytes(stored) != merkle.leaf_hash(record):
+        stored = nodes_db.get_raw(txn, (0, seq))
+        if stored is None or stored != merkle.leaf_hash(record):
             found.add(f"merkle/leaf {seq}", "does not hash the stored receipt")
     nodes = 0
-    for key, value in txn.cursor(db=db):
+    for (level, index), value in nodes_db.items_raw(txn):
         nodes += 1
-        level, index = key[0], int.from_bytes(key[1:], "big")
         if len(value) != merkle.HASH_SIZE or (index + 1) << level > size:
             found.add(f"merkle/node ({level}, {index})", "outside the tree or malformed")
             continue
         if level == 0:
             continue
-        left = txn.get(node_key(level - 1, 2 * index), db=db)
-        right = txn.get(node_key(level - 1, 2 * index + 1), db=db)
+        left = nodes_db.get_raw(txn, (level - 1, 2 * index))
+        right = nodes_db.get_raw(txn, (level - 1, 2 * index + 1))
         if left is None or right is None:
             found.add(f"merkle/node ({level}, {index})", "a child is missing")
-        elif merkle.node_hash(bytes(left), bytes(right)) != bytes(value):
+        elif merkle.node_hash(left, right) != value:
             found.add(f"merkle/node ({level}, {index})", "does not hash its children")
     expected = sum(size >> level for level in range(size.bit_length() + 1))
     if nodes != expected:
@@ -136,17 +133,15 @@ def _checkpoints(
     tree = MerkleTree(store)
     origin = origin_of(store, txn)
     n = 0
-    for key, value in txn.cursor(db=store.db("checkpoints")):
+    for key, value in store.tables.checkpoints.items_raw(txn):
         n += 1
-        where = f"checkpoints/{int.from_bytes(key, 'big')}"
+        where = f"checkpoints/{key}"
         try:
-            cp = tlog_checkpoint.verify(
-                bytes(value).decode(), verifier.public_keys(), origin=origin
-            )
+            cp = tlog_checkpoint.verify(value.decode(), verifier.public_keys(), origin=origin)
         except (CheckpointError, UnicodeDecodeError) as exc:
             found.add(where, str(exc))
             continue
-        if cp.size != int.from_bytes(key, "big"):
+        if cp.size != key:
             found.add(where, f"note is for size {cp.size}")
         elif cp.size > size:
             found.add(where, f"size {cp.size} is beyond the tree's {size}")
@@ -162,7 +157,7 @@ def _checkpoints(
 
 
 def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
-    obs_db = store.db("observations")
+    observations = store.tables.observations
     covered = 0
     for seq, raw in iter_raw(store, txn):
         try:
@@ -179,7 +174,7 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
             continue
         digest, n = hashlib.sha256(), 0
         for obs_seq in range(first, last + 1):
-            rec = txn.get(seq_key(obs_seq), db=obs_db)
+            rec = observations.get_raw(txn, obs_seq)
             if rec is None:
                 found.add(f"observations/{obs_seq}", "missing")
                 continue
@@ -189,7 +184,7 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
                 found.add(f"observations/{obs_seq}", "not an observation record")
                 continue
             if sector == body.sector:
-                digest.update(bytes(rec))
+                digest.update(rec)
                 n += 1
         if n != count or digest.hexdigest() != want:
             found.add(
@@ -197,10 +192,10 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
                 f"records of sector {body.sector} do not match receipt {canonical.receipt_id(seq)}",
             )
         covered += n
-    raw_next = txn.get(META_OBS_NEXT, db=store.db("meta"))
-    stored = int(txn.stat(obs_db)["entries"])
-    if raw_next is not None and int(raw_next) != stored:
-        found.add("observations", f"counter says {int(raw_next)}, {stored} are stored")
+    next_seq = store.tables.observations_next.get(txn)
+    stored = observations.count(txn)
+    if next_seq is not None and next_seq != stored:
+        found.add("observations", f"counter says {next_seq}, {stored} are stored")
     if covered != stored:
         found.add("observations", f"{stored} stored, {covered} covered by batch receipts")
     found.count("observations", stored)
@@ -208,8 +203,7 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
 
 def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
     ids: dict[str, str | None] = {}
-    for key, raw in txn.cursor(db=store.db("snapshots")):
-        sid = bytes(key).decode(errors="replace")
+    for sid, raw in store.tables.snapshots.items_raw(txn):
         try:
             rec = _snap_decoder.decode(raw)
         except (msgspec.MsgspecError, ValueError):
@@ -221,7 +215,7 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
     for sid, parent in ids.items():
         if parent is not None and parent not in ids:
             found.add(f"snapshots/{sid[:16]}", f"parent {parent[:16]} is missing")
-    current = txn.get(META_SNAPSHOT_CURRENT, db=store.db("meta"))
-    if current is not None and bytes(current).decode() not in ids:
+    current = store.tables.snapshot_current.get(txn)
+    if current is not None and current not in ids:
         found.add("snapshots/current", "points at a missing snapshot")
     found.count("snapshots", len(ids))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import lmdb
-import msgspec
 import trio
 
 from knhkd.analyze.detectors import Detectors
@@ -36,9 +35,6 @@ from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
 
-_obs_decoder = msgspec.msgpack.Decoder(Observation)
-_encoder = msgspec.msgpack.Encoder()
-
 
 def _outcome(pattern: DetectedPattern) -> Outcome:
     action = pattern.recommended_action
@@ -57,8 +53,7 @@ def store_patterns_job(
     def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
         out = []
         for p in patterns:
-            key = p.detected_at_ns.to_bytes(8, "big") + p.id.encode()
-            txn.put(key, _encoder.encode(p), db=store.db("patterns"))
+            store.tables.patterns.add(txn, p)
             out.append(
                 receipts.append(
                     txn,
@@ -102,14 +97,12 @@ class Analyzer:
         recent: list[Observation] = []
         floor = -1
         with self._ctx.store.reader() as txn:
-            cursor = txn.cursor(db=self._ctx.store.db("observations"))
-            if cursor.last():
-                floor = int.from_bytes(cursor.key(), "big")
-                for _, raw in cursor.iterprev():
-                    obs = _obs_decoder.decode(raw)
-                    if obs.ingested_at_ns < horizon:
-                        break
-                    recent.append(obs)
+            for seq, obs in self._ctx.store.tables.observations.items_reversed(txn):
+                if floor < 0:
+                    floor = seq  # the newest stored: counted here, never again
+                if obs.ingested_at_ns < horizon:
+                    break
+                recent.append(obs)
         recent.reverse()
         last_seen = recent[-1].ingested_at_ns if recent else now
         detectors = Detectors(cfg, self._ctx.knowledge().schema, start_ns=last_seen)

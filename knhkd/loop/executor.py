@@ -46,8 +46,6 @@ from knhkd.telemetry.tracing import span
 from knhkd.validate.pipeline import Pipeline
 from knhkd.validate.types import ValidationInputs
 
-_encoder = msgspec.msgpack.Encoder()
-
 
 def _failure_reason(report: ValidationReport) -> str:
     for stage in report.stages:
@@ -64,7 +62,7 @@ def validation_job(
     digests: dict[str, str],
 ) -> Job[SignedReceipt]:
     def job(txn: lmdb.Transaction) -> SignedReceipt:
-        txn.put(proposal.id.encode(), _encoder.encode(report), db=store.db("validations"))
+        store.tables.validations.put(txn, proposal.id, report)
         outcome = (
             Outcome("approved", "all stages run passed")
             if report.passed
@@ -132,7 +130,7 @@ def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[Cy
         final = msgspec.structs.replace(
             report, receipt_ids=[*report.receipt_ids, canonical.receipt_id(signed.body.seq)]
         )
-        txn.put(report.id.encode(), _encoder.encode(final), db=store.db("cycles"))
+        store.tables.cycles.add(txn, final)
         return final
 
     return job

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lmdb
-import msgspec
 
 from knhkd.config import Config
 from knhkd.governance.doctrines import DoctrineSet, load_doctrines
@@ -29,7 +28,6 @@ from knhkd.governance.relaxation import GuardRelaxations
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     Outcome,
-    Relaxation,
     RelaxationEvent,
     RuntimeFigures,
     SignedReceipt,
@@ -40,19 +38,14 @@ from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.validate.types import ValidationInputs
 
-META_DIGESTS = {"doctrines": b"governance.doctrines_digest", "guards": b"governance.guards_digest"}
-
-_record_decoder = msgspec.msgpack.Decoder(Relaxation)
-_encoder = msgspec.msgpack.Encoder()
-
 
 def relaxation_job(
     store: Store, receipts: ReceiptLog, events: Sequence[RelaxationEvent]
 ) -> Job[list[SignedReceipt]]:
     def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
-        db = store.db("relaxations")
+        relaxations = store.tables.relaxations
         for ev in events:
-            txn.put(ev.record.id.encode(), _encoder.encode(ev.record), db=db)
+            relaxations.put(txn, ev.record.id, ev.record)
         return receipts.append_many(
             txn,
             [
@@ -82,17 +75,16 @@ def digests_job(
     store: Store, receipts: ReceiptLog, digests: dict[str, str]
 ) -> Job[list[SignedReceipt]]:
     def job(txn: lmdb.Transaction) -> list[SignedReceipt]:
-        meta = store.db("meta")
         out = []
         for name, digest in sorted(digests.items()):
-            key = META_DIGESTS[name]
-            old = txn.get(key, db=meta)
-            if old is not None and bytes(old).decode() == digest:
+            slot = store.tables.governance_digests[name]
+            old = slot.get(txn)
+            if old == digest:
                 continue
-            txn.put(key, digest.encode(), db=meta)
+            slot.put(txn, digest)
             inputs = {"set": name, "digest": digest}
             if old is not None:
-                inputs["previous_digest"] = bytes(old).decode()
+                inputs["previous_digest"] = old
             out.append(
                 receipts.append(
                     txn,
@@ -125,10 +117,7 @@ class Governance:
         doctrines = load_doctrines(Path(gov.doctrines_dir), gov.custom_checks)
         guards = load_guards(Path(gov.guards_dir))
         with self._store.reader() as txn:
-            records = [
-                _record_decoder.decode(raw)
-                for _, raw in txn.cursor(db=self._store.db("relaxations"))
-            ]
+            records = list(self._store.tables.relaxations.values(txn))
         book = GuardRelaxations(guards, gov, records)
         # All loaded: only now replace what is in force (a reload that fails
         # half-way keeps the old sets whole).

@@ -43,7 +43,7 @@ from knhkd.loop.batching import receive_batch
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.store.env import META_OBS_NEXT, Store
+from knhkd.store.env import Store
 from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
 
@@ -126,12 +126,11 @@ def commit_job(
     sector it stored. Each sector's receipt names the digest of the shapes that
     accepted its observations (``shapes_digest``), when shapes were checked;
     ring batches carry ``evidence_sample`` evidence ids per key to the analyzer."""
-    db = store.db("observations")
-    meta = store.db("meta")
+    tables = store.tables
+    observations, next_seq = tables.observations, tables.observations_next
 
     def job(txn: lmdb.Transaction) -> tuple[list[Stored | None], dict[Sector, int]]:
-        raw_next = txn.get(META_OBS_NEXT, db=meta)
-        seq = start = int(raw_next) if raw_next is not None else 0
+        seq = start = next_seq.get(txn) or 0
         now = clock_ns()
         out: list[Stored | None] = []
         groups: dict[Sector, _SectorGroup] = {}
@@ -148,12 +147,12 @@ def commit_job(
             puts.append(part_puts)
         # One putmulti for the commit: one Python call into py-lmdb, not one
         # per observation (ring parts are zero-copy views of one buffer).
-        stored_n, _ = txn.cursor(db=db).putmulti(itertools.chain.from_iterable(puts), append=True)
+        stored_n = observations.put_appending(txn, itertools.chain.from_iterable(puts))
         if stored_n != seq - start:
             raise lmdb.Error(f"stored {stored_n} of {seq - start} observations")
-        txn.put(META_OBS_NEXT, str(seq).encode(), db=meta)
-        for key, value in (extra_meta or {}).items():
-            txn.put(key, value, db=meta)
+        next_seq.put(txn, seq)
+        if extra_meta:
+            tables.put_meta(txn, extra_meta)
         for sector in sorted(groups):
             group = groups[sector]
             inputs = {

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
-import msgspec
 from rdflib import Graph
 
 from knhkd.errors import Conflict
@@ -37,14 +36,10 @@ from knhkd.knowledge.rdf import (
 from knhkd.knowledge.shacl import Shapes
 from knhkd.model import Outcome, SignedReceipt, Snapshot, SnapshotRecord
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.store.env import META_SNAPSHOT_CURRENT, Store
+from knhkd.store.env import Store
 from knhkd.store.writer import Job
 
 log = logging.getLogger(__name__)
-
-_record_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
-_encoder = msgspec.msgpack.Encoder()
-
 
 class SnapshotConflict(Conflict):
     """The snapshot a transition started from is no longer current, or the
@@ -73,18 +68,16 @@ def state_of(record: SnapshotRecord, shapes: Shapes) -> KnowledgeState:
 
 
 def read_record(store: Store, txn: lmdb.Transaction, snapshot_id: str) -> SnapshotRecord | None:
-    raw = txn.get(snapshot_id.encode(), db=store.db("snapshots"))
-    return None if raw is None else _record_decoder.decode(raw)
+    return store.tables.snapshots.get(txn, snapshot_id)
 
 
 def current_id(store: Store, txn: lmdb.Transaction) -> str | None:
-    raw = txn.get(META_SNAPSHOT_CURRENT, db=store.db("meta"))
-    return None if raw is None else bytes(raw).decode()
+    return store.tables.snapshot_current.get(txn)
 
 
 def iter_snapshots(store: Store, txn: lmdb.Transaction) -> Iterator[Snapshot]:
-    for _, raw in txn.cursor(db=store.db("snapshots")):
-        yield _record_decoder.decode(raw).meta
+    for record in store.tables.snapshots.values(txn):
+        yield record.meta
 
 
 def _ancestry(store: Store, txn: lmdb.Transaction, start: str | None) -> Iterator[str]:
@@ -134,8 +127,8 @@ def install_job(
                 f"snapshot {new_id[:16]} is already current or an ancestor of it "
                 "(Q1: a snapshot is never its own ancestor)"
             )
-        txn.put(new_id.encode(), _encoder.encode(record), db=store.db("snapshots"))
-        txn.put(META_SNAPSHOT_CURRENT, new_id.encode(), db=store.db("meta"))
+        store.tables.snapshots.put(txn, new_id, record)
+        store.tables.snapshot_current.put(txn, new_id)
         detail = "genesis" if record.meta.parent_id is None else "promoted"
         return receipts.append(txn, _receipt("snapshot_promoted", record, detail))
 
@@ -159,7 +152,7 @@ def rollback_job(
         parent = read_record(store, txn, rec.meta.parent_id)
         if parent is None:
             raise SnapshotConflict(f"parent snapshot {rec.meta.parent_id} is missing")
-        txn.put(META_SNAPSHOT_CURRENT, rec.meta.parent_id.encode(), db=store.db("meta"))
+        store.tables.snapshot_current.put(txn, rec.meta.parent_id)
         signed = receipts.append(
             txn,
             Draft(

@@ -30,8 +30,6 @@ from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
 
-_encoder = msgspec.msgpack.Encoder()
-
 
 def proposal_draft(p: Proposal, *, rebased_from: str | None = None) -> Draft:
     inputs = {"parent_snapshot_id": p.parent_snapshot_id, "proposal_id": p.id}
@@ -65,14 +63,14 @@ def store_proposals_job(
 
     def job(txn: lmdb.Transaction) -> list[tuple[Proposal, SignedReceipt]]:
         out = []
-        db, deltas = store.db("proposals"), store.db("proposal_deltas")
+        proposals_db, deltas = store.tables.proposals, store.tables.proposal_deltas
         for p, draft in proposals:
             change = change_key(p)
             # The same change against the same snapshot was judged already
             # (pattern ids and confidence differ from cycle to cycle).
-            if not txn.put(change, p.id.encode(), db=deltas, overwrite=False):
+            if not deltas.put(txn, change, p.id, overwrite=False):
                 continue
-            txn.put(p.id.encode(), _encoder.encode(p), db=db)
+            proposals_db.add(txn, p)
             out.append((p, receipts.append(txn, draft)))
         return out
 

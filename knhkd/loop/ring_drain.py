@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import msgspec
 import trio
 
 from knhkd.config import Config
@@ -56,13 +55,10 @@ from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.writer import WriterClosed
 from knhkd.model import RingCursor
 from knhkd.monitor.shapes import ShaclRejected
-from knhkd.store.env import META_RING_CURSOR, Store
+from knhkd.store.env import Store
 from knhkd.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-_cursor_encoder = msgspec.msgpack.Encoder()
-_cursor_decoder = msgspec.msgpack.Decoder(RingCursor)
 
 _STATS_EVERY_S = 1.0
 _CLOCK_REFRESH_S = 60.0  # bounds TSC-vs-wall-clock drift in event_time
@@ -73,8 +69,7 @@ _MIN_TIMED_RECORDS = 16
 
 def read_cursor(store: Store) -> RingCursor | None:
     with store.reader() as txn:
-        raw = txn.get(META_RING_CURSOR, db=store.db("meta"))
-    return None if raw is None else _cursor_decoder.decode(raw)
+        return store.tables.ring_cursor.get(txn)
 
 
 class RingDrain:
@@ -246,7 +241,7 @@ class RingDrain:
                     # The ring holds the records meanwhile: wait rather than refuse.
                     enqueue_timeout=math.inf,
                     commit_timeout=math.inf,
-                    extra_meta={META_RING_CURSOR: _cursor_encoder.encode(cursor)},
+                    extra_meta=dict([self._store.tables.ring_cursor.entry(cursor)]),
                 )
             except (Closed, WriterClosed):
                 scope.cancel()  # stopping: what was not committed is read again at start

@@ -24,16 +24,13 @@ from knhkd.receipts.tlog_checkpoint import Checkpoint, CheckpointError
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 
-META_ORIGIN = b"receipts.origin"
-
 
 class InconsistentTree(Exception):
     """The tree no longer extends the last signed checkpoint: refuse to sign."""
 
 
 def origin_of(store: Store, txn: lmdb.Transaction) -> str | None:
-    raw = txn.get(META_ORIGIN, db=store.db("meta"))
-    return None if raw is None else bytes(raw).decode()
+    return store.tables.log_origin.get(txn)
 
 
 def set_origin_job(store: Store, origin: str) -> Job[str]:
@@ -41,38 +38,30 @@ def set_origin_job(store: Store, origin: str) -> Job[str]:
         have = origin_of(store, txn)
         if have is not None:
             return have
-        txn.put(META_ORIGIN, origin.encode(), db=store.db("meta"))
+        store.tables.log_origin.put(txn, origin)
         return origin
 
     return job
 
 
 def latest(store: Store, txn: lmdb.Transaction) -> Checkpoint | None:
-    cursor = txn.cursor(db=store.db("checkpoints"))
-    if not cursor.last():
-        return None
-    cp, _, _ = tlog_checkpoint.parse(bytes(cursor.value()).decode())
-    return cp
+    last = store.tables.checkpoints.last(txn)
+    return None if last is None else tlog_checkpoint.parse(last[1])[0]
 
 
 def at_size(store: Store, txn: lmdb.Transaction, size: int) -> Checkpoint | None:
-    raw = txn.get(size.to_bytes(8, "big"), db=store.db("checkpoints"))
-    return None if raw is None else tlog_checkpoint.parse(bytes(raw).decode())[0]
+    note = store.tables.checkpoints.get(txn, size)
+    return None if note is None else tlog_checkpoint.parse(note)[0]
 
 
 def covering(store: Store, txn: lmdb.Transaction, size: int) -> Checkpoint | None:
     """The smallest stored checkpoint whose tree size is at least ``size``."""
-    cursor = txn.cursor(db=store.db("checkpoints"))
-    if not cursor.set_range(size.to_bytes(8, "big")):
-        return None
-    return tlog_checkpoint.parse(bytes(cursor.value()).decode())[0]
+    found = store.tables.checkpoints.first_from(txn, size)
+    return None if found is None else tlog_checkpoint.parse(found[1])[0]
 
 
 def iter_checkpoints(store: Store, txn: lmdb.Transaction) -> list[tuple[int, str]]:
-    return [
-        (int.from_bytes(k, "big"), bytes(v).decode())
-        for k, v in txn.cursor(db=store.db("checkpoints"))
-    ]
+    return list(store.tables.checkpoints.items(txn))
 
 
 def issue_job(store: Store, log: ReceiptLog) -> Job[Checkpoint | None]:
@@ -97,7 +86,7 @@ def issue_job(store: Store, log: ReceiptLog) -> Job[Checkpoint | None]:
                     f"{last.size}; refusing to sign"
                 )
         signed = tlog_checkpoint.sign(origin, size, root, log.signer(txn))
-        txn.put(size.to_bytes(8, "big"), signed.encode(), db=store.db("checkpoints"))
+        store.tables.checkpoints.put(txn, size, signed)
         return Checkpoint(origin, size, root, signed)
 
     return job

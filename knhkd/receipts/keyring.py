@@ -30,13 +30,10 @@ import msgspec
 
 from knhkd.crypto.keys import KeyFileError, Signer, generate_file, load
 from knhkd.errors import Conflict
-from knhkd.model import Outcome, PublicKeyEntry, PublicKeyring, SignedReceipt
-from knhkd.receipts.log import META_KEYS_CURRENT, Draft, ReceiptLog
+from knhkd.model import Outcome, PublicKeyring, SignedReceipt
+from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-
-_entry_decoder = msgspec.msgpack.Decoder(PublicKeyEntry)
-_encoder = msgspec.msgpack.Encoder()
 
 
 class RotationError(Conflict):
@@ -47,14 +44,13 @@ class RotationError(Conflict):
 
 
 def read_keyring(store: Store, txn: lmdb.Transaction) -> PublicKeyring:
-    entries = [_entry_decoder.decode(v) for _, v in txn.cursor(db=store.db("keys"))]
+    entries = list(store.tables.keys.values(txn))
     entries.sort(key=lambda e: (e.not_before_ns, e.key_id))
     return PublicKeyring(format="knhkd-keyring-v1", keys=entries)
 
 
 def current_key_id(store: Store, txn: lmdb.Transaction) -> str | None:
-    raw = txn.get(META_KEYS_CURRENT, db=store.db("meta"))
-    return None if raw is None else bytes(raw).decode()
+    return store.tables.keys_current.get(txn)
 
 
 def next_path(key_path: Path) -> Path:
@@ -90,8 +86,8 @@ def register_job(store: Store, signer: Signer) -> Job[bool]:
         if current_key_id(store, txn) is not None:
             return False
         entry = signer.public_entry()
-        txn.put(signer.key_id.encode(), _encoder.encode(entry), db=store.db("keys"))
-        txn.put(META_KEYS_CURRENT, signer.key_id.encode(), db=store.db("meta"))
+        store.tables.keys.put(txn, signer.key_id, entry)
+        store.tables.keys_current.put(txn, signer.key_id)
         return True
 
     return job
@@ -118,16 +114,15 @@ def rotation_job(store: Store, log: ReceiptLog, outgoing: str, new: Signer) -> J
             ),
         )
         at = signed.body.timestamp_ns
-        keys = store.db("keys")
-        raw = txn.get(outgoing.encode(), db=keys)
-        if raw is None:
+        keys = store.tables.keys
+        entry = keys.get(txn, outgoing)
+        if entry is None:
             raise RotationError(f"outgoing key {outgoing} is not in the keyring")
-        old = msgspec.structs.replace(_entry_decoder.decode(raw), not_after_ns=at)
-        txn.put(outgoing.encode(), _encoder.encode(old), db=keys)
+        keys.put(txn, outgoing, msgspec.structs.replace(entry, not_after_ns=at))
         fresh = msgspec.structs.replace(new.public_entry(), not_before_ns=at)
-        if not txn.put(new.key_id.encode(), _encoder.encode(fresh), db=keys, overwrite=False):
+        if not keys.put(txn, new.key_id, fresh, overwrite=False):
             raise RotationError(f"key {new.key_id} was used before")
-        txn.put(META_KEYS_CURRENT, new.key_id.encode(), db=store.db("meta"))
+        store.tables.keys_current.put(txn, new.key_id)
         return signed
 
     return job

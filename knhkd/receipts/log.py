@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
-import msgspec
 
 from knhkd.crypto.keys import Signer, Verifier
 from knhkd.model import (
     ChainVerification,
     Outcome,
     ReceiptBody,
+    ReceiptHead,
     ReceiptKind,
     ReceiptView,
     SignedReceipt,
@@ -36,30 +36,20 @@ from knhkd.model import (
 from knhkd.receipts import canonical, merkle
 from knhkd.receipts.tree import MerkleTree
 from knhkd.receipts.verify import verify_chain
-from knhkd.store.env import META_RECEIPT_HEAD, Store
-from knhkd.store.ids import key_seq, seq_key
+from knhkd.store.env import Store
 
 
 class ReceiptLogError(Exception):
     """The log could not be appended to (it would have been overwritten)."""
 
 
-class Head(msgspec.Struct, array_like=True):
-    """The chain head as stored in ``meta``: what the next receipt links to."""
-
-    next_seq: int
-    hash: str
-    timestamp_ns: int
-
-
-_head_decoder = msgspec.msgpack.Decoder(Head)
+# The chain head as stored in ``meta``: what the next receipt links to.
+Head = ReceiptHead
 
 
 def read_head(store: Store, txn: lmdb.Transaction) -> Head:
-    raw = txn.get(META_RECEIPT_HEAD, db=store.db("meta"))
-    if raw is None:
-        return Head(0, canonical.GENESIS_PREV, 0)
-    return _head_decoder.decode(raw)
+    head = store.tables.receipt_head.get(txn)
+    return Head(0, canonical.GENESIS_PREV, 0) if head is None else head
 
 
 @dataclass(frozen=True)
@@ -71,9 +61,6 @@ class Draft:
     subject_ids: list[str] = field(default_factory=list)
     sector: str = ""
     inputs: dict[str, str] = field(default_factory=dict)
-
-
-META_KEYS_CURRENT = b"keys.current"
 
 
 class ReceiptLog:
@@ -90,16 +77,17 @@ class ReceiptLog:
         self._signers = {signer.key_id: signer}
         self._default = signer.key_id
         self._clock_ns = clock_ns
-        self._db = store.db("receipts")
-        self._meta = store.db("meta")
+        self._receipts = store.tables.receipts
+        self._head = store.tables.receipt_head
+        self._keys_current = store.tables.keys_current
         self.tree = MerkleTree(store)
 
     def add_signer(self, signer: Signer) -> None:
         self._signers[signer.key_id] = signer
 
     def current_key_id(self, txn: lmdb.Transaction) -> str:
-        raw = txn.get(META_KEYS_CURRENT, db=self._meta)
-        return bytes(raw).decode() if raw is not None else self._default
+        key_id = self._keys_current.get(txn)
+        return self._default if key_id is None else key_id
 
     def signer(self, txn: lmdb.Transaction) -> Signer:
         key_id = self.current_key_id(txn)
@@ -148,12 +136,12 @@ class ReceiptLog:
         for body, signature in zip(bodies, signer.sign_many(messages), strict=True):
             signed = SignedReceipt(body=body, signature=signature)
             record = canonical.encode_record(signed)
-            if not txn.put(seq_key(body.seq), record, db=self._db, overwrite=False):
+            if not self._receipts.put_raw(txn, body.seq, record, overwrite=False):
                 raise ReceiptLogError(f"receipt {body.seq} already exists")
             out.append(signed)
             leaves.append(merkle.leaf_hash(record))
         self.tree.append_many(txn, head.next_seq, leaves)
-        txn.put(META_RECEIPT_HEAD, msgspec.msgpack.encode(Head(seq, prev, ts)), db=self._meta)
+        self._head.put(txn, Head(seq, prev, ts))
         return out
 
     def backfill_tree(self, txn: lmdb.Transaction) -> int:
@@ -178,11 +166,7 @@ def iter_raw(
     store: Store, txn: lmdb.Transaction, *, after: int = -1
 ) -> Iterator[tuple[int, bytes]]:
     """(seq, stored bytes) in sequence order, starting after ``after``."""
-    cursor = txn.cursor(db=store.db("receipts"))
-    if not cursor.set_range(seq_key(after + 1)):
-        return
-    for key, value in cursor:
-        yield key_seq(bytes(key)), bytes(value)
+    return store.tables.receipts.items_raw(txn, start=after + 1)
 
 
 def verify_store(store: Store, verifier: Verifier) -> ChainVerification:

@@ -21,25 +21,18 @@ import lmdb
 from knhkd.receipts import merkle
 from knhkd.store.env import Store
 
-META_MERKLE_SIZE = b"merkle.size"
-
 
 class TreeError(Exception):
     """The stored tree is missing a node or out of step with the log."""
 
 
-def node_key(level: int, index: int) -> bytes:
-    return bytes([level]) + index.to_bytes(8, "big")
-
-
 class MerkleTree:
     def __init__(self, store: Store) -> None:
-        self._db = store.db("merkle")
-        self._meta = store.db("meta")
+        self._nodes = store.tables.tree
+        self._size = store.tables.tree_size
 
     def size(self, txn: lmdb.Transaction) -> int:
-        raw = txn.get(META_MERKLE_SIZE, db=self._meta)
-        return int(raw) if raw is not None else 0
+        return self._size.get(txn) or 0
 
     def append(self, txn: lmdb.Transaction, index: int, leaf: bytes) -> None:
         self.append_many(txn, index, [leaf])
@@ -51,21 +44,22 @@ class MerkleTree:
             raise TreeError(f"leaf {start} appended to a tree of size {size}")
         # Nodes made in this batch: their left siblings are usually among them.
         made: dict[tuple[int, int], bytes] = {}
+        put = self._nodes.put_raw
         for offset, leaf in enumerate(leaves):
             h, level, i = leaf, 0, start + offset
             made[(0, i)] = h
-            txn.put(node_key(0, i), h, db=self._db, overwrite=False)
+            put(txn, (0, i), h, overwrite=False)
             while i & 1:
                 left = made.get((level, i - 1)) or self._node(txn, level, i - 1)
                 h = merkle.node_hash(left, h)
                 level, i = level + 1, i >> 1
                 made[(level, i)] = h
-                txn.put(node_key(level, i), h, db=self._db, overwrite=False)
+                put(txn, (level, i), h, overwrite=False)
         if leaves:
-            txn.put(META_MERKLE_SIZE, str(size + len(leaves)).encode(), db=self._meta)
+            self._size.put(txn, size + len(leaves))
 
     def _node(self, txn: lmdb.Transaction, level: int, index: int) -> bytes:
-        raw = txn.get(node_key(level, index), db=self._db)
+        raw = self._nodes.get_raw(txn, (level, index))
         if raw is None:
             raise TreeError(f"tree node (level {level}, index {index}) is missing")
         return bytes(raw)

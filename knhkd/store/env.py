@@ -1,4 +1,5 @@
-"""The LMDB environment: named databases, schema version, map growth, readers.
+"""The LMDB environment: opening the databases of store/schema.py, the schema
+version check, map growth, readers.
 
 Guarantees:
 - One environment per data directory, under ``<data_dir>/lmdb``, opened with
@@ -10,7 +11,9 @@ Guarantees:
 - The map is grown only while no transaction is open anywhere in the process:
   readers hold the shared side of ``MapGate``; ``grow`` holds the exclusive side
   (PLATFORM_NOTES, LMDB: ``set_mapsize`` does not refuse an open transaction).
-- A store whose schema version is not ours is refused, never migrated silently.
+- A store whose schema version is not ours is refused (``SchemaVersionError``),
+  never migrated silently; ``_check_schema`` is the only place that checks it.
+- ``Store.tables`` (store/tables.py) is how the rest of knhkd reads and writes.
 
 Must never: open a write transaction outside the writer thread (store/writer.py),
 hold a transaction across an ``await``.
@@ -28,45 +31,50 @@ from typing import Any
 
 import lmdb
 
-SCHEMA_VERSION = 1
-
-DB_NAMES = (
-    "observations",
-    "patterns",
-    "proposals",
-    # (parent snapshot id, delta id) -> proposal id: the planner does not
-    # propose the same change against the same snapshot twice.
-    "proposal_deltas",
-    "validations",
-    "snapshots",
-    "receipts",
-    # Merkle tree nodes over the receipts: (level, index) -> SHA-256.
-    "merkle",
-    # Signed checkpoints (C2SP tlog-checkpoint notes) by tree size.
-    "checkpoints",
-    # The public keyring: key id -> PublicKeyEntry (with its validity window).
-    "keys",
-    # Guard relaxation records by relaxation id (governance/relaxation.py).
-    "relaxations",
-    "cycles",
-    "meta",
+from knhkd.store.schema import (
+    DB_NAMES,
+    META_OBS_NEXT,
+    META_RECEIPT_HEAD,
+    META_RING_CURSOR,
+    META_SCHEMA,
+    META_SNAPSHOT_CURRENT,
+    META_SNAPSHOT_HISTORY,
+    SCHEMA_VERSION,
 )
+from knhkd.store.tables import Tables
 
-# Keys of the ``meta`` database.
-META_SCHEMA = b"schema_version"
-META_OBS_NEXT = b"observations.next_seq"
-META_RECEIPT_HEAD = b"receipts.head"
-META_SNAPSHOT_CURRENT = b"snapshots.current"
-META_SNAPSHOT_HISTORY = b"snapshots.history"
-# model.RingCursor: where the ring drain resumes; written in the transaction
-# that commits the ring records it covers (exactly-once across crashes).
-META_RING_CURSOR = b"ring.cursor"
+# The schema (database names, key and value encodings, meta keys, version) is
+# store/schema.py; these names stay importable from here.
+__all__ = [
+    "DB_NAMES",
+    "MB",
+    "META_OBS_NEXT",
+    "META_RECEIPT_HEAD",
+    "META_RING_CURSOR",
+    "META_SCHEMA",
+    "META_SNAPSHOT_CURRENT",
+    "META_SNAPSHOT_HISTORY",
+    "SCHEMA_VERSION",
+    "MapGate",
+    "SchemaVersionError",
+    "Store",
+    "StoreError",
+    "open_store",
+]
 
 MB = 1024 * 1024
 
 
 class StoreError(Exception):
     """The store cannot be used (locked, wrong schema, unreadable)."""
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema version is not ``SCHEMA_VERSION`` (or it has none)."""
+
+    def __init__(self, message: str, found: bytes | None) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 class MapGate:
@@ -122,12 +130,14 @@ class Store:
     ) -> None:
         self.env = env
         self.dbs = dbs
+        self.tables = Tables(dbs)
         self.max_map_size = max_map_size
         self.readonly = readonly
         self.gate = MapGate()
         self._lock_fd = lock_fd
 
     def db(self, name: str) -> Any:
+        """The raw handle of a database; outside store/, use ``tables``."""
         return self.dbs[name]
 
     @contextlib.contextmanager
@@ -225,20 +235,22 @@ def open_store(
 
 
 def _check_schema(store: Store) -> None:
+    """The one schema version check: a fresh writable store is stamped with
+    ``SCHEMA_VERSION``; any other version (or none, read-only) is refused."""
+    slot = store.tables.schema_version
+    expected = str(SCHEMA_VERSION).encode()
     with store.env.begin(write=not store.readonly) as txn:
-        found = txn.get(META_SCHEMA, db=store.db("meta"))
+        # Compared as bytes: a damaged value is reported as found, not parsed.
+        found = slot.get_raw(txn)
         if found is None:
             if store.readonly:
-                raise StoreError("store has no schema version (never started?)")
-            txn.put(META_SCHEMA, str(SCHEMA_VERSION).encode(), db=store.db("meta"))
+                raise SchemaVersionError("store has no schema version (never started?)", None)
+            slot.put(txn, SCHEMA_VERSION)
             return
-        if found != str(SCHEMA_VERSION).encode():
-            raise StoreError(
+        if found != expected:
+            raise SchemaVersionError(
                 f"store schema version {found.decode(errors='replace')} is not "
-                f"{SCHEMA_VERSION}; refusing to open"
+                f"{SCHEMA_VERSION}; refusing to open",
+                found,
             )
 
-
-def count(store: Store, name: str) -> int:
-    with store.reader() as txn:
-        return int(txn.stat(store.db(name))["entries"])

@@ -209,7 +209,6 @@ def test_event_codes_must_name_valid_event_types() -> None:
 def test_ring_batches_and_http_items_share_one_verified_commit(tmp_path: Path) -> None:
     from knhkd.datadir.fsck import fsck
     from knhkd.loop.ingest import commit_job
-    from knhkd.store.env import count
     from tests.unit.test_verifiable_log import Log
 
     lg = Log(tmp_path)
@@ -230,13 +229,12 @@ def test_ring_batches_and_http_items_share_one_verified_commit(tmp_path: Path) -
     assert [(p.first_seq, p.last_seq) for p in out if isinstance(p, ObservationCounts)] == [
         (3, 11), (15, 15),
     ]  # fmt: skip
-    assert count(lg.store, "observations") == 16
+    with lg.store.reader() as txn:
+        assert lg.store.tables.observations.count(txn) == 16
     report = fsck(lg.store)
     assert report.ok, report.errors
-    dec = msgspec.msgpack.Decoder(Observation)
     with lg.store.reader() as txn:
-        db = lg.store.db("observations")
-        stored = [dec.decode(txn.get(seq_key(s), db=db)) for s in range(16)]
+        stored = [lg.store.tables.observations.get(txn, s) for s in range(16)]
     lg.store.close()
     assert [o.seq for o in stored] == list(range(16))
     assert counts == Counter(o.sector for o in stored)
@@ -350,11 +348,16 @@ def test_a_ring_batch_with_nothing_accepted_still_commits_its_cursor(tmp_path: P
     # Every record refused (or every slot corrupt): the positions must still
     # commit, with no observation and no receipt, so the records are not read again.
     from knhkd.loop.ingest import commit_job
-    from knhkd.store.env import count
     from tests.unit.test_verifiable_log import Log
 
     lg = Log(tmp_path)
-    before = count(lg.store, "receipts")
+    tables = lg.store.tables
+
+    def count(table: Any) -> int:
+        with lg.store.reader() as txn:
+            return int(table.count(txn))
+
+    before = count(tables.receipts)
     clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
     bad = RingCodec({}).batch(pack_record(0, 1, 1.0, 0) * 3, 3, clock)  # sector 0
     empty = RingCodec({}).batch(b"", 0, clock)
@@ -362,7 +365,7 @@ def test_a_ring_batch_with_nothing_accepted_still_commits_its_cursor(tmp_path: P
     job = commit_job(lg.store, lg.log, [bad, empty], time.time_ns, {b"ring.cursor": b"c"})
     out, counts = lg.run(job)
     assert out == [None, None] and counts == {}
-    assert count(lg.store, "observations") == 0 and count(lg.store, "receipts") == before
+    assert count(tables.observations) == 0 and count(tables.receipts) == before
     with lg.store.reader() as txn:
-        assert txn.get(b"ring.cursor", db=lg.store.db("meta")) == b"c"
+        assert tables.ring_cursor.get_raw(txn) == b"c"
     lg.store.close()

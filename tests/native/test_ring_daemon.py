@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from knhkd.hotpath.records import SECTOR_CODES
@@ -38,7 +37,6 @@ from tests.native.producer_proc import well_formed
 pytestmark = pytest.mark.integration
 
 MakeDaemon = Callable[..., RunningDaemon]
-_obs = msgspec.msgpack.Decoder(Observation)
 
 
 def _ring_config(ring: Path, **extra: Any) -> str:
@@ -64,7 +62,7 @@ def _stored(d: RunningDaemon) -> list[Observation]:
     store = open_store(d.data_dir, readonly=True, exclusive=False)
     try:
         with store.reader() as txn:
-            return [_obs.decode(v) for _, v in txn.cursor(db=store.db("observations"))]
+            return list(store.tables.observations.values(txn))
     finally:
         store.close()
 

@@ -124,11 +124,11 @@ def test_any_single_byte_change_names_exactly_that_receipt(tmp_path_factory, dat
         _append(log, store, 8)
         victim = data.draw(st.integers(0, 7))
         with store.reader() as txn:
-            raw = bytearray(txn.get(seq_key(victim), db=store.db("receipts")))
+            raw = bytearray(store.tables.receipts.get_raw(txn, victim) or b"")
         pos = data.draw(st.integers(0, len(raw) - 1))
         raw[pos] ^= data.draw(st.integers(1, 255))
         with store.env.begin(write=True) as txn:
-            txn.put(seq_key(victim), bytes(raw), db=store.db("receipts"))
+            store.tables.receipts.put_raw(txn, victim, bytes(raw))
         report = verify_store(store, Verifier(keyring_of(signer)))
         bad = report.signature_failures + report.chain_breaks + report.retrocausation_violations
         assert bad == [canonical.receipt_id(victim)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from knhkd.store.env import MB, META_SCHEMA, SCHEMA_VERSION, StoreError, open_store
+from knhkd.store.env import MB, SCHEMA_VERSION, StoreError, open_store
 from knhkd.store.ids import BadId, observation_id, seq_of
 from knhkd.store.writer import run_transaction
 
@@ -23,7 +23,7 @@ def test_one_daemon_per_data_dir(tmp_path: Path) -> None:
 def test_foreign_schema_version_is_refused(tmp_path: Path) -> None:
     store = open_store(tmp_path, map_size=MB, max_map_size=4 * MB)
     with store.env.begin(write=True) as txn:
-        txn.put(META_SCHEMA, str(SCHEMA_VERSION + 1).encode(), db=store.db("meta"))
+        store.tables.schema_version.put(txn, SCHEMA_VERSION + 1)
     store.close()
     with pytest.raises(StoreError, match="schema version"):
         open_store(tmp_path, map_size=MB, max_map_size=4 * MB)

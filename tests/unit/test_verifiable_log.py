@@ -19,9 +19,9 @@ from knhkd.model import ExportFile, Outcome, ProofFile
 from knhkd.receipts import checkpoints, keyring, merkle, offline, tlog_checkpoint
 from knhkd.receipts.log import Draft, ReceiptLog, iter_raw, verify_store
 from knhkd.receipts.tlog_checkpoint import CheckpointError
-from knhkd.receipts.tree import node_key
 from knhkd.store.env import MB, Store, open_store
 from knhkd.store.ids import seq_key
+from knhkd.store.schema import NODE_KEY
 from knhkd.store.writer import run_transaction
 
 
@@ -65,7 +65,8 @@ class Log:
 
     def proof(self, index: int, cp: tlog_checkpoint.Checkpoint) -> ProofFile:
         with self.store.reader() as txn:
-            record = bytes(txn.get(seq_key(index), db=self.store.db("receipts")))
+            record = self.store.tables.receipts.get_raw(txn, index)
+            assert record is not None
             path = self.log.tree.inclusion(txn, index, cp.size)
         return offline.proof_file(index, cp, record, path)
 
@@ -144,7 +145,7 @@ def test_log_refuses_to_sign_an_inconsistent_tree(lg: Log) -> None:
     lg.checkpoint()
     lg.append(3)
     # Rewrite history under the checkpoint: the subtree over leaves [0, 4).
-    lg.poke("merkle", node_key(2, 0), flip_at=3)
+    lg.poke("merkle", NODE_KEY.encode((2, 0)), flip_at=3)
     with pytest.raises(checkpoints.InconsistentTree):
         lg.checkpoint()
 
@@ -252,7 +253,7 @@ def test_a_key_used_outside_its_window_fails(lg: Log) -> None:
     lg.run(keyring.rotation_job(lg.store, lg.log, lg.signer.key_id, new))
     # The retired key signs again (e.g. stolen): its window is closed.
     with lg.store.env.begin(write=True) as txn:
-        txn.put(b"keys.current", lg.signer.key_id.encode(), db=lg.store.db("meta"))
+        lg.store.tables.keys_current.put(txn, lg.signer.key_id)
     lg.append(1)
     report = verify_store(lg.store, lg.verifier())
     assert report.signature_failures == ["rcpt-000000000003"]
@@ -316,7 +317,7 @@ def test_fsck_names_a_tampered_observation_batch(tmp_path: Path) -> None:
 def test_fsck_on_a_missing_tree_node(lg: Log) -> None:
     lg.append(8)
     with lg.store.env.begin(write=True) as txn:
-        txn.delete(node_key(1, 1), db=lg.store.db("merkle"))
+        txn.delete(NODE_KEY.encode((1, 1)), db=lg.store.db("merkle"))
     report = fsck(lg.store)
     assert not report.ok and any("merkle" in e for e in report.errors)
 
@@ -341,8 +342,8 @@ def test_the_offline_verifier_detects_any_bit_flip(
             size = len(txn.get(key, db=lg.store.db(target)))
         lg.poke(target, key, flip_at=data.draw(st.integers(0, size - 1)))
         with lg.store.reader() as txn:
-            raw = txn.get((9).to_bytes(8, "big"), db=lg.store.db("checkpoints"))
-            note = bytes(raw).decode(errors="replace")
+            raw = lg.store.tables.checkpoints.get_raw(txn, 9)
+            note = (raw or b"").decode(errors="replace")
             records = [r for _, r in iter_raw(lg.store, txn)]
             paths = [lg.log.tree.inclusion(txn, i, 9) for i in range(9)]
             leaves_proof = lg.log.tree.range_proof(txn, 0, 9, 9)

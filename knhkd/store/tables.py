@@ -1,0 +1,204 @@
+"""Typed accessors for the databases and ``meta`` keys of store/schema.py.
+
+``store.tables`` (built once per open store) has one ``Table`` per database and
+one ``MetaSlot`` per ``meta`` key. Every method takes the caller's
+``lmdb.Transaction``: an accessor never begins, commits or holds one.
+
+Guarantees:
+- Keys and values are encoded with the codec the schema declares, so a record
+  read back is the one written, and every record is laid out as before the
+  accessors existed.
+- The ``*_raw`` methods store and return the exact bytes (receipts are hashed as
+  stored; the C codec hands over records it already encoded).
+- An accessor is one call deep: the database handle is resolved when the store
+  opens, and nothing is copied or decoded that the caller did not ask for
+  (``put_appending`` hands its iterable to py-lmdb's ``putmulti`` as is).
+
+Transactions must be begun with ``buffers=False`` (``Store.reader`` and the
+writer's are), so that what LMDB returns is ``bytes``: the accessors neither
+copy nor check it.
+
+Must never: open a transaction; name a database or a ``meta`` key not declared
+in store/schema.py; import anything above ``model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+import lmdb
+
+from knhkd.store import schema
+from knhkd.store.schema import MetaSpec, TableSpec
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_META_KEYS = frozenset(schema.META_KEYS)
+
+
+class Table(Generic[K, V]):
+    """One database: keys of type ``K``, values of type ``V``."""
+
+    __slots__ = ("_db", "_dec", "_enc", "_key", "_key_of", "_unkey", "name")
+
+    def __init__(self, spec: TableSpec[K, V], dbs: Mapping[str, Any]) -> None:
+        self.name = spec.name
+        self._db = dbs[spec.name]
+        self._key = spec.key.encode
+        self._unkey = spec.key.decode
+        self._enc = spec.value.encode
+        self._dec = spec.value.decode
+        self._key_of = spec.key_of
+
+    def get(self, txn: lmdb.Transaction, key: K) -> V | None:
+        raw: Any = txn.get(self._key(key), db=self._db)
+        return None if raw is None else self._dec(raw)
+
+    def get_raw(self, txn: lmdb.Transaction, key: K) -> bytes | None:
+        raw: Any = txn.get(self._key(key), db=self._db)
+        return raw  # type: ignore[no-any-return]
+
+    def put(self, txn: lmdb.Transaction, key: K, value: V, *, overwrite: bool = True) -> bool:
+        """False when ``overwrite`` is off and the key exists (nothing written)."""
+        return bool(txn.put(self._key(key), self._enc(value), db=self._db, overwrite=overwrite))
+
+    def put_raw(
+        self, txn: lmdb.Transaction, key: K, value: bytes, *, overwrite: bool = True
+    ) -> bool:
+        return bool(txn.put(self._key(key), value, db=self._db, overwrite=overwrite))
+
+    def add(self, txn: lmdb.Transaction, value: V, *, overwrite: bool = True) -> bool:
+        """Put ``value`` under the key it names (the schema's ``key_of``)."""
+        if self._key_of is None:
+            raise TypeError(f"database {self.name!r} is not keyed by its values; use put")
+        return self.put(txn, self._key_of(value), value, overwrite=overwrite)
+
+    def put_appending(self, txn: lmdb.Transaction, records: Iterable[tuple[bytes, Any]]) -> int:
+        """Store pre-encoded ``(key, value)`` pairs whose keys all sort after the
+        last stored key, in order, with one call into py-lmdb. Returns how many
+        were consumed."""
+        consumed, _ = txn.cursor(db=self._db).putmulti(records, append=True)
+        return int(consumed)
+
+    def items(self, txn: lmdb.Transaction, *, start: K | None = None) -> Iterator[tuple[K, V]]:
+        """In key order, from the first key at or after ``start``."""
+        dec = self._dec
+        for key, raw in self.items_raw(txn, start=start):
+            yield key, dec(raw)
+
+    def items_raw(
+        self, txn: lmdb.Transaction, *, start: K | None = None
+    ) -> Iterator[tuple[K, bytes]]:
+        cursor: Any = txn.cursor(db=self._db)
+        if start is None:
+            if not cursor.first():
+                return
+        elif not cursor.set_range(self._key(start)):
+            return
+        unkey = self._unkey
+        for key, raw in cursor:
+            yield unkey(key), raw
+
+    def values(self, txn: lmdb.Transaction) -> Iterator[V]:
+        dec = self._dec
+        cursor: Any = txn.cursor(db=self._db)
+        for _, raw in cursor:
+            yield dec(raw)
+
+    def items_reversed(self, txn: lmdb.Transaction) -> Iterator[tuple[K, V]]:
+        """In reverse key order, from the last key."""
+        cursor: Any = txn.cursor(db=self._db)
+        if not cursor.last():
+            return
+        unkey, dec = self._unkey, self._dec
+        for key, raw in cursor.iterprev():
+            yield unkey(key), dec(raw)
+
+    def first_from(self, txn: lmdb.Transaction, start: K) -> tuple[K, V] | None:
+        """The first record whose key is at or after ``start``."""
+        return next(self.items(txn, start=start), None)
+
+    def last(self, txn: lmdb.Transaction) -> tuple[K, V] | None:
+        cursor: Any = txn.cursor(db=self._db)
+        if not cursor.last():
+            return None
+        return self._unkey(cursor.key()), self._dec(cursor.value())
+
+    def count(self, txn: lmdb.Transaction) -> int:
+        return int(txn.stat(self._db)["entries"])
+
+
+class MetaSlot(Generic[V]):
+    """One key of the ``meta`` database."""
+
+    __slots__ = ("_db", "_dec", "_enc", "key")
+
+    def __init__(self, spec: MetaSpec[V], db: Any) -> None:
+        self.key = spec.key
+        self._db = db
+        self._enc = spec.value.encode
+        self._dec = spec.value.decode
+
+    def get(self, txn: lmdb.Transaction) -> V | None:
+        raw: Any = txn.get(self.key, db=self._db)
+        return None if raw is None else self._dec(raw)
+
+    def get_raw(self, txn: lmdb.Transaction) -> bytes | None:
+        raw: Any = txn.get(self.key, db=self._db)
+        return raw  # type: ignore[no-any-return]
+
+    def put(self, txn: lmdb.Transaction, value: V) -> None:
+        txn.put(self.key, self._enc(value), db=self._db)
+
+    def put_raw(self, txn: lmdb.Transaction, value: bytes) -> None:
+        txn.put(self.key, value, db=self._db)
+
+    def entry(self, value: V) -> tuple[bytes, bytes]:
+        """``(key, encoded value)``, to be written later by ``Tables.put_meta``
+        in the transaction that commits what the value describes."""
+        return self.key, self._enc(value)
+
+
+class Tables:
+    """Every database and ``meta`` key of one open store."""
+
+    def __init__(self, dbs: Mapping[str, Any]) -> None:
+        # Each accessor's key and value types are those of its spec in schema.py.
+        s = schema
+        self.observations = Table(s.OBSERVATIONS, dbs)
+        self.patterns = Table(s.PATTERNS, dbs)
+        self.proposals = Table(s.PROPOSALS, dbs)
+        self.proposal_deltas = Table(s.PROPOSAL_DELTAS, dbs)
+        self.validations = Table(s.VALIDATIONS, dbs)
+        self.snapshots = Table(s.SNAPSHOTS, dbs)
+        self.receipts = Table(s.RECEIPTS, dbs)
+        self.tree = Table(s.MERKLE, dbs)
+        self.checkpoints = Table(s.CHECKPOINTS, dbs)
+        self.keys = Table(s.KEYS, dbs)
+        self.relaxations = Table(s.RELAXATIONS, dbs)
+        self.cycles = Table(s.CYCLES, dbs)
+        self.meta = Table(s.META, dbs)
+
+        meta = dbs[s.META.name]
+        self.schema_version = MetaSlot(s.SCHEMA_VERSION_SLOT, meta)
+        self.observations_next = MetaSlot(s.OBS_NEXT, meta)
+        self.receipt_head = MetaSlot(s.RECEIPT_HEAD, meta)
+        self.log_origin = MetaSlot(s.ORIGIN, meta)
+        self.tree_size = MetaSlot(s.MERKLE_SIZE, meta)
+        self.keys_current = MetaSlot(s.KEYS_CURRENT, meta)
+        self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
+        self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
+        # By set name, as governance names them in receipts.
+        self.governance_digests: Mapping[str, MetaSlot[str]] = {
+            "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
+            "guards": MetaSlot(s.GUARDS_DIGEST, meta),
+        }
+
+    def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
+        """Write ``MetaSlot.entry`` results (keys of store/schema.py only)."""
+        for key, value in entries.items():
+            if key not in _META_KEYS:
+                raise KeyError(f"{key!r} is not a meta key of the schema")
+            self.meta.put_raw(txn, key, value)
