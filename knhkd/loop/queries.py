@@ -11,8 +11,9 @@ its return (LMDB readers pin pages the writer would reuse).
 
 from __future__ import annotations
 
+import itertools
+
 import lmdb
-import msgspec
 
 from knhkd import errors
 from knhkd.loop import knowledge_state as kn
@@ -31,12 +32,8 @@ from knhkd.receipts import canonical, checkpoints, keyring
 from knhkd.receipts.log import ReceiptLog, iter_raw, view
 from knhkd.receipts.tlog_checkpoint import Checkpoint
 from knhkd.store import ids
-from knhkd.store.env import META_OBS_NEXT, Store
+from knhkd.store.env import Store
 
-_obs_decoder = msgspec.msgpack.Decoder(Observation)
-_pattern_decoder = msgspec.msgpack.Decoder(DetectedPattern)
-_proposal_decoder = msgspec.msgpack.Decoder(Proposal)
-_report_decoder = msgspec.msgpack.Decoder(ValidationReport)
 _OBS_NOT_FOUND = "Observation not found"
 
 
@@ -57,28 +54,22 @@ class Queries:
         except ids.BadId:
             raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND) from None
         with self._store.reader() as txn:
-            raw = txn.get(ids.seq_key(seq), db=self._store.db("observations"))
-        if raw is None:
-            raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND)
-        obs = _obs_decoder.decode(raw)
-        if obs.id != obs_id:
+            obs = self._store.tables.observations.get(txn, seq)
+        if obs is None or obs.id != obs_id:
             raise NotFound(f"no observation {obs_id!r}", title=_OBS_NOT_FOUND)
         return obs
 
     def observation_count(self) -> int:
         with self._store.reader() as txn:
-            raw = txn.get(META_OBS_NEXT, db=self._store.db("meta"))
-        return int(raw) if raw is not None else 0
+            return self._store.tables.observations_next.get(txn) or 0
 
     def list_patterns(self, *, limit: int) -> list[DetectedPattern]:
         out: list[DetectedPattern] = []
         with self._store.reader() as txn:
-            cursor = txn.cursor(db=self._store.db("patterns"))
-            if cursor.last():
-                for _, raw in cursor.iterprev():
-                    out.append(_pattern_decoder.decode(raw))
-                    if len(out) >= limit:
-                        break
+            for _, pattern in self._store.tables.patterns.items_reversed(txn):
+                out.append(pattern)
+                if len(out) >= limit:
+                    break
         return out
 
     # Snapshots ---------------------------------------------------------- #
@@ -115,21 +106,17 @@ class Queries:
 
     def get_proposal(self, proposal_id: str) -> tuple[Proposal, ValidationReport | None]:
         with self._store.reader() as txn:
-            raw = txn.get(proposal_id.encode(), db=self._store.db("proposals"))
-            report = txn.get(proposal_id.encode(), db=self._store.db("validations"))
-        if raw is None:
+            proposal = self._store.tables.proposals.get(txn, proposal_id)
+            report = self._store.tables.validations.get(txn, proposal_id)
+        if proposal is None:
             raise NotFound(f"no proposal {proposal_id!r}", title="Proposal not found")
-        return (
-            _proposal_decoder.decode(raw),
-            None if report is None else _report_decoder.decode(report),
-        )
+        return proposal, report
 
     def proposal_with_change_of(self, proposal: Proposal) -> str | None:
         """The id of the stored proposal making the same change against the
         same snapshot, if there is one."""
         with self._store.reader() as txn:
-            existing = txn.get(change_key(proposal), db=self._store.db("proposal_deltas"))
-        return None if existing is None else bytes(existing).decode()
+            return self._store.tables.proposal_deltas.get(txn, change_key(proposal))
 
     # Receipts, keys, checkpoints, proofs -------------------------------- #
 
@@ -174,7 +161,7 @@ class Queries:
     def receipt_with_path(self, index: int, tree_size: int) -> tuple[bytes, list[bytes]]:
         """Receipt ``index`` as stored, and its inclusion path in ``tree_size``."""
         with self._store.reader() as txn:
-            record = txn.get(ids.seq_key(index), db=self._store.db("receipts"))
+            record = self._store.tables.receipts.get_raw(txn, index)
             path = self._receipts.tree.inclusion(txn, index, tree_size)
         if record is None:
             raise NotFound(f"no receipt {index}")
@@ -191,4 +178,6 @@ class Queries:
 
 
 def _raw_range(store: Store, txn: lmdb.Transaction, start: int, end: int) -> list[bytes]:
-    return [bytes(raw) for _, raw in iter_raw(store, txn, after=start - 1)][: end - start]
+    # islice: stop reading at ``end``, not at the end of the log.
+    rows = itertools.islice(iter_raw(store, txn, after=start - 1), max(0, end - start))
+    return [bytes(raw) for _, raw in rows]
