@@ -66,6 +66,38 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     keep_alive_timeout_s: PositiveFloat = 30.0
     # POST /api/v1/_noop: the stack's baseline for bench/ (off in production).
     noop_endpoint: bool = False
+    # Host header names (``name`` or ``name:port``) the API answers to. Empty:
+    # bound to a loopback address, ``localhost``, ``127.0.0.1`` and ``[::1]``
+    # (each with or without the bound port), which defeats DNS rebinding; bound
+    # elsewhere, any Host. A name without a port allows it bare or with the
+    # bound port. Anything else is 403 ``host-not-allowed``.
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins (``scheme://host[:port]``) whose browser pages may POST, PUT,
+    # PATCH or DELETE; a mutating request carrying any other ``Origin`` is 403
+    # ``origin-not-allowed``. Requests without ``Origin`` (curl, knhkctl,
+    # producers) are not affected.
+    allowed_origins: tuple[str, ...] = ()
+
+
+# The most characters model.RdfPayload.data may hold at all (its msgspec
+# bound); ``limits.rdf_max_length`` can only lower it.
+RDF_MAX_LENGTH_CEILING = 65536
+
+
+class LimitsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Sizes of the parts of an observation, checked when it is decoded (a
+    violation is 422 naming the field); ``http.max_body_bytes`` bounds the
+    whole, and model.py's msgspec bounds the rest (event type, metadata key
+    and value lengths, proposal fields)."""
+
+    # Characters in each string of ``value`` (object keys included).
+    value_max_string_length: PositiveInt = 65536
+    # Members of each array and object in ``value``.
+    value_max_members: PositiveInt = 10_000
+    # Entries in ``metadata``.
+    metadata_max_entries: PositiveInt = 64
+    # Characters in ``rdf.data``.
+    rdf_max_length: Annotated[int, Meta(gt=0, le=RDF_MAX_LENGTH_CEILING)] = RDF_MAX_LENGTH_CEILING
 
 
 class AdminConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -281,6 +313,7 @@ class RingConfig(Struct, forbid_unknown_fields=True, frozen=True):
 class Config(Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()

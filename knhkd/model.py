@@ -247,11 +247,16 @@ class Triple(Struct, array_like=True, frozen=True, order=True):
     o: NTerm
 
 
+# Triples in each half of a ΔΣ, at most (a 1 MiB body holds fewer anyway:
+# the bound stands if ``http.max_body_bytes`` is raised).
+MAX_DELTA_TRIPLES = 65536
+
+
 class Delta(Struct, frozen=True):
     """ΔΣ: triples removed from the parent snapshot, then triples added."""
 
-    remove: list[Triple] = []
-    add: list[Triple] = []
+    remove: Annotated[list[Triple], Meta(max_length=MAX_DELTA_TRIPLES)] = []
+    add: Annotated[list[Triple], Meta(max_length=MAX_DELTA_TRIPLES)] = []
 
 
 # A signer as ``name[:role][@unit]``: who signed, in which role, for which
@@ -261,6 +266,11 @@ class Delta(Struct, frozen=True):
 # Identity is declared by the caller until authentication lands (its own issue).
 SIGNER_PATTERN = r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)?(?:@[A-Za-z0-9_.\-]+)?$"
 SignerText = Annotated[str, Meta(min_length=1, max_length=256, pattern=SIGNER_PATTERN)]
+
+
+ResourceName = Annotated[str, Meta(min_length=1, max_length=128)]
+# An id a client names (snapshot, pattern): SHA-256 hex is 64 characters.
+RecordId = Annotated[str, Meta(max_length=128)]
 
 
 class ProposalIn(Struct, forbid_unknown_fields=True):
@@ -273,11 +283,11 @@ class ProposalIn(Struct, forbid_unknown_fields=True):
     confidence: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
     # int64 at most: it is hashed as MessagePack (content_hash) and stored.
     estimated_ticks: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
-    signers: list[SignerText] = []
-    resources: dict[str, float] = {}
-    pattern_id: str | None = None
+    signers: Annotated[list[SignerText], Meta(max_length=64)] = []
+    resources: Annotated[dict[ResourceName, float], Meta(max_length=64)] = {}
+    pattern_id: RecordId | None = None
     # The snapshot the delta was written against; the current one when absent.
-    parent_snapshot_id: str | None = None
+    parent_snapshot_id: RecordId | None = None
 
 
 class Proposal(Struct):
@@ -482,6 +492,32 @@ RelaxationStep = Literal[
     "requested", "approval_recorded", "approved", "activated", "revoked", "expired",
     "window_closed",
 ]
+
+
+# The bodies of the relaxation steps (POST /api/v1/guards/...). Identity is
+# declared until authentication lands; an empty one is refused by the rules
+# (governance/relaxation.py), not here, so that it is named the same way from
+# the admin socket.
+StepActor = Annotated[str, Meta(max_length=256)]
+StepReason = Annotated[str, Meta(max_length=4096)]
+
+
+class RelaxationRequestIn(Struct, forbid_unknown_fields=True):
+    requester: StepActor = ""
+    reason: StepReason = ""
+
+
+class ApprovalIn(Struct, forbid_unknown_fields=True):
+    approver: StepActor = ""
+
+
+class ActivationIn(Struct, forbid_unknown_fields=True):
+    actor: StepActor = ""
+
+
+class RevocationIn(Struct, forbid_unknown_fields=True):
+    actor: StepActor = ""
+    reason: StepReason = ""
 
 
 class Approval(Struct, frozen=True):

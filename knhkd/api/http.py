@@ -28,6 +28,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
     cycle,
@@ -40,6 +41,7 @@ from knhkd.api.routes import (
     snapshots,
 )
 from knhkd.api.routes.base import DAEMON_KEY
+from knhkd.config import Config
 from knhkd.errors import KnhkdError
 from knhkd.loop.daemon import Daemon
 
@@ -57,14 +59,23 @@ BLUEPRINTS = (
 )
 
 
-def create_app(daemon: Daemon) -> QuartTrio:
+def route_app(cfg: Config) -> QuartTrio:
+    """An app with the routes ``cfg`` enables and nothing else (what the
+    OpenAPI document describes: ``python -m knhkd.cli.openapi``)."""
     app = QuartTrio("knhkd")
-    app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
-    app.config[DAEMON_KEY] = daemon
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
-    if daemon.cfg.http.noop_endpoint:
+    if cfg.http.noop_endpoint:
         app.register_blueprint(health.bench)
+    return app
+
+
+def create_app(daemon: Daemon) -> QuartTrio:
+    app = route_app(daemon.cfg)
+    app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
+    app.config[DAEMON_KEY] = daemon
+    # Host, Origin and Content-Type, before any route (api/guards.py).
+    app.before_request(guard)
 
     @app.errorhandler(KnhkdError)
     async def _problem(exc: KnhkdError) -> Response:

@@ -22,7 +22,13 @@ from __future__ import annotations
 from quart import Response
 from werkzeug.exceptions import HTTPException
 
-from knhkd.errors import Invalid, KnhkdError, Malformed, Unavailable
+from knhkd.errors import (
+    Forbidden,
+    Invalid,
+    KnhkdError,
+    Malformed,
+    Unavailable,
+)
 from knhkd.model import Problem, encode_json
 
 PROBLEM_JSON = "application/problem+json"
@@ -45,9 +51,26 @@ class MalformedJson(Malformed):
     title = "Malformed JSON"
 
 
-class InvalidProposal(Invalid):
+class InvalidRequestBody(Invalid):
+    """JSON, but not the record the route reads: 422 naming the field."""
+
+    problem = "invalid-body"
+    title = "Invalid request body"
+
+
+class InvalidProposal(InvalidRequestBody):
     problem = "invalid-proposal"
     title = "Invalid proposal"
+
+
+class HostNotAllowed(Forbidden):
+    problem = "host-not-allowed"
+    title = "Host not allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    problem = "origin-not-allowed"
+    title = "Origin not allowed"
 
 
 class NotReady(Unavailable):
@@ -87,7 +110,10 @@ def problem_for(exc: BaseException) -> tuple[Problem, dict[str, str]]:
         headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
         return problem, headers
     if isinstance(exc, HTTPException):
-        return for_status(exc.code or 500, exc.description or ""), {}
+        # 405 names the methods the path has (RFC 9110 §15.5.6).
+        allowed = getattr(exc, "valid_methods", None)
+        headers = {"Allow": ", ".join(sorted(allowed))} if allowed else {}
+        return for_status(exc.code or 500, exc.description or ""), headers
     return for_status(500, INTERNAL_DETAIL), {}
 
 

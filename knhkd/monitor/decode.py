@@ -6,7 +6,10 @@ Guarantees:
 - Three shapes are understood: one JSON object, a JSON array of objects, and
   NDJSON (one object per line; selected by the content type
   ``application/x-ndjson`` or ``application/jsonl``).
-- Limits are enforced here (item count), the body size by the HTTP layer.
+- Limits are enforced here (item count; the sizes of ``[limits]``: each
+  string and the members of each array/object in ``value``, ``metadata``
+  entries, ``rdf.data`` characters), the body size by the HTTP layer; a
+  violation is a 422 field error naming the path.
 - Every accepted ``value`` can be stored and read back unchanged: each integer
   in it is within int64 (-2**63 .. 2**63-1, what MessagePack and the C codec
   hold), each float is finite, and it nests at most ``MAX_VALUE_DEPTH`` (32)
@@ -30,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from knhkd.config import LimitsConfig
 from knhkd.errors import Invalid, KnhkdError, Malformed, PayloadTooLarge
 from knhkd.model import FieldError, ObservationIn
 
@@ -47,6 +51,7 @@ MAX_VALUE_DEPTH = 32
 
 TOO_DEEP = f"nested deeper than {MAX_VALUE_DEPTH} arrays/objects"
 INT_RANGE = f"integer out of range (int64: {INT64_MIN}..{INT64_MAX})"
+DEFAULT_LIMITS = LimitsConfig()
 
 
 class DecodeFailed(KnhkdError):
@@ -91,7 +96,12 @@ def field_of(exc: msgspec.ValidationError) -> tuple[str, str]:
     msg, sep, where = text.rpartition(" - at `")
     if not sep:
         return "$", text
-    return where.rstrip("`"), msg
+    where = where.rstrip("`")
+    # msgspec names a bad map key "key` in `$.metadata": the field is the map.
+    key, sep, where_map = where.partition("` in `")
+    if sep and key == "key":
+        return where_map, f"{msg} (a key)"
+    return where, msg
 
 
 def _path(node: tuple[Any, ...]) -> str:
@@ -104,18 +114,25 @@ def _path(node: tuple[Any, ...]) -> str:
     return "$.value" + "".join(reversed(parts))
 
 
-def value_problem(value: Any) -> tuple[str, str] | None:
+def value_problem(value: Any, limits: LimitsConfig = DEFAULT_LIMITS) -> tuple[str, str] | None:
     """(field, message) of the first part of ``value`` (in document order) that
-    cannot be stored as given, else None. Iterative: a value of any depth costs
-    at most MAX_VALUE_DEPTH levels of stack-free work before it is refused."""
+    cannot be stored as given or is over ``limits``, else None. Iterative: a
+    value of any depth costs at most MAX_VALUE_DEPTH levels of stack-free work
+    before it is refused."""
     t = type(value)
-    if t is str or t is bool or value is None:
+    if t is bool or value is None:
         return None
+    max_str = limits.value_max_string_length
+    max_members = limits.value_max_members
+    long_str = f"string longer than {max_str} characters"
     stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 0, ())]
     while stack:
         node, depth, where = stack.pop()
         t = type(node)
-        if t is int:
+        if t is str:
+            if len(node) > max_str:
+                return _path(where), long_str
+        elif t is int:
             if not INT64_MIN <= node <= INT64_MAX:
                 return _path(where), INT_RANGE
         elif t is float:
@@ -126,19 +143,35 @@ def value_problem(value: Any) -> tuple[str, str] | None:
         elif t is list or t is dict:
             if depth >= MAX_VALUE_DEPTH:
                 return _path(where), TOO_DEEP
+            if len(node) > max_members:
+                return _path(where), f"more than {max_members} members"
             # Dict members are named ``[...]`` as msgspec names them.
-            children = (
-                [(c, (where, f"[{i}]")) for i, c in enumerate(node)]
-                if t is list
-                else [(c, (where, "[...]")) for c in node.values()]
-            )
+            if t is list:
+                children = [(c, (where, f"[{i}]")) for i, c in enumerate(node)]
+            else:
+                for key in node:
+                    if len(key) > max_str:
+                        return _path(where), f"object key longer than {max_str} characters"
+                children = [(c, (where, "[...]")) for c in node.values()]
             stack.extend((c, depth + 1, w) for c, w in reversed(children))
-        elif not (t is str or t is bool or node is None):
+        elif not (t is bool or node is None):
             return _path(where), f"unsupported type {t.__name__}"
     return None
 
 
-def _decode_item(raw: bytes | msgspec.Raw, index: int | None) -> ObservationIn | FieldError:
+def item_problem(item: ObservationIn, limits: LimitsConfig) -> tuple[str, str] | None:
+    """(field, message) of the first part of a decoded observation over
+    ``limits`` (or not storable), else None."""
+    if len(item.metadata) > limits.metadata_max_entries:
+        return "$.metadata", f"more than {limits.metadata_max_entries} entries"
+    if item.rdf is not None and len(item.rdf.data) > limits.rdf_max_length:
+        return "$.rdf.data", f"longer than {limits.rdf_max_length} characters"
+    return value_problem(item.value, limits)
+
+
+def _decode_item(
+    raw: bytes | msgspec.Raw, index: int | None, limits: LimitsConfig
+) -> ObservationIn | FieldError:
     try:
         item = _item_decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -151,7 +184,7 @@ def _decode_item(raw: bytes | msgspec.Raw, index: int | None) -> ObservationIn |
         # refuses an array at its first level, and unknown fields are refused
         # at their key, before their value is read.
         return FieldError(field="$.value", message=TOO_DEEP, index=index)
-    problem = value_problem(item.value)
+    problem = item_problem(item, limits)
     if problem is not None:
         return FieldError(field=problem[0], message=problem[1], index=index)
     return item
@@ -214,7 +247,9 @@ def split_array(body: bytes) -> list[bytes] | None:
             start = i + 1
 
 
-def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
+def _collect(
+    raws: list[bytes] | list[msgspec.Raw], max_items: int, limits: LimitsConfig
+) -> Decoded:
     if not raws:
         raise InvalidBody("Empty batch", "the batch holds no observation")
     if len(raws) > max_items:
@@ -222,7 +257,7 @@ def _collect(raws: list[bytes] | list[msgspec.Raw], max_items: int) -> Decoded:
     items: list[ObservationIn] = []
     errors: list[FieldError] = []
     for i, raw in enumerate(raws):
-        got = _decode_item(raw, i)
+        got = _decode_item(raw, i, limits)
         if isinstance(got, FieldError):
             errors.append(got)
         else:
@@ -249,7 +284,7 @@ def _split(body: bytes) -> list[bytes] | list[msgspec.Raw]:
     return raws
 
 
-def decode_detect(body: bytes) -> list[ObservationIn]:
+def decode_detect(body: bytes, limits: LimitsConfig = DEFAULT_LIMITS) -> list[ObservationIn]:
     """A JSON array of observations for ``/patterns/detect``: the same checks
     as ingest (an empty body or array is no observation), no item limit but
     the body size."""
@@ -270,19 +305,21 @@ def decode_detect(body: bytes) -> list[ObservationIn]:
     raws = _split(body)
     if not raws:
         return []
-    return _collect(raws, len(raws)).items
+    return _collect(raws, len(raws), limits).items
 
 
-def decode_body(body: bytes, content_type: str, *, max_items: int) -> Decoded:
+def decode_body(
+    body: bytes, content_type: str, *, max_items: int, limits: LimitsConfig = DEFAULT_LIMITS
+) -> Decoded:
     if content_type in NDJSON_TYPES:
         lines = [line for line in body.split(b"\n") if line.strip()]
-        return _collect(lines, max_items)
+        return _collect(lines, max_items, limits)
     stripped = body.lstrip()
     if stripped.startswith(b"["):
-        return _collect(_split(body), max_items)
+        return _collect(_split(body), max_items, limits)
     if not stripped:
         raise MalformedBody("Empty body", "expected a JSON object, array or NDJSON")
-    got = _decode_item(body, None)
+    got = _decode_item(body, None, limits)
     if isinstance(got, FieldError):
         if got.message.startswith("malformed JSON"):
             raise MalformedBody("Malformed JSON", f"{got.field}: {got.message}", [got])

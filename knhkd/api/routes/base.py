@@ -9,13 +9,17 @@ Guarantees: ``daemon()`` is the ``Daemon`` ``create_app`` was given (a
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from quart import Response, current_app, request
 
-from knhkd.api.problems import InvalidParameter
+from knhkd.api.problems import InvalidParameter, InvalidRequestBody, MalformedJson
 from knhkd.loop.daemon import Daemon
-from knhkd.model import encode_json
+from knhkd.model import FieldError, encode_json
+from knhkd.monitor.decode import field_of
+
+T = TypeVar("T")
 
 JSON = "application/json"
 DAEMON_KEY = "KNHKD_DAEMON"
@@ -53,3 +57,31 @@ def b64(hashes: list[bytes]) -> list[str]:
 async def body() -> bytes:
     data = await request.get_data(cache=False, as_text=False)
     return data if isinstance(data, bytes) else data.encode()
+
+
+async def decode_json(
+    decoder: msgspec.json.Decoder[T],
+    invalid: type[InvalidRequestBody] = InvalidRequestBody,
+    *,
+    deep_field: str = "$",
+    empty: bytes | None = None,
+) -> T:
+    """The body decoded as ``decoder``'s type: 400 ``malformed-json`` when it
+    is not JSON, 422 (``invalid``'s problem type) naming the field when it is
+    not that type, never anything else. An empty body reads as ``empty``
+    when given."""
+    raw = await body()
+    try:
+        return decoder.decode(raw if raw or empty is None else empty)
+    except msgspec.ValidationError as exc:
+        field, msg = field_of(exc)
+        raise invalid(f"{field}: {msg}", [FieldError(field=field, message=msg)]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJson(str(exc)) from None
+    except RecursionError:
+        # Only a member a type ignores (an unknown key of a struct that allows
+        # them, ``deep_field``) can nest this deep: typed fields refuse sooner.
+        raise invalid(
+            f"{deep_field}: nested too deeply",
+            [FieldError(field=deep_field, message="nested too deeply")],
+        ) from None

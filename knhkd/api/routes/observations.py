@@ -13,17 +13,43 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from knhkd.api.routes.base import body, daemon, json
-from knhkd.model import IngestAccepted, IngestBatchAccepted
-from knhkd.monitor.decode import decode_body
+from knhkd.api.routes.doc import Answer, RouteDoc, documented
+from knhkd.model import IngestAccepted, IngestBatchAccepted, Observation, ObservationIn
+from knhkd.monitor.decode import NDJSON_TYPES, decode_body
 
 bp = Blueprint("observations", __name__)
 
 
 @bp.post("/api/v1/observations")
+@documented(
+    RouteDoc(
+        summary="Ingest one observation (a JSON object), or a batch (a JSON array or NDJSON)",
+        body=ObservationIn | list[ObservationIn],
+        extra_media=tuple(sorted(NDJSON_TYPES)),
+        answers=(
+            Answer(201, "Durably committed; one id, or the ids in order for a batch",
+                   (IngestAccepted, IngestBatchAccepted)),
+        ),
+        problems=(
+            (400, "malformed-json"),
+            (413, "batch-too-large"),
+            (422, "invalid-observation"),
+            (422, "shacl-violation"),
+            (503, "overloaded"),
+        ),
+        writes=True,
+        tags=("observations",),
+    )
+)
 async def ingest() -> Response:
     d = daemon()
     d.check_accepting()
-    decoded = decode_body(await body(), request.mimetype, max_items=d.cfg.http.max_batch_items)
+    decoded = decode_body(
+        await body(),
+        request.mimetype,
+        max_items=d.cfg.http.max_batch_items,
+        limits=d.cfg.limits,
+    )
     ids = await d.ingest(decoded)
     if decoded.single:
         return json(IngestAccepted(id=ids[0]), 201)
@@ -31,5 +57,13 @@ async def ingest() -> Response:
 
 
 @bp.get("/api/v1/observations/<obs_id>")
+@documented(
+    RouteDoc(
+        summary="One stored observation",
+        answers=(Answer(200, "The observation", Observation),),
+        problems=((404, "not-found"),),
+        tags=("observations",),
+    )
+)
 async def get_observation(obs_id: str) -> Response:
     return json(daemon().get_observation(obs_id))

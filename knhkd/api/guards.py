@@ -1,0 +1,144 @@
+"""The edge's refusals of a request before any route sees it: whom it is
+addressed to (``Host``), which web page sent it (``Origin``), and what its body
+is (``Content-Type``).
+
+Guarantees, checked in this order, each a problem+json and nothing done:
+- ``Host`` must name this daemon (``http.allowed_hosts``; when empty and bound
+  to a loopback address: ``localhost``, ``127.0.0.1``, ``[::1]``, bare or with
+  the bound port). A page whose own name resolves to 127.0.0.1 (DNS
+  rebinding) still sends its own name: 403 ``host-not-allowed``. A request
+  with no ``Host`` is refused the same way when the check applies.
+- A mutating request (POST, PUT, PATCH, DELETE) that carries an ``Origin``
+  (browsers send one; curl, knhkctl and producers do not) is refused unless
+  that origin is in ``http.allowed_origins``: 403 ``origin-not-allowed``.
+  This is what stops a page on the same machine from driving the API with a
+  form or ``fetch``.
+- A route that reads a JSON body (api/routes/doc.py) accepts a body only as
+  ``application/json``, ``application/*+json`` or the route's own extra types
+  (NDJSON for observations), in UTF-8: anything else, a missing content type
+  included, is 415 ``unsupported-media-type``. Browsers can send text/plain,
+  form and multipart bodies (and typeless ones) across sites without asking;
+  never a JSON one. A request with no body at all is the route's to judge.
+- A refused request whose body was not read is answered with
+  ``Connection: close`` (the unread bytes would stall the next request).
+
+Must never: read the body, reach the daemon beyond its configuration, or
+refuse a request that has neither ``Origin`` nor a foreign ``Host``
+for anything but its media type.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from quart import Response, after_this_request, current_app, request
+from werkzeug.datastructures import Headers
+from werkzeug.wrappers.response import Response as WerkzeugResponse
+
+from knhkd.api.problems import HostNotAllowed, OriginNotAllowed
+from knhkd.api.routes.base import daemon
+from knhkd.api.routes.doc import JSON, doc_of
+from knhkd.config import HttpConfig, parse_bind
+from knhkd.errors import KnhkdError, UnsupportedMediaType
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _name_of(host: str) -> str:
+    """``host`` without its port (``[::1]:8080`` → ``[::1]``)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0]
+
+
+@lru_cache(maxsize=8)
+def _allowed_hosts(allowed: tuple[str, ...], bind: str) -> frozenset[str] | None:
+    """The Host values this configuration answers to, or None: any will do."""
+    host, port = parse_bind(bind)
+    if not allowed:
+        if not _is_loopback(host):
+            return None
+        allowed = LOOPBACK_NAMES
+    exact: set[str] = set()
+    for entry in (a.lower() for a in allowed):
+        if _name_of(entry) != entry:  # has a port: only that one
+            exact.add(entry)
+        else:
+            exact.update((entry, f"{entry}:{port}"))
+    return frozenset(exact)
+
+
+def check_host(host: str, cfg: HttpConfig) -> None:
+    allowed = _allowed_hosts(cfg.allowed_hosts, cfg.bind)
+    if allowed is None or host.lower() in allowed:
+        return
+    raise HostNotAllowed(
+        f"this API does not answer to Host {host!r}; see http.allowed_hosts"
+        if host
+        else "a Host header is required"
+    )
+
+
+def check_origin(method: str, origin: str | None, cfg: HttpConfig) -> None:
+    if origin is None or method not in MUTATING:
+        return
+    if origin.lower().rstrip("/") in {o.lower().rstrip("/") for o in cfg.allowed_origins}:
+        return
+    raise OriginNotAllowed(
+        f"requests from web pages of {origin!r} may not change anything; "
+        "see http.allowed_origins"
+    )
+
+
+def is_json(mimetype: str) -> bool:
+    return mimetype == JSON or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugResponse:
+    response.headers["Connection"] = "close"
+    return response
+
+
+async def guard() -> None:
+    """The app's ``before_request`` hook."""
+    headers = request.headers
+    has_body = bool(request.content_length) or "Transfer-Encoding" in headers
+    try:
+        _check(headers, has_body)
+    except KnhkdError:
+        if has_body:
+            # The body is never read: the connection cannot carry another
+            # request (it would wait on the unread bytes), so say so.
+            after_this_request(_close)
+        raise
+
+
+def _check(headers: Headers, has_body: bool) -> None:
+    cfg = daemon().cfg.http
+    check_host(headers.get("Host", ""), cfg)
+    check_origin(request.method, headers.get("Origin"), cfg)
+    doc = doc_of(current_app.view_functions.get(request.endpoint or ""))
+    if doc is None or doc.body is None or not has_body:
+        return
+    mimetype = request.mimetype
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if (is_json(mimetype) or mimetype in doc.extra_media) and charset in ("utf-8", "utf8"):
+        return
+    accepted = ", ".join(("application/json", "application/*+json", *doc.extra_media))
+    got = headers.get("Content-Type")
+    raise UnsupportedMediaType(
+        f"the body must be {accepted} (UTF-8); got {got!r}" if got
+        else f"a body needs a Content-Type: {accepted}",
+        title="Unsupported media type",
+    )
