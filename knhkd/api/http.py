@@ -28,6 +28,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from knhkd.api import openapi
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -56,6 +57,7 @@ BLUEPRINTS = (
     receipts.bp,
     cycle.bp,
     health.bp,
+    openapi.bp,
 )
 
 

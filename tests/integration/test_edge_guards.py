@@ -162,3 +162,15 @@ def test_wrong_method_names_the_allowed_ones(guarded: RunningDaemon) -> None:
         r = c.delete("/api/v1/observations")
         _problem(r, 405, "method-not-allowed")
         assert "POST" in r.headers["allow"]
+
+
+def test_the_served_openapi_document_carries_the_running_limits(guarded: RunningDaemon) -> None:
+    with guarded.client() as c:
+        r = c.get("/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc["openapi"] == "3.1.0"
+    schemas = doc["components"]["schemas"]
+    assert schemas["ObservationIn"]["properties"]["metadata"]["maxProperties"] == 2
+    assert schemas["RdfPayload"]["properties"]["data"]["maxLength"] == 32
+    assert "/openapi.json" in doc["paths"]
