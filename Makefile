@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint imports typecheck unit integration bench clean
+.PHONY: run test lint imports typecheck unit integration fuzz bench clean
 
 # The native hot path is compiled by the install: rebuild when its sources change.
 $(STAMP): pyproject.toml setup.py native/ffibuild.py $(wildcard native/src/*.c native/src/*.h native/include/*.h)
@@ -36,6 +36,13 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
+
+# The fuzz tests of `make test` with a large case budget (KNHKD_FUZZ_BUDGET
+# cases per test; `make test` runs 600).
+FUZZ_BUDGET ?= 10000
+fuzz: $(STAMP)
+	KNHKD_FUZZ_BUDGET=$(FUZZ_BUDGET) $(BIN)/python -m pytest -q \
+		-o timeout=0 tests/integration/test_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
