@@ -207,6 +207,10 @@ def payload_triples(payload: RdfPayload, index: int) -> list[tuple[Node, Node, N
                 doc = json.loads(payload.data)
             except ValueError as exc:
                 raise PayloadError(f"not JSON: {exc}") from None
+            if not isinstance(doc, dict | list):
+                # rdflib fails on a bare scalar with an UnboundLocalError
+                # (found by tests/integration/test_fuzz.py): refused first.
+                raise PayloadError("a JSON-LD document is a JSON object or array")
             if _remote_context(doc):
                 raise PayloadError("remote JSON-LD contexts are not fetched; inline the context")
             graph.parse(data=payload.data, format="json-ld", base=_NO_BASE)
