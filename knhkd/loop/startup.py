@@ -1,0 +1,222 @@
+"""Start-up as a sequence with a result: each step returns what it opened or
+loaded, and a failed step raises ``StartupError`` naming it.
+
+The steps, in order:
+  1. ``open_data_dir`` (synchronous, before any actor runs): the data
+     directory (0700) and the LMDB store (exclusive lock, reader_check, schema
+     version); the signing key (generated 0600 on first start, a rotation a
+     crash interrupted finished or discarded); the shared-memory ring when
+     ``[ring] enabled`` (created when absent; a header or layout mismatch is
+     refused); the receipt log and the store writer. Returns ``Opened``.
+  2. ``prepare`` (the writer must be running: it commits): the keyring, the
+     log's origin and the Merkle tree backfill, then ``keys/public.json``;
+     the sectors' observation shapes when ``[ingest] shacl`` is on (a missing
+     or broken file fails the step ``observation_shapes``); the current
+     snapshot, or genesis from ``knowledge.ontology_dir`` with its receipt;
+     doctrines, guards and relaxations, with a receipt for any changed set.
+     Returns ``Prepared``.
+The nursery tree (loop/tree.py) then builds the actors and the ``Daemon``
+from these two values, so no part of the daemon exists half-made.
+
+Must never: leave the store open when a later step of ``open_data_dir``
+fails, or leave a temporary file behind a failed write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from knhkd.config import Config
+from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
+from knhkd.errors import KnhkdError
+from knhkd.governance.relaxation import RelaxationError
+from knhkd.hotpath.ring import Consumer, RingError
+from knhkd.knowledge.rdf import KnowledgeError
+from knhkd.knowledge.shacl import Shapes, ShapesError
+from knhkd.loop import knowledge_state as kn
+from knhkd.loop.governance_state import Governance
+from knhkd.loop.shapes_gate import ShapesGate
+from knhkd.loop.writer import StoreWriter
+from knhkd.model import PublicKeyring
+from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
+from knhkd.receipts import keyring
+from knhkd.receipts.checkpoints import set_origin_job
+from knhkd.receipts.log import ReceiptLog
+from knhkd.store.env import Store, StoreError, open_store
+from knhkd.telemetry.metrics import Metrics
+
+log = logging.getLogger("knhkd")
+
+MB = 1024 * 1024
+
+
+class StartupError(KnhkdError):
+    """A start-up step failed; the daemon exits non-zero with this one line."""
+
+    problem = "startup-failed"
+    title = "Start-up failed"
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
+    """``keys/public.json``, replaced atomically (a reader sees the old or the
+    new keyring, never a torn one)."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@dataclass(frozen=True)
+class Opened:
+    """Step 1's result: what the daemon holds open until it exits."""
+
+    store: Store
+    signer: Signer
+    receipts: ReceiptLog
+    writer: StoreWriter
+    # The shared-memory ring's consumer handle; None when [ring] is off.
+    ring: Consumer | None
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+        self.store.close()
+
+
+def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -> Opened:
+    """Step 1. ``config`` is the configuration in force when a part reads a
+    reloadable setting later (the writer's inline-commit limit)."""
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = open_store(
+            cfg.data_dir,
+            map_size=cfg.storage.map_size_mb * MB,
+            max_map_size=cfg.storage.max_map_size_mb * MB,
+        )
+    except (StoreError, OSError) as exc:
+        raise StartupError("storage", str(exc)) from None
+    try:
+        load_or_create(cfg.signing_key_path, time.time_ns())
+        # Finish or discard a rotation a crash interrupted (receipts/keyring.py).
+        signer = keyring.reconcile(store, cfg.signing_key_path)
+    except (KeyFileError, OSError) as exc:
+        store.close()
+        raise StartupError("keys", str(exc)) from None
+    ring = None
+    if cfg.ring.enabled:
+        try:
+            ring = Consumer.create_or_open(
+                cfg.ring_path,
+                lanes=cfg.ring.lanes,
+                capacity=cfg.ring.capacity,
+                mode=cfg.ring.mode,
+            )
+        except (RingError, OSError) as exc:
+            store.close()
+            raise StartupError("ring", str(exc)) from None
+    writer = StoreWriter(
+        store,
+        metrics,
+        inline_max_s=lambda: config().storage.inline_commit_max_ms / 1000.0,
+    )
+    return Opened(store, signer, ReceiptLog(store, signer, time.time_ns), writer, ring)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Step 2's result: what the loop starts from."""
+
+    verifier: Verifier
+    knowledge: kn.KnowledgeState
+    # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
+    shapes_gate: ShapesGate | None
+    governance: Governance
+
+
+async def prepare(
+    cfg: Config, opened: Opened, metrics: Metrics, config: Callable[[], Config]
+) -> Prepared:
+    """Step 2; the writer actor must be running."""
+    verifier = await _register_keys(cfg, opened)
+    gate = _shapes_gate(cfg, metrics, config) if cfg.ingest.shacl else None
+    knowledge = await _load_knowledge(cfg, opened)
+    metrics.snapshot_version.set(knowledge.current.version)
+    try:
+        governance = Governance(opened.store, opened.writer, opened.receipts, cfg)
+    except (KnowledgeError, RelaxationError) as exc:
+        raise StartupError("governance", str(exc)) from None
+    await governance.record_digests()
+    return Prepared(verifier, knowledge, gate, governance)
+
+
+async def _register_keys(cfg: Config, opened: Opened) -> Verifier:
+    """The keyring, the log's origin, the tree; then ``keys/public.json``."""
+    store, writer, signer = opened.store, opened.writer, opened.signer
+    await writer.submit(keyring.register_job(store, signer))
+    origin = cfg.receipts.origin or f"knhkd.local/{signer.key_id}"
+    fixed = await writer.submit(set_origin_job(store, origin))
+    if cfg.receipts.origin and fixed != cfg.receipts.origin:
+        raise StartupError(
+            "receipts", f"the log's origin is {fixed!r}; receipts.origin may not rename it"
+        )
+    added = await writer.submit(opened.receipts.backfill_tree)
+    if added:
+        log.info("Merkle tree backfilled with %d receipts", added)
+    return publish_keyring(cfg, store)
+
+
+def publish_keyring(cfg: Config, store: Store) -> Verifier:
+    """The stored keyring, written to ``keys/public.json``; its verifier."""
+    with store.reader() as txn:
+        ring = keyring.read_keyring(store, txn)
+    write_public_keyring(cfg.signing_key_path.parent / "public.json", ring)
+    return Verifier(ring)
+
+
+def _shapes_gate(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -> ShapesGate:
+    try:
+        sector_shapes = load_observation_shapes(cfg.observation_shapes_dir)
+    except ShapesError as exc:
+        raise StartupError("observation_shapes", str(exc)) from None
+    return ShapesGate(
+        ObservationGate(sector_shapes),
+        metrics.shacl_failures_by_sector,
+        inline_max_items=lambda: config().ingest.shacl_inline_max_items,
+    )
+
+
+async def _load_knowledge(cfg: Config, opened: Opened) -> kn.KnowledgeState:
+    """The current snapshot, or genesis with its receipt on first start."""
+    try:
+        shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
+        record = kn.load_current(opened.store)
+        if record is None:
+            record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
+            await opened.writer.submit(
+                kn.install_job(opened.store, opened.receipts, record, expect_current=None)
+            )
+            log.info(
+                "genesis snapshot %s (%d triples) promoted",
+                record.meta.snapshot_id[:16],
+                record.meta.triple_count,
+            )
+        return kn.state_of(record, shapes)
+    except (KnowledgeError, OSError) as exc:
+        raise StartupError("knowledge", str(exc)) from None
