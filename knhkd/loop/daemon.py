@@ -674,9 +674,22 @@ class Daemon:
         except (KnowledgeError, RelaxationError) as exc:
             log.error("reload refused, keeping the running configuration: governance: %s", exc)
             return
+        except Exception as exc:
+            # Anything else (a stored relaxation that no longer decodes ...):
+            # still the new input's fault, never the daemon's end.
+            log.error(
+                "reload refused, keeping the running configuration: governance: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            return
         self.cfg = new
-        await self.governance.record_digests()
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        try:
+            await self.governance.record_digests()
+        except KnhkdError as exc:
+            # In force already; the receipt of the change waits for the next reload.
+            log.error("governance digests not receipted: %s", exc.detail or exc)
 
 
 def _utcnow() -> datetime:
