@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from knhkd.api.admin import serve_admin
     from knhkd.api.http import serve_http
+    from knhkd.errors import StorageFull
     from knhkd.loop.daemon import Daemon, StartupError
     from knhkd.loop.supervisor import ActorFailed
     from knhkd.loop.tree import run_daemon
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         for leaf in leaves:
             if isinstance(leaf, StartupError):
                 return _fail(f"cannot start: {leaf}")
+            if isinstance(leaf, StorageFull) and not daemon.ready:
+                # A start-up step's write found the disk full (the store opened).
+                return _fail(f"cannot start: storage: {leaf.detail}")
             if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
                 return _fail(f"cannot start: http: {cfg.http.bind} is already in use")
             if isinstance(leaf, ActorFailed):

@@ -27,6 +27,7 @@ the store (the API calls these methods only).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -43,7 +44,7 @@ from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError, load
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
-from knhkd.errors import KnhkdError
+from knhkd.errors import KnhkdError, StorageFull
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
@@ -63,6 +64,7 @@ from knhkd.loop.queries import Queries
 from knhkd.loop.ring_drain import RingDrain
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.supervisor import Supervisor
+from knhkd.loop.write_gate import WriteGate
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     ChainVerification,
@@ -130,10 +132,19 @@ class StartupError(KnhkdError):
 
 
 def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
+    """Replace ``path`` whole, or leave it as it was: the temporary file is
+    removed when writing it fails (a full disk), and the failure is
+    ``StorageFull`` when it is lack of space."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"no space left on device: cannot write {path}") from exc
+        raise
 
 
 class Daemon:
@@ -160,6 +171,9 @@ class Daemon:
         self.figures = Figures()
         self.http_done = trio.Event()
         self.supervisor = Supervisor(cfg.supervisor, self.metrics, random.Random())
+        # Whether the store takes writes now (storage full, ...): the writer
+        # closes and lifts it; health, readiness and status report it.
+        self.write_gate = WriteGate()
         self.store: Store
         self.signer: Signer
         self.verifier: Verifier
@@ -218,6 +232,7 @@ class Daemon:
             self.store,
             self.metrics,
             inline_max_s=lambda: self.cfg.storage.inline_commit_max_ms / 1000.0,
+            gate=self.write_gate,
         )
         self.ctx = LoopContext(
             config=lambda: self.cfg,
@@ -593,10 +608,17 @@ class Daemon:
     def uptime_s(self) -> int:
         return int(time.monotonic() - self.started_monotonic)
 
+    def writes_refused(self) -> dict[str, str]:
+        """Why the store takes no writes now, by cause (empty: it does)."""
+        return self.write_gate.closed_causes()
+
     def health(self) -> Health:
         writer_ok = self.supervisor.status.get("receipt_writer")
         storage = "healthy" if writer_ok and writer_ok.state == "running" else "unhealthy"
-        degraded = storage != "healthy" or self.supervisor.degraded()
+        refused = self.writes_refused()
+        # "healthy", or each cause that refuses writes with its detail.
+        writes = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "healthy"
+        degraded = storage != "healthy" or bool(refused) or self.supervisor.degraded()
         self.metrics.health_status.set(0 if degraded else 1)
         return Health(
             status="degraded" if degraded else "healthy",
@@ -604,6 +626,7 @@ class Daemon:
             uptime_seconds=self.uptime_s(),
             dependencies={
                 "storage": storage,
+                "writes": writes,
                 "signing_key": "healthy",
                 "knowledge": "healthy",
             },
@@ -685,6 +708,10 @@ class Daemon:
             return
         self.cfg = new
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        # The map's ceiling is the running configuration's: a raised ceiling
+        # lets a map-full store take writes again at once.
+        self.store.max_map_size = new.storage.max_map_size_mb * MB
+        self.writer.storage_changed()
         try:
             await self.governance.record_digests()
         except KnhkdError as exc:

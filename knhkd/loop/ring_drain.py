@@ -34,7 +34,10 @@ Guarantees:
   durable cursor advance strictly in order.
 - A slow store is back-pressure, not loss: the drain waits for the ingest queue
   and the commit; meanwhile lanes fill and producers are refused (counted as
-  ``knhk_ring_full_rejections_total``).
+  ``knhk_ring_full_rejections_total``). So is a store that refuses writes
+  (storage full, loop/write_gate.py): the batch in hand is offered again every
+  ``_REFUSED_RETRY_S`` until it commits, nothing more is drained meanwhile,
+  and producers get ``KNHK_EFULL`` once their lane fills.
 - The event loop is not blocked: an empty ring is polled with sleeps that
   double while it stays empty (``poll_interval_s`` to ``idle_poll_max_s``),
   validation is C (~10 ns a record), encoding and commits run on the writer
@@ -56,6 +59,7 @@ import msgspec
 import trio
 
 from knhkd.config import Config
+from knhkd.errors import ReadOnly, StorageFull
 from knhkd.hotpath import tsc
 from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
@@ -72,6 +76,7 @@ log = logging.getLogger(__name__)
 _STATS_EVERY_S = 1.0
 _CLOCK_REFRESH_S = 60.0  # bounds TSC-vs-wall-clock drift in event_time
 _LOG_EVERY_S = 10.0
+_REFUSED_RETRY_S = 1.0
 # A sample of fewer records is dominated by the timer's own resolution (~25 ticks).
 _MIN_TIMED_RECORDS = 16
 
@@ -282,13 +287,29 @@ class RingDrain:
             self.committed_records += len(batch)
 
     async def _submit(self, batch: RingBatch, meta: dict[bytes, bytes]) -> None:
-        await self._ingest.submit(
-            batch,
-            # The ring holds the records meanwhile: wait rather than refuse.
-            enqueue_timeout=math.inf,
-            commit_timeout=math.inf,
-            extra_meta=meta,
-        )
+        refused = False
+        while True:
+            try:
+                await self._ingest.submit(
+                    batch,
+                    # The ring holds the records meanwhile: wait rather than refuse.
+                    enqueue_timeout=math.inf,
+                    commit_timeout=math.inf,
+                    extra_meta=meta,
+                )
+            except (StorageFull, ReadOnly) as exc:
+                if not refused:
+                    log.warning(
+                        "ring %s: draining paused, the store refuses writes: %s",
+                        self._consumer.path,
+                        exc.detail,
+                    )
+                    refused = True
+                await trio.sleep(_REFUSED_RETRY_S)
+                continue
+            if refused:
+                log.warning("ring %s: draining resumed", self._consumer.path)
+            return
 
     def _quarantine(
         self, batch: RingBatch, before: list[int], after: list[int], exc: Unstorable

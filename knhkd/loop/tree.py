@@ -167,7 +167,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                         daemon.ingest_actor.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
-                await daemon.checkpointer.issue()
+                await daemon.checkpointer.issue_at_stop()
                 daemon.writer.close()
         if deadline_scope.cancelled_caught:
             clean = False
