@@ -11,27 +11,17 @@ daemon, with records damaged in its LMDB as a failing disk would damage them.
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import lmdb
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, wait_for_log
 
 pytestmark = pytest.mark.integration
 
 # 0xc1 is the one byte MessagePack never uses: no decoder reads past it.
 GARBAGE = b"\xc1damaged"
-
-
-def _wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in d.log():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
 
 
 def _damage(d: RunningDaemon, db_name: bytes, key: bytes | None) -> None:
@@ -73,7 +63,7 @@ def test_an_undecodable_observation_is_skipped_not_a_crash_loop(make_daemon) -> 
     _damage(d, b"observations", None)  # the newest: the first the analyzer reads
 
     d.start()
-    _wait_for_log(d, "cannot be decoded and are skipped")
+    wait_for_log(d, "cannot be decoded and are skipped")
     with d.client() as c:
         # A cycle runs through the analyzer that rebuilt from the damaged store.
         assert c.post("/api/v1/mape-k/execute").status_code == 200
@@ -101,7 +91,7 @@ def test_sighup_meeting_a_damaged_relaxation_keeps_the_running_configuration(
     daemon.config.write_text(original.replace("interval_s = 3600", "interval_s = 1800"))
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "reload refused, keeping the running configuration: governance")
+    wait_for_log(daemon, "reload refused, keeping the running configuration: governance")
     assert "configuration reloaded" not in daemon.log()
     assert daemon.proc.poll() is None
     with daemon.client() as c:

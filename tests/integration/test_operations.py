@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -78,30 +78,21 @@ def test_sighup_keeps_old_config_when_new_is_invalid(daemon: RunningDaemon) -> N
     daemon.config.write_text(original + "\n[telemetry]\nbogus = 1\n")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "reload refused")
+    wait_for_log(daemon, "reload refused")
     assert "telemetry.bogus" in daemon.log()
     assert httpx.get(daemon.base + "/ready").status_code == 200
 
     # Not UTF-8: refused like any other invalid file, never a crash.
     daemon.config.write_bytes(original.encode() + b"\n# \xff\xfe\n")
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "not UTF-8")
+    wait_for_log(daemon, "not UTF-8")
     assert daemon.proc.poll() is None
     assert httpx.get(daemon.base + "/ready").status_code == 200
 
     daemon.config.write_text(original.replace("interval_s = 3600", "interval_s = 1800"))
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "configuration reloaded")
+    wait_for_log(daemon, "configuration reloaded")
     assert daemon.proc.poll() is None
-
-
-def _wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in d.log():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
 
 
 def test_actor_past_its_restart_budget_stops_the_daemon_non_zero(make_daemon) -> None:  # type: ignore[no-untyped-def]
