@@ -4,6 +4,9 @@ seconds, whichever comes first, and once more at shutdown.
 
 Guarantees: checkpoints are issued through the receipt writer, so each signs
 a committed tree (receipts/checkpointing.py refuses an inconsistent one).
+While the store refuses writes (storage full, loop/write_gate.py) a due
+checkpoint waits, and the one at shutdown is skipped with a warning: what is
+committed stays committed and the last signed checkpoint stays served.
 Must never: sign on its own transaction outside the writer.
 """
 
@@ -13,6 +16,7 @@ import logging
 
 import trio
 
+from knhkd.errors import ReadOnly, StorageFull
 from knhkd.loop.context import LoopContext
 from knhkd.receipts.checkpoints import issue_job, latest
 from knhkd.receipts.tlog_checkpoint import Checkpoint
@@ -42,6 +46,14 @@ class Checkpointer:
         self._uncovered_since = None
         return cp
 
+    async def issue_at_stop(self) -> Checkpoint | None:
+        """The last checkpoint of a clean stop; None when the store refuses it."""
+        try:
+            return await self.issue()
+        except (StorageFull, ReadOnly) as exc:
+            log.warning("no checkpoint at shutdown: %s", exc.detail)
+            return None
+
     async def run(self) -> None:
         with self._ctx.store.reader() as txn:
             last = latest(self._ctx.store, txn)
@@ -60,4 +72,7 @@ class Checkpointer:
                 or now - self._uncovered_since >= cfg.checkpoint_interval_s
             )
             if due:
-                await self.issue()
+                try:
+                    await self.issue()
+                except (StorageFull, ReadOnly):
+                    continue  # the writer reports it; due again once writes resume

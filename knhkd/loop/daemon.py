@@ -36,7 +36,7 @@ from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
-from knhkd.loop.startup import Opened, Prepared, publish_keyring
+from knhkd.loop.startup import MB, Opened, Prepared, publish_keyring
 from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
@@ -105,6 +105,7 @@ class Daemon:
         self.store = opened.store
         self.writer = opened.writer
         self.receipts = opened.receipts
+        self.write_gate = opened.write_gate
         self.ring = opened.ring
         self.signer = opened.signer
         self.verifier = prepared.verifier
@@ -405,10 +406,17 @@ class Daemon:
     def uptime_s(self) -> int:
         return int(time.monotonic() - self.started_monotonic)
 
+    def writes_refused(self) -> dict[str, str]:
+        """Why the store takes no writes now, by cause (empty: it does)."""
+        return self.write_gate.closed_causes()
+
     def health(self) -> Health:
         writer_ok = self.supervisor.status.get("receipt_writer")
         storage = "healthy" if writer_ok and writer_ok.state == "running" else "unhealthy"
-        degraded = storage != "healthy" or self.supervisor.degraded()
+        refused = self.writes_refused()
+        # "healthy", or each cause that refuses writes with its detail.
+        writes = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "healthy"
+        degraded = storage != "healthy" or bool(refused) or self.supervisor.degraded()
         self.metrics.health_status.set(0 if degraded else 1)
         return Health(
             status="degraded" if degraded else "healthy",
@@ -416,6 +424,7 @@ class Daemon:
             uptime_seconds=self.uptime_s(),
             dependencies={
                 "storage": storage,
+                "writes": writes,
                 "signing_key": "healthy",
                 "knowledge": "healthy",
             },
@@ -486,9 +495,26 @@ class Daemon:
         except (KnowledgeError, RelaxationError) as exc:
             log.error("reload refused, keeping the running configuration: governance: %s", exc)
             return
+        except Exception as exc:
+            # Anything else (a stored relaxation that no longer decodes ...):
+            # still the new input's fault, never the daemon's end.
+            log.error(
+                "reload refused, keeping the running configuration: governance: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            return
         self._state.settings.current = new
-        await self.governance.record_digests()
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        # The map's ceiling is the running configuration's: a raised ceiling
+        # lets a map-full store take writes again at once.
+        self.store.max_map_size = new.storage.max_map_size_mb * MB
+        self.writer.storage_changed()
+        try:
+            await self.governance.record_digests()
+        except KnhkdError as exc:
+            # In force already; the receipt of the change waits for the next reload.
+            log.error("governance digests not receipted: %s", exc.detail or exc)
 
 
 def _utcnow() -> datetime:

@@ -25,6 +25,7 @@ fails, or leave a temporary file behind a failed write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -36,7 +37,7 @@ import msgspec
 
 from knhkd.config import Config
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
-from knhkd.errors import KnhkdError
+from knhkd.errors import KnhkdError, StorageFull
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError
@@ -44,6 +45,7 @@ from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.governance_state import Governance
 from knhkd.loop.shapes_gate import ShapesGate
+from knhkd.loop.write_gate import WriteGate
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import PublicKeyring
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
@@ -71,15 +73,18 @@ class StartupError(KnhkdError):
 
 def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
     """``keys/public.json``, replaced atomically (a reader sees the old or the
-    new keyring, never a torn one)."""
+    new keyring, never a torn one); the temporary file is removed when writing
+    fails, and the failure is ``StorageFull`` when it is lack of space."""
     tmp = path.with_suffix(".tmp")
     try:
         tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
         os.chmod(tmp, 0o644)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"no space left on device: cannot write {path}") from exc
         raise
 
 
@@ -91,6 +96,9 @@ class Opened:
     signer: Signer
     receipts: ReceiptLog
     writer: StoreWriter
+    # Whether the store takes writes now (storage full, ...): the writer
+    # closes and lifts it; health, readiness and status report it.
+    write_gate: WriteGate
     # The shared-memory ring's consumer handle; None when [ring] is off.
     ring: Consumer | None
 
@@ -118,6 +126,8 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
         signer = keyring.reconcile(store, cfg.signing_key_path)
     except (KeyFileError, OSError) as exc:
         store.close()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StartupError("storage", f"no space left on device: {exc}") from None
         raise StartupError("keys", str(exc)) from None
     ring = None
     if cfg.ring.enabled:
@@ -131,12 +141,14 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
         except (RingError, OSError) as exc:
             store.close()
             raise StartupError("ring", str(exc)) from None
+    gate = WriteGate()
     writer = StoreWriter(
         store,
         metrics,
         inline_max_s=lambda: config().storage.inline_commit_max_ms / 1000.0,
+        gate=gate,
     )
-    return Opened(store, signer, ReceiptLog(store, signer, time.time_ns), writer, ring)
+    return Opened(store, signer, ReceiptLog(store, signer, time.time_ns), writer, gate, ring)
 
 
 @dataclass(frozen=True)
@@ -153,16 +165,20 @@ class Prepared:
 async def prepare(
     cfg: Config, opened: Opened, metrics: Metrics, config: Callable[[], Config]
 ) -> Prepared:
-    """Step 2; the writer actor must be running."""
-    verifier = await _register_keys(cfg, opened)
-    gate = _shapes_gate(cfg, metrics, config) if cfg.ingest.shacl else None
-    knowledge = await _load_knowledge(cfg, opened)
-    metrics.snapshot_version.set(knowledge.current.version)
+    """Step 2; the writer actor must be running. A write that finds the disk
+    or the map full fails the step ``storage``."""
     try:
-        governance = Governance(opened.store, opened.writer, opened.receipts, cfg)
-    except (KnowledgeError, RelaxationError) as exc:
-        raise StartupError("governance", str(exc)) from None
-    await governance.record_digests()
+        verifier = await _register_keys(cfg, opened)
+        gate = _shapes_gate(cfg, metrics, config) if cfg.ingest.shacl else None
+        knowledge = await _load_knowledge(cfg, opened)
+        metrics.snapshot_version.set(knowledge.current.version)
+        try:
+            governance = Governance(opened.store, opened.writer, opened.receipts, cfg)
+        except (KnowledgeError, RelaxationError) as exc:
+            raise StartupError("governance", str(exc)) from None
+        await governance.record_digests()
+    except StorageFull as exc:
+        raise StartupError("storage", exc.detail) from None
     return Prepared(verifier, knowledge, gate, governance)
 
 

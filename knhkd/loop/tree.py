@@ -140,7 +140,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         actors.ingest.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
-                await actors.checkpointer.issue()
+                await actors.checkpointer.issue_at_stop()
                 writer.close()
         if deadline_scope.cancelled_caught:
             clean = False

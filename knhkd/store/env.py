@@ -14,6 +14,10 @@ Guarantees:
 - A store whose schema version is not ours is refused (``SchemaVersionError``),
   never migrated silently; ``_check_schema`` is the only place that checks it.
 - ``Store.tables`` (store/tables.py) is how the rest of knhkd reads and writes.
+- A store that cannot take a write for lack of room says so as ``StoreFull``
+  with its cause: the map at its ceiling (``max_map_size``, which the running
+  daemon may raise), or no space left on the device (``disk_full``). Opening a
+  store on a full disk is refused the same way.
 
 Must never: open a write transaction outside the writer thread (store/writer.py),
 hold a transaction across an ``await``.
@@ -22,6 +26,7 @@ hold a transaction across an ``await``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -59,6 +64,7 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreError",
+    "StoreFull",
     "open_store",
 ]
 
@@ -67,6 +73,40 @@ MB = 1024 * 1024
 
 class StoreError(Exception):
     """The store cannot be used (locked, wrong schema, unreadable)."""
+
+
+class StoreFull(StoreError):
+    """No room for the transaction: ``kind`` is ``"map"`` (the map is at its
+    ceiling) or ``"disk"`` (no space left on the device); nothing of it was
+    written."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# Below this many free bytes on the store's file system, an I/O error from
+# LMDB is the disk being full: LMDB reports a short write of its pages as
+# EIO, not ENOSPC (PLATFORM_NOTES, LMDB).
+DISK_FULL_BELOW = 4 * MB
+
+
+def disk_full(path: Path, exc: BaseException) -> StoreFull | None:
+    """``exc`` (from LMDB or the OS) as ``StoreFull`` when the disk at ``path``
+    is full; None when it is some other failure."""
+    text = str(exc)
+    enospc = isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) == errno.ENOSPC
+    enospc = enospc or os.strerror(errno.ENOSPC) in text
+    eio = getattr(exc, "errno", None) == errno.EIO or os.strerror(errno.EIO) in text
+    if not enospc and not (eio and free_bytes(path) < DISK_FULL_BELOW):
+        return None
+    return StoreFull("disk", f"no space left on device ({path}: {text})")
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 class SchemaVersionError(StoreError):
@@ -129,6 +169,7 @@ class Store:
         readonly: bool,
     ) -> None:
         self.env = env
+        self.path = Path(env.path())
         self.dbs = dbs
         self.tables = Tables(dbs)
         self.max_map_size = max_map_size
@@ -149,12 +190,18 @@ class Store:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
+    def can_grow(self) -> bool:
+        return self.map_size() < self.max_map_size
+
     def grow(self) -> int:
-        """Double the map (up to the ceiling). Call with no transaction open."""
+        """Double the map (up to the ceiling, ``max_map_size``, which a reload
+        may raise). Call with no transaction open."""
         current = self.map_size()
         if current >= self.max_map_size:
-            raise StoreError(
-                f"LMDB map is full at its ceiling of {current // MB} MiB (storage.max_map_size_mb)"
+            raise StoreFull(
+                "map",
+                f"map at its ceiling storage.max_map_size_mb = {self.max_map_size // MB} "
+                f"(the map is {current // MB} MiB)",
             )
         new = min(current * 2, self.max_map_size)
         with self.gate.exclusive():
@@ -209,7 +256,26 @@ def open_store(
     except lmdb.Error as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise StoreError(f"cannot open LMDB at {path}: {exc}") from None
+        raise disk_full(path, exc) or StoreError(f"cannot open LMDB at {path}: {exc}") from None
+    try:
+        return _open_dbs(env, data_dir, path, max_map_size, lock_fd, readonly)
+    except lmdb.Error as exc:
+        # The first write (creating the databases, stamping the version) on a
+        # full disk; nothing of it committed.
+        env.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise disk_full(path, exc) or StoreError(f"cannot open LMDB at {path}: {exc}") from None
+
+
+def _open_dbs(
+    env: lmdb.Environment,
+    data_dir: Path,
+    path: Path,
+    max_map_size: int,
+    lock_fd: int | None,
+    readonly: bool,
+) -> Store:
     # Crashed readers (a kill -9 mid-read) leave slots that pin old pages.
     env.reader_check()
     if readonly:

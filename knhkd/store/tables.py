@@ -116,6 +116,20 @@ class Table(Generic[K, V]):
         for key, raw in cursor.iterprev():
             yield unkey(key), dec(raw)
 
+    def items_reversed_raw(self, txn: lmdb.Transaction) -> Iterator[tuple[K, bytes]]:
+        """``items_reversed`` undecoded: for a reader that decodes each record
+        itself (and survives one that does not decode)."""
+        cursor: Any = txn.cursor(db=self._db)
+        if not cursor.last():
+            return
+        unkey = self._unkey
+        for key, raw in cursor.iterprev():
+            yield unkey(key), raw
+
+    def decode(self, raw: bytes) -> V:
+        """A value of this table from its stored bytes (raises msgspec's errors)."""
+        return self._dec(raw)
+
     def first_from(self, txn: lmdb.Transaction, start: K) -> tuple[K, V] | None:
         """The first record whose key is at or after ``start``."""
         return next(self.items(txn, start=start), None)

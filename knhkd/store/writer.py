@@ -12,6 +12,9 @@ Guarantees:
 - On ``MapFullError`` the whole transaction is aborted, the map is grown with
   no write transaction open, and every job is run again from scratch (jobs must
   therefore read what they depend on from the transaction, not from memory).
+  A map at its ceiling, or a disk with no space left, raises ``StoreFull``
+  naming the cause; nothing of the transaction is on disk and the store stays
+  usable (``probe`` tells when it takes writes again).
 
 Must never: report a job as committed when its transaction did not commit.
 """
@@ -24,7 +27,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from knhkd.store.env import MB, Store
+from knhkd.store.env import MB, Store, disk_full
+from knhkd.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,16 @@ def run_transaction(store: Store, jobs: Sequence[Job[Any]]) -> list[JobResult]:
     Raises only when the transaction as a whole could not commit (disk full,
     map at its ceiling, I/O error); then nothing of it is on disk.
     """
+    try:
+        return _run(store, jobs)
+    except lmdb.Error as exc:
+        full = disk_full(store.path, exc)
+        if full is None:
+            raise
+        raise full from exc
+
+
+def _run(store: Store, jobs: Sequence[Job[Any]]) -> list[JobResult]:
     env = store.env
     while True:
         results: list[JobResult] = []
@@ -59,3 +73,12 @@ def run_transaction(store: Store, jobs: Sequence[Job[Any]]) -> list[JobResult]:
         except lmdb.MapFullError:
             new = store.grow()
             log.warning("LMDB map full: grown to %d MiB, retrying the transaction", new // MB)
+
+
+def probe(store: Store) -> None:
+    """One small durable write (the schema version, rewritten as it is): returns
+    when the store took it, raises ``StoreFull`` (or the failure) when not."""
+    slot = store.tables.schema_version
+    [(_, error)] = run_transaction(store, [lambda txn: slot.put(txn, SCHEMA_VERSION)])
+    if error is not None:
+        raise error

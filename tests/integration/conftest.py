@@ -130,6 +130,15 @@ class RunningDaemon:
         return run_ctl(self.data_dir, *args, timeout=timeout)
 
 
+def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in d.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
+
+
 def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "knhkd.cli.knhkctl", "--data-dir", str(data_dir), *args],

@@ -2,8 +2,11 @@
 stack against (registered only with ``http.noop_endpoint``).
 
 Guarantees: ``/health`` is 503 when degraded; ``/ready`` is 503
-``not-ready`` while starting or draining; ``/metrics`` refreshes
-``knhk_health_status`` before it renders.
+``not-ready`` while starting or draining, and 503 with
+``{"ready": false, "reads": true, "writes": false, "refused": {cause: detail}}``
+while the store refuses writes (storage full, ...): a balancer stops sending
+work, an operator sees that reads are served and why writes are not;
+``/metrics`` refreshes ``knhk_health_status`` before it renders.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ async def health() -> Response:
 @bp.get("/ready")
 async def ready() -> Response:
     d = daemon()
-    if d.ready and not d.draining:
-        return json({"ready": True})
-    raise NotReady("knhkd is starting or draining")
+    if not d.ready or d.draining:
+        raise NotReady("knhkd is starting or draining")
+    refused = d.writes_refused()
+    if refused:
+        return json({"ready": False, "reads": True, "writes": False, "refused": refused}, 503)
+    return json({"ready": True})
 
 
 @bp.get("/metrics")
