@@ -15,9 +15,10 @@ import pytest
 import trio
 import trio.testing
 
+from knhkd.errors import StorageFull
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.writer import PROBE_EVERY, CommitFailed, StoreWriter, WriterClosed
-from knhkd.store.env import MB, Store, StoreError, open_store
+from knhkd.store.env import MB, Store, open_store
 from knhkd.store.writer import Job
 from knhkd.telemetry.metrics import Metrics
 
@@ -169,7 +170,45 @@ def test_a_failing_job_fails_only_its_own_submitter(store: Store) -> None:
 
 
 def test_a_failing_transaction_fails_every_job_in_it(tmp_path: Path) -> None:
-    # The map cannot grow: a job that overflows it fails the whole transaction.
+    # A store that refuses write transactions (opened read-only): a fault no
+    # job explains fails the whole transaction, and the actor raises it.
+    open_store(tmp_path).close()
+    store = open_store(tmp_path, readonly=True, exclusive=False)
+    metrics = Metrics()
+    writer = StoreWriter(store, metrics)
+    out = Outcomes(store)
+    try:
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                jobs = {b"one": put(store, b"one"), b"two": put(store, b"two")}
+                await out.queue(nursery, writer, jobs)
+                # The actor raises, for the supervisor to see the store is unhealthy.
+                try:
+                    await writer.run()
+                except* lmdb.Error:
+                    raised.append(True)
+
+        raised: list[bool] = []
+        trio.run(main)
+        assert raised == [True]
+        failures = list(out.got.values())
+        assert len(failures) == 2
+        assert all(isinstance(f, CommitFailed) for f in failures)
+        assert out.durable_on_return == {b"one": False, b"two": False}
+        assert writer.commits == 0
+        assert not commits_metric(metrics)
+        assert writer.last_error is not None and "Error" in writer.last_error
+        assert writer.gate.open  # a fault is not storage full
+    finally:
+        store.close()
+
+
+def test_a_map_at_its_ceiling_refuses_the_batch_as_storage_full_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The map cannot grow: the overflowing transaction fails whole with 507,
+    # the gate closes under "storage", and the actor keeps running.
     store = open_store(tmp_path, map_size=MB, max_map_size=MB)
     metrics = Metrics()
     writer = StoreWriter(store, metrics)
@@ -178,20 +217,24 @@ def test_a_failing_transaction_fails_every_job_in_it(tmp_path: Path) -> None:
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.run)
                 jobs = {b"small": put(store, b"small"), b"huge": put(store, b"huge", b"x" * 2 * MB)}
                 await out.queue(nursery, writer, jobs)
-                # The actor raises, for the supervisor to see the store is unhealthy.
-                with pytest.raises(StoreError):
-                    await writer.run()
+                with trio.fail_after(10):
+                    while len(out.got) < 2:  # the commit runs on a worker thread
+                        await trio.sleep(0.01)
+                assert set(writer.gate.closed_causes()) == {"storage"}
+                with pytest.raises(StorageFull):
+                    await writer.submit(put(store, b"later"))
+                writer.close()
 
         trio.run(main)
-        failures = list(out.got.values())
-        assert len(failures) == 2
-        assert all(isinstance(f, CommitFailed) for f in failures)
-        assert out.durable_on_return == {b"small": False, b"huge": False}
-        assert writer.commits == 0
-        assert not commits_metric(metrics)
-        assert writer.last_error is not None and writer.last_error.startswith("StoreError:")
+        # The running actor committed "small" before "huge" queued.
+        assert out.got[b"small"] == b"small"
+        assert isinstance(out.got[b"huge"], StorageFull)
+        assert "ceiling" in out.got[b"huge"].detail
+        assert out.durable_on_return == {b"small": True, b"huge": False}
+        assert stored(store, b"later") is None
     finally:
         store.close()
 
@@ -351,15 +394,14 @@ def test_commit_now_reports_job_and_transaction_failures_apart(tmp_path: Path) -
         with pytest.raises(KeyError) as own:
             await writer.commit_now(bad)
         assert own.value is boom
-        with pytest.raises(CommitFailed) as whole:
+        with pytest.raises(StorageFull):
             await writer.commit_now(put(store, b"huge", b"x" * 2 * MB))
-        assert isinstance(whole.value.__cause__, StoreError)
 
     try:
         trio.run(main)
         # The job's own failure still committed its (empty) transaction.
         assert (writer.commits, writer.inline_commits) == (1, 1)
-        assert writer.last_error is not None and writer.last_error.startswith("StoreError:")
+        assert writer.last_error is not None and writer.last_error.startswith("StorageFull:")
         assert stored(store, b"huge") is None
     finally:
         store.close()
