@@ -14,6 +14,9 @@ Guarantees:
 - A store whose schema version is not ours is refused (``SchemaVersionError``),
   never migrated silently; ``_check_schema`` is the only place that checks it.
 - ``Store.tables`` (store/tables.py) is how the rest of knhkd reads and writes.
+- With ``create=False`` (a data directory that has held a chain) opening
+  writes nothing: a missing database or schema version is ``StoreDamaged``.
+  A healthy open commits no page either, so a damaged store is left as found.
 
 Must never: open a write transaction outside the writer thread (store/writer.py),
 hold a transaction across an ``await``.
@@ -58,6 +61,7 @@ __all__ = [
     "MapGate",
     "SchemaVersionError",
     "Store",
+    "StoreDamaged",
     "StoreError",
     "open_store",
 ]
@@ -67,6 +71,15 @@ MB = 1024 * 1024
 
 class StoreError(Exception):
     """The store cannot be used (locked, wrong schema, unreadable)."""
+
+
+class StoreDamaged(StoreError):
+    """The environment is there but damaged: a database missing, a page that
+    does not read (``lmdb.CorruptedError``, ``PageNotFoundError``, ...)."""
+
+
+# What LMDB raises for a file that is damaged rather than absent or busy.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadDbiError)
 
 
 class SchemaVersionError(StoreError):
@@ -135,6 +148,10 @@ class Store:
         self.readonly = readonly
         self.gate = MapGate()
         self._lock_fd = lock_fd
+        # Set once, by the start-up integrity check, and never cleared: why
+        # this store must take no write transaction (store/writer.py refuses
+        # every job), so that damage found at start is never extended.
+        self.frozen: str | None = None
 
     def db(self, name: str) -> Any:
         """The raw handle of a database; outside store/, use ``tables``."""
@@ -185,8 +202,14 @@ def open_store(
     max_map_size: int = 65536 * MB,
     readonly: bool = False,
     exclusive: bool = True,
+    create: bool = True,
 ) -> Store:
-    """Open (creating when writable) the environment under ``data_dir``."""
+    """Open (creating when writable) the environment under ``data_dir``.
+
+    With ``create`` off (a data directory that has held a chain: its anchor
+    exists), a missing database or schema version is ``StoreDamaged`` and
+    nothing is written: creating them would commit a transaction over the
+    older meta page, the last pointer to the state before the damage."""
     path = data_dir / "lmdb"
     if readonly:
         if not (path / "data.mdb").exists():
@@ -209,7 +232,35 @@ def open_store(
     except lmdb.Error as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise StoreError(f"cannot open LMDB at {path}: {exc}") from None
+        kind = StoreDamaged if isinstance(exc, _DAMAGE) else StoreError
+        raise kind(f"cannot open LMDB at {path}: {exc}") from None
+    try:
+        dbs = _open_dbs(env, data_dir, readonly=readonly, create=create)
+    except lmdb.Error as exc:
+        env.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise StoreDamaged(f"LMDB at {path} is damaged: {type(exc).__name__}: {exc}") from None
+    except StoreError:
+        env.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+    store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
+    try:
+        _check_schema(store, stamp=create)
+    except lmdb.Error as exc:
+        store.close()
+        raise StoreDamaged(f"LMDB at {path} is damaged: {type(exc).__name__}: {exc}") from None
+    except StoreError:
+        store.close()
+        raise
+    return store
+
+
+def _open_dbs(
+    env: lmdb.Environment, data_dir: Path, *, readonly: bool, create: bool
+) -> dict[str, Any]:
     # Crashed readers (a kill -9 mid-read) leave slots that pin old pages.
     env.reader_check()
     if readonly:
@@ -220,30 +271,39 @@ def open_store(
             try:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
-                env.close()
-                raise StoreError(f"store under {data_dir} lacks database {name!r}") from None
-    else:
-        with env.begin(write=True) as txn:
-            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
-    store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
+                raise StoreDamaged(f"store under {data_dir} lacks database {name!r}") from None
+        return dbs
+    # Opening databases that exist dirties nothing: this commit writes no page.
+    with env.begin(write=True) as txn:
+        try:
+            return {name: env.open_db(name.encode(), txn=txn, create=create) for name in DB_NAMES}
+        except lmdb.NotFoundError:
+            missing = [n for n in DB_NAMES if not _has_db(env, txn, n)]
+            raise StoreDamaged(
+                f"store under {data_dir} lacks database {missing[0]!r}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            ) from None
+
+
+def _has_db(env: lmdb.Environment, txn: lmdb.Transaction, name: str) -> bool:
     try:
-        _check_schema(store)
-    except StoreError:
-        store.close()
-        raise
-    return store
+        env.open_db(name.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return False
+    return True
 
 
-def _check_schema(store: Store) -> None:
+def _check_schema(store: Store, *, stamp: bool = True) -> None:
     """The one schema version check: a fresh writable store is stamped with
-    ``SCHEMA_VERSION``; any other version (or none, read-only) is refused."""
+    ``SCHEMA_VERSION`` (when ``stamp``); any other version (or none, read-only
+    or not stamping) is refused."""
     slot = store.tables.schema_version
     expected = str(SCHEMA_VERSION).encode()
     with store.env.begin(write=not store.readonly) as txn:
         # Compared as bytes: a damaged value is reported as found, not parsed.
         found = slot.get_raw(txn)
         if found is None:
-            if store.readonly:
+            if store.readonly or not stamp:
                 raise SchemaVersionError("store has no schema version (never started?)", None)
             slot.put(txn, SCHEMA_VERSION)
             return

@@ -36,6 +36,22 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _META_KEYS = frozenset(schema.META_KEYS)
+# The attribute of ``Tables`` that holds each database of schema.TABLES.
+_TABLE_ATTRS = (
+    "observations",
+    "patterns",
+    "proposals",
+    "proposal_deltas",
+    "validations",
+    "snapshots",
+    "receipts",
+    "tree",
+    "checkpoints",
+    "keys",
+    "relaxations",
+    "cycles",
+    "meta",
+)
 
 
 class Table(Generic[K, V]):
@@ -59,6 +75,19 @@ class Table(Generic[K, V]):
     def get_raw(self, txn: lmdb.Transaction, key: K) -> bytes | None:
         raw: Any = txn.get(self._key(key), db=self._db)
         return raw  # type: ignore[no-any-return]
+
+    def decode(self, raw: bytes) -> V:
+        """A stored value as its type (fsck: one record at a time, so that a
+        damaged one is named, not the iteration stopped)."""
+        return self._dec(raw)
+
+    def probe(self, txn: lmdb.Transaction) -> None:
+        """Read the first and the last record: LMDB walks from the database's
+        root page down both edges, so a damaged page on the way raises
+        ``lmdb.Error`` (the start-up check's cheap structural look)."""
+        cursor: Any = txn.cursor(db=self._db)
+        if cursor.first():
+            cursor.last()
 
     def put(self, txn: lmdb.Transaction, key: K, value: V, *, overwrite: bool = True) -> bool:
         """False when ``overwrite`` is off and the key exists (nothing written)."""
@@ -149,6 +178,9 @@ class MetaSlot(Generic[V]):
         raw: Any = txn.get(self.key, db=self._db)
         return raw  # type: ignore[no-any-return]
 
+    def decode(self, raw: bytes) -> V:
+        return self._dec(raw)
+
     def put(self, txn: lmdb.Transaction, value: V) -> None:
         txn.put(self.key, self._enc(value), db=self._db)
 
@@ -195,6 +227,22 @@ class Tables:
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
             "guards": MetaSlot(s.GUARDS_DIGEST, meta),
         }
+        # Every database, in the schema's order, and every meta slot: for the
+        # checks that must cover them all (fsck, the start-up check).
+        self.all: tuple[Table[Any, Any], ...] = tuple(getattr(self, attr) for attr in _TABLE_ATTRS)
+        # Every key the schema declares for ``meta`` (some never written).
+        self.meta_keys = _META_KEYS
+        self.meta_slots: tuple[MetaSlot[Any], ...] = (
+            self.schema_version,
+            self.observations_next,
+            self.receipt_head,
+            self.log_origin,
+            self.tree_size,
+            self.keys_current,
+            self.snapshot_current,
+            self.ring_cursor,
+            *self.governance_digests.values(),
+        )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
         """Write ``MetaSlot.entry`` results (keys of store/schema.py only)."""
