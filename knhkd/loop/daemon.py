@@ -9,6 +9,9 @@ Start-up, in order; a failed step raises ``StartupError`` naming the step:
   2. the signing key (generated 0600 on first start) and the public keyring
      file ``keys/public.json``; the shared-memory ring when ``[ring] enabled``
      (created when absent; a header or layout mismatch is refused);
+  2b. the integrity check (loop/integrity.py): the store against the anchor
+     ``DATA_DIR/checkpoint.anchor``; findings make the daemon read-only (the
+     store frozen, the write gate closed) and every later step writes nothing;
   3. the receipt writer, then knowledge: the current snapshot, or genesis from
      ``knowledge.ontology_dir`` with its receipt, published to the ring's
      snapshot descriptor (as is every later promotion and rollback); before
@@ -56,6 +59,7 @@ from knhkd.loop.executor import Executor
 from knhkd.loop.figures import Figures
 from knhkd.loop.governance_state import Governance
 from knhkd.loop.ingest import Closed, Ingest
+from knhkd.loop.integrity import KeyringUnreadable, startup_check, trusted_keyring
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
@@ -63,6 +67,7 @@ from knhkd.loop.queries import Queries
 from knhkd.loop.ring_drain import RingDrain
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.supervisor import Supervisor
+from knhkd.loop.write_gate import WriteGate
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     ChainVerification,
@@ -89,8 +94,10 @@ from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.checkpoints import set_origin_job
+from knhkd.receipts.integrity import has_held_chain
 from knhkd.receipts.log import ReceiptLog, verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import anchor
 from knhkd.store.env import Store, StoreError, open_store
 from knhkd.telemetry.metrics import Metrics
 from knhkd.validate.types import ValidationInputs
@@ -171,6 +178,7 @@ class Daemon:
         self.checkpointer: Checkpointer
         self.ctx: LoopContext
         self.queries: Queries
+        self.trusted_keys: PublicKeyring
         self._knowledge: kn.KnowledgeState
         # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
         self.shacl_gate: ShapesGate | None = None
@@ -178,6 +186,8 @@ class Daemon:
         # The shared-memory ring's consumer handle ([ring] enabled), and its drain.
         self.ring: Consumer | None = None
         self.ring_drain: RingDrain | None = None
+        # Whether the store takes writes now, and if not why (loop/write_gate.py).
+        self.write_gate = WriteGate()
 
     # ------------------------------------------------------------------ #
     # Start-up steps
@@ -192,6 +202,9 @@ class Daemon:
                 cfg.data_dir,
                 map_size=cfg.storage.map_size_mb * MB,
                 max_map_size=cfg.storage.max_map_size_mb * MB,
+                # integrity hook: a data directory that has held a chain never
+                # gets databases created (that would write over the damage).
+                create=not anchor.path_in(cfg.data_dir).exists(),
             )
         except (StoreError, OSError) as exc:
             raise StartupError("storage", str(exc)) from None
@@ -231,8 +244,23 @@ class Daemon:
         self.queries = Queries(self.store, self.receipts)
         self.governance = Governance(self.store, self.writer, self.receipts)
 
+    def check_integrity(self) -> list[str]:
+        """Step 2b (store and keys open, nothing written yet): the start-up
+        integrity check (loop/integrity.py); findings make the daemon read-only."""
+        try:
+            self.trusted_keys = trusted_keyring(self.cfg.data_dir, self.signer)
+            return startup_check(self.store, self.cfg.data_dir, self.trusted_keys, self.write_gate)
+        except KeyringUnreadable as exc:
+            if self.ring is not None:
+                self.ring.close()
+            self.store.close()
+            raise StartupError("keys", str(exc)) from None
+
     async def register_keys(self) -> None:
         """Step 3a (needs the writer): the keyring, the log's origin, the tree."""
+        if self.store.frozen is not None:  # integrity hook: write nothing, trust the files
+            self.verifier = Verifier(self.trusted_keys)
+            return
         await self.writer.submit(keyring.register_job(self.store, self.signer))
         origin = self.cfg.receipts.origin or f"knhkd.local/{self.signer.key_id}"
         fixed = await self.writer.submit(set_origin_job(self.store, origin))
@@ -256,7 +284,8 @@ class Daemon:
             self.governance.load(self.cfg)
         except (KnowledgeError, RelaxationError) as exc:
             raise StartupError("governance", str(exc)) from None
-        await self.governance.record_digests()
+        if self.store.frozen is None:  # integrity hook
+            await self.governance.record_digests()
 
     def ancestry(self, limit: int = 64) -> tuple[Snapshot, ...]:
         """The current snapshot, then its parent, ... (at most ``limit``)."""
@@ -340,7 +369,18 @@ class Daemon:
         try:
             shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
             record = kn.load_current(self.store)
-            if record is None:
+            if record is None and self.store.frozen is not None:  # integrity hook
+                # Read-only on a store without knowledge: serve the genesis the
+                # ontology gives, in memory only (never stored nor receipted).
+                record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
+                log.error("no current snapshot in the store; genesis held in memory only")
+            elif record is None:
+                if has_held_chain(self.store, cfg.data_dir):  # integrity hook
+                    raise StartupError(
+                        "knowledge",
+                        "no current snapshot, but this data directory has held a receipt "
+                        "chain: refusing to make a new genesis (see knhkctl fsck)",
+                    )
                 record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
                 await self.writer.submit(
                     kn.install_job(self.store, self.receipts, record, expect_current=None)
@@ -350,6 +390,8 @@ class Daemon:
                     record.meta.snapshot_id[:16],
                     record.meta.triple_count,
                 )
+                # integrity hook: from now on this data directory has an anchor.
+                await self.checkpointer.issue()
             self.set_knowledge(kn.state_of(record, shapes))
         except (KnowledgeError, OSError) as exc:
             raise StartupError("knowledge", str(exc)) from None
@@ -407,6 +449,7 @@ class Daemon:
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
         ``key_rotated`` receipt's id and the new key id."""
+        self.write_gate.check()  # before the new key file is written
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -505,6 +548,7 @@ class Daemon:
         Raises ``Overloaded`` when the queue stays full, ``Closed`` or
         ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
         nothing of a refused request is stored."""
+        self.write_gate.check()
         if self.shacl_gate is not None:
             await self.shacl_gate.check(decoded.items, single=decoded.single)
         cfg = self.cfg.http
@@ -515,6 +559,7 @@ class Daemon:
         )
 
     async def run_cycle(self) -> CycleReport:
+        self.write_gate.check()  # a cycle stores its report
         cycle: Cycle = await self.scheduler.request("on_demand")
         return await cycle.wait()
 
@@ -596,6 +641,10 @@ class Daemon:
     def health(self) -> Health:
         writer_ok = self.supervisor.status.get("receipt_writer")
         storage = "healthy" if writer_ok and writer_ok.state == "running" else "unhealthy"
+        if not self.write_gate.open:
+            storage = "read-only: " + "; ".join(
+                f"{key}: {detail}" for key, detail in self.write_gate.closed_causes().items()
+            )
         degraded = storage != "healthy" or self.supervisor.degraded()
         self.metrics.health_status.set(0 if degraded else 1)
         return Health(
@@ -675,7 +724,8 @@ class Daemon:
             log.error("reload refused, keeping the running configuration: governance: %s", exc)
             return
         self.cfg = new
-        await self.governance.record_digests()
+        if self.store.frozen is None:  # integrity hook
+            await self.governance.record_digests()
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
 
 

@@ -74,6 +74,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     cfg = daemon.cfg
     daemon.open()
+    # integrity hook: findings freeze the store; no actor that writes on its own runs.
+    writes = not daemon.check_integrity()
     setup_tracing(cfg.telemetry)
     sup = daemon.supervisor
     to_analyzer_send, to_analyzer_recv = trio.open_memory_channel[AnalyzerMessage](
@@ -114,11 +116,12 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                     evidence_sample=lambda: daemon.cfg.analyze.evidence_sample,
                 )
                 async with trio.open_nursery() as loop_n:
-                    loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)
-                    loop_n.start_soon(sup.supervise, "planner", planner.run)
-                    loop_n.start_soon(sup.supervise, "executor", daemon.executor.run)
-                    loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
-                    loop_n.start_soon(sup.supervise, "checkpointer", daemon.checkpointer.run)
+                    if writes:  # integrity hook
+                        loop_n.start_soon(sup.supervise, "analyzer", analyzer.run)
+                        loop_n.start_soon(sup.supervise, "planner", planner.run)
+                        loop_n.start_soon(sup.supervise, "executor", daemon.executor.run)
+                        loop_n.start_soon(sup.supervise, "scheduler", daemon.scheduler.run)
+                        loop_n.start_soon(sup.supervise, "checkpointer", daemon.checkpointer.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", daemon.ingest_actor.run)
                         async with trio.open_nursery() as front_n:
@@ -128,7 +131,7 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                             interval = watchdog_interval_s()
                             if interval:
                                 front_n.start_soon(_watchdog, daemon, interval)
-                            if daemon.ring is not None:
+                            if daemon.ring is not None and writes:  # integrity hook
                                 # A producer like any other: stops with the front,
                                 # before the ingest intake closes. A batch cut off
                                 # mid-commit is found by its stored cursor at start.
@@ -167,7 +170,8 @@ async def run_daemon(daemon: Daemon, servers: Sequence[Server]) -> int:
                         daemon.ingest_actor.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
-                await daemon.checkpointer.issue()
+                if writes:  # integrity hook
+                    await daemon.checkpointer.issue()
                 daemon.writer.close()
         if deadline_scope.cancelled_caught:
             clean = False

@@ -96,8 +96,11 @@ def structure(store: Store) -> list[str]:
             tree_size = t.tree_size.get(txn) or 0
             current = t.snapshot_current.get(txn)
             resolves = current is not None and t.snapshots.get_raw(txn, current) is not None
+            # Small, and read whole at start (the keyring export): decode it here.
+            for _ in t.keys.values(txn):
+                pass
     except DAMAGE as exc:
-        return [f"the store's meta records are unreadable: {exc}"]
+        return [f"the store's meta records or keyring are unreadable: {exc}"]
     if head.next_seq != stored or (last is not None and last[0] != stored - 1):
         findings.append(
             f"the receipt chain head says {head.next_seq} receipts, the store holds {stored}"
@@ -126,13 +129,13 @@ def against_anchor(store: Store, note: str, trusted: Mapping[str, bytes]) -> lis
         with store.reader() as txn:
             origin = origin_of(store, txn)
             size = tree.size(txn)
-            if origin != cp.origin:
-                return [f"the store's log is {origin!r}, not the origin of {what}"]
             if size < cp.size:
                 return [
                     f"the store is behind {what}: its tree has {size} receipts "
                     "(rolled back or emptied)"
                 ]
+            if origin != cp.origin:
+                return [f"the store's log is {origin!r}, not the origin of {what}"]
             if tree.root(txn, cp.size) != cp.root:
                 return [f"the store's tree at size {cp.size} does not have the root of {what}"]
             return _latest_checkpoint(store, txn, tree, cp, size, what)
