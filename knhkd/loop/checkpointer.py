@@ -7,7 +7,14 @@ a committed tree (receipts/checkpointing.py refuses an inconsistent one).
 While the store refuses writes (storage full, loop/write_gate.py) a due
 checkpoint waits, and the one at shutdown is skipped with a warning: what is
 committed stays committed and the last signed checkpoint stays served.
-Must never: sign on its own transaction outside the writer.
+After each one is durably committed, and once when the actor starts, the
+latest is written to the anchor ``DATA_DIR/checkpoint.anchor``
+(store/anchor.py), which the start-up check compares the store with; the
+anchor only moves forward within a process. A failure to write the anchor
+is logged and leaves the older one in place (a lagging anchor is safe: the
+store is ahead of it, never behind).
+Must never: sign on its own transaction outside the writer; write the anchor
+before the checkpoint it holds is committed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from knhkd.errors import ReadOnly, StorageFull
 from knhkd.loop.context import LoopContext
 from knhkd.receipts.checkpoints import issue_job, latest
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import anchor
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,8 @@ class Checkpointer:
         self._ctx = ctx
         self.signed_size = 0
         self._uncovered_since: float | None = None
+        self._anchored_size = -1
+        self._anchor_lock = trio.Lock()
 
     def _tree_size(self) -> int:
         with self._ctx.store.reader() as txn:
@@ -43,6 +53,7 @@ class Checkpointer:
         cp = await self._ctx.writer.submit(issue_job(self._ctx.store, self._ctx.receipts))
         if cp is not None:
             self.signed_size = cp.size
+            await self.write_anchor(cp)
         self._uncovered_since = None
         return cp
 
@@ -54,10 +65,27 @@ class Checkpointer:
             log.warning("no checkpoint at shutdown: %s", exc.detail)
             return None
 
+    async def write_anchor(self, cp: Checkpoint) -> None:
+        """Write ``cp`` (committed) to the anchor unless a larger one is there."""
+        path = anchor.path_in(self._ctx.config().data_dir)
+        async with self._anchor_lock:
+            if cp.size <= self._anchored_size:
+                return
+            try:
+                await trio.to_thread.run_sync(anchor.write, path, cp.text)
+            except OSError as exc:
+                log.error("cannot write the anchor %s (the older one stays): %s", path, exc)
+                return
+            self._anchored_size = cp.size
+
     async def run(self) -> None:
         with self._ctx.store.reader() as txn:
             last = latest(self._ctx.store, txn)
         self.signed_size = last.size if last else 0
+        if last is not None:
+            # The start-up check found the store at or ahead of the anchor; a
+            # checkpoint committed just before a crash may not have reached it.
+            await self.write_anchor(last)
         while True:
             await trio.sleep(POLL_S)
             cfg = self._ctx.config().receipts

@@ -220,6 +220,7 @@ class Daemon:
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
         ``key_rotated`` receipt's id and the new key id."""
+        self.write_gate.check()  # before the new key file is written
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -318,6 +319,7 @@ class Daemon:
         Raises ``Overloaded`` when the queue stays full, ``Closed`` or
         ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
         nothing of a refused request is stored."""
+        self.write_gate.check()
         if self._state.shapes_gate is not None:
             await self._state.shapes_gate.check(decoded.items, single=decoded.single)
         cfg = self.cfg.http
@@ -328,6 +330,7 @@ class Daemon:
         )
 
     async def run_cycle(self) -> CycleReport:
+        self.write_gate.check()  # a cycle stores its report
         cycle: Cycle = await self.actors.scheduler.request("on_demand")
         return await cycle.wait()
 
@@ -511,7 +514,8 @@ class Daemon:
         self.store.max_map_size = new.storage.max_map_size_mb * MB
         self.writer.storage_changed()
         try:
-            await self.governance.record_digests()
+            if self.store.frozen is None:
+                await self.governance.record_digests()
         except KnhkdError as exc:
             # In force already; the receipt of the change waits for the next reload.
             log.error("governance digests not receipted: %s", exc.detail or exc)

@@ -7,12 +7,17 @@ The steps, in order:
      version); the signing key (generated 0600 on first start, a rotation a
      crash interrupted finished or discarded); the shared-memory ring when
      ``[ring] enabled`` (created when absent; a header or layout mismatch is
-     refused); the receipt log and the store writer. Returns ``Opened``.
+     refused); the integrity check against the anchor
+     ``DATA_DIR/checkpoint.anchor`` (loop/integrity.py: findings freeze the
+     store and close the write gate, and every later step writes nothing);
+     the receipt log and the store writer. Returns ``Opened``.
   2. ``prepare`` (the writer must be running: it commits): the keyring, the
      log's origin and the Merkle tree backfill, then ``keys/public.json``;
      the sectors' observation shapes when ``[ingest] shacl`` is on (a missing
      or broken file fails the step ``observation_shapes``); the current
-     snapshot, or genesis from ``knowledge.ontology_dir`` with its receipt;
+     snapshot, or genesis from ``knowledge.ontology_dir`` with its receipt and
+     a first checkpoint written to the anchor (never in a data directory that
+     has held a chain);
      doctrines, guards and relaxations, with a receipt for any changed set.
      Returns ``Prepared``.
 The nursery tree (loop/tree.py) then builds the actors and the ``Daemon``
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import trio
 
 from knhkd.config import Config
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
@@ -44,14 +50,17 @@ from knhkd.knowledge.rdf import KnowledgeError
 from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.governance_state import Governance
+from knhkd.loop.integrity import KeyringUnreadable, startup_check, trusted_keyring
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.write_gate import WriteGate
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import PublicKeyring
 from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
 from knhkd.receipts import keyring
-from knhkd.receipts.checkpoints import set_origin_job
+from knhkd.receipts.checkpoints import issue_job, set_origin_job
+from knhkd.receipts.integrity import has_held_chain
 from knhkd.receipts.log import ReceiptLog
+from knhkd.store import anchor
 from knhkd.store.env import Store, StoreError, open_store
 from knhkd.telemetry.metrics import Metrics
 
@@ -101,6 +110,14 @@ class Opened:
     write_gate: WriteGate
     # The shared-memory ring's consumer handle; None when [ring] is off.
     ring: Consumer | None
+    # The keys the anchor was judged with (loop/integrity.py), and what the
+    # start-up integrity check found: any finding makes the daemon read-only.
+    trusted_keys: PublicKeyring
+    findings: tuple[str, ...] = ()
+
+    @property
+    def writable(self) -> bool:
+        return not self.findings
 
     def close(self) -> None:
         if self.ring is not None:
@@ -117,6 +134,9 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
             cfg.data_dir,
             map_size=cfg.storage.map_size_mb * MB,
             max_map_size=cfg.storage.max_map_size_mb * MB,
+            # A data directory that has held a chain never gets databases
+            # created: that would commit over the damage (store/env.py).
+            create=not anchor.path_in(cfg.data_dir).exists(),
         )
     except (StoreError, OSError) as exc:
         raise StartupError("storage", str(exc)) from None
@@ -141,14 +161,32 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
         except (RingError, OSError) as exc:
             store.close()
             raise StartupError("ring", str(exc)) from None
+    try:
+        trusted = trusted_keyring(cfg.data_dir, signer)
+    except KeyringUnreadable as exc:
+        if ring is not None:
+            ring.close()
+        store.close()
+        raise StartupError("keys", str(exc)) from None
     gate = WriteGate()
+    # Before the first write: findings freeze the store and close the gate.
+    findings = startup_check(store, cfg.data_dir, trusted, gate)
     writer = StoreWriter(
         store,
         metrics,
         inline_max_s=lambda: config().storage.inline_commit_max_ms / 1000.0,
         gate=gate,
     )
-    return Opened(store, signer, ReceiptLog(store, signer, time.time_ns), writer, gate, ring)
+    return Opened(
+        store,
+        signer,
+        ReceiptLog(store, signer, time.time_ns),
+        writer,
+        gate,
+        ring,
+        trusted_keys=trusted,
+        findings=tuple(findings),
+    )
 
 
 @dataclass(frozen=True)
@@ -176,14 +214,18 @@ async def prepare(
             governance = Governance(opened.store, opened.writer, opened.receipts, cfg)
         except (KnowledgeError, RelaxationError) as exc:
             raise StartupError("governance", str(exc)) from None
-        await governance.record_digests()
+        if opened.writable:
+            await governance.record_digests()
     except StorageFull as exc:
         raise StartupError("storage", exc.detail) from None
     return Prepared(verifier, knowledge, gate, governance)
 
 
 async def _register_keys(cfg: Config, opened: Opened) -> Verifier:
-    """The keyring, the log's origin, the tree; then ``keys/public.json``."""
+    """The keyring, the log's origin, the tree; then ``keys/public.json``.
+    Read-only: nothing is written, and the keys outside the store are trusted."""
+    if not opened.writable:
+        return Verifier(opened.trusted_keys)
     store, writer, signer = opened.store, opened.writer, opened.signer
     await writer.submit(keyring.register_job(store, signer))
     origin = cfg.receipts.origin or f"knhkd.local/{signer.key_id}"
@@ -223,7 +265,18 @@ async def _load_knowledge(cfg: Config, opened: Opened) -> kn.KnowledgeState:
     try:
         shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
         record = kn.load_current(opened.store)
-        if record is None:
+        if record is None and not opened.writable:
+            # Read-only on a store without knowledge: serve the genesis the
+            # ontology gives, in memory only (never stored nor receipted).
+            record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
+            log.error("no current snapshot in the store; genesis held in memory only")
+        elif record is None:
+            if has_held_chain(opened.store, cfg.data_dir):
+                raise StartupError(
+                    "knowledge",
+                    "no current snapshot, but this data directory has held a receipt "
+                    "chain: refusing to make a new genesis (see knhkctl fsck)",
+                )
             record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
             await opened.writer.submit(
                 kn.install_job(opened.store, opened.receipts, record, expect_current=None)
@@ -233,6 +286,10 @@ async def _load_knowledge(cfg: Config, opened: Opened) -> kn.KnowledgeState:
                 record.meta.snapshot_id[:16],
                 record.meta.triple_count,
             )
+            # From now on this data directory has an anchor (store/anchor.py).
+            cp = await opened.writer.submit(issue_job(opened.store, opened.receipts))
+            if cp is not None:
+                await trio.to_thread.run_sync(anchor.write, anchor.path_in(cfg.data_dir), cp.text)
         return kn.state_of(record, shapes)
     except (KnowledgeError, OSError) as exc:
         raise StartupError("knowledge", str(exc)) from None

@@ -94,11 +94,16 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                     state, opened, prepared, actors, supervisor=sup, metrics=metrics
                 )
                 async with trio.open_nursery() as loop_n:
-                    loop_n.start_soon(sup.supervise, "analyzer", actors.analyzer.run)
-                    loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
-                    loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
-                    loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
-                    loop_n.start_soon(sup.supervise, "checkpointer", actors.checkpointer.run)
+                    # Read-only (damage found at start): no actor that writes on
+                    # its own runs; reads and proofs are still served.
+                    if opened.writable:
+                        loop_n.start_soon(sup.supervise, "analyzer", actors.analyzer.run)
+                        loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
+                        loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
+                        loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
+                        loop_n.start_soon(
+                            sup.supervise, "checkpointer", actors.checkpointer.run
+                        )
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         async with trio.open_nursery() as front_n:
@@ -108,7 +113,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             interval = watchdog_interval_s()
                             if interval:
                                 front_n.start_soon(_watchdog, daemon, interval)
-                            if actors.ring_drain is not None:
+                            if actors.ring_drain is not None and opened.writable:
                                 # A producer like any other: stops with the front,
                                 # before the ingest intake closes. A batch cut off
                                 # mid-commit is found by its stored cursor at start.
@@ -140,7 +145,8 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         actors.ingest.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
-                await actors.checkpointer.issue_at_stop()
+                if opened.writable:
+                    await actors.checkpointer.issue_at_stop()
                 writer.close()
         if deadline_scope.cancelled_caught:
             clean = False

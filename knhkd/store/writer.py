@@ -9,6 +9,9 @@ Guarantees:
   alone and reported with its exception; the others still commit.
 - When it returns, the transaction is durably committed (``sync=True``): only
   then may anything be acknowledged.
+- A frozen store (``Store.frozen``, set by the start-up integrity check)
+  takes no write transaction: every job is refused with ``ReadOnly`` and
+  nothing is begun, so damage found at start is never extended.
 - On ``MapFullError`` the whole transaction is aborted, the map is grown with
   no write transaction open, and every job is run again from scratch (jobs must
   therefore read what they depend on from the transaction, not from memory).
@@ -27,6 +30,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
+from knhkd.errors import ReadOnly
 from knhkd.store.env import MB, Store, disk_full
 from knhkd.store.schema import SCHEMA_VERSION
 
@@ -43,6 +47,11 @@ def run_transaction(store: Store, jobs: Sequence[Job[Any]]) -> list[JobResult]:
     Raises only when the transaction as a whole could not commit (disk full,
     map at its ceiling, I/O error); then nothing of it is on disk.
     """
+    if store.frozen is not None:
+        # Damage found at start (loop/integrity.py): every job is refused and
+        # nothing is appended, whichever path submitted it.
+        refused = ReadOnly(f"the store takes no writes: {store.frozen}")
+        return [(None, refused) for _ in jobs]
     try:
         return _run(store, jobs)
     except lmdb.Error as exc:
