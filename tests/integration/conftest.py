@@ -90,14 +90,19 @@ class RunningDaemon:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, *, reads_only: bool = False) -> None:
+        """Until ``/ready`` is 200; with ``reads_only``, also until it says the
+        daemon serves reads while it refuses writes (read-only, storage full)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.base + "/ready", timeout=1.0).status_code == 200:
+                r = httpx.get(self.base + "/ready", timeout=1.0)
+                if r.status_code == 200:
+                    return
+                if reads_only and r.status_code == 503 and r.json().get("reads") is True:
                     return
             except httpx.HTTPError:
                 pass

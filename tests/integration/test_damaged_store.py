@@ -95,6 +95,11 @@ def _assert_read_only(d: RunningDaemon, finding: str) -> None:
         health = c.get("/health")
         assert health.status_code == 503, health.text
         assert finding in health.json()["dependencies"]["writes"], health.text
+        ready = c.get("/ready")
+        assert ready.status_code == 503, ready.text
+        body = ready.json()
+        assert body["reads"] is True and body["writes"] is False
+        assert finding in body["refused"]["integrity"], ready.text
         post = c.post("/api/v1/observations", json=OBS)
         assert post.status_code == 503, post.text
         assert post.json()["type"] == "urn:knhkd:problem:read-only"
@@ -117,7 +122,8 @@ def test_a_rolled_back_store_starts_read_only_and_is_never_extended(make_daemon)
     shutil.copy(d.data_dir.parent / "older.mdb", lmdb_dir / "data.mdb")  # the disk "restored"
     before = (lmdb_dir / "data.mdb").read_bytes()
 
-    d.start()
+    d.start(wait=False)
+    d.wait_ready(reads_only=True)
     _assert_read_only(d, "the store is behind the anchor")
     with d.client() as c:
         assert c.get(f"/api/v1/observations/{early}").status_code == 200
@@ -128,7 +134,8 @@ def test_a_rolled_back_store_starts_read_only_and_is_never_extended(make_daemon)
     # Nothing was written: not the store, not the anchor.
     assert (lmdb_dir / "data.mdb").read_bytes() == before
     assert (d.data_dir / "checkpoint.anchor").read_text() == anchored
-    d.start()
+    d.start(wait=False)
+    d.wait_ready(reads_only=True)
     assert _receipt_count(d) == count
     d.stop()
 
@@ -140,7 +147,8 @@ def test_an_older_meta_page_made_live_is_found(make_daemon) -> None:  # type: ig
     path = d.data_dir / "lmdb" / "data.mdb"
     _, older = pages.metas(path)
     pages.flip_bit(path, older.txnid_offset + 7, 7)
-    d.start()
+    d.start(wait=False)
+    d.wait_ready(reads_only=True)
     _assert_read_only(d, "anchor")
     d.stop()
 
@@ -154,7 +162,8 @@ def test_an_emptied_store_is_never_given_a_new_genesis(make_daemon, tmp_path: Pa
     fresh = tmp_path / "fresh"
     open_store(fresh).close()
     shutil.copy(fresh / "lmdb" / "data.mdb", d.data_dir / "lmdb" / "data.mdb")
-    d.start()
+    d.start(wait=False)
+    d.wait_ready(reads_only=True)
     _assert_read_only(d, "the store is behind the anchor")
     with d.client() as c:
         assert _receipt_count(d) == 0  # no receipt 0 signed again
