@@ -158,6 +158,14 @@ class StorageFull(KnhkdError):
     title = "Insufficient storage"
 
 
+class ReadOnly(Unavailable):
+    """The store takes no writes until an operator acts (damage found at start,
+    see loop/write_gate.py): 503 naming the finding; reads keep working."""
+
+    problem = "read-only"
+    title = "Store is read-only"
+
+
 # The kinds, for the edges that map them and the tests that check the mapping.
 KINDS: tuple[type[KnhkdError], ...] = (
     KnhkdError,

@@ -13,7 +13,8 @@ Guarantees:
   status its problems (``application/problem+json``, the ``Problem`` schema)
   may have, with the problem types named (``x-problem-types``): the route's
   own, and those every route of its kind can give (the edge guard's 403s and
-  415, 413 for a body, storage and draining 503s and 507 for a write, 500).
+  415, 413 for a body, storage, read-only and draining 503s and 507 for a
+  write, 500).
 - ``GET /openapi.json`` serves the document of the running configuration;
   ``python -m knhkd.cli.openapi`` prints that of the defaults, committed as
   docs/openapi.json (tests hold the two equal).
@@ -72,7 +73,8 @@ def _problems_of(doc: RouteDoc, methods: set[str]) -> dict[int, set[str]]:
         common += [(400, "malformed-json"), (413, "payload-too-large"),
                    (415, "unsupported-media-type")]
     if doc.writes:
-        common += [(503, "storage-unavailable"), (503, "draining"), (507, "storage-full")]
+        common += [(503, "storage-unavailable"), (503, "draining"), (503, "read-only"),
+                   (507, "storage-full")]
     for status, slug in (*common, *doc.problems):
         found.setdefault(status, set()).add(slug)
     return found

@@ -360,6 +360,8 @@ def run(args: argparse.Namespace) -> int:
                 ring = msgspec.json.decode(path.read_bytes())
             except FileNotFoundError:
                 raise CtlError(f"no daemon answers and {path} does not exist") from None
+            except msgspec.DecodeError as exc:
+                raise CtlError(f"{path}: not a knhkd public keyring: {exc}") from None
         _print_json(ring)
     elif group == "proposals" and action in ("submit", "validate"):
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -446,18 +448,13 @@ def _verify_offline(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    from knhkd.datadir.fsck import fsck
-    from knhkd.store.env import StoreError, open_store
+    from knhkd.datadir.fsck import fsck_data_dir
+    from knhkd.store.env import StoreError
 
-    data_dir = Path(args.data_dir)
     try:
-        store = open_store(data_dir, readonly=True, exclusive=False)
+        report = fsck_data_dir(Path(args.data_dir))
     except StoreError as exc:
         raise CtlError(str(exc)) from None
-    try:
-        report = fsck(store)
-    finally:
-        store.close()
     if args.format == "json":
         _print_json(report)
     else:

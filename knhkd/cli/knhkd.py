@@ -79,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from knhkd.api.admin import serve_admin
     from knhkd.api.http import serve_http
-    from knhkd.loop.daemon import Daemon, StartupError
+    from knhkd.loop.startup import StartupError
+    from knhkd.loop.state import Settings
     from knhkd.loop.supervisor import ActorFailed
     from knhkd.loop.tree import run_daemon
 
-    daemon = Daemon(cfg, config_path=args.config, env=os.environ, overrides=overrides)
+    settings = Settings(cfg, path=args.config, env=os.environ, overrides=overrides)
     try:
-        return trio.run(run_daemon, daemon, [serve_admin, serve_http])
+        return trio.run(run_daemon, settings, [serve_admin, serve_http])
     except BaseException as exc:  # classify, then re-raise what we do not know
         leaves = _leaves(exc)
         for leaf in leaves:

@@ -94,10 +94,16 @@ def generate_file(path: Path, now_ns: int) -> Signer:
     )
     # O_EXCL: two starts racing on a fresh data dir never both write a key.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(body + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        # A full disk must not leave an empty key file that every later start
+        # refuses as damaged: the key was never used, remove it.
+        path.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

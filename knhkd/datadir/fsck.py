@@ -2,7 +2,12 @@
 the first inconsistency with its location.
 
 Checks, in order (``errors`` keeps that order, capped at ``MAX_ERRORS``):
+  0. structure — every one of the 13 databases of store/schema.py: each key
+     and record decodes as its type (and a record keyed by its own id sits
+     under that id); ``meta`` holds only the schema's keys, each decoding;
   1. keyring — every entry's id matches its key; the current key is in it;
+     with a data directory, ``keys/public.json`` lists no key the store
+     lacks;
   2. receipts — canonical form, seq = key, signature by a key valid at the
      receipt's time, ``prev_hash`` chain, time order, stored head;
   3. tree — size = receipts; every leaf = SHA-256(0x00 || record); every
@@ -12,15 +17,33 @@ Checks, in order (``errors`` keeps that order, capped at ``MAX_ERRORS``):
   5. observations — each batch receipt's count and SHA-256 over the stored
      records of its sector and range; the observation counter;
   6. snapshots — each id is the SHA-256 of its canonical N-Triples; the
-     current snapshot and every parent exist.
+     current snapshot and every parent exist;
+  7. references — a proposal's parent snapshot, a validation's proposal and
+     a ``proposal_deltas`` entry's proposal exist;
+  8. with a data directory, the store against its anchor (receipts/
+     integrity.py: the start-up check), by the keys of ``keys/public.json``
+     and of the store.
+
+Structural damage (``lmdb.CorruptedError``, ``lmdb.PageNotFoundError``, any
+``lmdb.Error``, a record that does not decode) is a finding naming the check
+and database it stopped: each check runs in its own read transaction (LMDB
+refuses further reads in one that met a damaged page), so the others still run.
 
 Works read-only on a live or a stopped daemon's store.
-Must never: write to the store, or trust a stored hash without recomputing it.
+Must never: write to the store, or trust a stored hash without recomputing it;
+raise on damage instead of reporting it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 import lmdb
 import msgspec
@@ -28,16 +51,19 @@ import msgspec
 from knhkd.crypto.keys import KeyFileError, Verifier
 from knhkd.knowledge.rdf import content_id
 from knhkd.model import FsckReport, Observation, SnapshotRecord
-from knhkd.receipts import canonical, merkle, tlog_checkpoint
+from knhkd.receipts import canonical, integrity, merkle, tlog_checkpoint
 from knhkd.receipts.checkpoints import origin_of
 from knhkd.receipts.keyring import current_key_id, read_keyring
 from knhkd.receipts.log import iter_raw, read_head
 from knhkd.receipts.tlog_checkpoint import CheckpointError
 from knhkd.receipts.tree import MerkleTree, TreeError
 from knhkd.receipts.verify import verify_chain
-from knhkd.store.env import Store
+from knhkd.store import anchor
+from knhkd.store.env import SchemaVersionError, Store, StoreDamaged, StoreError, open_store
+from knhkd.store.schema import TABLES
 
 MAX_ERRORS = 100
+DB_NAMES_IN_ORDER = tuple(t.name for t in TABLES)
 _obs_decoder = msgspec.msgpack.Decoder(Observation)
 _snap_decoder = msgspec.msgpack.Decoder(SnapshotRecord)
 
@@ -55,18 +81,158 @@ class _Findings:
         self.checked[name] = self.checked.get(name, 0) + n
 
 
-def fsck(store: Store) -> FsckReport:
+# What damaged pages and records raise while they are read.
+_DAMAGE = (lmdb.Error, msgspec.MsgspecError, ValueError, UnicodeDecodeError, IndexError)
+
+
+def fsck(store: Store, data_dir: Path | None = None) -> FsckReport:
+    """Check ``store``; with ``data_dir`` also its exported keyring and anchor."""
     found = _Findings()
-    with store.reader() as txn:
+
+    @contextmanager
+    def check(name: str) -> Iterator[lmdb.Transaction]:
+        # A fresh transaction per check: one that met a damaged page is dead.
+        try:
+            with store.reader() as txn:
+                yield txn
+        except _DAMAGE as exc:
+            found.add(name, f"structural damage: {type(exc).__name__}: {exc}")
+
+    _records(store, found, check)
+    verifier: Verifier | None = None
+    with check("keys") as txn:
         verifier = _keyring(store, txn, found)
-        if verifier is not None:
+    if verifier is not None:
+        with check("receipts") as txn:
             _receipts(store, txn, verifier, found)
+    leaves = 0
+    with check("merkle") as txn:
         leaves = _tree(store, txn, found)
-        if verifier is not None:
+    if verifier is not None:
+        with check("checkpoints") as txn:
             _checkpoints(store, txn, verifier, leaves, found)
+    with check("observations") as txn:
         _observations(store, txn, found)
+    with check("snapshots") as txn:
         _snapshots(store, txn, found)
+    with check("references") as txn:
+        _references(store, txn, found)
+    if data_dir is not None:
+        _data_dir(store, data_dir, verifier, found, check)
     return FsckReport(ok=not found.errors, checked=found.checked, errors=found.errors)
+
+
+Check = Callable[[str], Any]
+
+
+def _records(store: Store, found: _Findings, check: Check) -> None:
+    """Every record of every database decodes as its type, under its own key."""
+    t = store.tables
+    # The value's own id, where a database is keyed by it.
+    own_key: dict[str, Callable[[Any], Any]] = {
+        "observations": lambda o: o.seq,
+        "patterns": lambda p: (p.detected_at_ns, p.id),
+        "proposals": lambda p: p.id,
+        "snapshots": lambda r: r.meta.snapshot_id,
+        "keys": lambda e: e.key_id,
+        "relaxations": lambda r: r.id,
+        "cycles": lambda c: c.id,
+        "validations": lambda v: v.proposal_id,
+    }
+    slots = {slot.key: slot for slot in t.meta_slots}
+    for table in t.all:
+        n = 0
+        # Its own transaction: a damaged page ends this database's scan only.
+        with check(table.name) as tx:
+            for key, raw in table.items_raw(tx):
+                n += 1
+                where = f"{table.name}/{_show(key)}"
+                if table is t.meta:
+                    slot = slots.get(key)
+                    if slot is not None:
+                        _decoded(slot.decode, raw, where, found)
+                    elif key not in t.meta_keys:
+                        found.add(where, "not a meta key of the schema")
+                    continue
+                value = _decoded(table.decode, raw, where, found)
+                of = own_key.get(table.name)
+                if value is not None and of is not None and of(value) != key:
+                    found.add(where, f"holds the record of {_show(of(value))}")
+        found.count(f"{table.name} records", n)
+
+
+def _decoded(decode: Callable[[bytes], Any], raw: bytes, where: str, found: _Findings) -> Any:
+    try:
+        return decode(raw)
+    except (msgspec.MsgspecError, ValueError, UnicodeDecodeError) as exc:
+        found.add(where, f"does not decode: {exc}")
+        return None
+
+
+def _show(key: Any) -> str:
+    if isinstance(key, bytes):
+        return key.decode(errors="replace")
+    if isinstance(key, str):
+        return key[:16]
+    return str(key)
+
+
+def _references(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
+    """Cheap cross-references: what a record names is stored."""
+    t = store.tables
+
+    def has(table: Any, key: str) -> bool:
+        return table.get_raw(txn, key) is not None
+
+    for pid, raw in t.proposals.items_raw(txn):
+        try:
+            parent = t.proposals.decode(raw).parent_snapshot_id
+        except (msgspec.MsgspecError, ValueError):
+            continue  # reported with the records
+        if not has(t.snapshots, parent):
+            found.add(f"proposals/{pid[:16]}", f"parent snapshot {parent[:16]} is missing")
+    for pid, _ in t.validations.items_raw(txn):
+        if not has(t.proposals, pid):
+            found.add(f"validations/{pid[:16]}", "validates a proposal that is not stored")
+    for key, raw in t.proposal_deltas.items_raw(txn):
+        try:
+            pid = raw.decode()
+        except UnicodeDecodeError:
+            found.add(f"proposal_deltas/{key.hex()[:16]}", "not a proposal id")
+            continue
+        if not has(t.proposals, pid):
+            found.add(f"proposal_deltas/{key.hex()[:16]}", f"names missing proposal {pid[:16]}")
+
+
+def _data_dir(
+    store: Store, data_dir: Path, verifier: Verifier | None, found: _Findings, check: Check
+) -> None:
+    """``keys/public.json`` against the store's keyring; the store against its anchor."""
+    exported: dict[str, bytes] = {}
+    path = data_dir / "keys" / "public.json"
+    try:
+        exported = Verifier.from_json(path.read_bytes()).public_keys()
+    except FileNotFoundError:
+        pass
+    except (OSError, KeyFileError) as exc:
+        found.add("keys/public.json", str(exc))
+    stored = {} if verifier is None else verifier.public_keys()
+    for key_id in sorted(set(exported) - set(stored)):
+        found.add("keys/public.json", f"lists key {key_id}, which the store's keyring lacks")
+    for key_id in sorted(set(exported) & set(stored)):
+        if exported[key_id] != stored[key_id]:
+            found.add("keys/public.json", f"key {key_id} differs from the store's")
+    try:
+        note = anchor.read(anchor.path_in(data_dir))
+    except anchor.AnchorError as exc:
+        found.add("anchor", str(exc))
+        return
+    if note is None:
+        return
+    with check("anchor"):
+        for finding in integrity.against_anchor(store, note, {**stored, **exported}):
+            found.add("anchor", finding)
+    found.count("anchor", 1)
 
 
 def _keyring(store: Store, txn: lmdb.Transaction, found: _Findings) -> Verifier | None:
@@ -219,3 +385,102 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
     if current is not None and current not in ids:
         found.add("snapshots/current", "points at a missing snapshot")
     found.count("snapshots", len(ids))
+
+
+# --------------------------------------------------------------------------- #
+# In a child process: LMDB aborts on some damaged pages
+# --------------------------------------------------------------------------- #
+
+
+def fsck_data_dir(data_dir: Path) -> FsckReport:
+    """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
+    damage only with ``assert`` (a flipped page flag aborts the process), so
+    a child that dies by a signal is itself a finding, and each database is
+    then scanned in a child of its own to name the ones that abort.
+    Raises ``StoreError`` when there is no store to check."""
+    report = _in_child(lambda: _open_and_fsck(data_dir))
+    if isinstance(report, FsckReport):
+        return report
+    if isinstance(report, _NoStore):
+        raise StoreError(report.message)
+    errors = [f"lmdb: {report}: a page is damaged beyond what LMDB reports as an error"]
+    for name in DB_NAMES_IN_ORDER:
+        outcome = _in_child(lambda name=name: _scan_one(data_dir, name))  # type: ignore[misc]
+        if outcome is not None:
+            errors.append(f"{name}: {outcome}")
+    return FsckReport(ok=False, checked={}, errors=errors)
+
+
+class _NoStore(msgspec.Struct):
+    """No store to check (exit 2), as the child saw it."""
+
+    message: str
+
+
+def _open_and_fsck(data_dir: Path) -> FsckReport | _NoStore:
+    try:
+        store = open_store(data_dir, readonly=True, exclusive=False)
+    except SchemaVersionError as exc:
+        if exc.found is not None:
+            return _NoStore(str(exc))  # another schema: not ours to judge
+        return FsckReport(ok=False, checked={}, errors=[f"lmdb: {exc}"])
+    except StoreDamaged as exc:
+        return FsckReport(ok=False, checked={}, errors=[f"lmdb: {exc}"])
+    except StoreError as exc:
+        return _NoStore(str(exc))
+    try:
+        return fsck(store, data_dir)
+    except (lmdb.Error, RuntimeError) as exc:
+        # Each check reports its own damage; this is damage met outside them.
+        return FsckReport(ok=False, checked={}, errors=[f"lmdb: {type(exc).__name__}: {exc}"])
+    finally:
+        store.close()
+
+
+def _scan_one(data_dir: Path, name: str) -> str | None:
+    """What reading every record of database ``name`` meets, if anything."""
+    try:
+        store = open_store(data_dir, readonly=True, exclusive=False)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        table = next(t for t in store.tables.all if t.name == name)
+        with store.reader() as txn:
+            for _ in table.items_raw(txn):
+                pass
+    except lmdb.Error as exc:
+        return f"structural damage: {type(exc).__name__}: {exc}"
+    finally:
+        store.close()
+    return None
+
+
+_T = TypeVar("_T")
+
+
+def _in_child(body: Callable[[], _T]) -> _T | str:
+    """``body()`` in a forked child, its result pickled back; a string naming
+    the signal or status when the child died without answering."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(read_fd)
+            # LMDB's assertion message is not ours to print: the parent names it.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            with os.fdopen(write_fd, "wb") as out:
+                pickle.dump(body(), out)
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as inp:
+        data = inp.read()
+    _, status = os.waitpid(pid, 0)
+    if data and os.waitstatus_to_exitcode(status) == 0:
+        return pickle.loads(data)  # type: ignore[no-any-return]
+    if os.WIFSIGNALED(status):
+        return f"reading it killed the reader (signal {signal.Signals(os.WTERMSIG(status)).name})"
+    return f"the reader failed (exit status {os.waitstatus_to_exitcode(status)})"

@@ -5,15 +5,21 @@ Guarantees:
   observations already counted are never counted twice (sequence floor).
 - On a cycle, the detectors are evaluated once; every pattern is stored with a
   ``pattern_detected`` receipt in one transaction before the cycle moves on.
+- A stored observation that cannot be decoded (damaged on disk) is skipped
+  when windows are rebuilt: counted in
+  ``knhk_store_records_unreadable{table="observations"}`` and logged once per
+  rebuild with its sequence number, never a crash loop of the actor.
 
 Must never: block the event loop on storage beyond a short read transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lmdb
+import msgspec
 import trio
 
 from knhkd.analyze.detectors import Detectors
@@ -34,6 +40,8 @@ from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
+
+log = logging.getLogger(__name__)
 
 
 def _outcome(pattern: DetectedPattern) -> Outcome:
@@ -96,13 +104,28 @@ class Analyzer:
         )
         recent: list[Observation] = []
         floor = -1
+        unreadable: list[int] = []
+        table = self._ctx.store.tables.observations
         with self._ctx.store.reader() as txn:
-            for seq, obs in self._ctx.store.tables.observations.items_reversed(txn):
+            for seq, raw in table.items_reversed_raw(txn):
                 if floor < 0:
                     floor = seq  # the newest stored: counted here, never again
+                try:
+                    obs = table.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    unreadable.append(seq)
+                    continue
                 if obs.ingested_at_ns < horizon:
                     break
                 recent.append(obs)
+        if unreadable:
+            self._ctx.metrics.records_unreadable.labels("observations").inc(len(unreadable))
+            log.error(
+                "analyzer: %d stored observation(s) cannot be decoded and are skipped "
+                "(seq %s); run knhkctl fsck",
+                len(unreadable),
+                ", ".join(map(str, unreadable[:10])) + (" ..." if len(unreadable) > 10 else ""),
+            )
         recent.reverse()
         last_seen = recent[-1].ingested_at_ns if recent else now
         detectors = Detectors(cfg, self._ctx.knowledge().schema, start_ns=last_seen)

@@ -4,7 +4,17 @@ seconds, whichever comes first, and once more at shutdown.
 
 Guarantees: checkpoints are issued through the receipt writer, so each signs
 a committed tree (receipts/checkpointing.py refuses an inconsistent one).
-Must never: sign on its own transaction outside the writer.
+While the store refuses writes (storage full, loop/write_gate.py) a due
+checkpoint waits, and the one at shutdown is skipped with a warning: what is
+committed stays committed and the last signed checkpoint stays served.
+After each one is durably committed, and once when the actor starts, the
+latest is written to the anchor ``DATA_DIR/checkpoint.anchor``
+(store/anchor.py), which the start-up check compares the store with; the
+anchor only moves forward within a process. A failure to write the anchor
+is logged and leaves the older one in place (a lagging anchor is safe: the
+store is ahead of it, never behind).
+Must never: sign on its own transaction outside the writer; write the anchor
+before the checkpoint it holds is committed.
 """
 
 from __future__ import annotations
@@ -13,9 +23,11 @@ import logging
 
 import trio
 
+from knhkd.errors import ReadOnly, StorageFull
 from knhkd.loop.context import LoopContext
 from knhkd.receipts.checkpoints import issue_job, latest
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import anchor
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,8 @@ class Checkpointer:
         self._ctx = ctx
         self.signed_size = 0
         self._uncovered_since: float | None = None
+        self._anchored_size = -1
+        self._anchor_lock = trio.Lock()
 
     def _tree_size(self) -> int:
         with self._ctx.store.reader() as txn:
@@ -39,13 +53,39 @@ class Checkpointer:
         cp = await self._ctx.writer.submit(issue_job(self._ctx.store, self._ctx.receipts))
         if cp is not None:
             self.signed_size = cp.size
+            await self.write_anchor(cp)
         self._uncovered_since = None
         return cp
+
+    async def issue_at_stop(self) -> Checkpoint | None:
+        """The last checkpoint of a clean stop; None when the store refuses it."""
+        try:
+            return await self.issue()
+        except (StorageFull, ReadOnly) as exc:
+            log.warning("no checkpoint at shutdown: %s", exc.detail)
+            return None
+
+    async def write_anchor(self, cp: Checkpoint) -> None:
+        """Write ``cp`` (committed) to the anchor unless a larger one is there."""
+        path = anchor.path_in(self._ctx.config().data_dir)
+        async with self._anchor_lock:
+            if cp.size <= self._anchored_size:
+                return
+            try:
+                await trio.to_thread.run_sync(anchor.write, path, cp.text)
+            except OSError as exc:
+                log.error("cannot write the anchor %s (the older one stays): %s", path, exc)
+                return
+            self._anchored_size = cp.size
 
     async def run(self) -> None:
         with self._ctx.store.reader() as txn:
             last = latest(self._ctx.store, txn)
         self.signed_size = last.size if last else 0
+        if last is not None:
+            # The start-up check found the store at or ahead of the anchor; a
+            # checkpoint committed just before a crash may not have reached it.
+            await self.write_anchor(last)
         while True:
             await trio.sleep(POLL_S)
             cfg = self._ctx.config().receipts
@@ -60,4 +100,7 @@ class Checkpointer:
                 or now - self._uncovered_since >= cfg.checkpoint_interval_s
             )
             if due:
-                await self.issue()
+                try:
+                    await self.issue()
+                except (StorageFull, ReadOnly):
+                    continue  # the writer reports it; due again once writes resume

@@ -4,7 +4,7 @@ scheduler that starts cycles on an interval and on demand.
 Guarantees:
 - A ``Cycle`` is created by the scheduler, enriched by each phase actor, and
   finished exactly once (``finish`` or ``fail``); whoever waits on it is woken
-  either way, also when an actor crashes mid-cycle.
+  either way. An error in a phase fails its cycle, never its actor.
 - Interval cycles never overlap: the next interval starts when the previous
   cycle has finished. On-demand cycles queue behind it.
 
@@ -91,18 +91,22 @@ class Cycle:
             self.done.set()
 
     async def run_phase(self, step: Awaitable[None]) -> None:
-        """Run one phase of this cycle; any failure fails the cycle.
+        """Run one phase of this cycle; any failure fails the cycle, and only
+        the cycle.
 
-        A writer failure is supervised at the writer, so it ends only the
-        cycle; any other error also propagates, to restart the phase's actor.
+        A phase works on this cycle's inputs (its observations, patterns,
+        proposals): an error in it is explained by them, so it ends the cycle
+        (its waiter gets ``CycleFailed`` naming it) and the actor goes on with
+        the next; a restart would meet the same inputs again. Store failures
+        are supervised where they happen, at the writer.
         """
         try:
             await step
         except (CommitFailed, WriterClosed) as exc:
             self.fail(exc)
         except Exception as exc:
+            log.exception("cycle %s failed: %s: %s", self.id, type(exc).__name__, exc)
             self.fail(exc)
-            raise
 
     async def wait(self) -> CycleReport:
         await self.done.wait()

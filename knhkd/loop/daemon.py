@@ -1,25 +1,12 @@
 """The daemon facade: the one object the API and the admin socket call, one
 method per use case (``ingest``, ``submit_proposal``, ``promote_proposal``,
-``rollback``, the relaxation steps, ``run_cycle``, proofs, reads …), and the
-start-up steps the nursery tree (loop/tree.py) runs in order.
+``rollback``, the relaxation steps, ``run_cycle``, proofs, reads …).
 
-Start-up, in order; a failed step raises ``StartupError`` naming the step:
-  1. data directory (0700) and the LMDB store (exclusive lock, reader_check,
-     schema version);
-  2. the signing key (generated 0600 on first start) and the public keyring
-     file ``keys/public.json``; the shared-memory ring when ``[ring] enabled``
-     (created when absent; a header or layout mismatch is refused);
-  3. the receipt writer, then knowledge: the current snapshot, or genesis from
-     ``knowledge.ontology_dir`` with its receipt, published to the ring's
-     snapshot descriptor (as is every later promotion and rollback); before
-     it, the sectors' observation shapes when ``[ingest] shacl`` is on (a
-     missing or broken file fails the step ``observation_shapes``);
-  4. the actors under the supervisor, the admin socket, the HTTP server, the
-     ring drain (loop/tree.py); then ready.
-
-Reads are answered by loop/queries.py (short read transactions); every write
-goes through the writer actor. SIGHUP (``reload``) takes a new configuration,
-doctrine and guard set, or keeps the old ones and logs why.
+It is built whole, after start-up (loop/startup.py) and with the actors
+(loop/actors.py), by the nursery tree (loop/tree.py), before any server
+starts. Reads are answered by loop/queries.py (short read transactions);
+every write goes through the store writer. SIGHUP (``reload``) takes a new
+configuration, doctrine and guard set, or keeps the old ones and logs why.
 
 Must never: acknowledge before commit; hand the API an actor, the writer or
 the store (the API calls these methods only).
@@ -29,41 +16,29 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
-from knhkd.config import Config, ConfigError, load
-from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
+from knhkd.config import Config, ConfigError
 from knhkd.errors import KnhkdError
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
-from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.loop import knowledge_state as kn
-from knhkd.loop.checkpointer import Checkpointer
-from knhkd.loop.context import LoopContext
-from knhkd.loop.cycle import Cycle, CycleScheduler
-from knhkd.loop.executor import Executor
-from knhkd.loop.figures import Figures
-from knhkd.loop.governance_state import Governance
-from knhkd.loop.ingest import Closed, Ingest
+from knhkd.loop.actors import Actors
+from knhkd.loop.cycle import Cycle
+from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
-from knhkd.loop.queries import Queries
-from knhkd.loop.ring_drain import RingDrain
-from knhkd.loop.shapes_gate import ShapesGate
+from knhkd.loop.startup import MB, Opened, Prepared, publish_keyring
+from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
-from knhkd.loop.writer import StoreWriter
 from knhkd.model import (
     ChainVerification,
     ConsistencyFile,
@@ -85,19 +60,13 @@ from knhkd.model import (
     ValidationReport,
 )
 from knhkd.monitor.decode import Decoded
-from knhkd.monitor.shapes import ObservationGate, load_observation_shapes
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical, keyring, offline
-from knhkd.receipts.checkpoints import set_origin_job
-from knhkd.receipts.log import ReceiptLog, verify_store
+from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
-from knhkd.store.env import Store, StoreError, open_store
 from knhkd.telemetry.metrics import Metrics
-from knhkd.validate.types import ValidationInputs
 
 log = logging.getLogger("knhkd")
-
-MB = 1024 * 1024
 
 # Settings a running daemon cannot take over on SIGHUP.
 RESTART_ONLY = (
@@ -118,158 +87,51 @@ RESTART_ONLY = (
 )
 
 
-class StartupError(KnhkdError):
-    """A start-up step failed; the daemon exits non-zero with this one line."""
-
-    problem = "startup-failed"
-    title = "Start-up failed"
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"{step}: {message}")
-        self.step = step
-
-
-def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
-
-
 class Daemon:
-    """Owns the running daemon's parts; the API and admin layers call it."""
+    """The facade the API and admin layers call; built whole by loop/tree.py
+    from start-up's results and the actors, before any server starts."""
 
     def __init__(
         self,
-        cfg: Config,
+        state: LoopState,
+        opened: Opened,
+        prepared: Prepared,
+        actors: Actors,
         *,
-        config_path: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        overrides: Mapping[tuple[str, str], Any] | None = None,
+        supervisor: Supervisor,
+        metrics: Metrics,
     ) -> None:
-        self.cfg = cfg
-        self.config_path = config_path
-        self._env = env
-        self._overrides = dict(overrides or {})
-        self.metrics = Metrics()
-        self.started_ns = time.time_ns()
+        self._state = state
+        self.store = opened.store
+        self.writer = opened.writer
+        self.receipts = opened.receipts
+        self.write_gate = opened.write_gate
+        self.ring = opened.ring
+        self.signer = opened.signer
+        self.verifier = prepared.verifier
+        self.governance = prepared.governance
+        self.queries = state.queries
+        self.actors = actors
+        self.supervisor = supervisor
+        self.metrics = metrics
         self.started_monotonic = time.monotonic()
         self.ready = False
         self.draining = False
         self.shutdown_requested = trio.Event()
-        self.figures = Figures()
         self.http_done = trio.Event()
-        self.supervisor = Supervisor(cfg.supervisor, self.metrics, random.Random())
-        self.store: Store
-        self.signer: Signer
-        self.verifier: Verifier
-        self.receipts: ReceiptLog
-        self.writer: StoreWriter
-        self.ingest_actor: Ingest
-        self.scheduler: CycleScheduler
-        self.executor: Executor
-        self.checkpointer: Checkpointer
-        self.ctx: LoopContext
-        self.queries: Queries
-        self._knowledge: kn.KnowledgeState
-        # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
-        self.shacl_gate: ShapesGate | None = None
         self.http_bound: list[str] = []
-        # The shared-memory ring's consumer handle ([ring] enabled), and its drain.
-        self.ring: Consumer | None = None
-        self.ring_drain: RingDrain | None = None
 
-    # ------------------------------------------------------------------ #
-    # Start-up steps
-    # ------------------------------------------------------------------ #
+    @property
+    def cfg(self) -> Config:
+        """The configuration in force (a SIGHUP reload replaces it)."""
+        return self._state.settings()
 
-    def open(self) -> None:
-        """Steps 1–2: store and keys (synchronous, before any actor runs)."""
-        cfg = self.cfg
-        try:
-            cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.store = open_store(
-                cfg.data_dir,
-                map_size=cfg.storage.map_size_mb * MB,
-                max_map_size=cfg.storage.max_map_size_mb * MB,
-            )
-        except (StoreError, OSError) as exc:
-            raise StartupError("storage", str(exc)) from None
-        try:
-            load_or_create(cfg.signing_key_path, time.time_ns())
-            # Finish or discard a rotation a crash interrupted (receipts/keyring.py).
-            self.signer = keyring.reconcile(self.store, cfg.signing_key_path)
-        except (KeyFileError, OSError) as exc:
-            self.store.close()
-            raise StartupError("keys", str(exc)) from None
-        if cfg.ring.enabled:
-            try:
-                self.ring = Consumer.create_or_open(
-                    cfg.ring_path,
-                    lanes=cfg.ring.lanes,
-                    capacity=cfg.ring.capacity,
-                    mode=cfg.ring.mode,
-                )
-            except (RingError, OSError) as exc:
-                self.store.close()
-                raise StartupError("ring", str(exc)) from None
-        self.receipts = ReceiptLog(self.store, self.signer, time.time_ns)
-        self.writer = StoreWriter(
-            self.store,
-            self.metrics,
-            inline_max_s=lambda: self.cfg.storage.inline_commit_max_ms / 1000.0,
-        )
-        self.ctx = LoopContext(
-            config=lambda: self.cfg,
-            store=self.store,
-            writer=self.writer,
-            receipts=self.receipts,
-            knowledge=lambda: self.knowledge,
-            metrics=self.metrics,
-        )
-        self.checkpointer = Checkpointer(self.ctx)
-        self.queries = Queries(self.store, self.receipts)
-        self.governance = Governance(self.store, self.writer, self.receipts)
-
-    async def register_keys(self) -> None:
-        """Step 3a (needs the writer): the keyring, the log's origin, the tree."""
-        await self.writer.submit(keyring.register_job(self.store, self.signer))
-        origin = self.cfg.receipts.origin or f"knhkd.local/{self.signer.key_id}"
-        fixed = await self.writer.submit(set_origin_job(self.store, origin))
-        if self.cfg.receipts.origin and fixed != self.cfg.receipts.origin:
-            raise StartupError(
-                "receipts", f"the log's origin is {fixed!r}; receipts.origin may not rename it"
-            )
-        added = await self.writer.submit(self.receipts.backfill_tree)
-        if added:
-            log.info("Merkle tree backfilled with %d receipts", added)
-        self.refresh_keyring()
+    @property
+    def knowledge(self) -> kn.KnowledgeState:
+        return self._state.knowledge
 
     def refresh_keyring(self) -> None:
-        ring = self.public_keyring()
-        self.verifier = Verifier(ring)
-        write_public_keyring(self.cfg.signing_key_path.parent / "public.json", ring)
-
-    async def load_governance(self) -> None:
-        """Step 3b: doctrines, guards and relaxations; receipt changed digests."""
-        try:
-            self.governance.load(self.cfg)
-        except (KnowledgeError, RelaxationError) as exc:
-            raise StartupError("governance", str(exc)) from None
-        await self.governance.record_digests()
-
-    def ancestry(self, limit: int = 64) -> tuple[Snapshot, ...]:
-        """The current snapshot, then its parent, ... (at most ``limit``)."""
-        return self.queries.ancestry(self.knowledge.current.snapshot_id, limit)
-
-    def observation_shapes_digest(self, sector: str) -> str | None:
-        """The digest of the shapes a sector's observations were checked
-        against (None when SHACL at ingest is off)."""
-        shapes = None if self.shacl_gate is None else self.shacl_gate.gate.shapes
-        return None if shapes is None or sector not in shapes else shapes[sector].digest
-
-    def validation_inputs(self) -> ValidationInputs:
-        return self.governance.inputs(self.cfg, self.figures.snapshot(), self.ancestry())
+        self.verifier = publish_keyring(self.cfg, self.store)
 
     # Guards, relaxations, doctrines, diffs -------------------------------- #
 
@@ -319,55 +181,6 @@ class Daemon:
         removed, added = diff_ntriples(rec_a.ntriples, rec_b.ntriples)
         return {"from": rec_a.meta, "to": rec_b.meta, "removed": removed, "added": added}
 
-    async def advance_relaxations(self) -> None:
-        """Expiries and closed windows become receipted steps (each cycle)."""
-        now = time.time_ns()
-        await self.governance.step(lambda book: book.advance(now))
-
-    async def load_knowledge(self) -> None:
-        """Step 3 (needs the writer running): current snapshot or genesis."""
-        cfg = self.cfg
-        if cfg.ingest.shacl:
-            try:
-                sector_shapes = load_observation_shapes(cfg.observation_shapes_dir)
-            except ShapesError as exc:
-                raise StartupError("observation_shapes", str(exc)) from None
-            self.shacl_gate = ShapesGate(
-                ObservationGate(sector_shapes),
-                self.metrics.shacl_failures_by_sector,
-                inline_max_items=lambda: self.cfg.ingest.shacl_inline_max_items,
-            )
-        try:
-            shapes = Shapes.load(Path(cfg.knowledge.shapes_dir))
-            record = kn.load_current(self.store)
-            if record is None:
-                record = kn.build_genesis(Path(cfg.knowledge.ontology_dir), time.time_ns())
-                await self.writer.submit(
-                    kn.install_job(self.store, self.receipts, record, expect_current=None)
-                )
-                log.info(
-                    "genesis snapshot %s (%d triples) promoted",
-                    record.meta.snapshot_id[:16],
-                    record.meta.triple_count,
-                )
-            self.set_knowledge(kn.state_of(record, shapes))
-        except (KnowledgeError, OSError) as exc:
-            raise StartupError("knowledge", str(exc)) from None
-        self.metrics.snapshot_version.set(record.meta.version)
-
-    @property
-    def knowledge(self) -> kn.KnowledgeState:
-        return self._knowledge
-
-    def set_knowledge(self, state: kn.KnowledgeState) -> None:
-        """Every change of the current snapshot (start, promotion, rollback) comes
-        here, on the trio thread, so the ring's descriptor follows it and has
-        one writer."""
-        self._knowledge = state
-        if self.ring is not None:
-            meta = state.current
-            self.ring.publish_snapshot(meta.snapshot_id, meta.version, meta.promoted_at_ns)
-
     # ------------------------------------------------------------------ #
     # Reads for the API and admin layers (short read transactions)
     # ------------------------------------------------------------------ #
@@ -407,6 +220,7 @@ class Daemon:
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
         ``key_rotated`` receipt's id and the new key id."""
+        self.write_gate.check()  # before the new key file is written
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -436,7 +250,7 @@ class Daemon:
         """A signed checkpoint of at least ``size`` leaves, issuing one if needed."""
         cp = self.queries.covering_checkpoint(size)
         if cp is None:
-            cp = await self.checkpointer.issue()
+            cp = await self.actors.checkpointer.issue()
         if cp is None or cp.size < size:
             raise NotFound(f"the log has fewer than {size} receipts")
         return cp
@@ -449,7 +263,7 @@ class Daemon:
     async def export(self, start: int, end: int | None) -> ExportFile:
         if end is None:
             # Everything committed so far, under a checkpoint that covers it.
-            fresh = await self.checkpointer.issue() or self.latest_checkpoint()
+            fresh = await self.actors.checkpointer.issue() or self.latest_checkpoint()
             if fresh is None:
                 raise NotFound("the log is empty")
             cp, end = fresh, fresh.size
@@ -505,17 +319,19 @@ class Daemon:
         Raises ``Overloaded`` when the queue stays full, ``Closed`` or
         ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
         nothing of a refused request is stored."""
-        if self.shacl_gate is not None:
-            await self.shacl_gate.check(decoded.items, single=decoded.single)
+        self.write_gate.check()
+        if self._state.shapes_gate is not None:
+            await self._state.shapes_gate.check(decoded.items, single=decoded.single)
         cfg = self.cfg.http
-        return await self.ingest_actor.submit(
+        return await self.actors.ingest.submit(
             decoded.items,
             enqueue_timeout=cfg.enqueue_timeout_s,
             commit_timeout=cfg.commit_timeout_s,
         )
 
     async def run_cycle(self) -> CycleReport:
-        cycle: Cycle = await self.scheduler.request("on_demand")
+        self.write_gate.check()  # a cycle stores its report
+        cycle: Cycle = await self.actors.scheduler.request("on_demand")
         return await cycle.wait()
 
     # Proposals submitted by operators (the planner's take the same path) --- #
@@ -550,7 +366,7 @@ class Daemon:
     async def validate_dry(self, p: ProposalIn) -> ValidationReport:
         """The full report for ``p`` against the current snapshot; nothing is
         stored, receipted or promoted."""
-        return await self.executor.validate(self._as_proposal(p))
+        return await self.actors.executor.validate(self._as_proposal(p))
 
     async def promote_proposal(self, proposal_id: str) -> tuple[ValidationReport, bool]:
         proposal, _ = self.get_proposal(proposal_id)
@@ -559,14 +375,14 @@ class Daemon:
                 f"proposal {proposal_id[:16]} is against {proposal.parent_snapshot_id[:16]}, "
                 f"not the current snapshot; submit it again"
             )
-        return await self.executor.judge(proposal)
+        return await self.actors.executor.judge(proposal)
 
     async def rollback(self) -> Snapshot:
         state = self.knowledge
         parent, _ = await self.writer.submit(
             kn.rollback_job(self.store, self.receipts, expect_current=state.current.snapshot_id)
         )
-        self.set_knowledge(kn.state_of(parent, state.shapes))
+        self._state.set_knowledge(kn.state_of(parent, state.shapes))
         self.metrics.snapshots_rolled_back.inc()
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta
@@ -574,7 +390,7 @@ class Daemon:
     async def issue_checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of everything committed now (None when the log is
         empty or nothing was added since the last one)."""
-        return await self.checkpointer.issue()
+        return await self.actors.checkpointer.issue()
 
     def count_response(self, status: int) -> None:
         """Count an HTTP answer by class (success, client error, error)."""
@@ -593,10 +409,17 @@ class Daemon:
     def uptime_s(self) -> int:
         return int(time.monotonic() - self.started_monotonic)
 
+    def writes_refused(self) -> dict[str, str]:
+        """Why the store takes no writes now, by cause (empty: it does)."""
+        return self.write_gate.closed_causes()
+
     def health(self) -> Health:
         writer_ok = self.supervisor.status.get("receipt_writer")
         storage = "healthy" if writer_ok and writer_ok.state == "running" else "unhealthy"
-        degraded = storage != "healthy" or self.supervisor.degraded()
+        refused = self.writes_refused()
+        # "healthy", or each cause that refuses writes with its detail.
+        writes = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "healthy"
+        degraded = storage != "healthy" or bool(refused) or self.supervisor.degraded()
         self.metrics.health_status.set(0 if degraded else 1)
         return Health(
             status="degraded" if degraded else "healthy",
@@ -604,6 +427,7 @@ class Daemon:
             uptime_seconds=self.uptime_s(),
             dependencies={
                 "storage": storage,
+                "writes": writes,
                 "signing_key": "healthy",
                 "knowledge": "healthy",
             },
@@ -652,7 +476,7 @@ class Daemon:
         """SIGHUP: a new configuration, doctrine and guard sets; keep the old
         ones if anything is invalid."""
         try:
-            new = load(self.config_path, env=self._env, overrides=self._overrides)
+            new = self._state.settings.read()
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
@@ -674,9 +498,27 @@ class Daemon:
         except (KnowledgeError, RelaxationError) as exc:
             log.error("reload refused, keeping the running configuration: governance: %s", exc)
             return
-        self.cfg = new
-        await self.governance.record_digests()
+        except Exception as exc:
+            # Anything else (a stored relaxation that no longer decodes ...):
+            # still the new input's fault, never the daemon's end.
+            log.error(
+                "reload refused, keeping the running configuration: governance: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._state.settings.current = new
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        # The map's ceiling is the running configuration's: a raised ceiling
+        # lets a map-full store take writes again at once.
+        self.store.max_map_size = new.storage.max_map_size_mb * MB
+        self.writer.storage_changed()
+        try:
+            if self.store.frozen is None:
+                await self.governance.record_digests()
+        except KnhkdError as exc:
+            # In force already; the receipt of the change waits for the next reload.
+            log.error("governance digests not receipted: %s", exc.detail or exc)
 
 
 def _utcnow() -> datetime:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lmdb
 
-from knhkd.config import Config
+from knhkd.config import Config, GovernanceConfig
 from knhkd.governance.doctrines import DoctrineSet, load_doctrines
 from knhkd.governance.guards import GuardSet, load_guards
 from knhkd.governance.relaxation import GuardRelaxations
@@ -102,26 +102,34 @@ def digests_job(
 
 
 class Governance:
-    def __init__(self, store: Store, writer: StoreWriter, receipts: ReceiptLog) -> None:
+    """The doctrine and guard sets and the relaxation book in force.
+
+    Built loaded (``KnowledgeError`` or ``RelaxationError`` when a file is
+    invalid); ``load`` replaces all of it, or none."""
+
+    def __init__(
+        self, store: Store, writer: StoreWriter, receipts: ReceiptLog, cfg: Config
+    ) -> None:
         self._store = store
         self._writer = writer
         self._receipts = receipts
-        self.doctrines = DoctrineSet()
-        self.guards = GuardSet()
-        self.book: GuardRelaxations
+        self.doctrines, self.guards, self._rules, self.book = self._read(cfg)
 
-    def load(self, cfg: Config) -> None:
-        """Read the doctrine and guard files and the stored relaxations; all
-        or nothing."""
+    def _read(
+        self, cfg: Config
+    ) -> tuple[DoctrineSet, GuardSet, GovernanceConfig, GuardRelaxations]:
         gov = cfg.governance
         doctrines = load_doctrines(Path(gov.doctrines_dir), gov.custom_checks)
         guards = load_guards(Path(gov.guards_dir))
         with self._store.reader() as txn:
             records = list(self._store.tables.relaxations.values(txn))
-        book = GuardRelaxations(guards, gov, records)
-        # All loaded: only now replace what is in force (a reload that fails
-        # half-way keeps the old sets whole).
-        self.doctrines, self.guards, self._rules, self.book = doctrines, guards, gov, book
+        return doctrines, guards, gov, GuardRelaxations(guards, gov, records)
+
+    def load(self, cfg: Config) -> None:
+        """Read the doctrine and guard files and the stored relaxations; all
+        or nothing."""
+        # All read first: a reload that fails half-way keeps the old sets whole.
+        self.doctrines, self.guards, self._rules, self.book = self._read(cfg)
 
     async def record_digests(self) -> list[SignedReceipt]:
         return await self._writer.submit(

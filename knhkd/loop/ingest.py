@@ -13,6 +13,15 @@ Guarantees:
   woken, so a cycle requested after an acknowledgement sees them.
 - A full intake is explicit back-pressure: ``Overloaded`` after
   ``enqueue_timeout``; the daemon stopping: ``Closed``.
+- Fault isolation: when storing a group of requests fails for a reason of the
+  items themselves (the job raised, not the store), the group is split in
+  halves and each half committed again, down to the single request at fault:
+  that request alone fails, with ``Unstorable`` (422, naming the error,
+  counted as ``knhk_ingest_rejected{reason="unstorable"}``), the others are
+  committed without it, and the actor does not crash (the supervisor's
+  restart budget is for faults no single input explains). A failure of the
+  transaction as a whole (``CommitFailed``: the store, not the input) fails
+  the group and is left to the supervisor.
 - ``extra_meta`` a request carries (the ring drain's resume cursor) is written
   to the ``meta`` database in the transaction that commits its observations.
 - A request is HTTP's ``list[ObservationIn]`` or the ring drain's ``RingBatch``;
@@ -28,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +47,7 @@ import lmdb
 import msgspec
 import trio
 
-from knhkd.errors import Unavailable
+from knhkd.errors import Invalid, KnhkdError, Unavailable
 from knhkd.hotpath.codec import RingBatch
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
@@ -47,6 +57,8 @@ from knhkd.store.env import Store
 from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
 
+log = logging.getLogger(__name__)
+
 
 class Overloaded(Unavailable):
     """The ingest queue stayed full; retry later."""
@@ -54,6 +66,15 @@ class Overloaded(Unavailable):
     problem = "overloaded"
     title = "Overloaded"
     retry_after = 1
+
+
+class Unstorable(Invalid):
+    """This request's items passed decoding but could not be stored (the
+    encoder or the job refused them); nothing of the request was stored and
+    the requests committed with it are unaffected."""
+
+    problem = "unstorable"
+    title = "Cannot be stored"
 
 
 class Closed(Unavailable):
@@ -299,6 +320,45 @@ class Ingest:
 
     async def _commit(self, batch: list[_Request], count: int) -> None:
         started = time.perf_counter()
+        committed = await self._commit_isolating(batch)
+        if committed:
+            self._metrics.store_commit_batch_size.observe(committed)
+            self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
+
+    async def _commit_isolating(self, batch: list[_Request]) -> int:
+        """Commit ``batch``; if a job error (one of its items') fails it, commit
+        each half again, so that only the request at fault fails. Returns how
+        many items were committed."""
+        try:
+            return await self._commit_group(batch)
+        except _ItemFault as fault:
+            if len(batch) == 1:
+                self._refuse(batch[0], fault.error)
+                return 0
+        # Halves keep queue order, so a later ring cursor still commits last.
+        half = len(batch) // 2
+        return await self._commit_isolating(batch[:half]) + await self._commit_isolating(
+            batch[half:]
+        )
+
+    def _refuse(self, req: _Request, exc: Exception) -> None:
+        self._metrics.ingest_rejected.labels("unstorable").inc()
+        what = "ring batch" if isinstance(req.items, RingBatch) else "request"
+        log.warning(
+            "ingest: a %s of %d item(s) could not be stored and is refused alone: %s: %s",
+            what,
+            len(req.items),
+            type(exc).__name__,
+            exc,
+        )
+        unstorable = Unstorable(
+            f"the observations could not be stored ({type(exc).__name__}: {exc}); "
+            "nothing of this request was stored"
+        )
+        unstorable.__cause__ = exc
+        self._fail([req], unstorable)
+
+    async def _commit_group(self, batch: list[_Request]) -> int:
         # Requests are queued in order, so a later cursor supersedes an earlier one.
         extra_meta: dict[bytes, bytes] = {}
         for req in batch:
@@ -319,17 +379,20 @@ class Ingest:
             )
         except WriterClosed as exc:
             self._fail(batch, exc)
-            return
-        except CommitFailed as exc:
-            # Storage that cannot commit: answer these requests, then let the
+            return 0
+        except (CommitFailed, lmdb.Error) as exc:
+            # The store, not an item: answer these requests, then let the
             # supervisor restart us (and stop the daemon past its budget).
             self._fail(batch, exc)
             raise
-        except Exception as exc:
+        except KnhkdError as exc:
+            # Refused as a whole for a reason that names itself (storage full).
             self._fail(batch, exc)
-            raise
-        self._metrics.store_commit_batch_size.observe(count)
-        self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
+            return 0
+        except Exception as exc:
+            # The job raised: something of these items; its transaction
+            # committed nothing of them.
+            raise _ItemFault(exc) from exc
         # One inc per sector, not per observation (~0.3 µs each; ring batches are 4,096).
         for sector, n in counts.items():
             self._metrics.ingested_by_sector[sector].inc(n)
@@ -351,3 +414,12 @@ class Ingest:
             if isinstance(part, list):
                 req.ids = [o.id for o in part]
             req.done.set()
+        return sum(len(req.items) for req in batch)
+
+
+class _ItemFault(Exception):
+    """A group's job raised: the fault is in (some of) its items."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -122,6 +122,12 @@ def install_job(
                 f"current snapshot is {current}, not {expect_current}: the proposal is stale"
             )
         new_id = record.meta.snapshot_id
+        if record.meta.parent_id is None and receipts.head(txn).next_seq > 0:
+            # A genesis is the first receipt of its log: never a second history
+            # begun in a store that has lost its current snapshot.
+            raise SnapshotConflict(
+                f"refusing a genesis in a log of {receipts.head(txn).next_seq} receipts"
+            )
         if new_id in set(_ancestry(store, txn, current)):
             raise SnapshotConflict(
                 f"snapshot {new_id[:16]} is already current or an ancestor of it "

@@ -21,12 +21,23 @@ Guarantees:
   so it is not read again. A record has no request to fail with it: each is
   accepted or refused alone. Slots a producer corrupted are skipped by the C
   consumer and counted as ``ring_corrupt``.
+- A batch the ingest actor could not store for a reason of its records
+  (``Unstorable``: they passed the C checks yet the encoder or the job
+  refused them) is quarantined, never retried into a crash loop: its records
+  are refused and counted (``knhk_ingest_rejected{reason="ring_quarantined"}``),
+  logged once with their lanes and positions, and the batch commits again
+  empty, carrying its cursor, so the drain moves past them. A stored cursor
+  that cannot be decoded is reported and the drain resumes from the ring's
+  durable cursors.
 - Reading is one batch ahead of committing: while the ingest actor commits a
   batch, the next is read and checked; commits, the stored positions and the
   durable cursor advance strictly in order.
 - A slow store is back-pressure, not loss: the drain waits for the ingest queue
   and the commit; meanwhile lanes fill and producers are refused (counted as
-  ``knhk_ring_full_rejections_total``).
+  ``knhk_ring_full_rejections_total``). So is a store that refuses writes
+  (storage full, loop/write_gate.py): the batch in hand is offered again every
+  ``_REFUSED_RETRY_S`` until it commits, nothing more is drained meanwhile,
+  and producers get ``KNHK_EFULL`` once their lane fills.
 - The event loop is not blocked: an empty ring is polled with sleeps that
   double while it stays empty (``poll_interval_s`` to ``idle_poll_max_s``),
   validation is C (~10 ns a record), encoding and commits run on the writer
@@ -44,13 +55,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
 import trio
 
 from knhkd.config import Config
+from knhkd.errors import ReadOnly, StorageFull
 from knhkd.hotpath import tsc
 from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
-from knhkd.loop.ingest import Closed, Ingest
+from knhkd.loop.ingest import Closed, Ingest, Unstorable
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.writer import WriterClosed
 from knhkd.model import RingCursor
@@ -63,6 +76,7 @@ log = logging.getLogger(__name__)
 _STATS_EVERY_S = 1.0
 _CLOCK_REFRESH_S = 60.0  # bounds TSC-vs-wall-clock drift in event_time
 _LOG_EVERY_S = 10.0
+_REFUSED_RETRY_S = 1.0
 # A sample of fewer records is dominated by the timer's own resolution (~25 ticks).
 _MIN_TIMED_RECORDS = 16
 
@@ -70,6 +84,15 @@ _MIN_TIMED_RECORDS = 16
 def read_cursor(store: Store) -> RingCursor | None:
     with store.reader() as txn:
         return store.tables.ring_cursor.get(txn)
+
+
+def _span(before: list[int], after: list[int]) -> str:
+    """Which positions of which lanes a batch covers, for a log line."""
+    return ", ".join(
+        f"lane {lane} seq {a}..{b - 1}"
+        for lane, (a, b) in enumerate(zip(before, after, strict=False))
+        if b > a
+    )
 
 
 class RingDrain:
@@ -110,7 +133,19 @@ class RingDrain:
         c = self._consumer
         stats = c.lane_stats()
         durable = [s.durable for s in stats]
-        stored = read_cursor(self._store)
+        try:
+            stored = read_cursor(self._store)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Damaged, not ours to guess: the ring's durable cursors are what
+            # producers were told is safe.
+            self._metrics.records_unreadable.labels("ring_cursor").inc()
+            log.error(
+                "ring %s: the stored resume cursor cannot be decoded (%s); resuming at the "
+                "ring's durable cursors",
+                c.path,
+                exc,
+            )
+            return durable
         if stored is None:
             log.info("ring %s: first drain, from each lane's durable cursor", c.path)
             return durable
@@ -179,14 +214,16 @@ class RingDrain:
         # One batch commits (on the writer thread) while the next is read and
         # checked here: the commit's C encoding, page writes and fsync release
         # the GIL. Commits stay in order (one ingest actor, one queue).
-        send, recv = trio.open_memory_channel[tuple[RingBatch, list[int]]](0)
+        send, recv = trio.open_memory_channel[tuple[RingBatch, list[int], list[int]]](0)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._commit_in_order, recv, nursery.cancel_scope)
             async with send:
                 await self._read(send, committed)
 
     async def _read(
-        self, send: trio.MemorySendChannel[tuple[RingBatch, list[int]]], position: list[int]
+        self,
+        send: trio.MemorySendChannel[tuple[RingBatch, list[int], list[int]]],
+        position: list[int],
     ) -> None:
         assert self.rate is not None
         clock = tsc.TickClock(self.rate)
@@ -217,7 +254,7 @@ class RingDrain:
                 continue
             active = True
             idle_sleep = 0.0
-            position = drained.next_seq
+            before, position = position, drained.next_seq
             if time.monotonic() - clock.taken_monotonic > _CLOCK_REFRESH_S:
                 clock = tsc.TickClock(self.rate)
             batch = codec.batch(drained.records, drained.count, clock)
@@ -226,29 +263,69 @@ class RingDrain:
             if batch.rejected:
                 # Now: the lanes of this batch's records are not kept past the next read.
                 self._report(batch, invalid, drained)
-            await send.send((batch, drained.next_seq))
+            await send.send((batch, before, drained.next_seq))
 
     async def _commit_in_order(
         self,
-        recv: trio.MemoryReceiveChannel[tuple[RingBatch, list[int]]],
+        recv: trio.MemoryReceiveChannel[tuple[RingBatch, list[int], list[int]]],
         scope: trio.CancelScope,
     ) -> None:
-        async for batch, next_seq in recv:
+        async for batch, before, next_seq in recv:
             cursor = RingCursor(ring_id=self._consumer.ring_id, next_seq=next_seq)
+            meta = dict([self._store.tables.ring_cursor.entry(cursor)])
             try:
-                await self._ingest.submit(
-                    batch,
-                    # The ring holds the records meanwhile: wait rather than refuse.
-                    enqueue_timeout=math.inf,
-                    commit_timeout=math.inf,
-                    extra_meta=dict([self._store.tables.ring_cursor.entry(cursor)]),
-                )
+                try:
+                    await self._submit(batch, meta)
+                except Unstorable as exc:
+                    self._quarantine(batch, before, next_seq, exc)
+                    await self._submit(batch, meta)
             except (Closed, WriterClosed):
                 scope.cancel()  # stopping: what was not committed is read again at start
                 return
             # Committed (with the cursor): only now may producers reuse the slots.
             self._consumer.mark_durable(next_seq)
             self.committed_records += len(batch)
+
+    async def _submit(self, batch: RingBatch, meta: dict[bytes, bytes]) -> None:
+        refused = False
+        while True:
+            try:
+                await self._ingest.submit(
+                    batch,
+                    # The ring holds the records meanwhile: wait rather than refuse.
+                    enqueue_timeout=math.inf,
+                    commit_timeout=math.inf,
+                    extra_meta=meta,
+                )
+            except (StorageFull, ReadOnly) as exc:
+                if not refused:
+                    log.warning(
+                        "ring %s: draining paused, the store refuses writes: %s",
+                        self._consumer.path,
+                        exc.detail,
+                    )
+                    refused = True
+                await trio.sleep(_REFUSED_RETRY_S)
+                continue
+            if refused:
+                log.warning("ring %s: draining resumed", self._consumer.path)
+            return
+
+    def _quarantine(
+        self, batch: RingBatch, before: list[int], after: list[int], exc: Unstorable
+    ) -> None:
+        """Refuse every record of ``batch`` (the commit cannot say which one
+        is at fault); its cursor then commits alone."""
+        n = len(batch)
+        batch.refuse(range(n), "quarantined", {})
+        self._metrics.ingest_rejected.labels("ring_quarantined").inc(n)
+        log.error(
+            "ring %s: %d record(s) quarantined (not stored, drained past): %s; %s",
+            self._consumer.path,
+            n,
+            _span(before, after),
+            exc.detail,
+        )
 
     async def _check_shapes(self, batch: RingBatch) -> None:
         """Refuse (and record) the records that violate their sector's shapes."""

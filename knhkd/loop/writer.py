@@ -20,6 +20,16 @@ Guarantees:
   one takes longer (slow fsync must not stall the loop), probing again every
   ``PROBE_EVERY`` commits.
 - ``close`` lets the actor commit what is queued, then return.
+- Storage full is a state, not a crash: when a transaction fails for lack of
+  room (store/env.py ``StoreFull``: the map at its ceiling, no space left on
+  the device) its jobs fail with ``StorageFull`` (507, naming the cause), the
+  write gate (loop/write_gate.py) closes under ``"storage"``, and the actor
+  goes on. While the gate is closed every job is refused at once with the
+  gate's error. The actor probes every ``PROBE_FULL_S`` (at once after
+  ``storage_changed``): once the cause is gone (free space on the device, or a
+  map ceiling raised by SIGHUP) and a small write transaction commits, it
+  lifts the gate. Other transaction failures (``CommitFailed``) still raise
+  out of the actor, for the supervisor: no single input explains them.
 
 Must never: resolve a waiter before the commit that holds its job.
 """
@@ -27,16 +37,16 @@ Must never: resolve a waiter before the commit that holds its job.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import trio
 
-from knhkd.errors import Unavailable
+from knhkd.errors import StorageFull, Unavailable
 from knhkd.loop.batching import receive_batch
-from knhkd.store.env import Store
-from knhkd.store.writer import Job, JobResult, run_transaction
+from knhkd.loop.write_gate import WriteGate
+from knhkd.store.env import DISK_FULL_BELOW, Store, StoreFull, free_bytes
+from knhkd.store.writer import Job, JobResult, probe, run_transaction
 from knhkd.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_EVERY = 256
+# While storage is full: how often the actor checks whether it takes writes again.
+PROBE_FULL_S = 1.0
+GATE_KEY = "storage"
 
 
 class CommitFailed(Unavailable):
@@ -85,8 +98,13 @@ class StoreWriter:
         capacity: int = 1024,
         max_jobs: int = 4096,
         inline_max_s: Callable[[], float] = lambda: 0.0,
+        gate: WriteGate | None = None,
     ) -> None:
         self._inline_max_s = inline_max_s
+        self.gate = WriteGate() if gate is None else gate
+        # Why storage is full ("map" or "disk"), while the writer holds the gate.
+        self._full: StoreFull | None = None
+        self._recheck = trio.Event()
         # Inline commits are on while they stay fast; a slow one moves the
         # next PROBE_EVERY commits to the thread, then one probes again.
         self._inline_ok = True
@@ -104,6 +122,7 @@ class StoreWriter:
         self._closed = False
 
     async def submit(self, job: Job[T]) -> T:
+        self.gate.check()
         pending: _Pending[T] = _Pending(job)
         try:
             await self._send.send(pending)
@@ -121,6 +140,7 @@ class StoreWriter:
         the transaction as a whole did not commit."""
         if self._closed:
             raise WriterClosed("the store is closing")
+        self.gate.check()
         limit = self._inline_max_s()
         try:
             if limit > 0 and (self._inline_ok or self._probe_in <= 0):
@@ -128,9 +148,11 @@ class StoreWriter:
                 # (py-lmdb releases the GIL around each), at the price of
                 # blocking the loop for one commit, which is kept short.
                 async with self._limiter:
-                    started = time.perf_counter()
+                    # trio's clock (perf_counter in production) so that a test's
+                    # MockClock can stand in for a slow disk.
+                    started = trio.current_time()
                     [(value, error)] = run_transaction(self._store, [job])
-                    took = time.perf_counter() - started
+                    took = trio.current_time() - started
                 # Smoothed, so one garbage-collection pause inside a commit
                 # does not send the next PROBE_EVERY commits to the thread.
                 self._inline_s = (
@@ -144,6 +166,8 @@ class StoreWriter:
                 [(value, error)] = await trio.to_thread.run_sync(
                     run_transaction, self._store, [job], limiter=self._limiter
                 )
+        except StoreFull as exc:
+            raise self._storage_full(exc) from exc
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise CommitFailed(f"write transaction failed: {exc}") from exc
@@ -157,10 +181,58 @@ class StoreWriter:
         self._closed = True
         self._send.close()
 
+    def storage_changed(self) -> None:
+        """The room the store may take changed (a reload raised the map's
+        ceiling): probe now rather than at the next tick."""
+        self._recheck.set()
+
     async def run(self) -> None:
-        """Actor body: commit batches until the intake is closed and empty."""
-        while (got := await receive_batch(self._recv, self._max_jobs)) is not None:
-            await self._commit(got[0])
+        """Actor body: commit batches until the intake is closed and empty;
+        meanwhile, probe a full store until it takes writes again."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe_while_full)
+            while (got := await receive_batch(self._recv, self._max_jobs)) is not None:
+                await self._commit(got[0])
+            nursery.cancel_scope.cancel()
+
+    def _storage_full(self, exc: StoreFull) -> StorageFull:
+        """Close the gate on ``exc``'s cause; the error every refused job gets."""
+        error = StorageFull(f"nothing was stored: {exc}")
+        self.last_error = f"StorageFull: {exc}"
+        self._full = exc
+        self.gate.close(GATE_KEY, error)
+        self._recheck.set()
+        return error
+
+    def _room_again(self, full: StoreFull) -> bool:
+        """Whether the cause of ``full`` is gone, so a probe is worth its write.
+        A small write may fit in a full store's free pages: the cause, not the
+        probe alone, decides."""
+        if full.kind == "map":
+            return self._store.can_grow()
+        return free_bytes(self._store.path) >= DISK_FULL_BELOW
+
+    async def _probe_while_full(self) -> None:
+        while True:
+            await self._recheck.wait()
+            self._recheck = trio.Event()
+            full = self._full
+            if full is None:
+                continue
+            if self._room_again(full):
+                try:
+                    await trio.to_thread.run_sync(probe, self._store, limiter=self._limiter)
+                except StoreFull as exc:
+                    self._storage_full(exc)
+                except Exception as exc:  # a probe is not a job: report, retry
+                    log.warning("storage probe failed: %s: %s", type(exc).__name__, exc)
+                else:
+                    self._full = None
+                    self.gate.lift(GATE_KEY)
+                    continue
+            with trio.move_on_after(PROBE_FULL_S):
+                await self._recheck.wait()
+            self._recheck.set()
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
         jobs = [p.job for p in batch]
@@ -168,6 +240,13 @@ class StoreWriter:
             results: list[JobResult] = await trio.to_thread.run_sync(
                 run_transaction, self._store, jobs, limiter=self._limiter
             )
+        except StoreFull as exc:
+            # A state, not a crash: these jobs are refused, the actor goes on.
+            full = self._storage_full(exc)
+            for pending in batch:
+                pending.error = full
+                pending.done.set()
+            return
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             failure = CommitFailed(f"write transaction failed: {exc}")

@@ -14,6 +14,13 @@ Guarantees:
 - A store whose schema version is not ours is refused (``SchemaVersionError``),
   never migrated silently; ``_check_schema`` is the only place that checks it.
 - ``Store.tables`` (store/tables.py) is how the rest of knhkd reads and writes.
+- A store that cannot take a write for lack of room says so as ``StoreFull``
+  with its cause: the map at its ceiling (``max_map_size``, which the running
+  daemon may raise), or no space left on the device (``disk_full``). Opening a
+  store on a full disk is refused the same way.
+- With ``create=False`` (a data directory that has held a chain) opening
+  writes nothing: a missing database or schema version is ``StoreDamaged``.
+  A healthy open commits no page either, so a damaged store is left as found.
 
 Must never: open a write transaction outside the writer thread (store/writer.py),
 hold a transaction across an ``await``.
@@ -22,6 +29,7 @@ hold a transaction across an ``await``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -58,7 +66,9 @@ __all__ = [
     "MapGate",
     "SchemaVersionError",
     "Store",
+    "StoreDamaged",
     "StoreError",
+    "StoreFull",
     "open_store",
 ]
 
@@ -67,6 +77,49 @@ MB = 1024 * 1024
 
 class StoreError(Exception):
     """The store cannot be used (locked, wrong schema, unreadable)."""
+
+
+class StoreFull(StoreError):
+    """No room for the transaction: ``kind`` is ``"map"`` (the map is at its
+    ceiling) or ``"disk"`` (no space left on the device); nothing of it was
+    written."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# Below this many free bytes on the store's file system, an I/O error from
+# LMDB is the disk being full: LMDB reports a short write of its pages as
+# EIO, not ENOSPC (PLATFORM_NOTES, LMDB).
+DISK_FULL_BELOW = 4 * MB
+
+
+def disk_full(path: Path, exc: BaseException) -> StoreFull | None:
+    """``exc`` (from LMDB or the OS) as ``StoreFull`` when the disk at ``path``
+    is full; None when it is some other failure."""
+    text = str(exc)
+    enospc = isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) == errno.ENOSPC
+    enospc = enospc or os.strerror(errno.ENOSPC) in text
+    eio = getattr(exc, "errno", None) == errno.EIO or os.strerror(errno.EIO) in text
+    if not enospc and not (eio and free_bytes(path) < DISK_FULL_BELOW):
+        return None
+    return StoreFull("disk", f"no space left on device ({path}: {text})")
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class StoreDamaged(StoreError):
+    """The environment is there but damaged: a database missing, a page that
+    does not read (``lmdb.CorruptedError``, ``PageNotFoundError``, ...)."""
+
+
+# What LMDB raises for a file that is damaged rather than absent or busy.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadDbiError)
 
 
 class SchemaVersionError(StoreError):
@@ -129,12 +182,17 @@ class Store:
         readonly: bool,
     ) -> None:
         self.env = env
+        self.path = Path(env.path())
         self.dbs = dbs
         self.tables = Tables(dbs)
         self.max_map_size = max_map_size
         self.readonly = readonly
         self.gate = MapGate()
         self._lock_fd = lock_fd
+        # Set once, by the start-up integrity check, and never cleared: why
+        # this store must take no write transaction (store/writer.py refuses
+        # every job), so that damage found at start is never extended.
+        self.frozen: str | None = None
 
     def db(self, name: str) -> Any:
         """The raw handle of a database; outside store/, use ``tables``."""
@@ -149,12 +207,18 @@ class Store:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
+    def can_grow(self) -> bool:
+        return self.map_size() < self.max_map_size
+
     def grow(self) -> int:
-        """Double the map (up to the ceiling). Call with no transaction open."""
+        """Double the map (up to the ceiling, ``max_map_size``, which a reload
+        may raise). Call with no transaction open."""
         current = self.map_size()
         if current >= self.max_map_size:
-            raise StoreError(
-                f"LMDB map is full at its ceiling of {current // MB} MiB (storage.max_map_size_mb)"
+            raise StoreFull(
+                "map",
+                f"map at its ceiling storage.max_map_size_mb = {self.max_map_size // MB} "
+                f"(the map is {current // MB} MiB)",
             )
         new = min(current * 2, self.max_map_size)
         with self.gate.exclusive():
@@ -185,8 +249,14 @@ def open_store(
     max_map_size: int = 65536 * MB,
     readonly: bool = False,
     exclusive: bool = True,
+    create: bool = True,
 ) -> Store:
-    """Open (creating when writable) the environment under ``data_dir``."""
+    """Open (creating when writable) the environment under ``data_dir``.
+
+    With ``create`` off (a data directory that has held a chain: its anchor
+    exists), a missing database or schema version is ``StoreDamaged`` and
+    nothing is written: creating them would commit a transaction over the
+    older meta page, the last pointer to the state before the damage."""
     path = data_dir / "lmdb"
     if readonly:
         if not (path / "data.mdb").exists():
@@ -209,7 +279,44 @@ def open_store(
     except lmdb.Error as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise StoreError(f"cannot open LMDB at {path}: {exc}") from None
+        full = disk_full(path, exc)
+        if full is not None:
+            raise full from None
+        kind = StoreDamaged if isinstance(exc, _DAMAGE) else StoreError
+        raise kind(f"cannot open LMDB at {path}: {exc}") from None
+    try:
+        dbs = _open_dbs(env, data_dir, readonly=readonly, create=create)
+    except lmdb.Error as exc:
+        # The first write (creating the databases) on a full disk, or a damaged
+        # file; nothing of it committed.
+        env.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise disk_full(path, exc) or StoreDamaged(
+            f"LMDB at {path} is damaged: {type(exc).__name__}: {exc}"
+        ) from None
+    except StoreError:
+        env.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+    store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
+    try:
+        _check_schema(store, stamp=create)
+    except lmdb.Error as exc:
+        store.close()
+        raise disk_full(path, exc) or StoreDamaged(
+            f"LMDB at {path} is damaged: {type(exc).__name__}: {exc}"
+        ) from None
+    except StoreError:
+        store.close()
+        raise
+    return store
+
+
+def _open_dbs(
+    env: lmdb.Environment, data_dir: Path, *, readonly: bool, create: bool
+) -> dict[str, Any]:
     # Crashed readers (a kill -9 mid-read) leave slots that pin old pages.
     env.reader_check()
     if readonly:
@@ -220,30 +327,39 @@ def open_store(
             try:
                 dbs[name] = env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
-                env.close()
-                raise StoreError(f"store under {data_dir} lacks database {name!r}") from None
-    else:
-        with env.begin(write=True) as txn:
-            dbs = {name: env.open_db(name.encode(), txn=txn) for name in DB_NAMES}
-    store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
+                raise StoreDamaged(f"store under {data_dir} lacks database {name!r}") from None
+        return dbs
+    # Opening databases that exist dirties nothing: this commit writes no page.
+    with env.begin(write=True) as txn:
+        try:
+            return {name: env.open_db(name.encode(), txn=txn, create=create) for name in DB_NAMES}
+        except lmdb.NotFoundError:
+            missing = [n for n in DB_NAMES if not _has_db(env, txn, n)]
+            raise StoreDamaged(
+                f"store under {data_dir} lacks database {missing[0]!r}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            ) from None
+
+
+def _has_db(env: lmdb.Environment, txn: lmdb.Transaction, name: str) -> bool:
     try:
-        _check_schema(store)
-    except StoreError:
-        store.close()
-        raise
-    return store
+        env.open_db(name.encode(), txn=txn, create=False)
+    except lmdb.NotFoundError:
+        return False
+    return True
 
 
-def _check_schema(store: Store) -> None:
+def _check_schema(store: Store, *, stamp: bool = True) -> None:
     """The one schema version check: a fresh writable store is stamped with
-    ``SCHEMA_VERSION``; any other version (or none, read-only) is refused."""
+    ``SCHEMA_VERSION`` (when ``stamp``); any other version (or none, read-only
+    or not stamping) is refused."""
     slot = store.tables.schema_version
     expected = str(SCHEMA_VERSION).encode()
     with store.env.begin(write=not store.readonly) as txn:
         # Compared as bytes: a damaged value is reported as found, not parsed.
         found = slot.get_raw(txn)
         if found is None:
-            if store.readonly:
+            if store.readonly or not stamp:
                 raise SchemaVersionError("store has no schema version (never started?)", None)
             slot.put(txn, SCHEMA_VERSION)
             return

@@ -36,6 +36,22 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _META_KEYS = frozenset(schema.META_KEYS)
+# The attribute of ``Tables`` that holds each database of schema.TABLES.
+_TABLE_ATTRS = (
+    "observations",
+    "patterns",
+    "proposals",
+    "proposal_deltas",
+    "validations",
+    "snapshots",
+    "receipts",
+    "tree",
+    "checkpoints",
+    "keys",
+    "relaxations",
+    "cycles",
+    "meta",
+)
 
 
 class Table(Generic[K, V]):
@@ -59,6 +75,20 @@ class Table(Generic[K, V]):
     def get_raw(self, txn: lmdb.Transaction, key: K) -> bytes | None:
         raw: Any = txn.get(self._key(key), db=self._db)
         return raw  # type: ignore[no-any-return]
+
+    def decode(self, raw: bytes) -> V:
+        """A stored value as its type (raises msgspec's errors): for readers
+        that take records one at a time so a damaged one is named or skipped,
+        not the iteration stopped (fsck, the analyzer's rebuild)."""
+        return self._dec(raw)
+
+    def probe(self, txn: lmdb.Transaction) -> None:
+        """Read the first and the last record: LMDB walks from the database's
+        root page down both edges, so a damaged page on the way raises
+        ``lmdb.Error`` (the start-up check's cheap structural look)."""
+        cursor: Any = txn.cursor(db=self._db)
+        if cursor.first():
+            cursor.last()
 
     def put(self, txn: lmdb.Transaction, key: K, value: V, *, overwrite: bool = True) -> bool:
         """False when ``overwrite`` is off and the key exists (nothing written)."""
@@ -116,6 +146,16 @@ class Table(Generic[K, V]):
         for key, raw in cursor.iterprev():
             yield unkey(key), dec(raw)
 
+    def items_reversed_raw(self, txn: lmdb.Transaction) -> Iterator[tuple[K, bytes]]:
+        """``items_reversed`` undecoded: for a reader that decodes each record
+        itself (and survives one that does not decode)."""
+        cursor: Any = txn.cursor(db=self._db)
+        if not cursor.last():
+            return
+        unkey = self._unkey
+        for key, raw in cursor.iterprev():
+            yield unkey(key), raw
+
     def first_from(self, txn: lmdb.Transaction, start: K) -> tuple[K, V] | None:
         """The first record whose key is at or after ``start``."""
         return next(self.items(txn, start=start), None)
@@ -148,6 +188,9 @@ class MetaSlot(Generic[V]):
     def get_raw(self, txn: lmdb.Transaction) -> bytes | None:
         raw: Any = txn.get(self.key, db=self._db)
         return raw  # type: ignore[no-any-return]
+
+    def decode(self, raw: bytes) -> V:
+        return self._dec(raw)
 
     def put(self, txn: lmdb.Transaction, value: V) -> None:
         txn.put(self.key, self._enc(value), db=self._db)
@@ -195,6 +238,22 @@ class Tables:
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
             "guards": MetaSlot(s.GUARDS_DIGEST, meta),
         }
+        # Every database, in the schema's order, and every meta slot: for the
+        # checks that must cover them all (fsck, the start-up check).
+        self.all: tuple[Table[Any, Any], ...] = tuple(getattr(self, attr) for attr in _TABLE_ATTRS)
+        # Every key the schema declares for ``meta`` (some never written).
+        self.meta_keys = _META_KEYS
+        self.meta_slots: tuple[MetaSlot[Any], ...] = (
+            self.schema_version,
+            self.observations_next,
+            self.receipt_head,
+            self.log_origin,
+            self.tree_size,
+            self.keys_current,
+            self.snapshot_current,
+            self.ring_cursor,
+            *self.governance_digests.values(),
+        )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
         """Write ``MetaSlot.entry`` results (keys of store/schema.py only)."""

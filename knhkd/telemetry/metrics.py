@@ -107,6 +107,12 @@ class Metrics:
         self.actor_restarts = Counter(
             "knhk_actor_restarts", "Actor restarts by the supervisor.", ["actor"], registry=r
         )
+        self.records_unreadable = Counter(
+            "knhk_store_records_unreadable",
+            "Stored records an actor could not decode and skipped, by table.",
+            ["table"],
+            registry=r,
+        )
         self.store_commits = Counter(
             "knhk_store_commits", "Durable LMDB write transactions.", registry=r
         )

@@ -90,14 +90,19 @@ class RunningDaemon:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, *, reads_only: bool = False) -> None:
+        """Until ``/ready`` is 200; with ``reads_only``, also until it says the
+        daemon serves reads while it refuses writes (read-only, storage full)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.base + "/ready", timeout=1.0).status_code == 200:
+                r = httpx.get(self.base + "/ready", timeout=1.0)
+                if r.status_code == 200:
+                    return
+                if reads_only and r.status_code == 503 and r.json().get("reads") is True:
                     return
             except httpx.HTTPError:
                 pass
@@ -128,6 +133,15 @@ class RunningDaemon:
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run_ctl(self.data_dir, *args, timeout=timeout)
+
+
+def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in d.log():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
 
 
 def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

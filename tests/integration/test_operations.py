@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, wait_for_log
 
 pytestmark = pytest.mark.integration
 
@@ -77,46 +78,41 @@ def test_sighup_keeps_old_config_when_new_is_invalid(daemon: RunningDaemon) -> N
     daemon.config.write_text(original + "\n[telemetry]\nbogus = 1\n")
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "reload refused")
+    wait_for_log(daemon, "reload refused")
     assert "telemetry.bogus" in daemon.log()
     assert httpx.get(daemon.base + "/ready").status_code == 200
 
     # Not UTF-8: refused like any other invalid file, never a crash.
     daemon.config.write_bytes(original.encode() + b"\n# \xff\xfe\n")
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "not UTF-8")
+    wait_for_log(daemon, "not UTF-8")
     assert daemon.proc.poll() is None
     assert httpx.get(daemon.base + "/ready").status_code == 200
 
     daemon.config.write_text(original.replace("interval_s = 3600", "interval_s = 1800"))
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait_for_log(daemon, "configuration reloaded")
+    wait_for_log(daemon, "configuration reloaded")
     assert daemon.proc.poll() is None
 
 
-def _wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in d.log():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged:\n{d.log()}")
-
-
 def test_actor_past_its_restart_budget_stops_the_daemon_non_zero(make_daemon) -> None:  # type: ignore[no-untyped-def]
-    # A map that cannot grow makes every large commit fail for real: the writer
-    # crashes, is restarted with backoff, and past its budget the daemon exits 1.
+    # A genuine store fault no input explains, and not a full disk: the data
+    # file may not grow past its size (RLIMIT_FSIZE, set on the running
+    # daemon), so every commit that needs new pages fails with plenty of free
+    # space. Ingest crashes, is restarted with backoff, and past its budget the
+    # daemon exits 1.
     d: RunningDaemon = make_daemon(
-        "[storage]\nmap_size_mb = 2\nmax_map_size_mb = 2\n"
         "[supervisor]\nmax_restarts = 2\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.1\n"
         "[http]\nmax_body_bytes = 8388608\n"
     )
+    assert d.proc is not None
+    size = (d.data_dir / "lmdb" / "data.mdb").stat().st_size
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (size, size))
     big = [{"event_type": "bulk.load", "value": "x" * 2000, "sector": "generic"}] * 1000
     statuses = []
     degraded_seen = False
     with httpx.Client(base_url=d.base, timeout=30.0) as c:
         for _ in range(10):
-            assert d.proc is not None
             if d.proc.poll() is not None:
                 break
             try:
@@ -126,7 +122,6 @@ def test_actor_past_its_restart_budget_stops_the_daemon_non_zero(make_daemon) ->
             except httpx.HTTPError:
                 break
             time.sleep(0.02)
-    assert d.proc is not None
     assert d.proc.wait(timeout=60) == 1, d.log()
     assert 201 not in statuses
     assert all(s == 503 for s in statuses), statuses

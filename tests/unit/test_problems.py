@@ -22,9 +22,10 @@ from knhkd.api.problems import (
 from knhkd.execute.promotion import RollbackRefused
 from knhkd.governance import relaxation
 from knhkd.loop.cycle import CycleFailed
-from knhkd.loop.daemon import NotFound, StartupError
+from knhkd.loop.daemon import NotFound
 from knhkd.loop.ingest import Closed, Overloaded
 from knhkd.loop.knowledge_state import SnapshotConflict
+from knhkd.loop.startup import StartupError
 from knhkd.loop.writer import CommitFailed, WriterClosed
 from knhkd.model import FieldError
 from knhkd.monitor.decode import DecodeFailed, decode_body, decode_detect

@@ -2,13 +2,16 @@
 stack against (registered only with ``http.noop_endpoint``).
 
 Guarantees: ``/health`` is 503 when degraded; ``/ready`` is 503
-``not-ready`` while starting or draining; ``/metrics`` refreshes
-``knhk_health_status`` before it renders.
+``not-ready`` while starting or draining, and 503 with
+``{"ready": false, "reads": true, "writes": false, "refused": {cause: detail}}``
+while the store refuses writes (storage full, ...): a balancer stops sending
+work, an operator sees that reads are served and why writes are not;
+``/metrics`` refreshes ``knhk_health_status`` before it renders.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, request
@@ -24,6 +27,11 @@ bench = Blueprint("bench", __name__)
 
 class Readiness(TypedDict):
     ready: bool
+    # Only while the store refuses writes (503): reads are served, writes
+    # are not, and why (cause -> detail).
+    reads: NotRequired[bool]
+    writes: NotRequired[bool]
+    refused: NotRequired[dict[str, str]]
 
 
 @bp.get("/health")
@@ -45,18 +53,25 @@ async def health() -> Response:
 @bp.get("/ready")
 @documented(
     RouteDoc(
-        summary="Readiness: 503 while starting or draining",
-        answers=(Answer(200, "Ready", Readiness),),
+        summary="Readiness: 503 while starting or draining, or while writes are refused",
+        answers=(
+            Answer(200, "Ready", Readiness),
+            Answer(503, "The store refuses writes (reads are served): why", Readiness),
+        ),
         problems=((503, "not-ready"),),
         tags=("operations",),
     )
 )
 async def ready() -> Response:
     d = daemon()
-    if d.ready and not d.draining:
-        answer: Readiness = {"ready": True}
-        return json(answer)
-    raise NotReady("knhkd is starting or draining")
+    if not d.ready or d.draining:
+        raise NotReady("knhkd is starting or draining")
+    refused = d.writes_refused()
+    if refused:
+        answer: Readiness = {"ready": False, "reads": True, "writes": False, "refused": refused}
+        return json(answer, 503)
+    answer = {"ready": True}
+    return json(answer)
 
 
 @bp.get("/metrics")

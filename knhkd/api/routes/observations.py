@@ -35,6 +35,7 @@ bp = Blueprint("observations", __name__)
             (413, "batch-too-large"),
             (422, "invalid-observation"),
             (422, "shacl-violation"),
+            (422, "unstorable"),
             (503, "overloaded"),
         ),
         writes=True,
