@@ -28,6 +28,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from knhkd.api import authn
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
     cycle,
@@ -58,7 +59,8 @@ BLUEPRINTS = (
 
 
 def create_app(daemon: Daemon) -> QuartTrio:
-    app = QuartTrio("knhkd")
+    # No static files: a /static/<path> route would be one more door.
+    app = QuartTrio("knhkd", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
     app.config[DAEMON_KEY] = daemon
     for bp in BLUEPRINTS:
@@ -91,6 +93,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         daemon.count_response(response.status_code)
         return response
 
+    # Who is asking and may they (api/authn.py): after the edge's checks.
+    authn.install(app, daemon.cfg.auth)
     return app
 
 
