@@ -15,7 +15,7 @@ I/O, read a clock.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -55,32 +55,11 @@ Permission = Literal[
     "GOVERN",
     "ALL",
 ]
-PERMISSIONS: tuple[Permission, ...] = (
-    "READ_OBSERVATIONS",
-    "READ_SNAPSHOTS",
-    "READ_RECEIPTS",
-    "READ_METRICS",
-    "DETECT_PATTERNS",
-    "GENERATE_PROPOSALS",
-    "VALIDATE_PROPOSALS",
-    "PROMOTE_SNAPSHOTS",
-    "EXECUTE_MAPE_K",
-    "INGEST",
-    "GOVERN",
-    "ALL",
-)
+PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
 Role = Literal[
     "observer", "analyst", "proposer", "validator", "operator", "administrator", "producer"
 ]
-ROLES: tuple[Role, ...] = (
-    "observer",
-    "analyst",
-    "proposer",
-    "validator",
-    "operator",
-    "administrator",
-    "producer",
-)
+ROLES: tuple[Role, ...] = get_args(Role)
 ANONYMOUS = "anonymous"
 
 
