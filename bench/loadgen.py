@@ -90,8 +90,10 @@ def parse_target(url: str) -> Target:
     return Target(addrs[0], parts.port, path, parts.netloc)
 
 
-def build_request(target: Target, method: str, body: bytes, content_type: str) -> bytes:
-    head = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+def build_request(
+    target: Target, method: str, body: bytes, content_type: str, headers: tuple[str, ...] = ()
+) -> bytes:
+    head = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host_header}", *headers]
     if body or method in ("POST", "PUT", "PATCH"):
         head += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
@@ -516,7 +518,7 @@ def _run(coro_factory: Callable[[], Any]) -> Any:
 def run_load(args: argparse.Namespace) -> dict[str, Any]:
     target = parse_target(args.url)
     body = args.body.encode() if args.body is not None else b""
-    request = build_request(target, args.method, body, args.content_type)
+    request = build_request(target, args.method, body, args.content_type, tuple(args.header))
     res = Result(args.mode, args.url, args.connections, args.duration, args.warmup)
 
     async def main() -> dict[str, Any]:
@@ -613,6 +615,9 @@ def _parser() -> argparse.ArgumentParser:
         m.add_argument("--method", default="POST")
         m.add_argument("--body", default=None, help="request body (text)")
         m.add_argument("--content-type", default="application/json")
+        m.add_argument(
+            "--header", action="append", default=[], help="'Name: value', sent on every request"
+        )
         m.add_argument("--duration", type=float, default=10.0, help="measured seconds")
         m.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
         m.add_argument("--drain", type=float, default=5.0, help="max wait for the last replies")

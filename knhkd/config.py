@@ -18,14 +18,18 @@ Must never: open the data directory, bind sockets, or import above layer 1.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
+
+from knhkd.model import Permission, Role
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -310,6 +314,93 @@ class RingConfig(Struct, forbid_unknown_fields=True, frozen=True):
     event_codes: dict[str, _RingEventType] = {}
 
 
+# Signature algorithms a token may be signed with: asymmetric only. ``none``
+# and the HMAC family (HS*) are refused in configuration and in tokens: with
+# HS* a verifier holding the issuer's *public* key would accept anything
+# signed with it as the shared secret.
+ASYMMETRIC_ALGORITHMS = (
+    "EdDSA",
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+
+
+class IssuerConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """One trusted OIDC issuer (``[[auth.issuers]]``)."""
+
+    # The token's ``iss`` must be exactly this.
+    issuer: Annotated[str, Meta(min_length=1)]
+    # The token's ``aud`` must name one of these.
+    audiences: Annotated[tuple[str, ...], Meta(min_length=1)]
+    # Exactly one of: a JWKS file (offline sites) or an https JWKS URI
+    # (http only to a loopback address).
+    jwks_file: str = ""
+    jwks_uri: str = ""
+    # Dotted path of the claim holding role names: "roles", "groups",
+    # "realm_access.roles". A list of strings, or one space-separated string.
+    roles_claim: Annotated[str, Meta(min_length=1)] = "roles"
+    # Claim value -> role. Empty: claim values are role names themselves.
+    role_map: dict[str, Role] = {}
+    algorithms: Annotated[tuple[str, ...], Meta(min_length=1)] = ("EdDSA", "ES256", "RS256")
+    # Tokens issued (iat) longer ago than this are refused, whatever their exp.
+    max_token_age_s: PositiveFloat = 3600.0
+    # Leeway for exp, nbf and iat.
+    clock_skew_s: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    # jwks_uri: keys older than this are fetched again (on the next use).
+    jwks_refresh_s: PositiveFloat = 3600.0
+    # A token naming an unknown key id makes one refresh of the key set, at
+    # most once per this many seconds (a flood of bogus kids costs one fetch).
+    jwks_min_refresh_s: Annotated[float, Meta(ge=0)] = 30.0
+    # jwks_uri: one fetch's timeout and its attempts (backoff 0.5 s, doubling).
+    jwks_timeout_s: PositiveFloat = 5.0
+    jwks_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+
+
+class RateLimitOverride(Struct, forbid_unknown_fields=True, frozen=True):
+    """A principal's own bucket: by subject (``issuer#subject``, or
+    ``anonymous``) or by role; the first entry that matches applies."""
+
+    subject: str = ""
+    role: Role | Literal[""] = ""
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0.0
+    burst: PositiveInt = 100
+
+
+class RateLimitConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Requests per second each principal may make on average; 0: no limit.
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0.0
+    # Requests a principal may make at once after being idle.
+    burst: PositiveInt = 100
+    # Buckets kept at most (least recently used dropped first).
+    max_principals: PositiveInt = 10_000
+    overrides: tuple[RateLimitOverride, ...] = ()
+
+
+class AuthConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # No issuer: authentication is off, HTTP must bind loopback, and every
+    # caller is the principal "anonymous".
+    issuers: tuple[IssuerConfig, ...] = ()
+    # What "anonymous" may do while authentication is off.
+    anonymous_permissions: tuple[Permission, ...] = (
+        "READ_OBSERVATIONS",
+        "READ_SNAPSHOTS",
+        "READ_RECEIPTS",
+        "READ_METRICS",
+        "INGEST",
+    )
+    # Verified tokens kept (until their exp) so a request does not pay a
+    # signature check: keyed by SHA-256 of the token, least recently used dropped.
+    token_cache_size: PositiveInt = 10_000
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
 class Config(Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -327,6 +418,12 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     telemetry: TelemetryConfig = TelemetryConfig()
     governance: GovernanceConfig = GovernanceConfig()
     ring: RingConfig = RingConfig()
+    auth: AuthConfig = AuthConfig()
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Callers must authenticate (``[[auth.issuers]]`` configured)."""
+        return bool(self.auth.issuers)
 
     # ---- derived paths ---------------------------------------------------- #
 
@@ -418,7 +515,54 @@ def build(
     if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)
+    _check_auth(cfg)
     return cfg
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_auth(cfg: Config) -> None:
+    host, _ = parse_bind(cfg.http.bind)
+    if not cfg.auth_enabled and not is_loopback(host):
+        raise ConfigError(
+            "http.bind",
+            f"{cfg.http.bind} is not a loopback address and authentication is off: "
+            "configure [[auth.issuers]] or bind 127.0.0.1",
+        )
+    seen: set[str] = set()
+    for i, iss in enumerate(cfg.auth.issuers):
+        where = f"auth.issuers[{i}]"
+        if iss.issuer in seen:
+            raise ConfigError(f"{where}.issuer", f"{iss.issuer!r} is configured twice")
+        seen.add(iss.issuer)
+        if bool(iss.jwks_file) == bool(iss.jwks_uri):
+            raise ConfigError(where, "set exactly one of jwks_file and jwks_uri")
+        if iss.jwks_uri:
+            _check_jwks_uri(f"{where}.jwks_uri", iss.jwks_uri)
+        for alg in iss.algorithms:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ConfigError(
+                    f"{where}.algorithms",
+                    f"{alg!r} is not allowed (asymmetric only: {', '.join(ASYMMETRIC_ALGORITHMS)})",
+                )
+        if any(not part for part in iss.roles_claim.split(".")):
+            raise ConfigError(f"{where}.roles_claim", "expected a dotted claim path")
+
+
+def _check_jwks_uri(key: str, uri: str) -> None:
+    parts = urlsplit(uri)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return
+    raise ConfigError(key, f"{uri!r}: expected an https URL (http only to a loopback address)")
 
 
 def _check_ring(ring: RingConfig) -> None:
@@ -474,6 +618,12 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    auth = raw.get("auth")
+    issuers = auth.get("issuers") if isinstance(auth, dict) else None
+    for iss in issuers if isinstance(issuers, list) else ():
+        value = iss.get("jwks_file") if isinstance(iss, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            iss["jwks_file"] = str(base / value)
     for section, key in PATH_KEYS:
         sect = raw.get(section)
         value = sect.get(key) if isinstance(sect, dict) else None

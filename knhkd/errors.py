@@ -11,8 +11,10 @@ Guarantees:
 - A package raises its own exception types (``DecodeFailed``,
   ``SnapshotConflict``, ``RelaxationError`` …), each subclassing the kind it
   is; the edge (api/) maps by kind and never imports them.
-- ``Invalid`` carries the offending fields; ``Unavailable`` the seconds after
-  which a retry may succeed.
+- ``Invalid`` carries the offending fields; ``Unavailable`` and
+  ``TooManyRequests`` the seconds after which a retry may succeed;
+  ``Unauthorized`` (and ``Forbidden`` when tokens are checked) the RFC 6750
+  ``WWW-Authenticate`` challenge, which never quotes the token.
 
 Must never: import from the project (every package imports this one), or
 describe an error whose cause the client cannot know about as anything but
@@ -58,6 +60,8 @@ class KnhkdError(Exception):
     title: str = "Internal error"
     errors: Sequence[FieldError] = ()
     retry_after: int | None = None
+    # The ``WWW-Authenticate`` header of a 401 (or 403) answer, when there is one.
+    www_authenticate: str | None = None
 
     def __init__(self, detail: str = "", *, title: str | None = None) -> None:
         super().__init__(detail)
@@ -80,6 +84,19 @@ class Malformed(KnhkdError):
     status = 400
     problem = "bad-request"
     title = "Bad request"
+
+
+class Unauthorized(KnhkdError):
+    """No credentials, or credentials that do not check out: 401, with a
+    ``WWW-Authenticate: Bearer`` challenge saying which (RFC 6750 §3)."""
+
+    status = 401
+    problem = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str = "", *, challenge: str = 'Bearer realm="knhkd"') -> None:
+        super().__init__(detail)
+        self.www_authenticate = challenge
 
 
 class Forbidden(KnhkdError):
@@ -141,6 +158,19 @@ class Invalid(KnhkdError):
         self.errors = list(errors)
 
 
+class TooManyRequests(KnhkdError):
+    """The caller is over its rate limit: 429; nothing was done, retry after
+    ``retry_after`` seconds."""
+
+    status = 429
+    problem = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class Unavailable(KnhkdError):
     """Not now (overloaded, shutting down, storage failing): 503; nothing was
     done, and the request may be retried after ``retry_after`` seconds."""
@@ -170,12 +200,14 @@ class ReadOnly(Unavailable):
 KINDS: tuple[type[KnhkdError], ...] = (
     KnhkdError,
     Malformed,
+    Unauthorized,
     Forbidden,
     NotFound,
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
     Invalid,
+    TooManyRequests,
     Unavailable,
     StorageFull,
 )

@@ -15,7 +15,7 @@ I/O, read a clock.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -35,6 +35,52 @@ EventType = Annotated[
 ]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=128)]
 MetadataValue = Annotated[str, Meta(max_length=4096)]
+
+# Who may do what (seed §1.1.1): the permissions a route needs and the roles
+# that hold them; knhkd/auth/roles.py has the table role → permissions and
+# api/authn.py the table route → permission. INGEST (producers), GOVERN
+# (guard-relaxation steps, proposal signatures) and READ_METRICS are knhkd's
+# own; ALL is the administrator's and implies every other.
+Permission = Literal[
+    "READ_OBSERVATIONS",
+    "READ_SNAPSHOTS",
+    "READ_RECEIPTS",
+    "READ_METRICS",
+    "DETECT_PATTERNS",
+    "GENERATE_PROPOSALS",
+    "VALIDATE_PROPOSALS",
+    "PROMOTE_SNAPSHOTS",
+    "EXECUTE_MAPE_K",
+    "INGEST",
+    "GOVERN",
+    "ALL",
+]
+PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
+Role = Literal[
+    "observer", "analyst", "proposer", "validator", "operator", "administrator", "producer"
+]
+ROLES: tuple[Role, ...] = get_args(Role)
+ANONYMOUS = "anonymous"
+
+
+class Principal(Struct, frozen=True):
+    """Who is asking: the subject of a verified token of a configured issuer,
+    or, with authentication off, the one principal ``anonymous`` (issuer "").
+    Two principals are the same iff issuer and subject are."""
+
+    issuer: str
+    subject: str
+    roles: tuple[Role, ...] = ()
+    permissions: frozenset[Permission] = frozenset()
+
+    @property
+    def name(self) -> str:
+        """``anonymous``, or ``issuer#subject`` (an OIDC issuer has no
+        fragment, so the first ``#`` splits it, whatever the subject holds)."""
+        return self.subject if not self.issuer else f"{self.issuer}#{self.subject}"
+
+    def may(self, permission: Permission) -> bool:
+        return permission in self.permissions or "ALL" in self.permissions
 
 
 # --------------------------------------------------------------------------- #
@@ -748,6 +794,8 @@ class Health(Struct):
     uptime_seconds: int
     dependencies: dict[str, str]
     actors: dict[str, ActorStatus]
+    # "off": no [[auth.issuers]], every HTTP caller is "anonymous".
+    authentication: Literal["on", "off"] = "off"
 
 
 class Problem(Struct, omit_defaults=True):

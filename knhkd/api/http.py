@@ -28,7 +28,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api import openapi
+from knhkd.api import authn, openapi
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -64,7 +64,8 @@ BLUEPRINTS = (
 def route_app(cfg: Config) -> QuartTrio:
     """An app with the routes ``cfg`` enables and nothing else (what the
     OpenAPI document describes: ``python -m knhkd.cli.openapi``)."""
-    app = QuartTrio("knhkd")
+    # No static files: a /static/<path> route would be one more door.
+    app = QuartTrio("knhkd", static_folder=None)
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     if cfg.http.noop_endpoint:
@@ -104,6 +105,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         daemon.count_response(response.status_code)
         return response
 
+    # Who is asking and may they (api/authn.py): after the edge's checks.
+    authn.install(app, daemon.cfg.auth)
     return app
 
 

@@ -80,10 +80,13 @@ class NotReady(Unavailable):
 
 _SLUGS = {
     400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     413: ("payload-too-large", "Payload too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("too-many-requests", "Too many requests"),
     500: ("internal-error", "Internal error"),
     503: ("unavailable", "Service unavailable"),
 }
@@ -108,6 +111,8 @@ def problem_for(exc: BaseException) -> tuple[Problem, dict[str, str]]:
             errors_omitted=max(0, len(errors) - MAX_ERRORS),
         )
         headers = {} if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        if exc.www_authenticate is not None:
+            headers["WWW-Authenticate"] = exc.www_authenticate
         return problem, headers
     if isinstance(exc, HTTPException):
         # 405 names the methods the path has (RFC 9110 §15.5.6).

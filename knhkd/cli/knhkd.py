@@ -2,7 +2,9 @@
 
 Exit status: 0 clean stop; 1 the daemon failed while running (an actor past its
 restart budget), so systemd restarts it; 2 usage, configuration or start-up
-error, with one line on stderr saying which step failed.
+error, with one line on stderr saying which step failed. Both commands refuse
+a non-loopback ``http.bind`` without ``[[auth.issuers]]`` (config.py) and an
+issuer's ``jwks_file`` that holds no usable key, naming the setting.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import trio
 
 from knhkd import __version__
-from knhkd.config import ConfigError, load, parse_bind
+from knhkd.config import Config, ConfigError, load, parse_bind
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -53,6 +55,19 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
     return out
 
 
+def _check_keys(cfg: Config) -> None:
+    """Each issuer's JWKS file must hold a usable key (a URI is fetched
+    later: an offline start must not wait for it)."""
+    from knhkd.auth.jwks import IssuerKeys, KeySetError
+
+    for i, issuer in enumerate(cfg.auth.issuers):
+        if issuer.jwks_file:
+            try:
+                IssuerKeys(issuer).load()
+            except KeySetError as exc:
+                raise ConfigError(f"auth.issuers[{i}].jwks_file", str(exc)) from None
+
+
 def _fail(msg: str) -> int:
     print(f"knhkd: {msg}", file=sys.stderr)
     return 2
@@ -63,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         try:
             cfg = load(args.file, env={})
+            _check_keys(cfg)
         except ConfigError as exc:
             return _fail(f"{args.file}: invalid configuration: {exc}")
         print(f"{args.file}: ok (digest {cfg.digest()[:16]})")
@@ -70,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = _overrides(args)
         cfg = load(args.config, env=os.environ, overrides=overrides)
+        _check_keys(cfg)
     except ConfigError as exc:
         return _fail(f"invalid configuration: {exc}")
     logging.basicConfig(

@@ -432,6 +432,7 @@ class Daemon:
                 "knowledge": "healthy",
             },
             actors=dict(self.supervisor.status),
+            authentication="on" if self.cfg.auth_enabled else "off",
         )
 
     def status(self) -> StatusReport:

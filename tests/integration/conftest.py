@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.issuer import Issuer
+
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 
@@ -59,6 +61,9 @@ class RunningDaemon:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # The issuer the daemon trusts (make_daemon(auth=True)), else None: then
+    # authentication is off and every caller is "anonymous".
+    issuer: Issuer | None = None
 
     @property
     def base(self) -> str:
@@ -128,8 +133,16 @@ class RunningDaemon:
         self.proc.kill()
         self.proc.wait()
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=30.0)
+    def headers(self, role: str | None = "administrator") -> dict[str, str]:
+        """An Authorization header with a fresh token for ``role`` (none when
+        the daemon checks no tokens, or ``role`` is None)."""
+        if self.issuer is None or role is None:
+            return {}
+        return {"Authorization": f"Bearer {self.issuer.token(role)}"}
+
+    def client(self, role: str | None = "administrator") -> httpx.Client:
+        """An HTTP client; with an issuer, it carries a token for ``role``."""
+        return httpx.Client(base_url=self.base, timeout=30.0, headers=self.headers(role))
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run_ctl(self.data_dir, *args, timeout=timeout)
@@ -158,11 +171,20 @@ def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.Com
 def make_daemon(tmp_path: Path) -> Iterator[Any]:
     made: list[RunningDaemon] = []
 
-    def make(extra_config: str = "", *, start: bool = True) -> RunningDaemon:
+    def make(extra_config: str = "", *, start: bool = True, auth: bool = False) -> RunningDaemon:
+        """A daemon on fresh directories; ``auth``: it trusts an issuer made
+        here (a JWKS file in the temp dir; ``d.client(role)`` mints tokens)."""
+        n = len(made)
+        issuer = None
+        if auth:
+            issuer = Issuer()
+            jwks = issuer.write_jwks(tmp_path / f"jwks{n}.json")
+            extra_config = issuer.config(jwks_file=jwks) + extra_config
         d = RunningDaemon(
-            data_dir=tmp_path / f"data{len(made)}",
+            data_dir=tmp_path / f"data{n}",
             port=free_port(),
-            config=write_config(tmp_path / f"knhkd{len(made)}.toml", extra_config),
+            config=write_config(tmp_path / f"knhkd{n}.toml", extra_config),
+            issuer=issuer,
         )
         made.append(d)
         if start:
@@ -178,4 +200,9 @@ def make_daemon(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def daemon(make_daemon: Any) -> RunningDaemon:
-    return make_daemon()  # type: ignore[no-any-return]
+    """A daemon that checks tokens, as production runs; ``daemon.client()``
+    carries an administrator's token (``client("observer")`` another role's).
+    ``make_daemon()`` without ``auth=True`` gives the default posture instead:
+    authentication off, every caller "anonymous" with the observer's reads and
+    ingest."""
+    return make_daemon(auth=True)  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ OBS = {"event_type": "line.tick", "value": {"n": 0}, "sector": "manufacturing", 
 def _hammer(d: RunningDaemon, acked: list[str], stop: threading.Event, worker: int) -> None:
     """Post until stopped; record every id the daemon acknowledged with 201."""
     n = 0
-    with httpx.Client(base_url=d.base, timeout=10.0) as c:
+    with httpx.Client(base_url=d.base, timeout=10.0, headers=d.headers("producer")) as c:
         while not stop.is_set() and n < 5000:
             n += 1
             batch = n % 3 == 0

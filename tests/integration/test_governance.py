@@ -34,7 +34,7 @@ def _promote(c: Any, body: dict[str, Any]) -> Any:
 
 
 def test_guarded_class_is_rejected_at_stage_4_until_relaxed(make_daemon: Any) -> None:
-    d: RunningDaemon = make_daemon(FAST_REVIEW)
+    d: RunningDaemon = make_daemon(FAST_REVIEW, auth=True)
     with d.client() as c:
         r = _promote(c, DROP_ACCOUNT)
         assert r.status_code == 422
@@ -110,7 +110,7 @@ def test_immutable_guard_and_cli(daemon: RunningDaemon) -> None:
 
 
 def test_a_stage_over_its_time_budget_rejects(make_daemon: Any) -> None:
-    d: RunningDaemon = make_daemon("[validate.time_budget_ms]\nstatic = 0.001\n")
+    d: RunningDaemon = make_daemon("[validate.time_budget_ms]\nstatic = 0.001\n", auth=True)
     body = {
         "sector": "generic",
         "description": "a metadata key",

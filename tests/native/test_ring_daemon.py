@@ -68,7 +68,7 @@ def _stored(d: RunningDaemon) -> list[Observation]:
 
 
 def _metric(d: RunningDaemon, name: str) -> float:
-    text = httpx.get(d.base + "/metrics", timeout=10).text
+    text = httpx.get(d.base + "/metrics", headers=d.headers("observer"), timeout=10).text
     m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -194,7 +194,8 @@ def test_the_snapshot_descriptor_follows_promotion_and_rollback(
     """Also: ring records get HTTP ingest's validation, the SHACL gate included."""
     ring = tmp_path / "obs.ring"
     d = make_daemon(
-        _ring_config(ring) + 'event_codes = { "1" = "line.tick", "2" = "transaction.execute" }\n'
+        _ring_config(ring) + 'event_codes = { "1" = "line.tick", "2" = "transaction.execute" }\n',
+        auth=True,  # promotion and rollback take an administrator's token
     )
     with d.client() as c, Reader(ring) as r, Producer(ring) as p:
         genesis = c.get("/api/v1/snapshots/current").json()
@@ -249,7 +250,8 @@ def test_ring_records_reach_the_analyzer_as_counts_with_their_evidence(
     ids of its first records, and a restart counts nothing twice."""
     ring = tmp_path / "obs.ring"
     d = make_daemon(
-        _ring_config(ring, lanes=2, capacity=1024) + 'event_codes = { "7" = "press.error" }\n'
+        _ring_config(ring, lanes=2, capacity=1024) + 'event_codes = { "7" = "press.error" }\n',
+        auth=True,  # cycles take an operator's (here an administrator's) token
     )
     manufacturing = SECTOR_CODES["manufacturing"]
     with Producer(ring) as p:

@@ -18,6 +18,12 @@ ALLOWED = {
     "knhkd.config",
     "knhkd.loop.daemon",
     "knhkd.monitor.decode",
+    # Bearer tokens, key sets, roles and rate limits (api/authn.py): the edge's
+    # own checks, below the facade, with no state of the daemon's.
+    "knhkd.auth.jwks",
+    "knhkd.auth.ratelimit",
+    "knhkd.auth.roles",
+    "knhkd.auth.tokens",
 }
 
 

@@ -36,12 +36,14 @@ from knhkd.receipts.merkle import ProofError
 KIND_STATUS = {
     errors.KnhkdError: (500, "internal-error"),
     errors.Malformed: (400, "bad-request"),
+    errors.Unauthorized: (401, "unauthorized"),
     errors.Forbidden: (403, "forbidden"),
     errors.NotFound: (404, "not-found"),
     errors.Conflict: (409, "conflict"),
     errors.PayloadTooLarge: (413, "payload-too-large"),
     errors.UnsupportedMediaType: (415, "unsupported-media-type"),
     errors.Invalid: (422, "invalid"),
+    errors.TooManyRequests: (429, "too-many-requests"),
     errors.Unavailable: (503, "unavailable"),
     errors.StorageFull: (507, "storage-full"),
 }
@@ -56,7 +58,12 @@ def test_each_kind_answers_with_its_status_and_type(kind: type[errors.KnhkdError
     status, slug = KIND_STATUS[kind]
     problem, headers = problem_for(kind("what happened"))
     assert (problem.status, problem.type) == (status, f"urn:knhkd:problem:{slug}")
-    assert problem.title == kind.title and headers == {}
+    assert problem.title == kind.title
+    # 401 always says how to authenticate (RFC 6750); 429 when to come back.
+    assert headers == {
+        errors.Unauthorized: {"WWW-Authenticate": 'Bearer realm="knhkd"'},
+        errors.TooManyRequests: {"Retry-After": "1"},
+    }.get(kind, {})
     # An error raised as the base kind is internal: its text stays in the log.
     assert problem.detail == (INTERNAL_DETAIL if kind is errors.KnhkdError else "what happened")
 

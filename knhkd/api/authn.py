@@ -1,0 +1,279 @@
+"""Authentication and authorization at the HTTP door.
+
+One ``before_request`` hook (registered by ``create_app`` after the edge's
+Host/Origin checks) resolves who is asking into ``quart.g.principal`` and
+checks the permission the route needs, from the one table below
+(``ROUTE_PERMISSIONS``, by endpoint name; README "Authentication" shows it).
+
+Guarantees:
+- A route missing from the table is refused to everyone (403): a new route
+  must be given a permission before anyone can call it
+  (tests/integration/test_authz.py holds the table to the app's url_map).
+  ``PUBLIC`` routes (``/health``, ``/ready``) are answered without asking.
+- With ``[[auth.issuers]]`` configured, every other request needs
+  ``Authorization: Bearer <JWT>`` of a configured issuer
+  (knhkd/auth/tokens.py): none, or one that does not verify, is 401
+  ``unauthorized`` with an RFC 6750 ``WWW-Authenticate: Bearer`` challenge
+  (``error="invalid_token"`` and the reason when a token was given). A token
+  naming an unknown key makes one refresh of its issuer's keys (on a worker
+  thread, one at a time per issuer, at most once per ``jwks_min_refresh_s``)
+  before the 401.
+- Without issuers, authentication is off: every caller is the principal
+  ``anonymous`` holding ``auth.anonymous_permissions`` (an Authorization
+  header is then ignored), and config.py has already refused a non-loopback
+  ``http.bind``.
+- An authenticated principal without the route's permission is 403
+  ``forbidden`` (``error="insufficient_scope"`` when tokens are checked); a
+  principal over its rate limit is 429 with ``Retry-After``
+  (knhkd/auth/ratelimit.py), counted before the permission check so refused
+  requests spend the budget too.
+- Every decision goes through ``on_decision``, the one hook the audit trail
+  will call; today it logs to ``knhkd.access``: refusals and allowed
+  mutations at info, allowed reads and ingest at debug (an info line per
+  ingested request would cost more than the check).
+
+Must never: log or answer with a token or key material (reasons are fixed
+texts of knhkd/auth/tokens.py); block the event loop on a key fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final, Literal
+
+import trio
+from quart import Response, after_this_request, g, request
+from quart_trio import QuartTrio
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from knhkd.api.routes.base import daemon
+from knhkd.auth.jwks import IssuerKeys
+from knhkd.auth.ratelimit import RateLimiter
+from knhkd.auth.roles import anonymous
+from knhkd.auth.tokens import REALM, UNKNOWN_KEY, KeyNeeded, Verifier, refused
+from knhkd.config import AuthConfig
+from knhkd.errors import Forbidden, TooManyRequests, Unauthorized
+from knhkd.model import Permission, Principal
+
+log = logging.getLogger("knhkd.auth")
+access = logging.getLogger("knhkd.access")
+
+PUBLIC: Final = "PUBLIC"
+Need = Permission | Literal["PUBLIC"]
+
+# Route (endpoint name) → the permission it needs. The README's table is this one.
+ROUTE_PERMISSIONS: dict[str, Need] = {
+    "health.health": PUBLIC,
+    "health.ready": PUBLIC,
+    "health.metrics": "READ_METRICS",
+    "observations.ingest": "INGEST",
+    "observations.get_observation": "READ_OBSERVATIONS",
+    "patterns.list_patterns": "READ_OBSERVATIONS",
+    "patterns.detect": "DETECT_PATTERNS",
+    "snapshots.list_snapshots": "READ_SNAPSHOTS",
+    "snapshots.current_snapshot": "READ_SNAPSHOTS",
+    "snapshots.snapshot_diff": "READ_SNAPSHOTS",
+    "snapshots.rollback": "PROMOTE_SNAPSHOTS",
+    "proposals.get_proposal": "READ_SNAPSHOTS",
+    "proposals.submit_proposal": "GENERATE_PROPOSALS",
+    "proposals.validate_proposal": "VALIDATE_PROPOSALS",
+    "proposals.promote_proposal": "PROMOTE_SNAPSHOTS",
+    "governance.guards": "READ_SNAPSHOTS",
+    "governance.doctrines": "READ_SNAPSHOTS",
+    "governance.get_relaxation": "READ_SNAPSHOTS",
+    "governance.request_relaxation": "GOVERN",
+    "governance.approve_relaxation": "GOVERN",
+    "governance.activate_relaxation": "GOVERN",
+    "governance.revoke_relaxation": "GOVERN",
+    "receipts.list_receipts": "READ_RECEIPTS",
+    "receipts.latest_checkpoint": "READ_RECEIPTS",
+    "receipts.inclusion_proof": "READ_RECEIPTS",
+    "receipts.consistency_proof": "READ_RECEIPTS",
+    "cycle.run_cycle": "EXECUTE_MAPE_K",
+    # POST /api/v1/_noop (http.noop_endpoint, bench/ only): ingest's baseline.
+    "bench.noop": "INGEST",
+}
+
+_QUIET: frozenset[Need] = frozenset({"INGEST", PUBLIC})
+
+
+def on_decision(
+    principal: Principal | None,
+    route: str,
+    decision: Literal["allow", "deny"],
+    reason: str,
+    *,
+    peer: str = "",
+) -> None:
+    """Every authentication and authorization decision of the HTTP door.
+
+    ``principal`` is None when no one was authenticated; ``route`` is
+    ``METHOD /rule``; ``reason`` a fixed text (never a token). The audit
+    trail (issue 11 item 7) hooks in here.
+    """
+    who = principal.name if principal is not None else "-"
+    quiet = decision == "allow" and (route.startswith("GET ") or reason in _QUIET)
+    level = logging.DEBUG if quiet else logging.INFO
+    if access.isEnabledFor(level):
+        access.log(level, "%s %s by %s from %s: %s", decision, route, who, peer or "-", reason)
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header (RFC 6750 §2.1)."""
+    if not header:
+        raise Unauthorized("this route needs a bearer token (Authorization: Bearer <JWT>)")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthorized(
+            "the Authorization header is not 'Bearer <JWT>'",
+            challenge=f'{REALM}, error="invalid_request"',
+        )
+    return token
+
+
+class AuthState:
+    """The verifier, key sets and buckets of one ``[auth]`` configuration."""
+
+    def __init__(self, cfg: AuthConfig) -> None:
+        self.cfg = cfg
+        self.keys = {i.issuer: IssuerKeys(i) for i in cfg.issuers}
+        now = time.monotonic()
+        for keys in self.keys.values():
+            if keys.cfg.jwks_file:  # a small local file: read it now
+                keys.refresh(now)
+        self.verifier = Verifier(cfg, self.keys)
+        self.limiter = RateLimiter(cfg.rate_limit)
+        self.anonymous = anonymous(cfg)
+        self._locks = {issuer: trio.Lock() for issuer in self.keys}
+
+    async def authenticate(self, header: str | None) -> Principal:
+        if not self.cfg.issuers:
+            return self.anonymous
+        token = bearer(header)
+        for keys in self.keys.values():
+            if keys.stale(time.monotonic()):
+                await self.refresh(keys.cfg.issuer)
+        found = self.verifier.verify(token, time.time())
+        if isinstance(found, KeyNeeded) and await self.refresh(found.issuer):
+            found = self.verifier.verify(token, time.time())
+        if isinstance(found, KeyNeeded):
+            raise refused(UNKNOWN_KEY)
+        return found
+
+    async def refresh(self, issuer: str) -> bool:
+        """Refresh one issuer's keys (one at a time, rate-limited); True iff
+        they changed since the caller looked."""
+        keys = self.keys[issuer]
+        before = keys.digest
+        async with self._locks[issuer]:
+            if keys.digest != before:  # refreshed while we waited
+                return True
+            now = time.monotonic()
+            if not keys.may_refresh(now):
+                return False
+            changed = await trio.to_thread.run_sync(keys.refresh, now)
+        if changed:
+            self.verifier.forget()
+        return changed
+
+
+STATE_KEY = "KNHKD_AUTH"
+
+
+def _state(app: QuartTrio) -> AuthState:
+    """The state for the configuration in force; rebuilt when a reload
+    changed ``[auth]``."""
+    cfg = daemon().cfg.auth
+    state: AuthState = app.config[STATE_KEY]
+    if state.cfg is not cfg:
+        if state.cfg == cfg:  # a reload that left [auth] as it was
+            state.cfg = cfg
+        else:
+            state = AuthState(cfg)
+            app.config[STATE_KEY] = state
+            log.info("authentication configuration reloaded")
+    return state
+
+
+def current_principal() -> Principal:
+    """Who is asking (set by the hook for every non-public route)."""
+    found = g.get("principal")
+    if not isinstance(found, Principal):
+        raise TypeError("no principal: the route is public or the hook did not run")
+    return found
+
+
+def install(app: QuartTrio, cfg: AuthConfig) -> None:
+    """Register the hook (after the edge checks, before any route)."""
+    app.config[STATE_KEY] = AuthState(cfg)
+    if cfg.issuers:
+        log.info(
+            "authentication on: bearer tokens of %s",
+            ", ".join(i.issuer for i in cfg.issuers),
+        )
+    else:
+        log.warning(
+            "authentication is off (no [[auth.issuers]]): every HTTP caller is 'anonymous' with %s",
+            ", ".join(cfg.anonymous_permissions) or "no permission",
+        )
+
+    @app.before_request
+    async def _authorize() -> None:
+        endpoint = request.endpoint
+        if endpoint is None:  # no such route: Quart answers 404 or 405
+            return
+        need = ROUTE_PERMISSIONS.get(endpoint)
+        if need == PUBLIC:
+            return
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        route = f"{request.method} {rule}"
+        peer = request.remote_addr or ""
+        state = _state(app)
+        try:
+            principal = await state.authenticate(request.headers.get("Authorization"))
+        except Unauthorized as exc:
+            on_decision(None, route, "deny", exc.detail, peer=peer)
+            _close_if_body_unread()
+            raise
+        g.principal = principal
+        wait = state.limiter.take(principal, time.monotonic())
+        if wait > 0:
+            on_decision(principal, route, "deny", "rate limited", peer=peer)
+            _close_if_body_unread()
+            raise TooManyRequests(
+                f"{principal.name} is over its rate limit", retry_after=max(1, int(wait + 0.999))
+            )
+        if need is None or not principal.may(need):
+            why = f"needs {need}" if need else "no permission is declared for this route"
+            on_decision(principal, route, "deny", why, peer=peer)
+            _close_if_body_unread()
+            raise _forbidden(principal, route, why, state.cfg)
+        on_decision(principal, route, "allow", need, peer=peer)
+
+
+def _close_if_body_unread() -> None:
+    """A refused request's body is never read: answer with ``Connection:
+    close``. Left unread on a keep-alive connection, Hypercorn (0.18, h11)
+    now and then never answers the connection's next request (measured: 1 in
+    ~6 POSTs refused before their body was read)."""
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+
+        @after_this_request
+        async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugResponse:
+            response.headers["Connection"] = "close"
+            return response
+
+
+def _forbidden(principal: Principal, route: str, why: str, cfg: AuthConfig) -> Forbidden:
+    detail = f"{principal.name} may not {route}: {why}"
+    if not cfg.issuers:
+        detail += (
+            "; authentication is off, so every caller is 'anonymous' "
+            "(configure [[auth.issuers]], or auth.anonymous_permissions)"
+        )
+    exc = Forbidden(detail)
+    if cfg.issuers:
+        exc.www_authenticate = f'{REALM}, error="insufficient_scope"'
+    return exc
