@@ -66,6 +66,8 @@ Need = Permission | Literal["PUBLIC"]
 ROUTE_PERMISSIONS: dict[str, Need] = {
     "health.health": PUBLIC,
     "health.ready": PUBLIC,
+    # The API's description is no secret: a client reads it before it has a token.
+    "openapi.openapi_json": PUBLIC,
     "health.metrics": "READ_METRICS",
     "observations.ingest": "INGEST",
     "observations.get_observation": "READ_OBSERVATIONS",

@@ -32,6 +32,7 @@ import msgspec
 from quart import Blueprint, Response, current_app
 from quart_trio import QuartTrio
 
+from knhkd.api.authn import PUBLIC, ROUTE_PERMISSIONS
 from knhkd.api.problems import PROBLEM_JSON
 from knhkd.api.routes.base import JSON, daemon
 from knhkd.api.routes.doc import Answer, RouteDoc, doc_of, documented
@@ -64,9 +65,12 @@ def _types_of(t: Any) -> tuple[Any, ...]:
     return t if isinstance(t, tuple) else (t,)
 
 
-def _problems_of(doc: RouteDoc, methods: set[str]) -> dict[int, set[str]]:
+def _problems_of(doc: RouteDoc, methods: set[str], public: bool) -> dict[int, set[str]]:
     found: dict[int, set[str]] = {}
     common: list[tuple[int, str]] = [(403, "host-not-allowed"), (500, "internal-error")]
+    if not public:
+        # api/authn.py: who is asking, may they, and not too often.
+        common += [(401, "unauthorized"), (403, "forbidden"), (429, "too-many-requests")]
     if methods & MUTATING:
         common.append((403, "origin-not-allowed"))
     if doc.body is not None:
@@ -175,7 +179,8 @@ def document(app: QuartTrio, cfg: Config) -> dict[str, Any]:
                     "description": answer.description,
                     "content": _content(answer, schema_of),
                 }
-            for status, slugs in sorted(_problems_of(doc, set(methods)).items()):
+            public = ROUTE_PERMISSIONS.get(endpoint) == PUBLIC
+            for status, slugs in sorted(_problems_of(doc, set(methods), public).items()):
                 types = sorted(PROBLEM_PREFIX + s for s in slugs)
                 entry = responses.setdefault(
                     str(status), {"description": "Problem: " + ", ".join(types), "content": {}}
