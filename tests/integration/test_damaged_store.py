@@ -22,7 +22,7 @@ FAST_CHECKPOINTS = "[receipts]\ncheckpoint_every = 2\ncheckpoint_interval_s = 0.
 
 
 def _filled(make_daemon, batches: int = 6) -> RunningDaemon:  # type: ignore[no-untyped-def]
-    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS)
+    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS, auth=True)
     with d.client() as c:
         for i in range(batches):
             body = [{**OBS, "value": {"door": i, "pad": "x" * 200}}] * 40
@@ -108,7 +108,7 @@ def _assert_read_only(d: RunningDaemon, finding: str) -> None:
 
 
 def test_a_rolled_back_store_starts_read_only_and_is_never_extended(make_daemon) -> None:  # type: ignore[no-untyped-def]
-    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS)
+    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS, auth=True)
     with d.client() as c:
         early = c.post("/api/v1/observations", json=OBS).json()["id"]
     assert d.stop() == 0
@@ -212,7 +212,7 @@ def test_a_damaged_keyring_is_one_line_and_exit_2(make_daemon, victim: str) -> N
 
 
 def test_a_clean_restart_stays_writable_and_moves_the_anchor(make_daemon) -> None:  # type: ignore[no-untyped-def]
-    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS)
+    d: RunningDaemon = make_daemon(FAST_CHECKPOINTS, auth=True)
     # First start: an anchor right after genesis.
     first = _wait_anchor(d, 1)
     with d.client() as c:

@@ -59,7 +59,7 @@ def _problem(r: httpx.Response, status: int, slug: str) -> dict[str, object]:
 
 @pytest.fixture
 def guarded(make_daemon) -> RunningDaemon:  # type: ignore[no-untyped-def]
-    return make_daemon(EXTRA)  # type: ignore[no-any-return]
+    return make_daemon(EXTRA, auth=True)  # type: ignore[no-any-return]
 
 
 def test_json_routes_refuse_other_media_types_and_store_nothing(guarded: RunningDaemon) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 
-import httpx
 import lmdb
 import pytest
 
@@ -41,7 +40,10 @@ def _damage(d: RunningDaemon, db_name: bytes, key: bytes | None) -> None:
 
 
 def _metric(d: RunningDaemon, name: str) -> float:
-    for line in httpx.get(d.base + "/metrics").text.splitlines():
+    with d.client() as c:
+        scraped = c.get("/metrics")
+    assert scraped.status_code == 200, scraped.text
+    for line in scraped.text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -49,7 +51,8 @@ def _metric(d: RunningDaemon, name: str) -> float:
 
 def test_an_undecodable_observation_is_skipped_not_a_crash_loop(make_daemon) -> None:  # type: ignore[no-untyped-def]
     d: RunningDaemon = make_daemon(
-        "[supervisor]\nmax_restarts = 2\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.1\n"
+        "[supervisor]\nmax_restarts = 2\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.1\n",
+        auth=True,
     )
     with d.client() as c:
         ids = [
