@@ -33,7 +33,8 @@ listeners, one ``TCPServer`` per connection) with four differences:
   client has not read yet (an early 413 or 503 while it is still uploading).
 
 - **Memory given back.** Once request bodies of at least
-  ``TRIM_AFTER_BYTES`` have been released, ``malloc_trim(0)`` runs (glibc
+  ``TRIM_AFTER_BYTES`` have been released or ``TRIM_AFTER_CONNECTIONS``
+  connections closed, ``malloc_trim(0)`` runs (glibc
   only, on a worker thread, at most once per ``TRIM_SETTLE_S``): glibc keeps
   the freed heap pages of a burst of uploads resident otherwise (measured:
   73 MiB at start, 200 MiB under 1,000 slow 1 MB uploads, 167 MiB a minute
@@ -79,16 +80,17 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from knhkd.api.problems import PROBLEM_JSON, problem_for
+from knhkd.api.problems import PROBLEM_JSON, BodiesOverBudget, Draining, problem_for
 from knhkd.errors import KnhkdError
-from knhkd.loop.ingest import Closed, Overloaded
 from knhkd.model import encode_json
 
 HYPERCORN_VERSION = "0.18.0"
 
 # Give freed heap back to the kernel after this many request-body bytes have
-# been released, waiting this long first so that a burst is over.
-TRIM_AFTER_BYTES = 8 * 1_048_576
+# been released, or this many connections closed (each held reads in flight),
+# waiting this long first so that a burst is over.
+TRIM_AFTER_BYTES = 4 * 1_048_576
+TRIM_AFTER_CONNECTIONS = 64
 TRIM_SETTLE_S = 1.0
 
 ASGIApp = Callable[..., Awaitable[None]]
@@ -129,7 +131,8 @@ class Edge:
         self.on_refused = on_refused
         self.held = 0  # body bytes reserved by requests in the app
         self.released = 0  # body bytes released since the last trim
-        self.freed = trio.Event()  # set once released >= TRIM_AFTER_BYTES
+        self.closed = 0  # connections closed since the last trim
+        self.freed = trio.Event()  # set once either is past its TRIM_AFTER_*
         self.in_flight = 0  # requests in the app
         self.draining = False
         self._drained = trio.Event()
@@ -146,12 +149,12 @@ class Edge:
             await self.app(scope, receive, send, sync_spawn, call_soon)
             return
         if self.draining:
-            await self._refuse(Closed("knhkd is shutting down"), receive, send)
+            await self._refuse(Draining("knhkd is shutting down"), receive, send)
             return
         need = body_reservation(scope["headers"], self.max_body_bytes)
         if need and self.held + need > self.budget():
             await self._refuse(
-                Overloaded(
+                BodiesOverBudget(
                     "request bodies in flight would exceed http.max_inflight_body_bytes; "
                     "retry later"
                 ),
@@ -166,11 +169,16 @@ class Edge:
         finally:
             self.held -= need
             self.in_flight -= 1
+            if self.draining and not self.in_flight:
+                self._drained.set()
             self.released += need
             if self.released >= TRIM_AFTER_BYTES:
                 self.freed.set()
-            if self.draining and not self.in_flight:
-                self._drained.set()
+
+    def connection_closed(self) -> None:
+        self.closed += 1
+        if self.closed >= TRIM_AFTER_CONNECTIONS:
+            self.freed.set()
 
     async def _send(self, send: Callable[[Message], Awaitable[None]], message: Message) -> None:
         if self.draining and message["type"] == "http.response.start":
@@ -377,7 +385,7 @@ async def _give_memory_back(edge: Edge) -> None:
     while True:
         await edge.freed.wait()
         await trio.sleep(TRIM_SETTLE_S)
-        edge.released = 0
+        edge.released = edge.closed = 0
         edge.freed = trio.Event()
         # ctypes drops the GIL: the loop keeps serving while glibc walks its heap.
         await trio.to_thread.run_sync(trim)
@@ -455,6 +463,7 @@ async def serve(
         finally:
             connections.discard(conn)
             conn.release()
+            edge.connection_closed()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

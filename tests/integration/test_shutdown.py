@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, read_until_eof
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,6 @@ def _post_head(length: int) -> bytes:
         "POST /api/v1/observations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
     ).encode()
-
-
-def _read_all(s: socket.socket) -> bytes:
-    s.settimeout(30.0)
-    out = b""
-    while data := s.recv(65536):
-        out += data
-    return out
 
 
 def _wait_draining(d: RunningDaemon) -> None:
@@ -57,7 +49,7 @@ def test_an_idle_keep_alive_connection_does_not_hold_sigterm(make_daemon: Any) -
             assert d.proc.wait(timeout=20) == 0
         except subprocess.TimeoutExpired:
             pytest.fail("an idle keep-alive connection held SIGTERM")
-        _read_all(s)  # the rest of the answer, then EOF: closed, not reset
+        read_until_eof(s)  # the rest of the answer, then EOF: closed, not reset
 
 
 def test_writers_during_drain_get_answers_not_resets(make_daemon: Any) -> None:
@@ -84,15 +76,15 @@ def test_writers_during_drain_get_answers_not_resets(make_daemon: Any) -> None:
             first = late.recv(65536, socket.MSG_PEEK)
             assert first.startswith(b"HTTP/1.1 503"), first
             late.sendall(OBSERVATION[half:])
-            answer = _read_all(late)
+            answer = read_until_eof(late)
         assert b"urn:knhkd:problem:draining" in answer
         assert b"connection: close" in answer.lower()
         # The request in flight at SIGTERM completes.
         early.sendall(OBSERVATION[half:])
-        answer = _read_all(early)
+        answer = read_until_eof(early)
         assert answer.startswith((b"HTTP/1.1 201", b"HTTP/1.1 503")), answer
         if answer.startswith(b"HTTP/1.1 503"):
             assert b"draining" in answer
         # The idle keep-alive connection was closed, not reset.
-        _read_all(held)
+        read_until_eof(held)
     assert d.proc.wait(timeout=30) == 0
