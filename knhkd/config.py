@@ -68,6 +68,14 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     commit_timeout_s: PositiveFloat = 10.0
     graceful_timeout_s: PositiveFloat = 5.0
     keep_alive_timeout_s: PositiveFloat = 30.0
+    # Open connections at most; past it the daemon stops accepting and new
+    # connections wait in the listen backlog (restart-only).
+    max_connections: PositiveInt = 256
+    # Request-body bytes all requests in progress may hold together; a request
+    # whose body would not fit gets 503 overloaded before any of it is read.
+    max_inflight_body_bytes: PositiveInt = 64 * 1_048_576
+    # Request line and headers of one request, bytes (restart-only).
+    max_header_bytes: PositiveInt = 16_384
     # POST /api/v1/_noop: the stack's baseline for bench/ (off in production).
     noop_endpoint: bool = False
     # Host header names (``name`` or ``name:port``) the API answers to. Empty:
@@ -512,6 +520,8 @@ def build(
     parse_bind(cfg.http.bind)
     if cfg.storage.max_map_size_mb < cfg.storage.map_size_mb:
         raise ConfigError("storage.max_map_size_mb", "must be at least storage.map_size_mb")
+    if cfg.http.max_inflight_body_bytes < cfg.http.max_body_bytes:
+        raise ConfigError("http.max_inflight_body_bytes", "must be at least http.max_body_bytes")
     if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)

@@ -72,6 +72,9 @@ log = logging.getLogger("knhkd")
 RESTART_ONLY = (
     ("storage", "data_dir"),
     ("http", "bind"),
+    ("http", "max_connections"),
+    ("http", "max_header_bytes"),
+    ("http", "max_body_bytes"),
     ("admin", "socket"),
     ("keys", "signing_key"),
     ("knowledge", "ontology_dir"),

@@ -157,6 +157,16 @@ def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"{text!r} not logged:\n{d.log()}")
 
 
+def read_until_eof(s: socket.socket, timeout: float = 30.0) -> bytes:
+    """Everything a raw HTTP client socket receives until the daemon closes it
+    (a reset raises ``ConnectionResetError``)."""
+    s.settimeout(timeout)
+    out = b""
+    while data := s.recv(65536):
+        out += data
+    return out
+
+
 def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "knhkd.cli.knhkctl", "--data-dir", str(data_dir), *args],
