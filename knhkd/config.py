@@ -530,6 +530,7 @@ def build(
 
 
 def is_loopback(host: str) -> bool:
+    """``host`` (a name or an address, no port) names this machine only."""
     if host == "localhost":
         return True
     try:
