@@ -50,7 +50,7 @@ def on_phi_access(principal: Principal, observation_id: str, justification: str)
     audit trail (issue 11 item 7) records; today a ``knhkd.access`` info line.
     Never given the observation's content."""
     access.info(
-        "phi read of observation %s by %s: %r", observation_id, principal.name, justification
+        "allow phi read of observation %s by %s: %r", observation_id, principal.name, justification
     )
 
 
