@@ -103,17 +103,18 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _listed(value: Any) -> list[Any]:
+    """A claim holding names: a list, or one space-separated string."""
+    if isinstance(value, str):
+        return value.split()
+    return value if isinstance(value, list) else []
+
+
 def roles_from(value: Any, role_map: Mapping[str, Role]) -> tuple[Role, ...]:
     """Role names in a roles claim (a list of strings, or one space-separated
     string); values naming no role are ignored."""
-    if isinstance(value, str):
-        names: list[Any] = value.split()
-    elif isinstance(value, list):
-        names = value
-    else:
-        return ()
     found: list[Role] = []
-    for name in names:
+    for name in _listed(value):
         if not isinstance(name, str):
             continue
         role = role_map.get(name) if role_map else _as_role(name)
@@ -131,14 +132,8 @@ def capacities_from(value: Any) -> tuple[str, ...]:
     """What a signer claim (a list of strings, or one space-separated string)
     lets the principal sign as: its ``role@unit``, ``@unit`` and ``role``
     entries, deduplicated, in order; anything else is ignored."""
-    if isinstance(value, str):
-        names: list[Any] = value.split()
-    elif isinstance(value, list):
-        names = value
-    else:
-        return ()
     found: list[str] = []
-    for name in names:
+    for name in _listed(value):
         ok = isinstance(name, str) and len(name) <= 256 and _CAPACITY.fullmatch(name)
         if ok and name not in found:
             found.append(name)
