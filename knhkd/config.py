@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from knhkd.model import Permission, Role
+from knhkd.model import LOCAL_ISSUER, Permission, Role
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -356,6 +356,11 @@ class IssuerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     roles_claim: Annotated[str, Meta(min_length=1)] = "roles"
     # Claim value -> role. Empty: claim values are role names themselves.
     role_map: dict[str, Role] = {}
+    # Dotted path of the claim saying what the principal signs proposals as,
+    # for doctrines: a list (or space-separated string) of "role@unit",
+    # "@unit" or "role" ("cfo@finance", "@compliance"). Absent claim: signs
+    # as a person of no role or unit. Other entries are ignored.
+    signer_claim: Annotated[str, Meta(min_length=1)] = "knhkd_signer"
     algorithms: Annotated[tuple[str, ...], Meta(min_length=1)] = ("EdDSA", "ES256", "RS256")
     # Tokens issued (iat) longer ago than this are refused, whatever their exp.
     max_token_age_s: PositiveFloat = 3600.0
@@ -407,6 +412,13 @@ class AuthConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # signature check: keyed by SHA-256 of the token, least recently used dropped.
     token_cache_size: PositiveInt = 10_000
     rate_limit: RateLimitConfig = RateLimitConfig()
+    # Healthcare observations (PHI, seed §6.2): a read needs this header
+    # (1-512 characters), passed to the audit hook, and a token issued
+    # (iat) at most phi_max_token_age_s ago.
+    phi_justification_header: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = (
+        "X-Access-Justification"
+    )
+    phi_max_token_age_s: PositiveFloat = 900.0
 
 
 class Config(Struct, forbid_unknown_fields=True, frozen=True):
@@ -565,6 +577,12 @@ def _check_auth(cfg: Config) -> None:
                 )
         if any(not part for part in iss.roles_claim.split(".")):
             raise ConfigError(f"{where}.roles_claim", "expected a dotted claim path")
+        if any(not part for part in iss.signer_claim.split(".")):
+            raise ConfigError(f"{where}.signer_claim", "expected a dotted claim path")
+        if iss.issuer == LOCAL_ISSUER:
+            raise ConfigError(
+                f"{where}.issuer", f"{LOCAL_ISSUER!r} names the admin socket's principals"
+            )
 
 
 def _check_jwks_uri(key: str, uri: str) -> None:

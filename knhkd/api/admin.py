@@ -30,13 +30,17 @@ from typing import Any
 import msgspec
 import trio
 
+from knhkd.auth.roles import local
 from knhkd.errors import KnhkdError, Malformed, NotFound
 from knhkd.loop.daemon import Daemon
-from knhkd.model import AdminRequest, AdminResponse, ProposalIn
+from knhkd.model import AdminRequest, AdminResponse, Principal, ProposalIn
 
 log = logging.getLogger("knhkd.admin")
 
 MAX_LINE = 1 << 20
+# Who promotes, rolls back, runs a cycle or submits through the socket (its
+# peers are the daemon's uid and root), as receipts record it.
+_ADMIN = local("admin-socket")
 _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
 
@@ -72,10 +76,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         }
 
     async def snapshots_rollback(args: dict[str, Any]) -> Any:
-        return await daemon.rollback()
+        return await daemon.rollback(_ADMIN)
 
     async def cycle_run(args: dict[str, Any]) -> Any:
-        return await daemon.run_cycle()
+        return await daemon.run_cycle(_ADMIN)
 
     async def keys_export_public(args: dict[str, Any]) -> Any:
         return daemon.public_keyring()
@@ -110,18 +114,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise CommandError(f"invalid proposal: {exc}") from None
 
     async def proposals_submit(args: dict[str, Any]) -> Any:
-        proposal, created = await daemon.submit_proposal(_proposal(args))
+        proposal, created = await daemon.submit_proposal(_proposal(args), _ADMIN)
         return {"created": created, "proposal": proposal}
 
     async def proposals_validate(args: dict[str, Any]) -> Any:
-        return await daemon.validate_dry(_proposal(args))
+        return await daemon.validate_dry(_proposal(args), _ADMIN)
 
     async def proposals_show(args: dict[str, Any]) -> Any:
         proposal, report = daemon.get_proposal(str(args.get("id", "")))
         return {"proposal": proposal, "validation": report}
 
     async def proposals_promote(args: dict[str, Any]) -> Any:
-        report, promoted = await daemon.promote_proposal(str(args.get("id", "")))
+        report, promoted = await daemon.promote_proposal(str(args.get("id", "")), _ADMIN)
         return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
 
     def _s(args: dict[str, Any], name: str) -> str:
@@ -129,6 +133,13 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         if not isinstance(value, str):
             raise CommandError(f"{name} must be a string")
         return value
+
+    def _who(args: dict[str, Any], role: str) -> Principal:
+        # The socket's peers name who acts; recorded as knhkctl#<name>.
+        name = _s(args, "who")
+        if not name.strip():
+            raise CommandError(f"the {role} must be named")
+        return local(name)
 
     async def guards_list(args: dict[str, Any]) -> Any:
         return daemon.guards_overview()
@@ -143,14 +154,14 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         rid, step = _s(args, "id"), _s(args, "step")
         if step == "request":
             return await daemon.request_relaxation(
-                _s(args, "guard"), _s(args, "who"), _s(args, "reason")
+                _s(args, "guard"), _who(args, "requester"), _s(args, "reason")
             )
         if step == "approve":
-            return await daemon.approve_relaxation(rid, _s(args, "who"))
+            return await daemon.approve_relaxation(rid, _who(args, "approver"))
         if step == "activate":
-            return await daemon.activate_relaxation(rid, _s(args, "who"))
+            return await daemon.activate_relaxation(rid, _who(args, "actor"))
         if step == "revoke":
-            return await daemon.revoke_relaxation(rid, _s(args, "who"), _s(args, "reason"))
+            return await daemon.revoke_relaxation(rid, _who(args, "actor"), _s(args, "reason"))
         if step == "show":
             return daemon.relaxation(rid)
         raise CommandError(f"unknown relaxation step {step!r}")

@@ -47,6 +47,7 @@ from quart import Response, after_this_request, g, request
 from quart_trio import QuartTrio
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.routes.base import daemon
 from knhkd.auth.jwks import IssuerKeys
 from knhkd.auth.ratelimit import RateLimiter
@@ -81,6 +82,7 @@ ROUTE_PERMISSIONS: dict[str, Need] = {
     "proposals.submit_proposal": "GENERATE_PROPOSALS",
     "proposals.validate_proposal": "VALIDATE_PROPOSALS",
     "proposals.promote_proposal": "PROMOTE_SNAPSHOTS",
+    "proposals.sign_proposal": "GOVERN",
     "governance.guards": "READ_SNAPSHOTS",
     "governance.doctrines": "READ_SNAPSHOTS",
     "governance.get_relaxation": "READ_SNAPSHOTS",
@@ -197,14 +199,6 @@ def _state(app: QuartTrio) -> AuthState:
             app.config[STATE_KEY] = state
             log.info("authentication configuration reloaded")
     return state
-
-
-def current_principal() -> Principal:
-    """Who is asking (set by the hook for every non-public route)."""
-    found = g.get("principal")
-    if not isinstance(found, Principal):
-        raise TypeError("no principal: the route is public or the hook did not run")
-    return found
 
 
 def install(app: QuartTrio, cfg: AuthConfig) -> None:
