@@ -246,6 +246,7 @@ def test_https_with_bearer_tokens_tls12_and_plain_http_refused(make_daemon: Any,
     assert counts.get("not_tls") == 1, counts
     # Logged once per peer and reason, however often it happens.
     assert d.log().count("TLS handshake from 127.0.0.1 refused: protocol_version") == 1
+    assert f"ready: http https://127.0.0.1:{d.port}" in d.log()
 
 
 def test_mtls_required_maps_certificates_to_principals(make_daemon: Any, pki: Pki) -> None:
