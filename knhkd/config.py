@@ -58,6 +58,49 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     inline_commit_max_ms: Annotated[float, Meta(ge=0)] = 0.0
 
 
+class ClientPrincipal(Struct, forbid_unknown_fields=True, frozen=True):
+    """A client certificate → principal ``mtls#<subject>`` (``[[http.tls.client_principals]]``).
+
+    Exactly one of ``subject`` (the certificate's whole subject, RFC 4514:
+    ``"CN=gateway-7,O=plant"``, most specific first) and ``common_name`` (its
+    CN alone) is set; the first entry that matches applies."""
+
+    subject: str = ""
+    common_name: str = ""
+    roles: tuple[Role, ...] = ()
+
+
+class TlsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Both set: HTTPS only (TLS 1.3 at least); both empty: plain HTTP. Turning
+    # TLS on or off needs a restart; SIGHUP re-reads the pair (new connections).
+    certfile: str = ""
+    keyfile: str = ""
+    # PEM file of the CAs whose client certificates are accepted (mTLS).
+    # Empty: no client certificate is asked for.
+    client_ca: str = ""
+    # With client_ca: "required" refuses a handshake without a client
+    # certificate; "optional" serves it (bearer tokens or anonymous then decide).
+    client_cert: Literal["required", "optional"] = "required"
+    # Seconds a client has to finish the handshake.
+    handshake_timeout_s: PositiveFloat = 10.0
+    client_principals: tuple[ClientPrincipal, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certfile)
+
+    @property
+    def mapped_client_cert_required(self) -> bool:
+        """Every client must present a certificate of ``client_ca``, and some
+        map to principals: that is authentication (``Config.auth_enabled``)."""
+        return (
+            self.enabled
+            and bool(self.client_ca)
+            and self.client_cert == "required"
+            and bool(self.client_principals)
+        )
+
+
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     bind: str = "127.0.0.1:8080"
     max_body_bytes: PositiveInt = 1_048_576
@@ -89,6 +132,7 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # ``origin-not-allowed``. Requests without ``Origin`` (curl, knhkctl,
     # producers) are not affected.
     allowed_origins: tuple[str, ...] = ()
+    tls: TlsConfig = TlsConfig()
 
 
 # The most characters model.RdfPayload.data may hold at all (its msgspec
@@ -442,8 +486,9 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def auth_enabled(self) -> bool:
-        """Callers must authenticate (``[[auth.issuers]]`` configured)."""
-        return bool(self.auth.issuers)
+        """Callers must authenticate: ``[[auth.issuers]]`` configured, or TLS
+        requiring a client certificate that maps to a principal."""
+        return bool(self.auth.issuers) or self.http.tls.mapped_client_cert_required
 
     # ---- derived paths ---------------------------------------------------- #
 
@@ -557,8 +602,10 @@ def _check_auth(cfg: Config) -> None:
         raise ConfigError(
             "http.bind",
             f"{cfg.http.bind} is not a loopback address and authentication is off: "
-            "configure [[auth.issuers]] or bind 127.0.0.1",
+            "configure [[auth.issuers]] (or http.tls with client_ca, client_cert = "
+            '"required" and [[http.tls.client_principals]]) or bind 127.0.0.1',
         )
+    _check_tls(cfg.http.tls)
     seen: set[str] = set()
     for i, iss in enumerate(cfg.auth.issuers):
         where = f"auth.issuers[{i}]"
@@ -583,6 +630,21 @@ def _check_auth(cfg: Config) -> None:
             raise ConfigError(
                 f"{where}.issuer", f"{LOCAL_ISSUER!r} names the admin socket's principals"
             )
+
+
+def _check_tls(tls: TlsConfig) -> None:
+    if bool(tls.certfile) != bool(tls.keyfile):
+        raise ConfigError("http.tls", "set both certfile and keyfile, or neither")
+    if not tls.enabled and (tls.client_ca or tls.client_principals):
+        raise ConfigError("http.tls", "client_ca and client_principals need certfile and keyfile")
+    if tls.client_principals and not tls.client_ca:
+        raise ConfigError("http.tls.client_principals", "needs http.tls.client_ca")
+    for i, cp in enumerate(tls.client_principals):
+        where = f"http.tls.client_principals[{i}]"
+        if bool(cp.subject) == bool(cp.common_name):
+            raise ConfigError(where, "set exactly one of subject and common_name")
+        if not cp.roles:
+            raise ConfigError(f"{where}.roles", "name at least one role")
 
 
 def _check_jwks_uri(key: str, uri: str) -> None:
@@ -647,6 +709,13 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    http = raw.get("http")
+    tls = http.get("tls") if isinstance(http, dict) else None
+    if isinstance(tls, dict):
+        for key in ("certfile", "keyfile", "client_ca"):
+            value = tls.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                tls[key] = str(base / value)
     auth = raw.get("auth")
     issuers = auth.get("issuers") if isinstance(auth, dict) else None
     for iss in issuers if isinstance(issuers, list) else ():

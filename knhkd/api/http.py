@@ -16,6 +16,11 @@ Guarantees:
   ``http.max_header_bytes``; on shutdown idle connections close at once and
   new requests get 503 ``draining``. ``serve_http`` returns once in-flight
   requests have finished (or ``http.graceful_timeout_s`` passed).
+- With ``[http.tls]``, HTTPS only (TLS 1.3; knhkd/auth/tls.py builds the
+  context, the daemon holds it and swaps it on SIGHUP): a refused handshake
+  counts in ``knhk_tls_handshake_failures_total{reason}`` and is logged at
+  warning once per peer address and reason (the last ``TLS_PEERS_LOGGED``
+  remembered).
 
 Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
 or send a success status for data that was not committed.
@@ -24,6 +29,7 @@ or send a success status for data that was not committed.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -54,6 +60,10 @@ log = logging.getLogger("knhkd.http")
 # How long a closing connection reads and drops what its client still sends,
 # so that the close does not reset a response the client has not read yet.
 LINGER_S = 2.0
+
+# Peer addresses whose refused handshake was logged (least recent dropped):
+# a client retrying a bad certificate in a loop logs one line, not a flood.
+TLS_PEERS_LOGGED = 1024
 
 BLUEPRINTS = (
     observations.bp,
@@ -113,7 +123,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return response
 
     # Who is asking and may they (api/authn.py): after the edge's checks.
-    authn.install(app, daemon.cfg.auth)
+    authn.install(app, daemon.cfg.auth, daemon.cfg.http.tls)
     return app
 
 
@@ -126,6 +136,7 @@ def hypercorn_config(daemon: Daemon) -> HypercornConfig:
     # Bytes of an unfinished request line and headers Hypercorn (h11) buffers
     # per connection; past it, 431/400 and close.
     hc.h11_max_incomplete_size = cfg.max_header_bytes
+    hc.ssl_handshake_timeout = cfg.tls.handshake_timeout_s
     hc.accesslog = None
     hc.errorlog = logging.getLogger("knhkd.hypercorn")
     return hc
@@ -136,6 +147,19 @@ async def serve_http(
 ) -> None:
     """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
     app = create_app(daemon)
+    logged: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def handshake_failed(peer: str, reason: str) -> None:
+        daemon.metrics.tls_handshake_failures.labels(reason).inc()
+        if (peer, reason) in logged:
+            logged.move_to_end((peer, reason))
+            return
+        logged[peer, reason] = None
+        if len(logged) > TLS_PEERS_LOGGED:
+            logged.popitem(last=False)
+        log.warning("TLS handshake from %s refused: %s", peer or "-", reason)
+
+    tls = daemon.tls_context if daemon.cfg.http.tls.enabled else None
     try:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
@@ -148,6 +172,8 @@ async def serve_http(
                     linger_s=LINGER_S,
                     on_refused=daemon.count_response,
                     shutdown_trigger=daemon.shutdown_requested.wait,
+                    tls=tls,
+                    on_handshake_failed=handshake_failed,
                     task_status=task_status,
                 )
             )

@@ -40,6 +40,15 @@ listeners, one ``TCPServer`` per connection) with four differences:
   73 MiB at start, 200 MiB under 1,000 slow 1 MB uploads, 167 MiB a minute
   after they closed; 83 MiB after a trim). No wake-up while nothing is freed.
 
+- **TLS done here** (``tls`` given): each accepted connection is wrapped in
+  a ``trio.SSLStream`` of the context ``tls()`` returns *at accept time* (so
+  a reloaded certificate serves new connections, never cuts old ones), and
+  its handshake is run before Hypercorn sees it. A refused handshake calls
+  ``on_handshake_failed(peer_host, reason)`` (Hypercorn logs nothing); a
+  completed one puts the ASGI ``tls`` extension in every request's scope:
+  ``client_cert_name`` (the verified client certificate's subject, RFC 4514,
+  or None), ``client_cert_cn`` (knhkd's: its CN), ``tls_version``.
+
 It also mends a Hypercorn 0.18 fault: the keep-alive timer of a connection
 is restarted from the app's task, in that task's cancel scope, so it is
 cancelled as soon as the request ends; a keep-alive connection then never
@@ -56,7 +65,8 @@ fails when the installed Hypercorn is another version or those change shape:
 re-read them before moving the pin.
 
 Must never: buffer a request body itself, let a connection outlive the
-server's nursery, or serve TLS (``ValueError``: nothing in knhkd configures it).
+server's nursery, or let Hypercorn's own TLS in (``ValueError``: its
+context would not be TLS 1.3-only nor reloadable; TLS comes through ``tls``).
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, cast
@@ -81,6 +92,7 @@ from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from knhkd.api.problems import PROBLEM_JSON, BodiesOverBudget, Draining, problem_for
+from knhkd.auth.tls import failure_reason, subject_of
 from knhkd.errors import KnhkdError
 from knhkd.model import encode_json
 
@@ -217,6 +229,36 @@ async def _discard(receive: Callable[[], Awaitable[Message]]) -> None:
         pass
 
 
+class _TlsScope:
+    """The app, with the connection's ASGI ``tls`` extension in each scope."""
+
+    def __init__(self, app: ASGIApp, info: dict[str, Any]) -> None:
+        self.app = app
+        self.info = info
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        if scope["type"] == "http":
+            scope["extensions"]["tls"] = self.info
+        await self.app(scope, receive, send, sync_spawn, call_soon)
+
+
+def tls_extension(stream: trio.SSLStream[trio.SocketStream]) -> dict[str, Any]:
+    """The ASGI ``tls`` extension of a connection whose handshake is done."""
+    der = stream.getpeercert(binary_form=True)
+    name, cn = subject_of(der) if der else (None, None)
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": name,
+        "client_cert_cn": cn,
+        "client_cert_error": None,
+        "tls_version": 0x0304 if stream.version() == "TLSv1.3" else None,
+        "cipher_suite": None,
+    }
+
+
 class Connection(TCPServer):
     """One HTTP/1.1 connection: Hypercorn's, with a keep-alive watcher that
     works and a lingering close."""
@@ -232,8 +274,12 @@ class Connection(TCPServer):
         slots: Slots,
         linger_s: float,
         linger_bytes: int,
+        peer: str = "",
+        on_handshake_failed: Callable[[str, str], None] | None = None,
     ) -> None:
         super().__init__(cast(AppWrapper, app), config, context, state, cast(Any, stream))
+        self._peer = peer
+        self._on_handshake_failed = on_handshake_failed
         self._slots = slots
         self._holds_open = True  # taken by the listener before accept
         self._holds_linger = False
@@ -273,10 +319,26 @@ class Connection(TCPServer):
 
     async def run(self) -> None:
         try:
-            await super().run()
+            if isinstance(self.stream, trio.SSLStream) and not await self._handshake():
+                return
+            await super().run()  # its do_handshake returns at once: done above
         finally:
             self._done = True
-            await self.stream.aclose()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.aclose()
+
+    async def _handshake(self) -> bool:
+        stream = self.stream
+        try:
+            with trio.fail_after(self.config.ssl_handshake_timeout):
+                await stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            reason = "timeout" if isinstance(exc, trio.TooSlowError) else failure_reason(exc)
+            if self._on_handshake_failed is not None:
+                self._on_handshake_failed(self._peer, reason)
+            return False
+        self.app = cast(AppWrapper, _TlsScope(cast(ASGIApp, self.app), tls_extension(stream)))
+        return True
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Updated):
@@ -334,10 +396,13 @@ class Connection(TCPServer):
                 return
             if self._read_scope is not None:
                 self._read_scope.deadline = trio.current_time() + self._linger_s
+            # A TLS stream cannot half-close: shut the TCP write side under it
+            # (the client has every TLS record of the answer before the FIN).
+            target = getattr(self.stream, "transport_stream", self.stream)
             with contextlib.suppress(
                 trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError
             ):
-                await self.stream.send_eof()
+                await target.send_eof()
 
     async def _read_data(self) -> None:
         dropped = 0
@@ -428,11 +493,13 @@ async def serve(
     linger_s: float,
     on_refused: Callable[[int], None],
     shutdown_trigger: Callable[[], Awaitable[None]],
+    tls: Callable[[], ssl.SSLContext] | None = None,
+    on_handshake_failed: Callable[[str, str], None] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then drain (above)."""
     if config.ssl_enabled:
-        raise ValueError("knhkd.api.server serves plain HTTP only")
+        raise ValueError("knhkd.api.server does TLS itself (tls=), never through Hypercorn's")
     edge = Edge(
         wrap_app(app, config.wsgi_max_body_size, "asgi"),
         max_body_bytes=max_body_bytes,
@@ -447,15 +514,23 @@ async def serve(
     connections: set[Connection] = set()
 
     async def handle(stream: trio.SocketStream) -> None:
+        served: trio.abc.Stream = stream
+        peer = ""
+        if tls is not None:
+            with contextlib.suppress(OSError):
+                peer = str(stream.socket.getpeername()[0])
+            served = trio.SSLStream(stream, tls(), server_side=True, https_compatible=True)
         conn = Connection(
             edge,
             config,
             context,
             ConnectionState(lifespan_state.copy()),
-            stream,
+            cast(trio.SocketStream, served),
             slots=slots,
             linger_s=linger_s,
             linger_bytes=max_body_bytes,
+            peer=peer,
+            on_handshake_failed=on_handshake_failed,
         )
         connections.add(conn)
         try:
@@ -475,7 +550,8 @@ async def serve(
             sock.listen(config.backlog)
             inner = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             listeners.append(_Limited(inner, slots))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            scheme = "https" if tls is not None else "http"
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
         try:
             async with trio.open_nursery() as conn_nursery:
                 async with trio.open_nursery() as accept_nursery:

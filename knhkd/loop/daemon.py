@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ import trio
 
 from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
+from knhkd.auth.tls import TlsError, server_context
 from knhkd.config import Config, ConfigError
 from knhkd.errors import KnhkdError, PrincipalMismatch
 from knhkd.governance.relaxation import RelaxationError
@@ -37,7 +39,7 @@ from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
-from knhkd.loop.startup import MB, Opened, Prepared, publish_keyring
+from knhkd.loop.startup import MB, Opened, Prepared, StartupError, publish_keyring
 from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
@@ -126,6 +128,18 @@ class Daemon:
         self.shutdown_requested = trio.Event()
         self.http_done = trio.Event()
         self.http_bound: list[str] = []
+        self._tls: ssl.SSLContext | None = None
+        if self.cfg.http.tls.enabled:
+            try:
+                self._tls = server_context(self.cfg.http.tls)
+            except TlsError as exc:
+                raise StartupError("tls", str(exc)) from None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The HTTPS context new connections get (a SIGHUP may replace it)."""
+        if self._tls is None:
+            raise RuntimeError("http.tls is not configured")
+        return self._tls
 
     @property
     def cfg(self) -> Config:
@@ -544,6 +558,12 @@ class Daemon:
                     new_v,
                 )
                 return
+        if new.http.tls.enabled != self.cfg.http.tls.enabled:
+            log.error(
+                "reload refused, keeping the running configuration: "
+                "turning http.tls on or off needs a restart"
+            )
+            return
         try:
             self.governance.load(new)
         except (KnowledgeError, RelaxationError) as exc:
@@ -560,6 +580,14 @@ class Daemon:
             return
         self._state.settings.current = new
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        if new.http.tls.enabled:
+            # The files are read again even when the settings did not change:
+            # a renewed certificate keeps its path. A bad pair keeps the old one.
+            try:
+                self._tls = server_context(new.http.tls)
+                log.info("TLS certificate and key reloaded for new connections")
+            except TlsError as exc:
+                log.error("TLS reload refused, keeping the running certificate: %s", exc)
         # The map's ceiling is the running configuration's: a raised ceiling
         # lets a map-full store take writes again at once.
         self.store.max_map_size = new.storage.max_map_size_mb * MB
