@@ -104,9 +104,32 @@ class LimitsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     rdf_max_length: Annotated[int, Meta(gt=0, le=RDF_MAX_LENGTH_CEILING)] = RDF_MAX_LENGTH_CEILING
 
 
+class AdminRole(Struct, forbid_unknown_fields=True, frozen=True):
+    """``[[admin.roles]]``: a uid or a gid (exactly one) and the roles its
+    peers hold on the admin socket."""
+
+    roles: tuple[Role, ...]
+    uid: NonNegativeInt | None = None
+    gid: NonNegativeInt | None = None
+
+
 class AdminConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Empty: ``admin.sock`` inside the data directory.
     socket: str = ""
+    # Other local users (by uid, or by a group they belong to) and their roles;
+    # the daemon's own uid and root are administrators, every other peer is refused.
+    roles: tuple[AdminRole, ...] = ()
+
+
+class AuditConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Audit records wait at most this long before their group commit ...
+    flush_interval_ms: PositiveInt = 50
+    # ... or until this many are queued.
+    max_batch: PositiveInt = 1024
+    # The intake; when it is full a request waits up to enqueue_wait_s for room
+    # (back-pressure), then the record is counted in knhk_audit_dropped_total.
+    queue_capacity: PositiveInt = 16384
+    enqueue_wait_s: PositiveFloat = 2.0
 
 
 class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -406,6 +429,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     http: HttpConfig = HttpConfig()
     limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
+    audit: AuditConfig = AuditConfig()
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
@@ -516,6 +540,9 @@ def build(
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)
     _check_auth(cfg)
+    for i, entry in enumerate(cfg.admin.roles):
+        if (entry.uid is None) == (entry.gid is None):
+            raise ConfigError(f"admin.roles[{i}]", "set exactly one of uid and gid")
     return cfg
 
 

@@ -446,31 +446,35 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 CustomParam = str | int | float | bool
 
 
-class ApprovalChain(Struct, tag="approval_chain", tag_field="kind", frozen=True,
-                    forbid_unknown_fields=True):
+class ApprovalChain(
+    Struct, tag="approval_chain", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """At least ``required_signers`` distinct signers, one from each listed unit."""
 
     required_signers: Annotated[int, Meta(ge=1)]
     sectors: list[Annotated[str, Meta(min_length=1)]] = []
 
 
-class SegregationOfDuties(Struct, tag="segregation_of_duties", tag_field="kind", frozen=True,
-                          forbid_unknown_fields=True):
+class SegregationOfDuties(
+    Struct, tag="segregation_of_duties", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """No signer holds two different roles of one set."""
 
     incompatible_roles: list[Annotated[list[str], Meta(min_length=2)]]
 
 
-class ResourceLimit(Struct, tag="resource_limit", tag_field="kind", frozen=True,
-                    forbid_unknown_fields=True):
+class ResourceLimit(
+    Struct, tag="resource_limit", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """``proposal.resources[resource] <= max``; an absent resource passes."""
 
     resource: Annotated[str, Meta(min_length=1)]
     max: float
 
 
-class TimeWindow(Struct, tag="time_window", tag_field="kind", frozen=True,
-                 forbid_unknown_fields=True):
+class TimeWindow(
+    Struct, tag="time_window", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """Now (UTC) in [start_hour, end_hour) on one of ``days``; a window with
     start > end wraps past midnight and belongs to the day it opens."""
 
@@ -479,16 +483,18 @@ class TimeWindow(Struct, tag="time_window", tag_field="kind", frozen=True,
     days: list[Weekday] = msgspec.field(default_factory=lambda: list(WEEKDAYS))
 
 
-class SchemaConstraint(Struct, tag="schema", tag_field="kind", frozen=True,
-                       forbid_unknown_fields=True):
+class SchemaConstraint(
+    Struct, tag="schema", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """The resulting graph conforms to a SHACL shapes file (a path relative
     to the doctrine file)."""
 
     shapes: Annotated[str, Meta(min_length=1)]
 
 
-class CustomConstraint(Struct, tag="custom", tag_field="kind", frozen=True,
-                       forbid_unknown_fields=True):
+class CustomConstraint(
+    Struct, tag="custom", tag_field="kind", frozen=True, forbid_unknown_fields=True
+):
     """A named check of the registry the configuration enables."""
 
     rule: Annotated[str, Meta(min_length=1)]
@@ -496,7 +502,11 @@ class CustomConstraint(Struct, tag="custom", tag_field="kind", frozen=True,
 
 
 DoctrineConstraint = (
-    ApprovalChain | SegregationOfDuties | ResourceLimit | TimeWindow | SchemaConstraint
+    ApprovalChain
+    | SegregationOfDuties
+    | ResourceLimit
+    | TimeWindow
+    | SchemaConstraint
     | CustomConstraint
 )
 
@@ -535,7 +545,12 @@ class Guard(Struct, frozen=True, forbid_unknown_fields=True):
 RelaxationState = Literal["requested", "approved", "active", "ended"]
 RelaxationEnd = Literal["expired", "window_closed", "revoked"]
 RelaxationStep = Literal[
-    "requested", "approval_recorded", "approved", "activated", "revoked", "expired",
+    "requested",
+    "approval_recorded",
+    "approved",
+    "activated",
+    "revoked",
+    "expired",
     "window_closed",
 ]
 
@@ -628,6 +643,10 @@ ReceiptKind = Literal[
     "key_rotated",
     "guard_relaxation_step",
     "governance_changed",
+    # An entry of the audit trail (knhkd/loop/auditor.py): who asked for what,
+    # through which door, and what the daemon decided. ``inputs`` holds the
+    # fields of ``AuditRecord``; ``outcome`` is approved (allowed) or rejected.
+    "audit",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -808,6 +827,48 @@ class Problem(Struct, omit_defaults=True):
     errors: list[FieldError] = []
     # Errors beyond those listed (api/problems.py MAX_ERRORS); absent when none.
     errors_omitted: int = 0
+
+
+AuditEvent = Literal["authn", "authz", "admin", "config_reload", "phi_read"]
+AuditDecision = Literal["allow", "deny"]
+
+
+class AuditRecord(Struct, frozen=True):
+    """One entry of the audit trail before it is receipted (``Daemon.audit``).
+
+    Stored as a receipt of kind ``audit`` whose ``inputs`` are these fields
+    (``detail`` entries prefixed ``detail.``), so it is signed, chained and
+    Merkle-logged like every receipt. ``principal`` is ``Principal.name``
+    (``-`` when no one was authenticated, ``uid:N`` on the admin socket);
+    ``route`` is ``METHOD /rule`` or ``admin <command>``; ``reason`` a fixed
+    text. Must never carry a token, a key, or a request body.
+    """
+
+    event: AuditEvent
+    principal: str
+    route: str
+    decision: AuditDecision
+    reason: str
+    peer: str = ""
+    sector: str = ""
+    # Extra fields of one kind of event (a PHI read's justification and ids ...).
+    detail: dict[str, str] = {}
+
+
+class AuditEntry(Struct):
+    """An audit receipt as ``knhkctl audit list`` shows it."""
+
+    id: str
+    seq: int
+    timestamp_ns: int
+    event: str
+    principal: str
+    route: str
+    decision: str
+    reason: str
+    peer: str
+    count: int
+    detail: dict[str, str] = {}
 
 
 class AdminRequest(Struct, forbid_unknown_fields=True):

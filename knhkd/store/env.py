@@ -369,4 +369,3 @@ def _check_schema(store: Store, *, stamp: bool = True) -> None:
                 f"{SCHEMA_VERSION}; refusing to open",
                 found,
             )
-

@@ -178,4 +178,3 @@ def report_results(report: Graph, root: Node | None = None) -> tuple[list[Result
             )
         )
     return out, conforms
-

@@ -77,4 +77,3 @@ class Validation:
     results: list[Result]
     # Top-level shapes that were handed to pySHACL (empty: all compiled).
     fallback_shapes: tuple[Node, ...] = ()
-
