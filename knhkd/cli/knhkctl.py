@@ -13,6 +13,7 @@ the store read-only and the public keyring ``keys/public.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -187,12 +188,10 @@ def call(path: Path, cmd: str, args: dict[str, Any], timeout: float) -> Any:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        try:
+        # A refused peer is answered at once and disconnected: the answer may
+        # already wait in our buffer even when sending fails; read it.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            # A refused peer is answered at once and disconnected: the answer
-            # may already wait in our buffer, read it.
-            pass
         buf = b""
         while b"\n" not in buf:
             try:

@@ -29,7 +29,7 @@ from tests.integration.conftest import RunningDaemon, wait_for_log
 @pytest.fixture
 def other_user() -> Iterator[pwd.struct_passwd]:
     if os.geteuid() != 0:
-        pytest.skip("needs root to create a second user (tests run as uid %d)" % os.geteuid())
+        pytest.skip(f"needs root to create a second user (tests run as uid {os.geteuid()})")
     name = f"knhkt{uuid.uuid4().hex[:8]}"
     made = subprocess.run(
         ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],

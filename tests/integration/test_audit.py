@@ -9,7 +9,6 @@ import base64
 import json
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
