@@ -79,8 +79,8 @@ def drafts_of(batch: list[Queued]) -> list[Draft]:
             "first_ns": str(first),
             "last_ns": str(last),
         }
-        for key, value in record.detail.items():
-            inputs[f"detail.{key}"] = value
+        for name, value in record.detail.items():
+            inputs[f"detail.{name}"] = value
         out.append(
             Draft(
                 kind="audit",
