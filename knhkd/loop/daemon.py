@@ -26,7 +26,7 @@ import trio
 from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
 from knhkd.config import Config, ConfigError
-from knhkd.errors import KnhkdError
+from knhkd.errors import Conflict, KnhkdError
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
@@ -244,6 +244,12 @@ class Daemon:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
         ``key_rotated`` receipt's id and the new key id."""
         self.write_gate.check()  # before the new key file is written
+        if self.cfg.signing_key_is_credential:
+            raise Conflict(
+                "the signing key is a systemd credential (keys.signing_key = "
+                f"{self.cfg.keys.signing_key!r}), read-only to the daemon: rotation "
+                "needs a key file it may replace (systemd/README.md, Rotating the key)"
+            )
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
