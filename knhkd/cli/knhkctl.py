@@ -232,18 +232,23 @@ def _require_daemon(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -
 # ---------------------------------------------------------------------- #
 
 
-def _offline_verify(data_dir: Path) -> Any:
+def _load_keyring(path: Path) -> Any:
+    """A public keyring file's verifier; CtlError when it is absent or bad."""
     from knhkd.crypto.keys import KeyFileError, Verifier
+
+    try:
+        return Verifier.from_json(path.read_bytes())
+    except FileNotFoundError:
+        raise CtlError(f"{path}: no public keyring (never started?)") from None
+    except KeyFileError as exc:
+        raise CtlError(str(exc)) from None
+
+
+def _offline_verify(data_dir: Path) -> Any:
     from knhkd.receipts.log import verify_store
     from knhkd.store.env import StoreError, open_store
 
-    ring = data_dir / "keys" / "public.json"
-    try:
-        verifier = Verifier.from_json(ring.read_bytes())
-    except FileNotFoundError:
-        raise CtlError(f"{ring}: no public keyring (never started?)") from None
-    except KeyFileError as exc:
-        raise CtlError(str(exc)) from None
+    verifier = _load_keyring(data_dir / "keys" / "public.json")
     try:
         store = open_store(data_dir, readonly=True, exclusive=False)
     except StoreError as exc:
@@ -526,15 +531,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     """An export/proof FILE: the offline verifier, and how many audit records
     it holds. No FILE: every receipt of DATA_DIR's log (read-only, the daemon
     may run) against the keyring, naming each damaged audit record."""
-    from knhkd.crypto.keys import KeyFileError, Verifier
-
     keys = Path(args.keys) if args.keys else Path(args.data_dir) / "keys" / "public.json"
-    try:
-        verifier = Verifier.from_json(keys.read_bytes())
-    except FileNotFoundError:
-        raise CtlError(f"{keys}: no public keyring") from None
-    except KeyFileError as exc:
-        raise CtlError(str(exc)) from None
+    verifier = _load_keyring(keys)
     if args.file:
         return _audit_verify_file(args, verifier)
     from knhkd.receipts.audit import audit_seqs, entries

@@ -32,6 +32,7 @@ wait for an fsync; drop a record without counting it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -185,7 +186,8 @@ class Auditor:
                 raise
             # Storage full, read-only, stopping, a failed commit: a state the
             # writer reports; the records are counted and logged, the actor goes on.
-            self._dropped(batch, type(exc).__name__, exc.detail or str(exc))
+            reason = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+            self._dropped(batch, reason, exc.detail or str(exc))
             return
         self.committed += len(drafts)
         self._metrics.receipts_appended.labels("audit").inc(len(drafts))

@@ -96,7 +96,7 @@ class Metrics:
         self.audit_records = Counter(
             "knhk_audit_records",
             "Audit records committed (each may count several identical decisions).",
-            ["event", "decision"],
+            ["audit_event", "audit_decision"],
             registry=r,
         )
         self.audit_dropped = Counter(

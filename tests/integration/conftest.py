@@ -164,6 +164,17 @@ class RunningDaemon:
         return run_ctl(self.data_dir, *args, timeout=timeout)
 
 
+def stored_counts(d: RunningDaemon) -> tuple[int, int]:
+    """(observations, receipts other than the audit trail's): what a refused
+    request must leave as it was. Its audit record is stored, by design
+    (README "Audit trail")."""
+    st = json.loads(d.ctl("status", "--format", "json").stdout)
+    listed = d.ctl("receipts", "list", "--limit", "100000", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    decisions = [r for r in json.loads(listed.stdout) if r["body"]["kind"] != "audit"]
+    return st["observations"], len(decisions)
+
+
 def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
