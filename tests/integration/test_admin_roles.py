@@ -125,6 +125,21 @@ roles = ["observer"]
         assert out.returncode == 2
         assert f"uid {other_user.pw_uid} may not use this socket" in out.stderr
 
+        # Mapped by its group (a second reload): the group's role applies.
+        d.config.write_text(
+            d.config.read_text()
+            .replace("uid = 4000000", f"gid = {other_user.pw_gid}")
+            .replace('roles = ["observer"]', 'roles = ["operator"]')
+        )
+        d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        for _ in range(200):
+            if d.log().count("configuration reloaded") >= 2:
+                break
+            time.sleep(0.05)
+        cyc = ctl_as(other_user, sock, "cycle", "run")
+        assert cyc.returncode == 0, cyc.stderr
+        assert ctl_as(other_user, sock, "keys", "rotate").returncode == 2
+
         # Every refusal is in the audit trail, with the peer's credentials.
         entries: list[dict[str, Any]] = []
         for _ in range(100):
