@@ -446,35 +446,31 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 CustomParam = str | int | float | bool
 
 
-class ApprovalChain(
-    Struct, tag="approval_chain", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class ApprovalChain(Struct, tag="approval_chain", tag_field="kind", frozen=True,
+                    forbid_unknown_fields=True):
     """At least ``required_signers`` distinct signers, one from each listed unit."""
 
     required_signers: Annotated[int, Meta(ge=1)]
     sectors: list[Annotated[str, Meta(min_length=1)]] = []
 
 
-class SegregationOfDuties(
-    Struct, tag="segregation_of_duties", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class SegregationOfDuties(Struct, tag="segregation_of_duties", tag_field="kind", frozen=True,
+                          forbid_unknown_fields=True):
     """No signer holds two different roles of one set."""
 
     incompatible_roles: list[Annotated[list[str], Meta(min_length=2)]]
 
 
-class ResourceLimit(
-    Struct, tag="resource_limit", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class ResourceLimit(Struct, tag="resource_limit", tag_field="kind", frozen=True,
+                    forbid_unknown_fields=True):
     """``proposal.resources[resource] <= max``; an absent resource passes."""
 
     resource: Annotated[str, Meta(min_length=1)]
     max: float
 
 
-class TimeWindow(
-    Struct, tag="time_window", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class TimeWindow(Struct, tag="time_window", tag_field="kind", frozen=True,
+                 forbid_unknown_fields=True):
     """Now (UTC) in [start_hour, end_hour) on one of ``days``; a window with
     start > end wraps past midnight and belongs to the day it opens."""
 
@@ -483,18 +479,16 @@ class TimeWindow(
     days: list[Weekday] = msgspec.field(default_factory=lambda: list(WEEKDAYS))
 
 
-class SchemaConstraint(
-    Struct, tag="schema", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class SchemaConstraint(Struct, tag="schema", tag_field="kind", frozen=True,
+                       forbid_unknown_fields=True):
     """The resulting graph conforms to a SHACL shapes file (a path relative
     to the doctrine file)."""
 
     shapes: Annotated[str, Meta(min_length=1)]
 
 
-class CustomConstraint(
-    Struct, tag="custom", tag_field="kind", frozen=True, forbid_unknown_fields=True
-):
+class CustomConstraint(Struct, tag="custom", tag_field="kind", frozen=True,
+                       forbid_unknown_fields=True):
     """A named check of the registry the configuration enables."""
 
     rule: Annotated[str, Meta(min_length=1)]
@@ -502,11 +496,7 @@ class CustomConstraint(
 
 
 DoctrineConstraint = (
-    ApprovalChain
-    | SegregationOfDuties
-    | ResourceLimit
-    | TimeWindow
-    | SchemaConstraint
+    ApprovalChain | SegregationOfDuties | ResourceLimit | TimeWindow | SchemaConstraint
     | CustomConstraint
 )
 
@@ -545,12 +535,7 @@ class Guard(Struct, frozen=True, forbid_unknown_fields=True):
 RelaxationState = Literal["requested", "approved", "active", "ended"]
 RelaxationEnd = Literal["expired", "window_closed", "revoked"]
 RelaxationStep = Literal[
-    "requested",
-    "approval_recorded",
-    "approved",
-    "activated",
-    "revoked",
-    "expired",
+    "requested", "approval_recorded", "approved", "activated", "revoked", "expired",
     "window_closed",
 ]
 

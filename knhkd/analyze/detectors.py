@@ -124,9 +124,8 @@ class _Series:
         self.count = 0
         self.flagged = 0
 
-    def add(
-        self, index: int, span: int, obs_id: str, *, flagged: bool, evidence: bool, sample: int
-    ) -> None:
+    def add(self, index: int, span: int, obs_id: str, *, flagged: bool, evidence: bool,
+            sample: int) -> None:
         bucket = self._bucket(index, span)
         if bucket is None:
             return
@@ -265,7 +264,9 @@ def _pattern(
     )
     fields = msgspec.structs.asdict(p)
     del fields["id"]
-    return msgspec.structs.replace(p, id=content_hash(_PATTERN_DOMAIN, fields)[:_PATTERN_ID_HEX])
+    return msgspec.structs.replace(
+        p, id=content_hash(_PATTERN_DOMAIN, fields)[:_PATTERN_ID_HEX]
+    )
 
 
 def _sort_key(p: DetectedPattern) -> tuple[float, str, str]:
@@ -321,11 +322,7 @@ class Detectors:
             )
             is_error = "error" in obs.event_type
             self._errors.series(obs.sector).add(
-                err.index(t),
-                err.buckets,
-                obs.id,
-                flagged=is_error,
-                evidence=is_error,
+                err.index(t), err.buckets, obs.id, flagged=is_error, evidence=is_error,
                 sample=sample,
             )
             if obs.sector == "generic":
@@ -396,43 +393,39 @@ class Detectors:
         hf = cfg.high_frequency
         for (sector, event_type), s in self._by_type.live(self._hf_window.oldest(now_ns)):
             if s.count > hf.threshold:
-                out.append(
-                    _pattern(
-                        name=f"high_frequency_{event_type}",
-                        kind="high_frequency",
-                        sector=sector,
-                        confidence=1.0 - hf.threshold / s.count,
-                        now_ns=now_ns,
-                        window_s=hf.window_s,
-                        evidence_count=s.count,
-                        evidence_ids=s.sample(n),
-                        action=ProposeChange(
-                            description=f"rate-limit {event_type!r} events in {sector} to "
-                            f"{hf.threshold} per {hf.window_s:g} s"
-                        ),
-                        event_type=event_type,
-                        threshold=float(hf.threshold),
-                    )
-                )
+                out.append(_pattern(
+                    name=f"high_frequency_{event_type}",
+                    kind="high_frequency",
+                    sector=sector,
+                    confidence=1.0 - hf.threshold / s.count,
+                    now_ns=now_ns,
+                    window_s=hf.window_s,
+                    evidence_count=s.count,
+                    evidence_ids=s.sample(n),
+                    action=ProposeChange(
+                        description=f"rate-limit {event_type!r} events in {sector} to "
+                        f"{hf.threshold} per {hf.window_s:g} s"
+                    ),
+                    event_type=event_type,
+                    threshold=float(hf.threshold),
+                ))
 
         es = cfg.error_spike
         for sector, s in self._errors.live(self._err_window.oldest(now_ns)):
             rate = s.flagged / s.count
             if s.count > es.min_events and rate > es.error_rate:
-                out.append(
-                    _pattern(
-                        name="error_spike",
-                        kind="error_spike",
-                        sector=sector,
-                        confidence=1.0 - es.error_rate / rate,
-                        now_ns=now_ns,
-                        window_s=es.window_s,
-                        evidence_count=s.flagged,
-                        evidence_ids=s.sample(n),
-                        action=Alert(severity="warning"),
-                        threshold=es.error_rate,
-                    )
-                )
+                out.append(_pattern(
+                    name="error_spike",
+                    kind="error_spike",
+                    sector=sector,
+                    confidence=1.0 - es.error_rate / rate,
+                    now_ns=now_ns,
+                    window_s=es.window_s,
+                    evidence_count=s.flagged,
+                    evidence_ids=s.sample(n),
+                    action=Alert(severity="warning"),
+                    threshold=es.error_rate,
+                ))
 
         oldest = self._drift_window.oldest(now_ns)
         off_keys: dict[Sector, list[str]] = {}
@@ -444,41 +437,37 @@ class Detectors:
             # Keys can be missing only if their table evicted them; with no
             # key left there is nothing to propose.
             if s.flagged and keys:
-                out.append(
-                    _pattern(
-                        name="schema_mismatch",
-                        kind="schema_mismatch",
-                        sector=sector,
-                        confidence=s.flagged / s.count,
-                        now_ns=now_ns,
-                        window_s=cfg.schema_drift.window_s,
-                        evidence_count=s.flagged,
-                        evidence_ids=s.sample(n),
-                        action=ProposeChange(
-                            description=f"add metadata keys {', '.join(keys)} to the "
-                            f"{sector} schema"
-                        ),
-                        metadata_keys=keys,
-                    )
-                )
+                out.append(_pattern(
+                    name="schema_mismatch",
+                    kind="schema_mismatch",
+                    sector=sector,
+                    confidence=s.flagged / s.count,
+                    now_ns=now_ns,
+                    window_s=cfg.schema_drift.window_s,
+                    evidence_count=s.flagged,
+                    evidence_ids=s.sample(n),
+                    action=ProposeChange(
+                        description=f"add metadata keys {', '.join(keys)} to the "
+                        f"{sector} schema"
+                    ),
+                    metadata_keys=keys,
+                ))
 
         silence = now_ns - self._last_seen_ns
         if not self._absence_fired and silence >= self._absence_ns:
             self._absence_fired = True
-            out.append(
-                _pattern(
-                    name="no_observations",
-                    kind="no_observations",
-                    sector=None,
-                    confidence=silence / (silence + self._absence_ns),
-                    now_ns=now_ns,
-                    window_s=cfg.absence.window_s,
-                    evidence_count=0,
-                    evidence_ids=[],
-                    action=Alert(severity="critical"),
-                    threshold=cfg.absence.window_s,
-                )
-            )
+            out.append(_pattern(
+                name="no_observations",
+                kind="no_observations",
+                sector=None,
+                confidence=silence / (silence + self._absence_ns),
+                now_ns=now_ns,
+                window_s=cfg.absence.window_s,
+                evidence_count=0,
+                evidence_ids=[],
+                action=Alert(severity="critical"),
+                threshold=cfg.absence.window_s,
+            ))
 
         out.sort(key=_sort_key)
         return out

@@ -96,7 +96,8 @@ def check_origin(method: str, origin: str | None, cfg: HttpConfig) -> None:
     if origin.lower().rstrip("/") in {o.lower().rstrip("/") for o in cfg.allowed_origins}:
         return
     raise OriginNotAllowed(
-        f"requests from web pages of {origin!r} may not change anything; see http.allowed_origins"
+        f"requests from web pages of {origin!r} may not change anything; "
+        "see http.allowed_origins"
     )
 
 
@@ -137,8 +138,7 @@ def _check(headers: Headers, has_body: bool) -> None:
     accepted = ", ".join(("application/json", "application/*+json", *doc.extra_media))
     got = headers.get("Content-Type")
     raise UnsupportedMediaType(
-        f"the body must be {accepted} (UTF-8); got {got!r}"
-        if got
+        f"the body must be {accepted} (UTF-8); got {got!r}" if got
         else f"a body needs a Content-Type: {accepted}",
         title="Unsupported media type",
     )

@@ -74,18 +74,11 @@ def _problems_of(doc: RouteDoc, methods: set[str], public: bool) -> dict[int, se
     if methods & MUTATING:
         common.append((403, "origin-not-allowed"))
     if doc.body is not None:
-        common += [
-            (400, "malformed-json"),
-            (413, "payload-too-large"),
-            (415, "unsupported-media-type"),
-        ]
+        common += [(400, "malformed-json"), (413, "payload-too-large"),
+                   (415, "unsupported-media-type")]
     if doc.writes:
-        common += [
-            (503, "storage-unavailable"),
-            (503, "draining"),
-            (503, "read-only"),
-            (507, "storage-full"),
-        ]
+        common += [(503, "storage-unavailable"), (503, "draining"), (503, "read-only"),
+                   (507, "storage-full")]
     for status, slug in (*common, *doc.problems):
         found.setdefault(status, set()).add(slug)
     return found
@@ -165,20 +158,13 @@ def document(app: QuartTrio, cfg: Config) -> dict[str, Any]:
             ]
             for p in doc.params:
                 spec: dict[str, Any] = {
-                    "type": "integer",
-                    "minimum": p.minimum,
-                    "maximum": p.maximum,
+                    "type": "integer", "minimum": p.minimum, "maximum": p.maximum
                 }
                 if p.default is not None:
                     spec["default"] = p.default
                 parameters.append(
-                    {
-                        "name": p.name,
-                        "in": "query",
-                        "required": False,
-                        "description": p.description,
-                        "schema": spec,
-                    }
+                    {"name": p.name, "in": "query", "required": False,
+                     "description": p.description, "schema": spec}
                 )
             if parameters:
                 op["parameters"] = parameters

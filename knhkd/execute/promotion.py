@@ -44,9 +44,8 @@ class RollbackRefused(KnowledgeError, Conflict):
     title = "Rollback refused"
 
 
-def _record(
-    g: Graph, *, parent: Snapshot | None, proposal_id: str | None, now_ns: int
-) -> SnapshotRecord:
+def _record(g: Graph, *, parent: Snapshot | None, proposal_id: str | None,
+            now_ns: int) -> SnapshotRecord:
     text = canonical_ntriples(g)
     meta = Snapshot(
         snapshot_id=content_id(text),

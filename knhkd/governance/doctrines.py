@@ -119,7 +119,9 @@ def _max_delta_triples(subject: DoctrineSubject, params: Mapping[str, CustomPara
 def _no_blank_nodes(subject: DoctrineSubject, params: Mapping[str, CustomParam]) -> str | None:
     # Blank nodes are relabelled in every snapshot's canonical form, so a delta
     # adding them cannot be reviewed or reverted by name.
-    found = sorted({str(n) for t in subject.view.added for n in t if isinstance(n, BNode)})
+    found = sorted(
+        {str(n) for t in subject.view.added for n in t if isinstance(n, BNode)}
+    )
     if not found:
         return None
     return f"the delta adds blank node(s): {', '.join('_:' + b for b in found[:_MAX_LISTED])}"
@@ -156,9 +158,8 @@ class DoctrineSet:
 
     def __post_init__(self) -> None:
         if not self.digest:
-            object.__setattr__(
-                self, "digest", _digest(self.doctrines, self.schema_shapes, self.checks)
-            )
+            object.__setattr__(self, "digest", _digest(self.doctrines, self.schema_shapes,
+                                                       self.checks))
 
     def of_sector(self, sector: str) -> list[Doctrine]:
         return [d for d in self.doctrines if d.sector == sector]
@@ -168,9 +169,8 @@ class DoctrineSet:
         return [d for d in self.of_sector(sector) if is_in_effect(d, day)]
 
 
-def _digest(
-    doctrines: Iterable[Doctrine], shapes: Mapping[str, Shapes], checks: Mapping[str, CustomCheck]
-) -> str:
+def _digest(doctrines: Iterable[Doctrine], shapes: Mapping[str, Shapes],
+            checks: Mapping[str, CustomCheck]) -> str:
     return content_hash(
         _DIGEST_DOMAIN,
         {
@@ -224,7 +224,9 @@ def _approval_chain(c: ApprovalChain, s: DoctrineSubject) -> str | None:
     problems = []
     people = persons(s.signers)
     if len(people) < c.required_signers:
-        problems.append(f"{len(people)} distinct signer(s), {c.required_signers} required")
+        problems.append(
+            f"{len(people)} distinct signer(s), {c.required_signers} required"
+        )
     units = {x.unit for x in s.signers}
     missing = [u for u in c.sectors if u not in units]
     if missing:
@@ -306,9 +308,8 @@ def judge(d: Doctrine, s: DoctrineSubject, doctrines: DoctrineSet) -> Finding:
 # --------------------------------------------------------------------------- #
 
 
-def enabled_checks(
-    names: Iterable[str], registry: Mapping[str, CustomCheck] = BUILTIN_CHECKS
-) -> dict[str, CustomCheck]:
+def enabled_checks(names: Iterable[str],
+                   registry: Mapping[str, CustomCheck] = BUILTIN_CHECKS) -> dict[str, CustomCheck]:
     """The checks the configuration enables; an unknown name is an error."""
     out = {}
     for name in names:
@@ -321,9 +322,8 @@ def enabled_checks(
     return out
 
 
-def _check_doctrine(
-    d: Doctrine, path: Path, key: str, checks: Mapping[str, CustomCheck]
-) -> Shapes | None:
+def _check_doctrine(d: Doctrine, path: Path, key: str,
+                    checks: Mapping[str, CustomCheck]) -> Shapes | None:
     if d.expires is not None and d.expires <= d.effective_date:
         raise GovernanceFileError(path, f"{key}.expires", "must be after effective_date")
     c = d.constraint
@@ -351,34 +351,28 @@ def _check_doctrine(
         check = checks.get(c.rule)
         if check is None:
             raise GovernanceFileError(
-                path,
-                f"{ck}.rule",
+                path, f"{ck}.rule",
                 f"unknown or disabled check {c.rule!r} (enabled: {', '.join(sorted(checks))})",
             )
         for name in c.params:
             if name not in check.params:
-                raise GovernanceFileError(
-                    path, f"{ck}.params.{name}", f"check {c.rule!r} takes no such parameter"
-                )
+                raise GovernanceFileError(path, f"{ck}.params.{name}",
+                                          f"check {c.rule!r} takes no such parameter")
         for name, types in check.params.items():
             value = c.params.get(name)
             if value is None:
                 raise GovernanceFileError(path, f"{ck}.params.{name}", "missing")
             if isinstance(value, bool) or not isinstance(value, types):
                 raise GovernanceFileError(
-                    path,
-                    f"{ck}.params.{name}",
+                    path, f"{ck}.params.{name}",
                     f"expected {' or '.join(t.__name__ for t in types)}, "
                     f"got {type(value).__name__}",
                 )
     return None
 
 
-def load_doctrines(
-    directory: Path,
-    enabled: Iterable[str] = tuple(BUILTIN_CHECKS),
-    registry: Mapping[str, CustomCheck] = BUILTIN_CHECKS,
-) -> DoctrineSet:
+def load_doctrines(directory: Path, enabled: Iterable[str] = tuple(BUILTIN_CHECKS),
+                   registry: Mapping[str, CustomCheck] = BUILTIN_CHECKS) -> DoctrineSet:
     """Every ``<sector>.toml`` in ``directory``; errors name the file and key."""
     checks = enabled_checks(enabled, registry)
     if not directory.is_dir():
@@ -397,14 +391,12 @@ def load_doctrines(
             if not isinstance(raw, dict):
                 raise GovernanceFileError(path, key, "expected a table")
             if "sector" in raw and raw["sector"] != sector:
-                raise GovernanceFileError(
-                    path, f"{key}.sector", f"the file is {sector}'s; leave sector out"
-                )
+                raise GovernanceFileError(path, f"{key}.sector",
+                                          f"the file is {sector}'s; leave sector out")
             d = convert({**raw, "sector": sector}, Doctrine, path, key)
             if d.id in seen:
-                raise GovernanceFileError(
-                    path, f"{key}.id", f"{d.id} is already defined in {seen[d.id]}"
-                )
+                raise GovernanceFileError(path, f"{key}.id",
+                                          f"{d.id} is already defined in {seen[d.id]}")
             seen[d.id] = path
             loaded = _check_doctrine(d, path, key, checks)
             if loaded is not None:

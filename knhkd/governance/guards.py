@@ -52,14 +52,10 @@ class GuardSet:
         object.__setattr__(self, "guards", ordered)
         if not self.digest:
             object.__setattr__(self, "digest", content_hash(_DIGEST_DOMAIN, list(ordered)))
-        object.__setattr__(
-            self,
-            "_protected",
-            {
-                g.id: frozenset(URIRef(i) for i in (*g.protected_classes, *g.protected_properties))
-                for g in ordered
-            },
-        )
+        object.__setattr__(self, "_protected", {
+            g.id: frozenset(URIRef(i) for i in (*g.protected_classes, *g.protected_properties))
+            for g in ordered
+        })
 
     def get(self, guard_id: str) -> Guard | None:
         for g in self.guards:
@@ -130,14 +126,14 @@ def load_guards(directory: Path) -> GuardSet:
             key = f"guard[{i}]"
             g = convert(raw, Guard, path, key)
             if g.id in seen:
-                raise GovernanceFileError(
-                    path, f"{key}.id", f"{g.id} is already defined in {seen[g.id]}"
-                )
+                raise GovernanceFileError(path, f"{key}.id",
+                                          f"{g.id} is already defined in {seen[g.id]}")
             seen[g.id] = path
             for field_name in ("protected_classes", "protected_properties"):
                 for j, iri in enumerate(getattr(g, field_name)):
                     _check_iri(path, f"{key}.{field_name}[{j}]", iri)
-            if not (g.protected_classes or g.protected_properties or g.max_run_length is not None):
+            if not (g.protected_classes or g.protected_properties
+                    or g.max_run_length is not None):
                 raise GovernanceFileError(path, key, "protects nothing")
             guards.append(g)
     return GuardSet(tuple(guards))

@@ -184,9 +184,8 @@ def _quorum_reached_at(r: Relaxation) -> int | None:
 class GuardRelaxations:
     """Every guard relaxation, and the only code that changes one."""
 
-    def __init__(
-        self, guards: GuardSet, rules: GovernanceConfig, records: Iterable[Relaxation] = ()
-    ) -> None:
+    def __init__(self, guards: GuardSet, rules: GovernanceConfig,
+                 records: Iterable[Relaxation] = ()) -> None:
         self._guards = guards
         self._rules = rules
         self._records: dict[str, Relaxation] = {}
@@ -224,7 +223,8 @@ class GuardRelaxations:
 
     # ---- steps ------------------------------------------------------------ #
 
-    def request(self, guard_id: str, requester: str, reason: str, now_ns: int) -> RelaxationEvent:
+    def request(self, guard_id: str, requester: str, reason: str,
+                now_ns: int) -> RelaxationEvent:
         _identity(requester, "requester")
         guard = self._guards.get(guard_id)
         if guard is None:
@@ -237,15 +237,10 @@ class GuardRelaxations:
                     f"guard {guard_id} already has relaxation {r.id[:16]} ({r.state})"
                 )
         table: QuorumConfig = getattr(self._rules, guard.criticality)
-        rid = content_hash(
-            _ID_DOMAIN,
-            {
-                "guard_id": guard_id,
-                "requester": requester,
-                "reason": reason,
-                "requested_at_ns": now_ns,
-            },
-        )
+        rid = content_hash(_ID_DOMAIN, {
+            "guard_id": guard_id, "requester": requester, "reason": reason,
+            "requested_at_ns": now_ns,
+        })
         if rid in self._records:
             raise RelaxationOpen(f"relaxation {rid[:16]} was already requested")
         record = Relaxation(
@@ -262,14 +257,9 @@ class GuardRelaxations:
             updated_at_ns=now_ns,
         )
         self._records[rid] = record
-        return self._event(
-            "requested",
-            record,
-            requester,
-            now_ns,
-            f"{guard.criticality}: {record.quorum} approver(s), review "
-            f"{table.min_review_h:g} h, expires {_iso(record.expires_at_ns)}",
-        )
+        return self._event("requested", record, requester, now_ns,
+                           f"{guard.criticality}: {record.quorum} approver(s), review "
+                           f"{table.min_review_h:g} h, expires {_iso(record.expires_at_ns)}")
 
     def approve(self, relaxation_id: str, approver: str, now_ns: int) -> list[RelaxationEvent]:
         _identity(approver, "approver")
@@ -279,23 +269,15 @@ class GuardRelaxations:
         if now_ns >= r.expires_at_ns:
             raise RequestExpired(f"relaxation {r.id[:16]} expired at {_iso(r.expires_at_ns)}")
         if approver == r.requester:
-            raise SelfApproval(
-                f"{approver} requested relaxation {r.id[:16]} and may not approve it"
-            )
+            raise SelfApproval(f"{approver} requested relaxation {r.id[:16]} and may not "
+                               "approve it")
         if any(a.approver == approver for a in r.approvals):
             raise DuplicateApproval(f"{approver} has already approved relaxation {r.id[:16]}")
         r = msgspec.structs.replace(
             r, approvals=(*r.approvals, Approval(approver, now_ns)), updated_at_ns=now_ns
         )
-        events = [
-            self._commit(
-                "approval_recorded",
-                r,
-                approver,
-                now_ns,
-                f"{len(r.approvals)} of {r.quorum} approval(s)",
-            )
-        ]
+        events = [self._commit("approval_recorded", r, approver, now_ns,
+                               f"{len(r.approvals)} of {r.quorum} approval(s)")]
         approved = self._approve_if_due(r, approver, now_ns)
         if approved is not None:
             events.append(approved)
@@ -305,55 +287,38 @@ class GuardRelaxations:
         _identity(actor, "actor")
         r = self._open(relaxation_id, now_ns)
         if r.state == "active":
-            raise AlreadyActive(
-                f"relaxation {r.id[:16]} is active until {_iso(r.active_until_ns or 0)}"
-            )
+            raise AlreadyActive(f"relaxation {r.id[:16]} is active until "
+                                f"{_iso(r.active_until_ns or 0)}")
         if now_ns >= r.expires_at_ns:
             raise RequestExpired(f"relaxation {r.id[:16]} expired at {_iso(r.expires_at_ns)}")
         events = []
         if r.state == "requested":
             if len(r.approvals) < r.quorum:
-                raise NotApproved(
-                    f"relaxation {r.id[:16]} has {len(r.approvals)} of {r.quorum} approval(s)"
-                )
+                raise NotApproved(f"relaxation {r.id[:16]} has {len(r.approvals)} of "
+                                  f"{r.quorum} approval(s)")
             reviewable = r.requested_at_ns + r.min_review_ns
             if now_ns < reviewable:
-                raise NotYetReviewable(
-                    f"relaxation {r.id[:16]} is under review until {_iso(reviewable)}"
-                )
+                raise NotYetReviewable(f"relaxation {r.id[:16]} is under review until "
+                                       f"{_iso(reviewable)}")
             approved = self._approve_if_due(r, actor, now_ns)
             assert approved is not None  # both conditions were just checked
             events.append(approved)
             r = approved.record
         r = msgspec.structs.replace(
-            r,
-            state="active",
-            activated_at_ns=now_ns,
-            active_until_ns=now_ns + r.window_ns,
+            r, state="active", activated_at_ns=now_ns, active_until_ns=now_ns + r.window_ns,
             updated_at_ns=now_ns,
         )
-        events.append(
-            self._commit(
-                "activated",
-                r,
-                actor,
-                now_ns,
-                f"guard {r.guard_id} off until {_iso(now_ns + r.window_ns)}",
-            )
-        )
+        events.append(self._commit("activated", r, actor, now_ns,
+                                   f"guard {r.guard_id} off until {_iso(now_ns + r.window_ns)}"))
         return events
 
-    def revoke(self, relaxation_id: str, actor: str, reason: str, now_ns: int) -> RelaxationEvent:
+    def revoke(self, relaxation_id: str, actor: str, reason: str,
+               now_ns: int) -> RelaxationEvent:
         _identity(actor, "actor")
         r = self._open(relaxation_id, now_ns)
         r = msgspec.structs.replace(
-            r,
-            state="ended",
-            end_reason="revoked",
-            ended_at_ns=now_ns,
-            ended_by=actor,
-            end_detail=reason,
-            updated_at_ns=now_ns,
+            r, state="ended", end_reason="revoked", ended_at_ns=now_ns, ended_by=actor,
+            end_detail=reason, updated_at_ns=now_ns,
         )
         return self._commit("revoked", r, actor, now_ns, reason or "revoked")
 
@@ -361,10 +326,8 @@ class GuardRelaxations:
         """Record the transitions time alone makes (rules 5, 6, 8)."""
         for r in self._records.values():
             if r.state != "ended" and now_ns < r.updated_at_ns:
-                raise Retrocausal(
-                    f"advance to {now_ns} is before relaxation {r.id[:16]}'s "
-                    f"latest step at {r.updated_at_ns}"
-                )
+                raise Retrocausal(f"advance to {now_ns} is before relaxation {r.id[:16]}'s "
+                                  f"latest step at {r.updated_at_ns}")
         events = []
         for r in self.records():
             if r.state == "ended":
@@ -388,17 +351,15 @@ class GuardRelaxations:
         """The record, if a person may still act on it at ``now_ns``."""
         r = self.get(relaxation_id)
         if now_ns < r.updated_at_ns:
-            raise Retrocausal(
-                f"{now_ns} is before relaxation {r.id[:16]}'s latest step at {r.updated_at_ns}"
-            )
+            raise Retrocausal(f"{now_ns} is before relaxation {r.id[:16]}'s latest step at "
+                              f"{r.updated_at_ns}")
         if r.state == "ended":
             if r.end_reason == "revoked":
                 raise AlreadyRevoked(f"relaxation {r.id[:16]} was revoked by {r.ended_by}")
             raise RelaxationEnded(f"relaxation {r.id[:16]} ended ({r.end_reason})")
         if r.state == "active" and r.active_until_ns is not None and now_ns >= r.active_until_ns:
-            raise RelaxationEnded(
-                f"relaxation {r.id[:16]}'s window closed at {_iso(r.active_until_ns)}"
-            )
+            raise RelaxationEnded(f"relaxation {r.id[:16]}'s window closed at "
+                                  f"{_iso(r.active_until_ns)}")
         return r
 
     def _approve_if_due(self, r: Relaxation, actor: str, now_ns: int) -> RelaxationEvent | None:
@@ -416,25 +377,16 @@ class GuardRelaxations:
         )
         return self._commit(step, r, "", now_ns, f"{step.replace('_', ' ')} at {_iso(at_ns)}")
 
-    def _commit(
-        self, step: RelaxationStep, r: Relaxation, actor: str, now_ns: int, detail: str
-    ) -> RelaxationEvent:
+    def _commit(self, step: RelaxationStep, r: Relaxation, actor: str, now_ns: int,
+                detail: str) -> RelaxationEvent:
         self._records[r.id] = r
         return self._event(step, r, actor, now_ns, detail)
 
     @staticmethod
-    def _event(
-        step: RelaxationStep, r: Relaxation, actor: str, now_ns: int, detail: str
-    ) -> RelaxationEvent:
-        return RelaxationEvent(
-            step=step,
-            relaxation_id=r.id,
-            guard_id=r.guard_id,
-            actor=actor,
-            at_ns=now_ns,
-            detail=detail,
-            record=r,
-        )
+    def _event(step: RelaxationStep, r: Relaxation, actor: str, now_ns: int,
+               detail: str) -> RelaxationEvent:
+        return RelaxationEvent(step=step, relaxation_id=r.id, guard_id=r.guard_id,
+                               actor=actor, at_ns=now_ns, detail=detail, record=r)
 
 
 def _identity(who: str, role: str) -> None:

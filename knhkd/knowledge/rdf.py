@@ -92,18 +92,10 @@ _RDF_LANGSTRING = URIRef("http://www.w3.org/1999/02/22-rdf-syntax-ns#langString"
 # RDFC-1.0 string escaping, as a translation table built once.
 _LITERAL_ESCAPES: dict[int, str] = {c: f"\\u{c:04X}" for c in [*range(0x20), 0x7F]}
 _LITERAL_ESCAPES.update(
-    {
-        ord(k): v
-        for k, v in {
-            "\b": "\\b",
-            "\t": "\\t",
-            "\n": "\\n",
-            "\f": "\\f",
-            "\r": "\\r",
-            '"': '\\"',
-            "\\": "\\\\",
-        }.items()
-    }
+    {ord(k): v for k, v in {
+        "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r",
+        '"': '\\"', "\\": "\\\\",
+    }.items()}
 )
 
 # Turtle files are parsed against a base that makes relative IRIs fail to
@@ -303,12 +295,7 @@ def _parse_turtle_into(target: Graph, f: Path) -> None:
         _add_normalised(target, part)
     # rdflib's Turtle parser raises IndexError on some truncated input.
     except (
-        SyntaxError,
-        ValueError,
-        LookupError,
-        OSError,
-        rdflib.exceptions.Error,
-        TermError,
+        SyntaxError, ValueError, LookupError, OSError, rdflib.exceptions.Error, TermError
     ) as exc:
         raise KnowledgeError(f"{f}: {type(exc).__name__}: {exc}") from exc
 
@@ -362,17 +349,8 @@ class DeltaView:
     """
 
     __slots__ = (
-        "_by_o",
-        "_by_p",
-        "_by_s",
-        "_gone_set",
-        "_graph",
-        "_new_set",
-        "added",
-        "gone",
-        "new",
-        "parent",
-        "removed",
+        "_by_o", "_by_p", "_by_s", "_gone_set", "_graph", "_new_set", "added", "gone", "new",
+        "parent", "removed",
     )
 
     def __init__(self, parent: Graph, delta: Delta) -> None:
@@ -421,8 +399,7 @@ class DeltaView:
         else:
             return list(self.new)
         return [
-            t
-            for t in candidates
+            t for t in candidates
             if (s is None or t[0] == s) and (p is None or t[1] == p) and (o is None or t[2] == o)
         ]
 

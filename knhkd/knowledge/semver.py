@@ -33,7 +33,9 @@ class Version:
     def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
         # A release sorts after all its pre-releases; numeric identifiers sort
         # numerically and before alphanumeric ones.
-        pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease)
+        pre = tuple(
+            (0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease
+        )
         return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
 
     def precedes(self, other: Version) -> bool:
@@ -61,9 +63,7 @@ def parse(text: str) -> Version | None:
     if m is None:
         return None
     return Version(
-        int(m[1]),
-        int(m[2]),
-        int(m[3]),
+        int(m[1]), int(m[2]), int(m[3]),
         tuple(m[4].split(".")) if m[4] else (),
         m[5] or "",
     )

@@ -40,9 +40,8 @@ def is_builtin(term: Node) -> bool:
     return isinstance(term, URIRef) and str(term).startswith(BUILTIN_NAMESPACES)
 
 
-def declared(
-    view: DeltaView, term: Node, types: frozenset[URIRef], *, parent: bool = False
-) -> bool:
+def declared(view: DeltaView, term: Node, types: frozenset[URIRef], *, parent: bool = False
+             ) -> bool:
     """``term`` is typed with one of ``types`` in the result (or the parent)."""
     if parent:
         return any((term, RDF.type, t) in view.parent for t in types)
@@ -52,8 +51,7 @@ def declared(
 def newly_declared(view: DeltaView, types: frozenset[URIRef]) -> set[Node]:
     """Terms the delta declares (typed with ``types``) that the parent did not declare."""
     return {
-        s
-        for s, p, o in view.new
+        s for s, p, o in view.new
         if p == RDF.type and o in types and not declared(view, s, types, parent=True)
     }
 
@@ -61,7 +59,8 @@ def newly_declared(view: DeltaView, types: frozenset[URIRef]) -> set[Node]:
 def undeclared(view: DeltaView, types: frozenset[URIRef]) -> set[Node]:
     """Terms declared in the parent that the delta leaves undeclared."""
     return {
-        s for s, p, o in view.gone if p == RDF.type and o in types and not declared(view, s, types)
+        s for s, p, o in view.gone
+        if p == RDF.type and o in types and not declared(view, s, types)
     }
 
 

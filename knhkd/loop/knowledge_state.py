@@ -41,7 +41,6 @@ from knhkd.store.writer import Job
 
 log = logging.getLogger(__name__)
 
-
 class SnapshotConflict(Conflict):
     """The snapshot a transition started from is no longer current, or the
     transition would break a snapshot invariant."""

@@ -90,7 +90,9 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                 prepared = await prepare(cfg, opened, metrics, settings)
                 state = LoopState(settings, opened, prepared, metrics, figures)
                 actors = build_actors(state, opened)
-                daemon = Daemon(state, opened, prepared, actors, supervisor=sup, metrics=metrics)
+                daemon = Daemon(
+                    state, opened, prepared, actors, supervisor=sup, metrics=metrics
+                )
                 async with trio.open_nursery() as loop_n:
                     # Read-only (damage found at start): no actor that writes on
                     # its own runs; reads and proofs are still served.
@@ -99,7 +101,9 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
                         loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
                         loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
-                        loop_n.start_soon(sup.supervise, "checkpointer", actors.checkpointer.run)
+                        loop_n.start_soon(
+                            sup.supervise, "checkpointer", actors.checkpointer.run
+                        )
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         # Even read-only: its records are then counted as dropped.

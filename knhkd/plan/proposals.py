@@ -30,7 +30,6 @@ from knhkd.model import Delta, Proposal, ProposalIn
 _PROPOSAL_DOMAIN = "knhkd/proposal/v1"
 _DELTA_DOMAIN = "knhkd/delta/v1"
 
-
 def normal_delta(delta: Delta) -> Delta:
     """The delta with its triples sorted and de-duplicated: same meaning, one spelling."""
     return Delta(remove=sorted(set(delta.remove)), add=sorted(set(delta.add)))

@@ -369,3 +369,4 @@ def _check_schema(store: Store, *, stamp: bool = True) -> None:
                 f"{SCHEMA_VERSION}; refusing to open",
                 found,
             )
+

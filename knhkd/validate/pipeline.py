@@ -85,28 +85,16 @@ class Pipeline:
         self.shacl = ShaclChecker()
 
     def context(
-        self,
-        proposal: Proposal,
-        parent_graph: Graph,
-        shapes: Shapes,
-        *,
-        strict: bool,
-        now_ns: int,
-        inputs: ValidationInputs | None = None,
+        self, proposal: Proposal, parent_graph: Graph, shapes: Shapes, *, strict: bool,
+        now_ns: int, inputs: ValidationInputs | None = None,
     ) -> ValidationContext:
         return ValidationContext.build(
-            proposal,
-            parent_graph,
-            shapes,
-            strict=strict,
-            now_ns=now_ns,
-            inputs=inputs,
+            proposal, parent_graph, shapes, strict=strict, now_ns=now_ns, inputs=inputs,
             shacl=self.shacl,
         )
 
-    def warm(
-        self, parent_graph: Graph, shapes: Shapes, inputs: ValidationInputs | None = None
-    ) -> None:
+    def warm(self, parent_graph: Graph, shapes: Shapes,
+             inputs: ValidationInputs | None = None) -> None:
         """Compute a new parent snapshot's SHACL baselines (the stage-1 shapes
         and every Schema doctrine's) ahead of its first validation: ~0.15 s per
         1 k triples, once per snapshot graph. Optional: ``run`` does it when
@@ -138,9 +126,8 @@ class Pipeline:
         perf_counter: Callable[[], float],
         inputs: ValidationInputs | None = None,
     ) -> ValidationReport:
-        ctx = self.context(
-            proposal, parent_graph, shapes, strict=strict, now_ns=now_ns, inputs=inputs
-        )
+        ctx = self.context(proposal, parent_graph, shapes, strict=strict, now_ns=now_ns,
+                           inputs=inputs)
         self.prepare(ctx)
         budgets = ctx.inputs.settings.time_budget_ms
         results: list[StageResult] = []

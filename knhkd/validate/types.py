@@ -115,15 +115,8 @@ class ValidationContext:
 
     @classmethod
     def build(
-        cls,
-        proposal: Proposal,
-        parent: Graph,
-        shapes: Shapes,
-        *,
-        strict: bool,
-        now_ns: int,
-        inputs: ValidationInputs | None = None,
-        shacl: ShaclChecker | None = None,
+        cls, proposal: Proposal, parent: Graph, shapes: Shapes, *, strict: bool, now_ns: int,
+        inputs: ValidationInputs | None = None, shacl: ShaclChecker | None = None,
     ) -> ValidationContext:
         try:
             result: DeltaView | None = DeltaView(parent, proposal.delta)
@@ -131,15 +124,8 @@ class ValidationContext:
         except KnowledgeError as exc:
             result, error = None, str(exc)
         return cls(
-            proposal,
-            parent,
-            result,
-            error,
-            shapes,
-            strict,
-            now_ns,
-            inputs or ValidationInputs(),
-            shacl or ShaclChecker(),
+            proposal, parent, result, error, shapes, strict, now_ns,
+            inputs or ValidationInputs(), shacl or ShaclChecker(),
         )
 
 

@@ -72,13 +72,9 @@ def test_json_routes_refuse_other_media_types_and_store_nothing(guarded: Running
                 _problem(r, 415, "unsupported-media-type")
         # NDJSON only where the route reads it.
         _problem(
-            c.post(
-                "/api/v1/proposals",
-                content=PROPOSAL,
-                headers={"content-type": "application/x-ndjson"},
-            ),
-            415,
-            "unsupported-media-type",
+            c.post("/api/v1/proposals", content=PROPOSAL,
+                   headers={"content-type": "application/x-ndjson"}),
+            415, "unsupported-media-type",
         )
         assert _status(guarded) == before
         # The same bodies as JSON (or +json, or NDJSON for observations) pass.
@@ -100,11 +96,8 @@ def test_a_foreign_host_is_refused(guarded: RunningDaemon) -> None:
     with guarded.client() as c:
         for host in ("evil.example", f"evil.example:{guarded.port}", "localhost:1"):
             _problem(c.get("/health", headers={"Host": host}), 403, "host-not-allowed")
-            r = c.post(
-                "/api/v1/observations",
-                content=OBS,
-                headers={"Host": host, "content-type": "application/json"},
-            )
+            r = c.post("/api/v1/observations", content=OBS,
+                       headers={"Host": host, "content-type": "application/json"})
             _problem(r, 403, "host-not-allowed")
         for host in ("localhost", f"localhost:{guarded.port}", f"[::1]:{guarded.port}"):
             assert c.get("/health", headers={"Host": host}).status_code == 200
@@ -115,9 +108,8 @@ def test_a_browser_origin_may_not_mutate_unless_configured(guarded: RunningDaemo
     before = _status(guarded)
     evil = {"Origin": "https://evil.example", "content-type": "application/json"}
     with guarded.client() as c:
-        _problem(
-            c.post("/api/v1/observations", content=OBS, headers=evil), 403, "origin-not-allowed"
-        )
+        _problem(c.post("/api/v1/observations", content=OBS, headers=evil), 403,
+                 "origin-not-allowed")
         _problem(c.post("/api/v1/snapshots/rollback", headers=evil), 403, "origin-not-allowed")
         assert _status(guarded) == before
         # Reads are not refused for their Origin; a configured origin may write.
@@ -132,7 +124,8 @@ def test_configured_limits_name_the_field(guarded: RunningDaemon) -> None:
         ({"value": "123456789"}, "$.value"),
         ({"value": [1, 2, 3, 4]}, "$.value"),
         ({"metadata": {"a": "1", "b": "2", "c": "3"}}, "$.metadata"),
-        ({"rdf": {"format": "turtle", "data": "<urn:a> <urn:b> <urn:c> . # ....."}}, "$.rdf.data"),
+        ({"rdf": {"format": "turtle", "data": "<urn:a> <urn:b> <urn:c> . # ....."}},
+         "$.rdf.data"),
         ({"event_type": "e" * 257}, "$.event_type"),
         ({"metadata": {"k" * 129: "v"}}, "$.metadata"),
     ]
@@ -157,9 +150,8 @@ def test_configured_limits_name_the_field(guarded: RunningDaemon) -> None:
             ({"resources": {f"r{i}": 1.0 for i in range(65)}}, "$.resources"),
             ({"pattern_id": "p" * 129}, "$.pattern_id"),
         ):
-            doc = _problem(
-                c.post("/api/v1/proposals", json={**p, **extra}), 422, "invalid-proposal"
-            )
+            doc = _problem(c.post("/api/v1/proposals", json={**p, **extra}), 422,
+                           "invalid-proposal")
             assert [e["field"] for e in doc["errors"]] == [field]  # type: ignore[attr-defined]
     assert _status(guarded) == before
 

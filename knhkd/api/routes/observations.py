@@ -27,11 +27,8 @@ bp = Blueprint("observations", __name__)
         body=ObservationIn | list[ObservationIn],
         extra_media=tuple(sorted(NDJSON_TYPES)),
         answers=(
-            Answer(
-                201,
-                "Durably committed; one id, or the ids in order for a batch",
-                (IngestAccepted, IngestBatchAccepted),
-            ),
+            Answer(201, "Durably committed; one id, or the ids in order for a batch",
+                   (IngestAccepted, IngestBatchAccepted)),
         ),
         problems=(
             (400, "malformed-json"),

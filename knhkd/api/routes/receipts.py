@@ -40,9 +40,8 @@ _PROOF_PROBLEMS = ((400, "invalid-parameter"), (400, "invalid-proof-request"))
     RouteDoc(
         summary="Receipts in sequence order",
         params=(
-            Param(
-                "after", "Only receipts with a greater seq (-1: from the first)", -1, MAX_INT64, -1
-            ),
+            Param("after", "Only receipts with a greater seq (-1: from the first)",
+                  -1, MAX_INT64, -1),
             Param("limit", "How many at most", 1, 1000, 100),
         ),
         answers=(Answer(200, "A page of receipts", ReceiptPage),),
@@ -80,13 +79,8 @@ async def latest_checkpoint() -> Response:
         summary="RFC 9162 inclusion proof of a receipt (base64 hashes, bottom-up)",
         params=(
             Param("index", "The receipt's leaf index (required)", 0, MAX_INT64),
-            Param(
-                "tree_size",
-                "The tree to prove against (default: the latest checkpoint's)",
-                -1,
-                MAX_INT64,
-                -1,
-            ),
+            Param("tree_size", "The tree to prove against (default: the latest checkpoint's)",
+                  -1, MAX_INT64, -1),
         ),
         answers=(Answer(200, "The proof", InclusionProof),),
         problems=_PROOF_PROBLEMS,

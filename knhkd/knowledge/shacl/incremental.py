@@ -655,11 +655,8 @@ def _classes_of(view: DeltaView, v: Node, memo: TypeMemo) -> frozenset[Node]:
 def _is_focus(view: DeltaView, top: _TopShape, f: Node, memo: TypeMemo) -> bool:
     if f in top.target_nodes:
         return True
-    if (
-        top.target_classes
-        and not isinstance(f, Literal)
-        and top.target_classes & _classes_of(view, f, memo)
-    ):
+    if (top.target_classes and not isinstance(f, Literal)
+            and top.target_classes & _classes_of(view, f, memo)):
         return True
     if not isinstance(f, Literal):
         for p in top.subjects_of:
@@ -708,7 +705,8 @@ def certify(c: Certifier, view: DeltaView, f: Node, memo: TypeMemo | None = None
     """True only if pySHACL on the result reports no result owned by focus node ``f``."""
     memo = {} if memo is None else memo
     return all(
-        _certify_shape(c, view, top.node, f, 0) for top in c.top if _is_focus(view, top, f, memo)
+        _certify_shape(c, view, top.node, f, 0)
+        for top in c.top if _is_focus(view, top, f, memo)
     )
 
 

@@ -178,3 +178,4 @@ def report_results(report: Graph, root: Node | None = None) -> tuple[list[Result
             )
         )
     return out, conforms
+

@@ -77,3 +77,4 @@ class Validation:
     results: list[Result]
     # Top-level shapes that were handed to pySHACL (empty: all compiled).
     fallback_shapes: tuple[Node, ...] = ()
+

@@ -48,3 +48,4 @@ def intern_iri(iri: URIRef) -> URIRef:
 def interned(text: str) -> URIRef | None:
     """The shared object for ``text`` if one is registered (never registers)."""
     return _INTERNED.get(text)
+

@@ -37,8 +37,7 @@ class StaticStage:
         if view is None:
             return StageOutcome.failed(f"delta does not apply: {ctx.delta_error}")
         ill_typed = [
-            from_rdflib(s, p, o).o
-            for s, p, o in view.added
+            from_rdflib(s, p, o).o for s, p, o in view.added
             if isinstance(o, Literal) and o.ill_typed
         ]
         if ill_typed:
@@ -46,9 +45,8 @@ class StaticStage:
         checked = ctx.shacl.check(ctx.shapes, view)
         shacl = checked.result
         if not shacl.conforms:
-            errors = [
-                v.describe() for v in shacl.violations if v.severity not in ("Warning", "Info")
-            ]
+            errors = [v.describe() for v in shacl.violations
+                      if v.severity not in ("Warning", "Info")]
             return StageOutcome.failed(
                 f"resulting graph violates the shapes ({len(errors)} violation(s)): "
                 f"{listing(errors)}"
@@ -58,8 +56,7 @@ class StaticStage:
             return StageOutcome.warning(f"SHACL reported: {listing(notes)}")
         how = (
             f"{checked.revalidated} focus node(s) re-checked ({checked.mode})"
-            if checked.mode != "full"
-            else f"whole graph validated ({checked.reason})"
+            if checked.mode != "full" else f"whole graph validated ({checked.reason})"
         )
         return StageOutcome.passed(
             f"{len(ctx.proposal.delta.remove)} removed, {len(ctx.proposal.delta.add)} added; "

@@ -83,9 +83,8 @@ def _q1(ctx: ValidationContext) -> SubVerdict:
     if ctx.result is not None and ctx.result.is_noop:
         j.problems.append("the delta changes nothing: the result would be its own parent")
     if ctx.now_ns < p.created_at_ns:
-        j.problems.append(
-            f"judged at {ctx.now_ns}, before the proposal was made at {p.created_at_ns}"
-        )
+        j.problems.append(f"judged at {ctx.now_ns}, before the proposal was made at "
+                          f"{p.created_at_ns}")
     anc = ctx.inputs.ancestry
     if not anc:
         j.unmeasured.append("snapshot ancestry not supplied")
@@ -98,26 +97,20 @@ def _q1(ctx: ValidationContext) -> SubVerdict:
                 f"{parent.snapshot_id[:16]}: it would rewrite history"
             )
         else:
-            j.problems.append(
-                f"written against {p.parent_snapshot_id[:16]}, not the parent "
-                f"{parent.snapshot_id[:16]}"
-            )
+            j.problems.append(f"written against {p.parent_snapshot_id[:16]}, not the parent "
+                              f"{parent.snapshot_id[:16]}")
     ids = [a.snapshot_id for a in anc]
     if len(set(ids)) != len(ids):
         j.problems.append("the ancestry repeats a snapshot: one would be its own ancestor")
     for child, older in pairwise(anc):
         if child.parent_id != older.snapshot_id:
-            j.problems.append(
-                f"ancestry broken: {child.snapshot_id[:16]}'s parent is not "
-                f"{older.snapshot_id[:16]}"
-            )
+            j.problems.append(f"ancestry broken: {child.snapshot_id[:16]}'s parent is not "
+                              f"{older.snapshot_id[:16]}")
         if child.version != older.version + 1:
             j.problems.append(f"version {child.version} follows {older.version}")
         if child.promoted_at_ns < older.promoted_at_ns:
-            j.problems.append(
-                f"snapshot {child.snapshot_id[:16]} was promoted before its "
-                f"parent {older.snapshot_id[:16]}"
-            )
+            j.problems.append(f"snapshot {child.snapshot_id[:16]} was promoted before its "
+                              f"parent {older.snapshot_id[:16]}")
     if anc[-1].parent_id is None and anc[-1].version != 0:
         j.problems.append(f"a snapshot without parent has version {anc[-1].version}, not 0")
     if p.created_at_ns < parent.promoted_at_ns:
@@ -125,10 +118,8 @@ def _q1(ctx: ValidationContext) -> SubVerdict:
     if ctx.now_ns < parent.promoted_at_ns:
         j.problems.append("judged before the parent snapshot was promoted")
     if not j.problems:
-        j.notes.append(
-            f"parent {parent.snapshot_id[:16]} (version {parent.version}), "
-            f"{len(anc)} ancestor(s) in order"
-        )
+        j.notes.append(f"parent {parent.snapshot_id[:16]} (version {parent.version}), "
+                       f"{len(anc)} ancestor(s) in order")
     return j.verdict()
 
 
@@ -176,21 +167,16 @@ def _q2(ctx: ValidationContext, cfg: InvariantsConfig, figures: RuntimeFigures) 
             j.problems.append(f"{name} has no rdfs:range")
         j.problems.extend(
             f"{name} has domain {d.n3()}, not a declared class"
-            for d in domains
-            if not _is_class(view, d)
+            for d in domains if not _is_class(view, d)
         )
         j.problems.extend(
             f"{name} has range {r.n3()}, neither a declared class nor a datatype"
-            for r in ranges
-            if not (_is_class(view, r) or _is_datatype(r))
+            for r in ranges if not (_is_class(view, r) or _is_datatype(r))
         )
     if not j.problems:
         j.notes.append(f"{len(props)} propert(y/ies) typed soundly")
-    j.bound(
-        "observation schema-violation rate",
-        figures.schema_violation_rate,
-        cfg.max_schema_violation_rate,
-    )
+    j.bound("observation schema-violation rate", figures.schema_violation_rate,
+            cfg.max_schema_violation_rate)
     return j.verdict()
 
 
@@ -216,9 +202,8 @@ def _q5(cfg: InvariantsConfig, f: RuntimeFigures) -> SubVerdict:
         j.unmeasured.append("tick regression not measured (needs hot-path p99 and a baseline)")
     else:
         rise = (f.hot_path_ticks_p99 - f.tick_baseline_p99) / f.tick_baseline_p99
-        j.bound(
-            "hot-path tick regression", round(rise * 100, 3), cfg.max_tick_regression * 100, " %"
-        )
+        j.bound("hot-path tick regression", round(rise * 100, 3),
+                cfg.max_tick_regression * 100, " %")
     return j.verdict()
 
 
@@ -229,13 +214,8 @@ class InvariantsStage:
     def run(self, ctx: ValidationContext) -> StageOutcome:
         cfg = ctx.inputs.settings.invariants
         figures = ctx.inputs.figures
-        subs = [
-            _q1(ctx),
-            _q2(ctx, cfg, figures),
-            _q3(ctx, cfg),
-            _q4(cfg, figures),
-            _q5(cfg, figures),
-        ]
+        subs = [_q1(ctx), _q2(ctx, cfg, figures), _q3(ctx, cfg), _q4(cfg, figures),
+                _q5(cfg, figures)]
         message = "; ".join(f"{s.id} {s.verdict}: {s.message}" for s in subs)
         if any(s.verdict == "failed" for s in subs):
             return StageOutcome.failed(message, subs)
@@ -244,8 +224,7 @@ class InvariantsStage:
             if cfg.unmeasured == "reject":
                 return StageOutcome.failed(
                     f"not measured: {', '.join(unmeasured)} (invariants.unmeasured = reject); "
-                    f"{message}",
-                    subs,
-                )
-            return StageOutcome.warning(f"not measured: {', '.join(unmeasured)}; {message}", subs)
+                    f"{message}", subs)
+            return StageOutcome.warning(f"not measured: {', '.join(unmeasured)}; {message}",
+                                        subs)
         return StageOutcome.passed(message, subs)

@@ -41,10 +41,8 @@ class DoctrineStage:
         sector = ctx.proposal.sector
         defined = ds.of_sector(sector)
         applicable = ds.in_effect(sector, ctx.now_ns)
-        head = (
-            f"doctrine set {ds.digest[:16]}: {len(applicable)} of {len(defined)} "
-            f"{sector} doctrine(s) in effect"
-        )
+        head = (f"doctrine set {ds.digest[:16]}: {len(applicable)} of {len(defined)} "
+                f"{sector} doctrine(s) in effect")
         if not applicable:
             return StageOutcome.passed(head)
         subject = DoctrineSubject(
@@ -70,5 +68,6 @@ class DoctrineStage:
         if failed:
             return StageOutcome.failed(f"{head}; violated: {listing(failed + warned)}", subs)
         if warned:
-            return StageOutcome.warning(f"{head}; not mandatory, violated: {listing(warned)}", subs)
+            return StageOutcome.warning(f"{head}; not mandatory, violated: {listing(warned)}",
+                                        subs)
         return StageOutcome.passed(f"{head}; all hold", subs)

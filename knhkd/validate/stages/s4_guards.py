@@ -45,7 +45,6 @@ class GuardStage:
         if failed:
             return StageOutcome.failed(f"{head}; tripped: {listing(failed)}", subs)
         if relaxed_trips:
-            return StageOutcome.warning(
-                f"{head}; tripped but relaxed: {listing(relaxed_trips)}", subs
-            )
+            return StageOutcome.warning(f"{head}; tripped but relaxed: {listing(relaxed_trips)}",
+                                        subs)
         return StageOutcome.passed(f"{head}; none tripped", subs)

@@ -31,16 +31,9 @@ from knhkd.knowledge.vocabulary import (
 from knhkd.validate.types import StageOutcome, ValidationContext
 
 
-def cost(
-    classes: int,
-    properties: int,
-    shapes: int,
-    class_cost: float,
-    property_cost: float,
-    shape_cost: float,
-) -> int:
+def cost(classes: int, properties: int, shapes: int, class_cost: float,
+         property_cost: float, shape_cost: float) -> int:
     """The concepts file's formula, each product rounded up."""
-
     def up(n: int, w: float) -> int:
         return math.ceil(Decimal(n) * Decimal(repr(w)))
 
@@ -48,10 +41,9 @@ def cost(
 
 
 def _was_shape(view: DeltaView, node: Node) -> bool:
-    return (
-        declared(view, node, SHAPE_TYPES, parent=True)
-        or next(view.parent.subjects(SH.property, node), None) is not None
-    )
+    return declared(view, node, SHAPE_TYPES, parent=True) or next(
+        view.parent.subjects(SH.property, node), None
+    ) is not None
 
 
 class BudgetStage:
@@ -66,16 +58,11 @@ class BudgetStage:
         classes = newly_declared(view, CLASS_TYPES)
         properties = newly_declared(view, PROPERTY_TYPES)
         shapes = newly_declared(view, SHAPE_TYPES) | {
-            o for _s, p, o in view.new if p == SH.property and not _was_shape(view, o)
+            o for _s, p, o in view.new
+            if p == SH.property and not _was_shape(view, o)
         }
-        ticks = cost(
-            len(classes),
-            len(properties),
-            len(shapes),
-            cfg.class_cost,
-            cfg.property_cost,
-            cfg.shape_cost,
-        )
+        ticks = cost(len(classes), len(properties), len(shapes), cfg.class_cost,
+                     cfg.property_cost, cfg.shape_cost)
         remaining = ctx.inputs.budget_remaining_ticks
         if remaining is None:
             remaining = cfg.total_ticks
@@ -84,7 +71,6 @@ class BudgetStage:
             f"{cfg.property_cost:g}⌉ + ⌈{len(shapes)}×{cfg.shape_cost:g}⌉ = {ticks} tick(s)"
         )
         if ticks > remaining:
-            return StageOutcome.failed(
-                f"{text} exceeds the remaining budget of {remaining:g} tick(s)"
-            )
+            return StageOutcome.failed(f"{text} exceeds the remaining budget of "
+                                       f"{remaining:g} tick(s)")
         return StageOutcome.passed(f"{text} <= remaining {remaining:g}")

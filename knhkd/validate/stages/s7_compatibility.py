@@ -59,13 +59,13 @@ def _data(view: DeltaView) -> SubVerdict:
     for term in gone:
         uses = _uses(view, term)
         if uses:
-            problems.append(
-                f"{term.n3()} is no longer declared but the result still has {', '.join(uses)}"
-            )
+            problems.append(f"{term.n3()} is no longer declared but the result still has "
+                            f"{', '.join(uses)}")
     if problems:
         return SubVerdict("data", "failed", listing(problems))
     if gone:
-        return SubVerdict("data", "passed", f"{len(gone)} term(s) removed with all their uses")
+        return SubVerdict("data", "passed",
+                          f"{len(gone)} term(s) removed with all their uses")
     return SubVerdict("data", "passed", "no class or property removed")
 
 
@@ -82,20 +82,17 @@ def _version_of(triples: list[Node]) -> tuple[str | None, str | None]:
 
 
 def _belongs(view: DeltaView, term: Node, ontology: Node) -> bool:
-    if (
-        isinstance(term, URIRef)
-        and isinstance(ontology, URIRef)
-        and str(term).startswith(str(ontology))
+    if isinstance(term, URIRef) and isinstance(ontology, URIRef) and str(term).startswith(
+        str(ontology)
     ):
         return True
     return (term, RDFS.isDefinedBy, ontology) in view or (
-        term,
-        RDFS.isDefinedBy,
-        ontology,
+        term, RDFS.isDefinedBy, ontology
     ) in view.parent
 
 
-def _ontology(view: DeltaView, ontology: Node, removed: set[Node], added: set[Node]) -> list[str]:
+def _ontology(view: DeltaView, ontology: Node, removed: set[Node], added: set[Node]
+              ) -> list[str]:
     name = ontology.n3()
     old, old_problem = _version_of(list(view.parent.objects(ontology, OWL.versionInfo)))
     new, new_problem = _version_of(list(view.objects(ontology, OWL.versionInfo)))
@@ -117,29 +114,21 @@ def _ontology(view: DeltaView, ontology: Node, removed: set[Node], added: set[No
         return []
     if new == old:
         if lost:
-            return [
-                f"{name}: removes {len(lost)} term(s) without a version bump "
-                f"(needs MAJOR): {listing(lost, 3)}"
-            ]
+            return [f"{name}: removes {len(lost)} term(s) without a version bump "
+                    f"(needs MAJOR): {listing(lost, 3)}"]
         if gained:
-            return [
-                f"{name}: declares {len(gained)} term(s) without a version bump "
-                f"(needs MINOR): {listing(gained, 3)}"
-            ]
+            return [f"{name}: declares {len(gained)} term(s) without a version bump "
+                    f"(needs MINOR): {listing(gained, 3)}"]
         return []
     if not old_v.precedes(new_v):
         return [f"{name}: version {new} does not follow {old} (semver precedence)"]
     kind = old_v.bump_kind(new_v)
     if lost and kind != "major":
-        return [
-            f"{name}: {old} → {new} is a {kind} bump but removes term(s) "
-            f"(needs MAJOR): {listing(lost, 3)}"
-        ]
+        return [f"{name}: {old} → {new} is a {kind} bump but removes term(s) "
+                f"(needs MAJOR): {listing(lost, 3)}"]
     if gained and kind == "patch":
-        return [
-            f"{name}: {old} → {new} is a patch bump but declares term(s) "
-            f"(needs MINOR): {listing(gained, 3)}"
-        ]
+        return [f"{name}: {old} → {new} is a patch bump but declares term(s) "
+                f"(needs MINOR): {listing(gained, 3)}"]
     return []
 
 
@@ -154,8 +143,7 @@ def _versions(view: DeltaView) -> SubVerdict:
         return SubVerdict("ontology_version", "failed", listing(problems))
     versioned = [o for o in ontologies if next(view.objects(o, OWL.versionInfo), None)]
     return SubVerdict(
-        "ontology_version",
-        "passed",
+        "ontology_version", "passed",
         f"{len(versioned)} of {len(ontologies)} ontolog(y/ies) versioned; versions follow semver",
     )
 
