@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from knhkd.model import Permission, Role
+from knhkd.model import LOCAL_ISSUER, Permission, Role
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -58,6 +58,49 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     inline_commit_max_ms: Annotated[float, Meta(ge=0)] = 0.0
 
 
+class ClientPrincipal(Struct, forbid_unknown_fields=True, frozen=True):
+    """A client certificate → principal ``mtls#<subject>`` (``[[http.tls.client_principals]]``).
+
+    Exactly one of ``subject`` (the certificate's whole subject, RFC 4514:
+    ``"CN=gateway-7,O=plant"``, most specific first) and ``common_name`` (its
+    CN alone) is set; the first entry that matches applies."""
+
+    subject: str = ""
+    common_name: str = ""
+    roles: tuple[Role, ...] = ()
+
+
+class TlsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Both set: HTTPS only (TLS 1.3 at least); both empty: plain HTTP. Turning
+    # TLS on or off needs a restart; SIGHUP re-reads the pair (new connections).
+    certfile: str = ""
+    keyfile: str = ""
+    # PEM file of the CAs whose client certificates are accepted (mTLS).
+    # Empty: no client certificate is asked for.
+    client_ca: str = ""
+    # With client_ca: "required" refuses a handshake without a client
+    # certificate; "optional" serves it (bearer tokens or anonymous then decide).
+    client_cert: Literal["required", "optional"] = "required"
+    # Seconds a client has to finish the handshake.
+    handshake_timeout_s: PositiveFloat = 10.0
+    client_principals: tuple[ClientPrincipal, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.certfile)
+
+    @property
+    def mapped_client_cert_required(self) -> bool:
+        """Every client must present a certificate of ``client_ca``, and some
+        map to principals: that is authentication (``Config.auth_enabled``)."""
+        return (
+            self.enabled
+            and bool(self.client_ca)
+            and self.client_cert == "required"
+            and bool(self.client_principals)
+        )
+
+
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     bind: str = "127.0.0.1:8080"
     max_body_bytes: PositiveInt = 1_048_576
@@ -68,6 +111,14 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     commit_timeout_s: PositiveFloat = 10.0
     graceful_timeout_s: PositiveFloat = 5.0
     keep_alive_timeout_s: PositiveFloat = 30.0
+    # Open connections at most; past it the daemon stops accepting and new
+    # connections wait in the listen backlog (restart-only).
+    max_connections: PositiveInt = 256
+    # Request-body bytes all requests in progress may hold together; a request
+    # whose body would not fit gets 503 overloaded before any of it is read.
+    max_inflight_body_bytes: PositiveInt = 64 * 1_048_576
+    # Request line and headers of one request, bytes (restart-only).
+    max_header_bytes: PositiveInt = 16_384
     # POST /api/v1/_noop: the stack's baseline for bench/ (off in production).
     noop_endpoint: bool = False
     # Host header names (``name`` or ``name:port``) the API answers to. Empty:
@@ -81,6 +132,7 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # ``origin-not-allowed``. Requests without ``Origin`` (curl, knhkctl,
     # producers) are not affected.
     allowed_origins: tuple[str, ...] = ()
+    tls: TlsConfig = TlsConfig()
 
 
 # The most characters model.RdfPayload.data may hold at all (its msgspec
@@ -372,6 +424,11 @@ class IssuerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     roles_claim: Annotated[str, Meta(min_length=1)] = "roles"
     # Claim value -> role. Empty: claim values are role names themselves.
     role_map: dict[str, Role] = {}
+    # Dotted path of the claim saying what the principal signs proposals as,
+    # for doctrines: a list (or space-separated string) of "role@unit",
+    # "@unit" or "role" ("cfo@finance", "@compliance"). Absent claim: signs
+    # as a person of no role or unit. Other entries are ignored.
+    signer_claim: Annotated[str, Meta(min_length=1)] = "knhkd_signer"
     algorithms: Annotated[tuple[str, ...], Meta(min_length=1)] = ("EdDSA", "ES256", "RS256")
     # Tokens issued (iat) longer ago than this are refused, whatever their exp.
     max_token_age_s: PositiveFloat = 3600.0
@@ -423,6 +480,13 @@ class AuthConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # signature check: keyed by SHA-256 of the token, least recently used dropped.
     token_cache_size: PositiveInt = 10_000
     rate_limit: RateLimitConfig = RateLimitConfig()
+    # Healthcare observations (PHI, seed §6.2): a read needs this header
+    # (1-512 characters), passed to the audit hook, and a token issued
+    # (iat) at most phi_max_token_age_s ago.
+    phi_justification_header: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9-]+$")] = (
+        "X-Access-Justification"
+    )
+    phi_max_token_age_s: PositiveFloat = 900.0
 
 
 class Config(Struct, forbid_unknown_fields=True, frozen=True):
@@ -447,8 +511,9 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def auth_enabled(self) -> bool:
-        """Callers must authenticate (``[[auth.issuers]]`` configured)."""
-        return bool(self.auth.issuers)
+        """Callers must authenticate: ``[[auth.issuers]]`` configured, or TLS
+        requiring a client certificate that maps to a principal."""
+        return bool(self.auth.issuers) or self.http.tls.mapped_client_cert_required
 
     # ---- derived paths ---------------------------------------------------- #
 
@@ -553,6 +618,8 @@ def build(
     parse_bind(cfg.http.bind)
     if cfg.storage.max_map_size_mb < cfg.storage.map_size_mb:
         raise ConfigError("storage.max_map_size_mb", "must be at least storage.map_size_mb")
+    if cfg.http.max_inflight_body_bytes < cfg.http.max_body_bytes:
+        raise ConfigError("http.max_inflight_body_bytes", "must be at least http.max_body_bytes")
     if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)
@@ -569,6 +636,7 @@ def build(
 
 
 def is_loopback(host: str) -> bool:
+    """``host`` (a name or an address, no port) names this machine only."""
     if host == "localhost":
         return True
     try:
@@ -583,8 +651,10 @@ def _check_auth(cfg: Config) -> None:
         raise ConfigError(
             "http.bind",
             f"{cfg.http.bind} is not a loopback address and authentication is off: "
-            "configure [[auth.issuers]] or bind 127.0.0.1",
+            "configure [[auth.issuers]] (or http.tls with client_ca, client_cert = "
+            '"required" and [[http.tls.client_principals]]) or bind 127.0.0.1',
         )
+    _check_tls(cfg.http.tls)
     seen: set[str] = set()
     for i, iss in enumerate(cfg.auth.issuers):
         where = f"auth.issuers[{i}]"
@@ -603,6 +673,27 @@ def _check_auth(cfg: Config) -> None:
                 )
         if any(not part for part in iss.roles_claim.split(".")):
             raise ConfigError(f"{where}.roles_claim", "expected a dotted claim path")
+        if any(not part for part in iss.signer_claim.split(".")):
+            raise ConfigError(f"{where}.signer_claim", "expected a dotted claim path")
+        if iss.issuer == LOCAL_ISSUER:
+            raise ConfigError(
+                f"{where}.issuer", f"{LOCAL_ISSUER!r} names the admin socket's principals"
+            )
+
+
+def _check_tls(tls: TlsConfig) -> None:
+    if bool(tls.certfile) != bool(tls.keyfile):
+        raise ConfigError("http.tls", "set both certfile and keyfile, or neither")
+    if not tls.enabled and (tls.client_ca or tls.client_principals):
+        raise ConfigError("http.tls", "client_ca and client_principals need certfile and keyfile")
+    if tls.client_principals and not tls.client_ca:
+        raise ConfigError("http.tls.client_principals", "needs http.tls.client_ca")
+    for i, cp in enumerate(tls.client_principals):
+        where = f"http.tls.client_principals[{i}]"
+        if bool(cp.subject) == bool(cp.common_name):
+            raise ConfigError(where, "set exactly one of subject and common_name")
+        if not cp.roles:
+            raise ConfigError(f"{where}.roles", "name at least one role")
 
 
 def _check_jwks_uri(key: str, uri: str) -> None:
@@ -667,6 +758,13 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
 
 
 def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    http = raw.get("http")
+    tls = http.get("tls") if isinstance(http, dict) else None
+    if isinstance(tls, dict):
+        for key in ("certfile", "keyfile", "client_ca"):
+            value = tls.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                tls[key] = str(base / value)
     auth = raw.get("auth")
     issuers = auth.get("issuers") if isinstance(auth, dict) else None
     for iss in issuers if isinstance(issuers, list) else ():

@@ -107,6 +107,15 @@ class Forbidden(KnhkdError):
     title = "Forbidden"
 
 
+class PrincipalMismatch(Forbidden):
+    """A body names someone other than the authenticated caller (an approver,
+    an actor, a signer): 403. A decision is taken by, and signed for, the
+    caller only."""
+
+    problem = "principal-mismatch"
+    title = "Principal mismatch"
+
+
 class NotFound(KnhkdError):
     """The named record does not exist: 404."""
 

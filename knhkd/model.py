@@ -61,6 +61,13 @@ Role = Literal[
 ]
 ROLES: tuple[Role, ...] = get_args(Role)
 ANONYMOUS = "anonymous"
+# The issuer of the admin socket's principals (``knhkctl#<name>``): no token
+# issuer may be configured under this name (config.py refuses it).
+LOCAL_ISSUER = "knhkctl"
+# What a principal may sign a proposal as, for doctrines: ``role@unit``,
+# ``@unit`` or ``role`` (governance/signers.py); from a token's
+# ``signer_claim``, never from a request body.
+CAPACITY_PATTERN = r"^(?:[A-Za-z0-9_.\-]+(?:@[A-Za-z0-9_.\-]+)?|@[A-Za-z0-9_.\-]+)$"
 
 
 class Principal(Struct, frozen=True):
@@ -72,6 +79,10 @@ class Principal(Struct, frozen=True):
     subject: str
     roles: tuple[Role, ...] = ()
     permissions: frozenset[Permission] = frozenset()
+    # What it signs proposals as (CAPACITY_PATTERN entries), from its token.
+    signing_as: tuple[str, ...] = ()
+    # The token's ``iat`` (seconds since the epoch); None without a token.
+    issued_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -309,7 +320,9 @@ class Delta(Struct, frozen=True):
 # organisational unit ("alice:cfo@finance", "bob:auditor@compliance", "carol").
 # Units are free names (doctrines name units such as "compliance" that are not
 # sectors). One person signing in two roles is two entries with the same name.
-# Identity is declared by the caller until authentication lands (its own issue).
+# A submitted proposal's ``signers`` must be empty (403 ``principal-mismatch``):
+# people sign a stored proposal as themselves (``ProposalSignature``), and
+# doctrines count those signatures only.
 SIGNER_PATTERN = r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)?(?:@[A-Za-z0-9_.\-]+)?$"
 SignerText = Annotated[str, Meta(min_length=1, max_length=256, pattern=SIGNER_PATTERN)]
 
@@ -336,6 +349,16 @@ class ProposalIn(Struct, forbid_unknown_fields=True):
     parent_snapshot_id: RecordId | None = None
 
 
+class ProposalSignature(Struct, frozen=True):
+    """One principal's signature of a stored proposal: who (``issuer#subject``),
+    as what (CAPACITY_PATTERN entries of its token's ``signer_claim``; none: a
+    person of no role or unit), when."""
+
+    principal: str
+    capacities: list[str]
+    at_ns: int
+
+
 class Proposal(Struct):
     """A stored proposal. ``id`` is the SHA-256 of its canonical content."""
 
@@ -352,6 +375,12 @@ class Proposal(Struct):
     pattern_id: str | None
     can_rollback: bool
     created_at_ns: int
+    # Who submitted it (``issuer#subject``, ``anonymous``, ``knhkctl#…``);
+    # "" for the planner's own proposals. Not part of the id.
+    submitted_by: str = ""
+    # Signatures by authenticated principals (POST …/signatures), in order;
+    # what stage 3's doctrines count. Not part of the id.
+    signatures: list[ProposalSignature] = []
 
 
 # --------------------------------------------------------------------------- #
@@ -540,10 +569,11 @@ RelaxationStep = Literal[
 ]
 
 
-# The bodies of the relaxation steps (POST /api/v1/guards/...). Identity is
-# declared until authentication lands; an empty one is refused by the rules
-# (governance/relaxation.py), not here, so that it is named the same way from
-# the admin socket.
+# The bodies of the relaxation steps (POST /api/v1/guards/...). Over HTTP the
+# one who acts is the authenticated caller: a body may omit the name, and one
+# naming anyone else is 403 ``principal-mismatch``. On the admin socket the
+# name is given (``knhkctl#<name>``); an empty one is refused by the rules
+# (governance/relaxation.py).
 StepActor = Annotated[str, Meta(max_length=256)]
 StepReason = Annotated[str, Meta(max_length=4096)]
 
@@ -628,6 +658,7 @@ ReceiptKind = Literal[
     "key_rotated",
     "guard_relaxation_step",
     "governance_changed",
+    "proposal_signed",
     # An entry of the audit trail (knhkd/loop/auditor.py): who asked for what,
     # through which door, and what the daemon decided. ``inputs`` holds the
     # fields of ``AuditRecord``; ``outcome`` is approved (allowed) or rejected.

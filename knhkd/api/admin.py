@@ -20,7 +20,11 @@ Guarantees:
   (``COMMAND_PERMISSIONS``, one table; a command missing from it is refused
   to everyone but administrators). A refused command, and every allowed
   command that changes something, is appended to the audit trail
-  (``Daemon.audit``, event ``admin``, principal ``uid:N``).
+  (``Daemon.audit``, event ``admin``, principal ``knhkctl#uid:N``).
+- The receipts of decisions taken through the socket name
+  ``knhkctl#admin-socket`` (the daemon's uid and root; relaxation steps the
+  name they give, ``knhkctl#<name>``) or the mapped peer itself
+  (``knhkctl#uid:N``), which may not act in another's name (403).
 - A malformed line gets an error answer, never a dropped connection without a
   word, and never a crash of the daemon.
 
@@ -30,6 +34,7 @@ Must never: accept a command from an unmapped uid, or one its roles do not permi
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import pwd
@@ -42,11 +47,12 @@ from typing import Any
 import msgspec
 import trio
 
-from knhkd.auth.roles import permissions_of
+from knhkd.auth.roles import local, permissions_of
 from knhkd.config import AdminConfig
-from knhkd.errors import KnhkdError, Malformed, NotFound
+from knhkd.errors import Forbidden, KnhkdError, Malformed, NotFound
 from knhkd.loop.daemon import Daemon
 from knhkd.model import (
+    LOCAL_ISSUER,
     AdminRequest,
     AdminResponse,
     AuditRecord,
@@ -59,6 +65,23 @@ from knhkd.model import (
 log = logging.getLogger("knhkd.admin")
 
 MAX_LINE = 1 << 20
+# Who promotes, rolls back, runs a cycle or submits through the socket when
+# the peer is the daemon's uid or root, as receipts record it; a peer mapped
+# by [[admin.roles]] is recorded as itself (knhkctl#uid:N).
+_ADMIN = local("admin-socket")
+# The peer of the request being served (set per request by _dispatch; each
+# connection is its own task, so its own context).
+_PEER: contextvars.ContextVar[Principal] = contextvars.ContextVar("admin_peer")
+
+
+def _is_admin(p: Principal) -> bool:
+    return "administrator" in p.roles
+
+
+def _actor() -> Principal:
+    """Who the decision is recorded as: the socket, or the mapped peer."""
+    peer = _PEER.get()
+    return _ADMIN if _is_admin(peer) else peer
 _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
 
@@ -143,7 +166,10 @@ def peer_principal(cfg: AdminConfig, uid: int, gid: int) -> Principal | None:
     name = f"uid:{uid}"
     if uid in (os.getuid(), 0):
         return Principal(
-            issuer="", subject=name, roles=("administrator",), permissions=frozenset({"ALL"})
+            issuer=LOCAL_ISSUER,
+            subject=name,
+            roles=("administrator",),
+            permissions=frozenset({"ALL"}),
         )
     roles: list[Role] = []
     groups: set[int] | None = None
@@ -158,7 +184,9 @@ def peer_principal(cfg: AdminConfig, uid: int, gid: int) -> Principal | None:
     if not roles:
         return None
     unique = tuple(dict.fromkeys(roles))
-    return Principal(issuer="", subject=name, roles=unique, permissions=permissions_of(unique))
+    return Principal(
+        issuer=LOCAL_ISSUER, subject=name, roles=unique, permissions=permissions_of(unique)
+    )
 
 
 class CommandError(Malformed):
@@ -192,10 +220,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         }
 
     async def snapshots_rollback(args: dict[str, Any]) -> Any:
-        return await daemon.rollback()
+        return await daemon.rollback(_actor())
 
     async def cycle_run(args: dict[str, Any]) -> Any:
-        return await daemon.run_cycle()
+        return await daemon.run_cycle(_actor())
 
     async def keys_export_public(args: dict[str, Any]) -> Any:
         return daemon.public_keyring()
@@ -230,18 +258,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise CommandError(f"invalid proposal: {exc}") from None
 
     async def proposals_submit(args: dict[str, Any]) -> Any:
-        proposal, created = await daemon.submit_proposal(_proposal(args))
+        proposal, created = await daemon.submit_proposal(_proposal(args), _actor())
         return {"created": created, "proposal": proposal}
 
     async def proposals_validate(args: dict[str, Any]) -> Any:
-        return await daemon.validate_dry(_proposal(args))
+        return await daemon.validate_dry(_proposal(args), _actor())
 
     async def proposals_show(args: dict[str, Any]) -> Any:
         proposal, report = daemon.get_proposal(str(args.get("id", "")))
         return {"proposal": proposal, "validation": report}
 
     async def proposals_promote(args: dict[str, Any]) -> Any:
-        report, promoted = await daemon.promote_proposal(str(args.get("id", "")))
+        report, promoted = await daemon.promote_proposal(str(args.get("id", "")), _actor())
         return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
 
     def _s(args: dict[str, Any], name: str) -> str:
@@ -249,6 +277,20 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         if not isinstance(value, str):
             raise CommandError(f"{name} must be a string")
         return value
+
+    def _who(args: dict[str, Any], role: str) -> Principal:
+        # The daemon's uid and root name who acts; recorded as knhkctl#<name>.
+        # A peer mapped by [[admin.roles]] acts as itself only: naming anyone
+        # else would let one uid count as several approvers.
+        name = _s(args, "who")
+        peer = _PEER.get()
+        if not _is_admin(peer):
+            if name.strip() and name not in (peer.subject, peer.name):
+                raise Forbidden(f"{peer.name} may act only as itself, not as {name!r}")
+            return peer
+        if not name.strip():
+            raise CommandError(f"the {role} must be named")
+        return local(name)
 
     async def guards_list(args: dict[str, Any]) -> Any:
         return daemon.guards_overview()
@@ -263,14 +305,14 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         rid, step = _s(args, "id"), _s(args, "step")
         if step == "request":
             return await daemon.request_relaxation(
-                _s(args, "guard"), _s(args, "who"), _s(args, "reason")
+                _s(args, "guard"), _who(args, "requester"), _s(args, "reason")
             )
         if step == "approve":
-            return await daemon.approve_relaxation(rid, _s(args, "who"))
+            return await daemon.approve_relaxation(rid, _who(args, "approver"))
         if step == "activate":
-            return await daemon.activate_relaxation(rid, _s(args, "who"))
+            return await daemon.activate_relaxation(rid, _who(args, "actor"))
         if step == "revoke":
-            return await daemon.revoke_relaxation(rid, _s(args, "who"), _s(args, "reason"))
+            return await daemon.revoke_relaxation(rid, _who(args, "actor"), _s(args, "reason"))
         if step == "show":
             return daemon.relaxation(rid)
         raise CommandError(f"unknown relaxation step {step!r}")
@@ -345,7 +387,7 @@ async def _handle(
         await daemon.audit(
             AuditRecord(
                 event="admin",
-                principal=f"uid:{uid}",
+                principal=f"{LOCAL_ISSUER}#uid:{uid}",
                 route="admin connect",
                 decision="deny",
                 reason="no role for this uid or its groups ([[admin.roles]])",
@@ -396,7 +438,7 @@ async def _dispatch(
     route = f"admin {req.cmd}"
     if req.cmd == "guards.relaxation":
         route += f" {req.args.get('step', '')}"
-    who = principal.name if principal is not None else f"uid:{uid}"
+    who = principal.name if principal is not None else f"{LOCAL_ISSUER}#uid:{uid}"
     if principal is None or (need is not None and not principal.may(need)):
         why = f"needs {need}" if principal is not None else "no role for this uid or its groups"
         log.warning("admin %s by %s refused: %s", route, who, why)
@@ -406,6 +448,7 @@ async def _dispatch(
             )
         )
         return AdminResponse(ok=False, error=f"{who} may not {route}: {why}")
+    _PEER.set(principal)
     if mutating(req.cmd, req.args):
         await daemon.audit(
             AuditRecord(

@@ -18,10 +18,17 @@ Guarantees:
   naming an unknown key makes one refresh of its issuer's keys (on a worker
   thread, one at a time per issuer, at most once per ``jwks_min_refresh_s``)
   before the 401.
-- Without issuers, authentication is off: every caller is the principal
-  ``anonymous`` holding ``auth.anonymous_permissions`` (an Authorization
-  header is then ignored), and config.py has already refused a non-loopback
-  ``http.bind``.
+- A request without an Authorization header over a connection whose
+  verified client certificate matches ``[[http.tls.client_principals]]``
+  (knhkd/auth/tls.py) is the principal ``mtls#<subject>`` with that entry's
+  roles; a bearer token, when given (and issuers are configured), decides
+  instead. With client certificates required and principals mapped,
+  authentication is on even without issuers: a request that is neither a
+  mapped certificate nor a valid token is 401.
+- Without issuers or required mapped client certificates, authentication is
+  off: every other caller is the principal ``anonymous`` holding
+  ``auth.anonymous_permissions`` (an Authorization header is then ignored),
+  and config.py has already refused a non-loopback ``http.bind``.
 - An authenticated principal without the route's permission is 403
   ``forbidden`` (``error="insufficient_scope"`` when tokens are checked); a
   principal over its rate limit is 429 with ``Retry-After``
@@ -41,19 +48,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import trio
 from quart import Response, after_this_request, g, request
 from quart_trio import QuartTrio
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.routes.base import daemon
 from knhkd.auth.jwks import IssuerKeys
 from knhkd.auth.ratelimit import RateLimiter
 from knhkd.auth.roles import anonymous
+from knhkd.auth.tls import client_principal
 from knhkd.auth.tokens import REALM, UNKNOWN_KEY, KeyNeeded, Verifier, refused
-from knhkd.config import AuthConfig
+from knhkd.config import AuthConfig, TlsConfig
 from knhkd.errors import Forbidden, TooManyRequests, Unauthorized
 from knhkd.model import AuditRecord, Permission, Principal
 
@@ -82,6 +91,7 @@ ROUTE_PERMISSIONS: dict[str, Need] = {
     "proposals.submit_proposal": "GENERATE_PROPOSALS",
     "proposals.validate_proposal": "VALIDATE_PROPOSALS",
     "proposals.promote_proposal": "PROMOTE_SNAPSHOTS",
+    "proposals.sign_proposal": "GOVERN",
     "governance.guards": "READ_SNAPSHOTS",
     "governance.doctrines": "READ_SNAPSHOTS",
     "governance.get_relaxation": "READ_SNAPSHOTS",
@@ -159,8 +169,11 @@ def bearer(header: str | None) -> str:
 class AuthState:
     """The verifier, key sets and buckets of one ``[auth]`` configuration."""
 
-    def __init__(self, cfg: AuthConfig) -> None:
+    def __init__(self, cfg: AuthConfig, tls: TlsConfig | None = None) -> None:
         self.cfg = cfg
+        self.tls = tls if tls is not None else TlsConfig()
+        # Authentication is on (config.Config.auth_enabled's rule).
+        self.required = bool(cfg.issuers) or self.tls.mapped_client_cert_required
         self.keys = {i.issuer: IssuerKeys(i) for i in cfg.issuers}
         now = time.monotonic()
         for keys in self.keys.values():
@@ -171,9 +184,25 @@ class AuthState:
         self.anonymous = anonymous(cfg)
         self._locks = {issuer: trio.Lock() for issuer in self.keys}
 
-    async def authenticate(self, header: str | None) -> Principal:
-        if not self.cfg.issuers:
+    async def authenticate(self, header: str | None, tls: Any = None) -> Principal:
+        """Who is asking: by bearer token, else by client certificate
+        (``tls``: the connection's ASGI tls extension), else anonymous while
+        authentication is off."""
+        if not (header and self.cfg.issuers) and isinstance(tls, dict):
+            subject = tls.get("client_cert_name")
+            if subject and self.tls.client_principals:
+                found_cert = client_principal(
+                    self.tls.client_principals, subject, tls.get("client_cert_cn") or ""
+                )
+                if found_cert is not None:
+                    return found_cert
+        if not self.required:
             return self.anonymous
+        if not self.cfg.issuers:
+            raise Unauthorized(
+                "this route needs a client certificate mapped to a principal "
+                "([[http.tls.client_principals]])"
+            )
         token = bearer(header)
         for keys in self.keys.values():
             if keys.stale(time.monotonic()):
@@ -209,33 +238,36 @@ def _state(app: QuartTrio) -> AuthState:
     """The state for the configuration in force; rebuilt when a reload
     changed ``[auth]``."""
     cfg = daemon().cfg.auth
+    tls = daemon().cfg.http.tls
     state: AuthState = app.config[STATE_KEY]
-    if state.cfg is not cfg:
-        if state.cfg == cfg:  # a reload that left [auth] as it was
+    if state.cfg is not cfg or state.tls is not tls:
+        if state.cfg == cfg and state.tls == tls:  # a reload that left them as they were
             state.cfg = cfg
+            state.tls = tls
         else:
-            state = AuthState(cfg)
+            state = AuthState(cfg, tls)
             app.config[STATE_KEY] = state
             log.info("authentication configuration reloaded")
     return state
 
 
-def current_principal() -> Principal:
-    """Who is asking (set by the hook for every non-public route)."""
-    found = g.get("principal")
-    if not isinstance(found, Principal):
-        raise TypeError("no principal: the route is public or the hook did not run")
-    return found
-
-
-def install(app: QuartTrio, cfg: AuthConfig) -> None:
+def install(app: QuartTrio, cfg: AuthConfig, tls: TlsConfig | None = None) -> None:
     """Register the hook (after the edge checks, before any route)."""
-    app.config[STATE_KEY] = AuthState(cfg)
+    state = AuthState(cfg, tls)
+    app.config[STATE_KEY] = state
+    if state.tls.client_principals:
+        log.info(
+            "client certificates map to principals (%d entries, client_cert = %s)",
+            len(state.tls.client_principals),
+            state.tls.client_cert,
+        )
     if cfg.issuers:
         log.info(
             "authentication on: bearer tokens of %s",
             ", ".join(i.issuer for i in cfg.issuers),
         )
+    elif state.required:
+        log.info("authentication on: client certificates only (no [[auth.issuers]])")
     else:
         log.warning(
             "authentication is off (no [[auth.issuers]]): every HTTP caller is 'anonymous' with %s",
@@ -255,7 +287,9 @@ def install(app: QuartTrio, cfg: AuthConfig) -> None:
         peer = request.remote_addr or ""
         state = _state(app)
         try:
-            principal = await state.authenticate(request.headers.get("Authorization"))
+            principal = await state.authenticate(
+                request.headers.get("Authorization"), request.scope.get("extensions", {}).get("tls")
+            )
         except Unauthorized as exc:
             await on_decision(None, route, "deny", exc.detail, peer=peer)
             _close_if_body_unread()
@@ -291,7 +325,7 @@ def _close_if_body_unread() -> None:
 
 def _forbidden(principal: Principal, route: str, why: str, cfg: AuthConfig) -> Forbidden:
     detail = f"{principal.name} may not {route}: {why}"
-    if not cfg.issuers:
+    if not cfg.issuers and not principal.issuer:
         detail += (
             "; authentication is off, so every caller is 'anonymous' "
             "(configure [[auth.issuers]], or auth.anonymous_permissions)"

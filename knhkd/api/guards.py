@@ -29,7 +29,6 @@ for anything but its media type.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 
 from quart import Response, after_this_request, current_app, request
@@ -39,20 +38,11 @@ from werkzeug.wrappers.response import Response as WerkzeugResponse
 from knhkd.api.problems import HostNotAllowed, OriginNotAllowed
 from knhkd.api.routes.base import daemon
 from knhkd.api.routes.doc import JSON, doc_of
-from knhkd.config import HttpConfig, parse_bind
+from knhkd.config import HttpConfig, is_loopback, parse_bind
 from knhkd.errors import KnhkdError, UnsupportedMediaType
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _name_of(host: str) -> str:
@@ -67,7 +57,7 @@ def _allowed_hosts(allowed: tuple[str, ...], bind: str) -> frozenset[str] | None
     """The Host values this configuration answers to, or None: any will do."""
     host, port = parse_bind(bind)
     if not allowed:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             return None
         allowed = LOOPBACK_NAMES
     exact: set[str] = set()

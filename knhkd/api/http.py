@@ -10,8 +10,17 @@ Guarantees:
   before they are read whole, with ``Connection: close``.
 - Hypercorn is served programmatically with a shutdown trigger: the Hypercorn
   CLI exits 0 when its worker crashes, and installs no signal handling in
-  ``serve`` (PLATFORM_NOTES, Hypercorn). ``serve_http`` returns once Hypercorn
-  has drained in-flight requests.
+  ``serve`` (PLATFORM_NOTES, Hypercorn). It runs through ``api/server.py``:
+  at most ``http.max_connections`` connections, request-body bytes in flight
+  within ``http.max_inflight_body_bytes``, header bytes within
+  ``http.max_header_bytes``; on shutdown idle connections close at once and
+  new requests get 503 ``draining``. ``serve_http`` returns once in-flight
+  requests have finished (or ``http.graceful_timeout_s`` passed).
+- With ``[http.tls]``, HTTPS only (TLS 1.3; knhkd/auth/tls.py builds the
+  context, the daemon holds it and swaps it on SIGHUP): a refused handshake
+  counts in ``knhk_tls_handshake_failures_total{reason}`` and is logged at
+  warning once per peer address and reason (the last ``TLS_PEERS_LOGGED``
+  remembered).
 
 Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
 or send a success status for data that was not committed.
@@ -20,15 +29,15 @@ or send a success status for data that was not committed.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api import authn, openapi
+from knhkd.api import authn, openapi, server
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -47,6 +56,14 @@ from knhkd.errors import KnhkdError
 from knhkd.loop.daemon import Daemon
 
 log = logging.getLogger("knhkd.http")
+
+# How long a closing connection reads and drops what its client still sends,
+# so that the close does not reset a response the client has not read yet.
+LINGER_S = 2.0
+
+# Peer addresses whose refused handshake was logged (least recent dropped):
+# a client retrying a bad certificate in a loop logs one line, not a flood.
+TLS_PEERS_LOGGED = 1024
 
 BLUEPRINTS = (
     observations.bp,
@@ -106,7 +123,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return response
 
     # Who is asking and may they (api/authn.py): after the edge's checks.
-    authn.install(app, daemon.cfg.auth)
+    authn.install(app, daemon.cfg.auth, daemon.cfg.http.tls)
     return app
 
 
@@ -116,6 +133,10 @@ def hypercorn_config(daemon: Daemon) -> HypercornConfig:
     hc.bind = [cfg.bind]
     hc.graceful_timeout = cfg.graceful_timeout_s
     hc.keep_alive_timeout = cfg.keep_alive_timeout_s
+    # Bytes of an unfinished request line and headers Hypercorn (h11) buffers
+    # per connection; past it, 431/400 and close.
+    hc.h11_max_incomplete_size = cfg.max_header_bytes
+    hc.ssl_handshake_timeout = cfg.tls.handshake_timeout_s
     hc.accesslog = None
     hc.errorlog = logging.getLogger("knhkd.hypercorn")
     return hc
@@ -126,13 +147,33 @@ async def serve_http(
 ) -> None:
     """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
     app = create_app(daemon)
+    logged: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def handshake_failed(peer: str, reason: str) -> None:
+        daemon.metrics.tls_handshake_failures.labels(reason).inc()
+        if (peer, reason) in logged:
+            logged.move_to_end((peer, reason))
+            return
+        logged[peer, reason] = None
+        if len(logged) > TLS_PEERS_LOGGED:
+            logged.popitem(last=False)
+        log.warning("TLS handshake from %s refused: %s", peer or "-", reason)
+
+    tls = daemon.tls_context if daemon.cfg.http.tls.enabled else None
     try:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
-                lambda task_status: hypercorn.trio.serve(
+                lambda task_status: server.serve(
                     app,
                     hypercorn_config(daemon),
+                    max_connections=daemon.cfg.http.max_connections,
+                    max_body_bytes=daemon.cfg.http.max_body_bytes,
+                    max_inflight_body_bytes=lambda: daemon.cfg.http.max_inflight_body_bytes,
+                    linger_s=LINGER_S,
+                    on_refused=daemon.count_response,
                     shutdown_trigger=daemon.shutdown_requested.wait,
+                    tls=tls,
+                    on_handshake_failed=handshake_failed,
                     task_status=task_status,
                 )
             )

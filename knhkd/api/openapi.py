@@ -67,17 +67,21 @@ def _types_of(t: Any) -> tuple[Any, ...]:
 
 def _problems_of(doc: RouteDoc, methods: set[str], public: bool) -> dict[int, set[str]]:
     found: dict[int, set[str]] = {}
-    common: list[tuple[int, str]] = [(403, "host-not-allowed"), (500, "internal-error")]
+    # Any request may meet a draining server (api/server.py).
+    common: list[tuple[int, str]] = [
+        (403, "host-not-allowed"), (500, "internal-error"), (503, "draining"),
+    ]
     if not public:
         # api/authn.py: who is asking, may they, and not too often.
         common += [(401, "unauthorized"), (403, "forbidden"), (429, "too-many-requests")]
     if methods & MUTATING:
         common.append((403, "origin-not-allowed"))
     if doc.body is not None:
+        # api/server.py: a body that does not fit the in-flight budget.
         common += [(400, "malformed-json"), (413, "payload-too-large"),
-                   (415, "unsupported-media-type")]
+                   (415, "unsupported-media-type"), (503, "overloaded")]
     if doc.writes:
-        common += [(503, "storage-unavailable"), (503, "draining"), (503, "read-only"),
+        common += [(503, "storage-unavailable"), (503, "read-only"),
                    (507, "storage-full")]
     for status, slug in (*common, *doc.problems):
         found.setdefault(status, set()).add(slug)

@@ -78,6 +78,23 @@ class NotReady(Unavailable):
     title = "Not ready"
 
 
+class Draining(Unavailable):
+    """A request that arrived after SIGTERM (api/server.py): the same problem
+    the ingest intake answers once it has closed."""
+
+    problem = "draining"
+    title = "Shutting down"
+    retry_after = 5
+
+
+class BodiesOverBudget(Unavailable):
+    """Request bodies in progress would exceed ``http.max_inflight_body_bytes``."""
+
+    problem = "overloaded"
+    title = "Overloaded"
+    retry_after = 1
+
+
 _SLUGS = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),

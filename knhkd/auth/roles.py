@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from knhkd.config import AuthConfig
-from knhkd.model import ANONYMOUS, Permission, Principal, Role
+from knhkd.model import ANONYMOUS, LOCAL_ISSUER, Permission, Principal, Role
 
 READS: frozenset[Permission] = frozenset(
     {"READ_OBSERVATIONS", "READ_SNAPSHOTS", "READ_RECEIPTS", "READ_METRICS"}
@@ -53,3 +53,13 @@ def permissions_of(roles: Iterable[Role]) -> frozenset[Permission]:
 def anonymous(cfg: AuthConfig) -> Principal:
     """The one principal of every caller while authentication is off."""
     return Principal(issuer="", subject=ANONYMOUS, permissions=frozenset(cfg.anonymous_permissions))
+
+
+def local(name: str) -> Principal:
+    """A principal of the admin socket: ``knhkctl#<name>``, holding ``ALL``.
+
+    The socket admits the daemon's uid and root, who hold the signing key
+    already; they name who acts (``knhkctl guards approve --approver A``),
+    and those names stay apart from every token issuer's (config.py refuses
+    an issuer called ``knhkctl``)."""
+    return Principal(issuer=LOCAL_ISSUER, subject=name, permissions=frozenset({"ALL"}))

@@ -43,6 +43,7 @@ algorithm; read the clock (``now`` is given).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -54,7 +55,7 @@ from knhkd.auth.jwks import IssuerKeys
 from knhkd.auth.roles import permissions_of
 from knhkd.config import ASYMMETRIC_ALGORITHMS, AuthConfig, IssuerConfig
 from knhkd.errors import Unauthorized
-from knhkd.model import ROLES, Principal, Role
+from knhkd.model import CAPACITY_PATTERN, ROLES, Principal, Role
 
 # Longest token looked at; a JWT with a large roles claim is a few KiB.
 MAX_TOKEN_BYTES = 16_384
@@ -102,23 +103,41 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _listed(value: Any) -> list[Any]:
+    """A claim holding names: a list, or one space-separated string."""
+    if isinstance(value, str):
+        return value.split()
+    return value if isinstance(value, list) else []
+
+
 def roles_from(value: Any, role_map: Mapping[str, Role]) -> tuple[Role, ...]:
     """Role names in a roles claim (a list of strings, or one space-separated
     string); values naming no role are ignored."""
-    if isinstance(value, str):
-        names: list[Any] = value.split()
-    elif isinstance(value, list):
-        names = value
-    else:
-        return ()
     found: list[Role] = []
-    for name in names:
+    for name in _listed(value):
         if not isinstance(name, str):
             continue
         role = role_map.get(name) if role_map else _as_role(name)
         if role is not None and role not in found:
             found.append(role)
     return tuple(found)
+
+
+_CAPACITY = re.compile(CAPACITY_PATTERN)
+# A token's signer claim counts at most this many entries.
+MAX_CAPACITIES = 16
+
+
+def capacities_from(value: Any) -> tuple[str, ...]:
+    """What a signer claim (a list of strings, or one space-separated string)
+    lets the principal sign as: its ``role@unit``, ``@unit`` and ``role``
+    entries, deduplicated, in order; anything else is ignored."""
+    found: list[str] = []
+    for name in _listed(value):
+        ok = isinstance(name, str) and len(name) <= 256 and _CAPACITY.fullmatch(name)
+        if ok and name not in found:
+            found.append(name)
+    return tuple(found[:MAX_CAPACITIES])
 
 
 def _as_role(name: str) -> Role | None:
@@ -232,7 +251,12 @@ class Verifier:
             raise TokenRejected("no roles claim")
         roles = roles_from(value, issuer.role_map)
         principal = Principal(
-            issuer=issuer.issuer, subject=sub, roles=roles, permissions=permissions_of(roles)
+            issuer=issuer.issuer,
+            subject=sub,
+            roles=roles,
+            permissions=permissions_of(roles),
+            signing_as=capacities_from(claim_at(claims, issuer.signer_claim)),
+            issued_at=float(iat),
         )
         until = min(float(exp), float(iat) + issuer.max_token_age_s) + issuer.clock_skew_s
         return principal, until

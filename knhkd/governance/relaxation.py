@@ -23,9 +23,9 @@ Rules:
    immutable one (``ImmutableGuard``).
 2. A guard has at most one open (requested, approved or active) relaxation
    (``RelaxationOpen``).
-3. Every step taken by a person names them (``MissingIdentity``). Identity is
-   a declared field until authentication (its own issue) lands: the caller
-   vouches for it.
+3. Every step taken by a person names them (``MissingIdentity``): the name of
+   the authenticated principal who takes it (``issuer#subject``; the API
+   refuses a body naming anyone else), so rule 4 compares principals.
 4. The requester may not approve their own request (``SelfApproval``); an
    approver counts once (``DuplicateApproval``); an approved, active or ended
    relaxation takes no more approvals (``AlreadyApproved``, ``RelaxationEnded``).

@@ -140,6 +140,20 @@ class Auditor:
             self._dropped([item], "stopping", "the auditor is closed (stopping)")
         return False
 
+    def audit_nowait(self, record: AuditRecord) -> bool:
+        """Queue ``record`` without waiting (for a caller that cannot wait);
+        False, counted and logged as dropped, when the queue is full or
+        closed: the caller decides whether to go on without it."""
+        item = (record, time.time_ns())
+        try:
+            self._send.send_nowait(item)
+            return True
+        except trio.WouldBlock:
+            self._dropped([item], "queue_full", "the audit queue is full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._dropped([item], "stopping", "the auditor is closed (stopping)")
+        return False
+
     def close(self) -> None:
         self._send.close()
 

@@ -49,6 +49,8 @@ class CycleFailed(KnhkdError):
 @dataclass(eq=False)
 class Cycle:
     trigger: Trigger
+    # Who asked for it (``Principal.name``); "" for the scheduler's own.
+    principal: str = ""
     id: str = field(default_factory=lambda: f"cyc-{ULID()}")
     started_ns: int = field(default_factory=time.time_ns)
     started_perf: float = field(default_factory=time.perf_counter)
@@ -142,8 +144,8 @@ class CycleScheduler:
         self._to_analyzer = to_analyzer
         self._interval_s = interval_s
 
-    async def request(self, trigger: Trigger = "on_demand") -> Cycle:
-        cycle = Cycle(trigger=trigger)
+    async def request(self, trigger: Trigger = "on_demand", *, principal: str = "") -> Cycle:
+        cycle = Cycle(trigger=trigger, principal=principal)
         await self._to_analyzer.send(cycle)
         return cycle
 

@@ -17,16 +17,19 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import ssl
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import trio
 
 from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
+from knhkd.auth.tls import TlsError, server_context
 from knhkd.config import Config, ConfigError
-from knhkd.errors import Conflict, KnhkdError
+from knhkd.errors import Conflict, KnhkdError, PrincipalMismatch
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
@@ -35,9 +38,9 @@ from knhkd.loop.actors import Actors
 from knhkd.loop.cycle import Cycle
 from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
-from knhkd.loop.planner import proposal_draft, store_proposals_job
+from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
-from knhkd.loop.startup import MB, Opened, Prepared, publish_keyring
+from knhkd.loop.startup import MB, Opened, Prepared, StartupError, publish_keyring
 from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
@@ -51,9 +54,11 @@ from knhkd.model import (
     Health,
     Observation,
     ObservationIn,
+    Principal,
     ProofFile,
     Proposal,
     ProposalIn,
+    ProposalSignature,
     PublicKeyring,
     ReceiptView,
     Relaxation,
@@ -76,6 +81,9 @@ log = logging.getLogger("knhkd")
 RESTART_ONLY = (
     ("storage", "data_dir"),
     ("http", "bind"),
+    ("http", "max_connections"),
+    ("http", "max_header_bytes"),
+    ("http", "max_body_bytes"),
     ("admin", "socket"),
     ("keys", "signing_key"),
     ("knowledge", "ontology_dir"),
@@ -124,6 +132,18 @@ class Daemon:
         self.shutdown_requested = trio.Event()
         self.http_done = trio.Event()
         self.http_bound: list[str] = []
+        self._tls: ssl.SSLContext | None = None
+        if self.cfg.http.tls.enabled:
+            try:
+                self._tls = server_context(self.cfg.http.tls)
+            except TlsError as exc:
+                raise StartupError("tls", str(exc)) from None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The HTTPS context new connections get (a SIGHUP may replace it)."""
+        if self._tls is None:
+            raise RuntimeError("http.tls is not configured")
+        return self._tls
 
     @property
     def cfg(self) -> Config:
@@ -146,6 +166,12 @@ class Daemon:
         waits for room up to ``audit.enqueue_wait_s``, then the record is
         counted as dropped. Must never be given a token or key material."""
         await self.actors.auditor.audit(record)
+
+    def audit_nowait(self, record: AuditRecord) -> bool:
+        """``audit`` for a caller that may not wait (a synchronous check in a
+        route): False when the record could not be queued (counted as
+        dropped); a PHI read then refuses to answer rather than go unaudited."""
+        return self.actors.auditor.audit_nowait(record)
 
     def audit_entries(
         self, *, since_ns: int = 0, principal: str | None = None, limit: int = 1000
@@ -171,26 +197,34 @@ class Daemon:
     def relaxation(self, relaxation_id: str) -> Relaxation:
         return self.governance.book.get(relaxation_id)
 
-    async def request_relaxation(self, guard_id: str, requester: str, reason: str) -> Relaxation:
+    # Each step is taken by ``by`` (its ``name`` is the requester, approver
+    # or actor the rules compare and the receipt records): quorum counts
+    # distinct principals.
+
+    async def request_relaxation(self, guard_id: str, by: Principal, reason: str) -> Relaxation:
         now = time.time_ns()
         events = await self.governance.step(
-            lambda book: [book.request(guard_id, requester, reason, now)]
+            lambda book: [book.request(guard_id, by.name, reason, now)]
         )
         return events[-1].record
 
-    async def approve_relaxation(self, relaxation_id: str, approver: str) -> Relaxation:
+    async def approve_relaxation(self, relaxation_id: str, by: Principal) -> Relaxation:
         now = time.time_ns()
-        await self.governance.step(lambda book: book.approve(relaxation_id, approver, now))
+        await self.governance.step(lambda book: book.approve(relaxation_id, by.name, now))
         return self.relaxation(relaxation_id)
 
-    async def activate_relaxation(self, relaxation_id: str, actor: str) -> Relaxation:
+    async def activate_relaxation(self, relaxation_id: str, by: Principal) -> Relaxation:
         now = time.time_ns()
-        await self.governance.step(lambda book: book.activate(relaxation_id, actor, now))
+        await self.governance.step(lambda book: book.activate(relaxation_id, by.name, now))
         return self.relaxation(relaxation_id)
 
-    async def revoke_relaxation(self, relaxation_id: str, actor: str, reason: str) -> Relaxation:
+    async def revoke_relaxation(
+        self, relaxation_id: str, by: Principal, reason: str
+    ) -> Relaxation:
         now = time.time_ns()
-        await self.governance.step(lambda book: [book.revoke(relaxation_id, actor, reason, now)])
+        await self.governance.step(
+            lambda book: [book.revoke(relaxation_id, by.name, reason, now)]
+        )
         return self.relaxation(relaxation_id)
 
     def doctrines_overview(self) -> dict[str, Any]:
@@ -358,28 +392,41 @@ class Daemon:
             commit_timeout=cfg.commit_timeout_s,
         )
 
-    async def run_cycle(self) -> CycleReport:
+    async def run_cycle(self, by: Principal) -> CycleReport:
+        """One cycle now; its ``cycle_completed`` receipt names ``by``."""
         self.write_gate.check()  # a cycle stores its report
-        cycle: Cycle = await self.actors.scheduler.request("on_demand")
+        cycle: Cycle = await self.actors.scheduler.request("on_demand", principal=by.name)
         return await cycle.wait()
 
     # Proposals submitted by operators (the planner's take the same path) --- #
 
-    def _as_proposal(self, p: ProposalIn) -> Proposal:
+    def _as_proposal(self, p: ProposalIn, by: Principal) -> Proposal:
+        if p.signers:
+            raise PrincipalMismatch(
+                "a proposal's signers are not declared: each signer signs the stored "
+                "proposal as themselves (POST /api/v1/proposals/{id}/signatures); "
+                "submit it with no signers"
+            )
         current = self.knowledge.current.snapshot_id
         if p.parent_snapshot_id is not None and p.parent_snapshot_id != current:
             raise SnapshotConflict(
                 f"the proposal is against {p.parent_snapshot_id[:16]}, "
                 f"the current snapshot is {current[:16]}"
             )
-        return make_proposal(p, current, time.time_ns())
+        proposal = make_proposal(p, current, time.time_ns())
+        return msgspec.structs.replace(proposal, submitted_by=by.name)
 
-    async def submit_proposal(self, p: ProposalIn) -> tuple[Proposal, bool]:
-        """Store ``p`` with a receipt. Returns (proposal, created); the same
-        change against the same snapshot returns the stored one."""
-        proposal = self._as_proposal(p)
+    async def submit_proposal(self, p: ProposalIn, by: Principal) -> tuple[Proposal, bool]:
+        """Store ``p`` with a receipt naming ``by``. Returns (proposal,
+        created); the same change against the same snapshot returns the
+        stored one. ``PrincipalMismatch`` when ``p`` declares signers."""
+        proposal = self._as_proposal(p, by)
         stored = await self.writer.submit(
-            store_proposals_job(self.store, self.receipts, [(proposal, proposal_draft(proposal))])
+            store_proposals_job(
+                self.store,
+                self.receipts,
+                [(proposal, proposal_draft(proposal, principal=by.name))],
+            )
         )
         if stored:
             return proposal, True
@@ -392,24 +439,47 @@ class Daemon:
     def get_proposal(self, proposal_id: str) -> tuple[Proposal, ValidationReport | None]:
         return self.queries.get_proposal(proposal_id)
 
-    async def validate_dry(self, p: ProposalIn) -> ValidationReport:
+    async def validate_dry(self, p: ProposalIn, by: Principal) -> ValidationReport:
         """The full report for ``p`` against the current snapshot; nothing is
         stored, receipted or promoted."""
-        return await self.actors.executor.validate(self._as_proposal(p))
+        return await self.actors.executor.validate(self._as_proposal(p, by))
 
-    async def promote_proposal(self, proposal_id: str) -> tuple[ValidationReport, bool]:
+    async def sign_proposal(self, proposal_id: str, by: Principal) -> tuple[Proposal, bool]:
+        """``by`` signs the stored proposal as the capacities its token gives
+        it (``Principal.signing_as``), with a ``proposal_signed`` receipt in
+        the same transaction. Returns (proposal, signed now); a principal that
+        signed it already changes nothing."""
+        self.write_gate.check()
+        signature = ProposalSignature(
+            principal=by.name, capacities=sorted(set(by.signing_as)), at_ns=time.time_ns()
+        )
+        return await self.writer.submit(
+            sign_job(self.store, self.receipts, proposal_id, signature)
+        )
+
+    async def promote_proposal(
+        self, proposal_id: str, by: Principal
+    ) -> tuple[ValidationReport, bool]:
+        """Validate the stored proposal (with its signatures), promote it if it
+        passes; both receipts name ``by``."""
         proposal, _ = self.get_proposal(proposal_id)
         if proposal.parent_snapshot_id != self.knowledge.current.snapshot_id:
             raise SnapshotConflict(
                 f"proposal {proposal_id[:16]} is against {proposal.parent_snapshot_id[:16]}, "
                 f"not the current snapshot; submit it again"
             )
-        return await self.actors.executor.judge(proposal)
+        return await self.actors.executor.judge(proposal, principal=by.name)
 
-    async def rollback(self) -> Snapshot:
+    async def rollback(self, by: Principal) -> Snapshot:
+        """Make the current snapshot's parent current; the receipt names ``by``."""
         state = self.knowledge
         parent, _ = await self.writer.submit(
-            kn.rollback_job(self.store, self.receipts, expect_current=state.current.snapshot_id)
+            kn.rollback_job(
+                self.store,
+                self.receipts,
+                expect_current=state.current.snapshot_id,
+                principal=by.name,
+            )
         )
         self._state.set_knowledge(kn.state_of(parent, state.shapes))
         self.metrics.snapshots_rolled_back.inc()
@@ -537,6 +607,12 @@ class Daemon:
                     new_v,
                 )
                 return f"{section}.{key} changed and needs a restart"
+        if new.http.tls.enabled != self.cfg.http.tls.enabled:
+            log.error(
+                "reload refused, keeping the running configuration: "
+                "turning http.tls on or off needs a restart"
+            )
+            return "turning http.tls on or off needs a restart"
         try:
             self.governance.load(new)
         except (KnowledgeError, RelaxationError) as exc:
@@ -553,6 +629,14 @@ class Daemon:
             return f"governance: {type(exc).__name__}"
         self._state.settings.current = new
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
+        if new.http.tls.enabled:
+            # The files are read again even when the settings did not change:
+            # a renewed certificate keeps its path. A bad pair keeps the old one.
+            try:
+                self._tls = server_context(new.http.tls)
+                log.info("TLS certificate and key reloaded for new connections")
+            except TlsError as exc:
+                log.error("TLS reload refused, keeping the running certificate: %s", exc)
         # The map's ceiling is the running configuration's: a raised ceiling
         # lets a map-full store take writes again at once.
         self.store.max_map_size = new.storage.max_map_size_mb * MB

@@ -60,6 +60,7 @@ def validation_job(
     proposal: Proposal,
     report: ValidationReport,
     digests: dict[str, str],
+    principal: str = "",
 ) -> Job[SignedReceipt]:
     def job(txn: lmdb.Transaction) -> SignedReceipt:
         store.tables.validations.put(txn, proposal.id, report)
@@ -82,6 +83,14 @@ def validation_job(
                     "stages": stages,
                     "stages_not_run": ",".join(report.stages_not_run),
                     **digests,
+                    # Who asked for the judgement (absent for the loop's own).
+                    **({"principal": principal} if principal else {}),
+                    # The signatures counted, by principal.
+                    **(
+                        {"signatures": ",".join(s.principal for s in proposal.signatures)}
+                        if proposal.signatures
+                        else {}
+                    ),
                 },
             ),
         )
@@ -89,7 +98,9 @@ def validation_job(
     return job
 
 
-def refusal_job(receipts: ReceiptLog, proposal: Proposal, reason: str) -> Job[SignedReceipt]:
+def refusal_job(
+    receipts: ReceiptLog, proposal: Proposal, reason: str, principal: str = ""
+) -> Job[SignedReceipt]:
     def job(txn: lmdb.Transaction) -> SignedReceipt:
         return receipts.append(
             txn,
@@ -98,15 +109,21 @@ def refusal_job(receipts: ReceiptLog, proposal: Proposal, reason: str) -> Job[Si
                 outcome=Outcome("rejected", reason),
                 subject_ids=[proposal.id],
                 sector=proposal.sector,
-                inputs={"parent_snapshot_id": proposal.parent_snapshot_id},
+                inputs={
+                    "parent_snapshot_id": proposal.parent_snapshot_id,
+                    **({"principal": principal} if principal else {}),
+                },
             ),
         )
 
     return job
 
 
-def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[CycleReport]:
-    """Receipt the cycle and store its report, which names that receipt too."""
+def cycle_job(
+    store: Store, receipts: ReceiptLog, report: CycleReport, principal: str = ""
+) -> Job[CycleReport]:
+    """Receipt the cycle and store its report, which names that receipt too;
+    the receipt names ``principal``, who asked for the cycle, if anyone did."""
 
     def job(txn: lmdb.Transaction) -> CycleReport:
         signed = receipts.append(
@@ -124,6 +141,7 @@ def cycle_job(store: Store, receipts: ReceiptLog, report: CycleReport) -> Job[Cy
                     "validations_failed": str(report.validations_failed),
                     "snapshots_promoted": str(report.snapshots_promoted),
                     "trigger": report.trigger,
+                    **({"principal": principal} if principal else {}),
                 },
             ),
         )
@@ -221,17 +239,20 @@ class Executor:
         return fresh if stored else None
 
     async def judge(
-        self, proposal: Proposal, cycle: Cycle | None = None
+        self, proposal: Proposal, cycle: Cycle | None = None, *, principal: str = ""
     ) -> tuple[ValidationReport, bool]:
-        """Validate and, when it passes, promote. Returns (report, promoted)."""
+        """Validate and, when it passes, promote. Returns (report, promoted).
+        Both receipts name ``principal`` (who asked) when given."""
         report, digests = await self._validate(proposal)
         signed = await self._ctx.writer.submit(
-            validation_job(self._ctx.store, self._ctx.receipts, proposal, report, digests)
+            validation_job(
+                self._ctx.store, self._ctx.receipts, proposal, report, digests, principal
+            )
         )
         ids = [canonical.receipt_id(signed.body.seq)]
         promoted = False
         if report.passed:
-            promoted, rid = await self.promote(proposal)
+            promoted, rid = await self.promote(proposal, principal=principal)
             ids.append(rid)
         if cycle is not None:
             cycle.receipt_ids.extend(ids)
@@ -242,7 +263,7 @@ class Executor:
             cycle.snapshots_promoted += promoted
         return report, promoted
 
-    async def promote(self, proposal: Proposal) -> tuple[bool, str]:
+    async def promote(self, proposal: Proposal, *, principal: str = "") -> tuple[bool, str]:
         state = self._ctx.knowledge()
         with span("knhk.mape_k.execute", **{"proposal.id": proposal.id}):
             try:
@@ -261,11 +282,12 @@ class Executor:
                         self._ctx.receipts,
                         record,
                         expect_current=state.current.snapshot_id,
+                        principal=principal,
                     )
                 )
             except (KnowledgeError, SnapshotConflict) as exc:
                 refused = await self._ctx.writer.submit(
-                    refusal_job(self._ctx.receipts, proposal, str(exc))
+                    refusal_job(self._ctx.receipts, proposal, str(exc), principal)
                 )
                 return False, canonical.receipt_id(refused.body.seq)
         fresh = state_of(record, state.shapes)
@@ -296,6 +318,7 @@ class Executor:
                 self._ctx.store,
                 self._ctx.receipts,
                 cycle.build_report(outcome="completed", detail=""),
+                cycle.principal,
             )
         )
         self._ctx.metrics.cycles.labels("completed").inc()

@@ -59,6 +59,10 @@ def relaxation_job(
                     inputs={
                         "step": ev.step,
                         "actor": ev.actor,
+                        # The authenticated principal who took the step (the
+                        # actor's name is its ``Principal.name``); absent for
+                        # the steps time takes.
+                        **({"principal": ev.actor} if ev.actor else {}),
                         "state": ev.record.state,
                         "approvals": str(len(ev.record.approvals)),
                         "quorum": str(ev.record.quorum),

@@ -94,9 +94,11 @@ def _ancestry(store: Store, txn: lmdb.Transaction, start: str | None) -> Iterato
 # --------------------------------------------------------------------------- #
 
 
-def _receipt(kind: str, record: SnapshotRecord, detail: str) -> Draft:
+def _receipt(kind: str, record: SnapshotRecord, detail: str, principal: str = "") -> Draft:
     meta = record.meta
     inputs = {"snapshot_id": meta.snapshot_id, "version": str(meta.version)}
+    if principal:
+        inputs["principal"] = principal
     if meta.parent_id:
         inputs["parent_id"] = meta.parent_id
     if meta.proposal_id:
@@ -111,9 +113,15 @@ def _receipt(kind: str, record: SnapshotRecord, detail: str) -> Draft:
 
 
 def install_job(
-    store: Store, receipts: ReceiptLog, record: SnapshotRecord, *, expect_current: str | None
+    store: Store,
+    receipts: ReceiptLog,
+    record: SnapshotRecord,
+    *,
+    expect_current: str | None,
+    principal: str = "",
 ) -> Job[SignedReceipt]:
-    """Return a job that makes ``record`` current, as a promotion from ``expect_current``."""
+    """Return a job that makes ``record`` current, as a promotion from
+    ``expect_current``; its receipt names ``principal`` (who asked) if given."""
 
     def job(txn: lmdb.Transaction) -> SignedReceipt:
         current = current_id(store, txn)
@@ -136,15 +144,16 @@ def install_job(
         store.tables.snapshots.put(txn, new_id, record)
         store.tables.snapshot_current.put(txn, new_id)
         detail = "genesis" if record.meta.parent_id is None else "promoted"
-        return receipts.append(txn, _receipt("snapshot_promoted", record, detail))
+        return receipts.append(txn, _receipt("snapshot_promoted", record, detail, principal))
 
     return job
 
 
 def rollback_job(
-    store: Store, receipts: ReceiptLog, *, expect_current: str
+    store: Store, receipts: ReceiptLog, *, expect_current: str, principal: str = ""
 ) -> Job[tuple[SnapshotRecord, SignedReceipt]]:
-    """Return a job that makes the current snapshot's parent current again."""
+    """Return a job that makes the current snapshot's parent current again;
+    its receipt names ``principal`` (who asked) if given."""
 
     def job(txn: lmdb.Transaction) -> tuple[SnapshotRecord, SignedReceipt]:
         current = current_id(store, txn)
@@ -169,6 +178,7 @@ def rollback_job(
                     "from_snapshot_id": current,
                     "to_snapshot_id": rec.meta.parent_id,
                     "to_version": str(parent.meta.version),
+                    **({"principal": principal} if principal else {}),
                 },
             ),
         )

@@ -19,9 +19,10 @@ import lmdb
 import msgspec
 import trio
 
+from knhkd.errors import NotFound
 from knhkd.loop.context import LoopContext
 from knhkd.loop.cycle import Cycle, each_cycle
-from knhkd.model import Outcome, Proposal, SignedReceipt
+from knhkd.model import Outcome, Proposal, ProposalSignature, SignedReceipt
 from knhkd.plan.planner import plan
 from knhkd.plan.proposals import delta_id, make_proposal
 from knhkd.receipts import canonical
@@ -31,8 +32,14 @@ from knhkd.store.writer import Job
 from knhkd.telemetry.tracing import span
 
 
-def proposal_draft(p: Proposal, *, rebased_from: str | None = None) -> Draft:
+def proposal_draft(
+    p: Proposal, *, rebased_from: str | None = None, principal: str = ""
+) -> Draft:
+    """The ``proposal_generated`` receipt of ``p``; ``principal`` (signed in
+    ``inputs``) is who submitted it, absent for the planner's own."""
     inputs = {"parent_snapshot_id": p.parent_snapshot_id, "proposal_id": p.id}
+    if principal:
+        inputs["principal"] = principal
     if p.pattern_id:
         inputs["pattern_id"] = p.pattern_id
     if rebased_from:
@@ -73,6 +80,42 @@ def store_proposals_job(
             proposals_db.add(txn, p)
             out.append((p, receipts.append(txn, draft)))
         return out
+
+    return job
+
+
+def sign_job(
+    store: Store, receipts: ReceiptLog, proposal_id: str, signature: ProposalSignature
+) -> Job[tuple[Proposal, bool]]:
+    """Add ``signature`` to the stored proposal with a ``proposal_signed``
+    receipt (read, changed and written in the writer's one transaction, so
+    concurrent signatures are never lost). A principal's second signature
+    changes nothing: (proposal, False)."""
+
+    def job(txn: lmdb.Transaction) -> tuple[Proposal, bool]:
+        table = store.tables.proposals
+        p = table.get(txn, proposal_id)
+        if p is None:
+            raise NotFound(f"no proposal {proposal_id[:64]!r}", title="Proposal not found")
+        if any(s.principal == signature.principal for s in p.signatures):
+            return p, False
+        p = msgspec.structs.replace(p, signatures=[*p.signatures, signature])
+        table.put(txn, p.id, p)
+        receipts.append(
+            txn,
+            Draft(
+                kind="proposal_signed",
+                outcome=Outcome("approved", f"{len(p.signatures)} signature(s)"),
+                subject_ids=[p.id],
+                sector=p.sector,
+                inputs={
+                    "proposal_id": p.id,
+                    "principal": signature.principal,
+                    "capacities": ",".join(signature.capacities),
+                },
+            ),
+        )
+        return p, True
 
     return job
 

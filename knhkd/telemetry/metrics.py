@@ -142,6 +142,12 @@ class Metrics:
             buckets=_TICK_BUCKETS,
             registry=r,
         )
+        self.tls_handshake_failures = Counter(
+            "knhk_tls_handshake_failures",
+            "HTTPS handshakes refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.ring_full_rejections = Counter(
             "knhk_ring_full_rejections",
             "Ring appends refused because the producer's lane was full (records).",

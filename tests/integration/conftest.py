@@ -160,6 +160,21 @@ class RunningDaemon:
         """An HTTP client; with an issuer, it carries a token for ``role``."""
         return httpx.Client(base_url=self.base, timeout=30.0, headers=self.headers(role))
 
+    def as_principal(self, subject: str, *roles: str, **claims: Any) -> httpx.Client:
+        """A client carrying a token for ``subject`` with ``roles`` (and any
+        other claims: ``knhkd_signer=["cfo@finance"]``, ``iat=…``); its
+        principal is ``<issuer>#<subject>``."""
+        assert self.issuer is not None, "make_daemon(auth=True) for principals"
+        token = self.issuer.token(*roles, sub=subject, **claims)
+        return httpx.Client(
+            base_url=self.base, timeout=30.0, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def principal(self, subject: str) -> str:
+        """The ``Principal.name`` of ``subject`` of the trusted issuer."""
+        assert self.issuer is not None
+        return f"{self.issuer.name}#{subject}"
+
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return run_ctl(self.data_dir, *args, timeout=timeout)
 
@@ -182,6 +197,16 @@ def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not logged:\n{d.log()}")
+
+
+def read_until_eof(s: socket.socket, timeout: float = 30.0) -> bytes:
+    """Everything a raw HTTP client socket receives until the daemon closes it
+    (a reset raises ``ConnectionResetError``)."""
+    s.settimeout(timeout)
+    out = b""
+    while data := s.recv(65536):
+        out += data
+    return out
 
 
 def run_ctl(data_dir: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

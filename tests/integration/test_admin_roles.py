@@ -101,7 +101,7 @@ roles = ["observer"]
         # ... what needs another permission is refused, naming it.
         no = ctl_as(other_user, sock, "snapshots", "rollback")
         assert no.returncode == 2
-        assert f"uid:{other_user.pw_uid} may not admin snapshots.rollback" in no.stderr
+        assert f"knhkctl#uid:{other_user.pw_uid} may not admin snapshots.rollback" in no.stderr
         assert "needs PROMOTE_SNAPSHOTS" in no.stderr
         rotate = ctl_as(other_user, sock, "keys", "rotate")
         assert rotate.returncode == 2 and "needs ALL" in rotate.stderr
@@ -139,6 +139,10 @@ roles = ["observer"]
         cyc = ctl_as(other_user, sock, "cycle", "run")
         assert cyc.returncode == 0, cyc.stderr
         assert ctl_as(other_user, sock, "keys", "rotate").returncode == 2
+        # A mapped peer acts only as itself: naming another approver is refused.
+        spoof = ctl_as(other_user, sock, "guards", "approve", "rlx-1", "--approver", "bob")
+        assert spoof.returncode == 2
+        assert "may act only as itself" in spoof.stderr
 
         # Every refusal is in the audit trail, with the peer's credentials.
         entries: list[dict[str, Any]] = []
@@ -155,7 +159,7 @@ roles = ["observer"]
                     "--format",
                     "json",
                     "--principal",
-                    f"uid:{other_user.pw_uid}",
+                    f"knhkctl#uid:{other_user.pw_uid}",
                 ],
                 capture_output=True,
                 text=True,

@@ -134,3 +134,34 @@ def test_the_trail_survives_a_restart_and_shutdown_flushes_it(make_daemon: Any) 
     denied = [e for e in entries if e["route"] == "POST /api/v1/mape-k/execute"]
     assert sum(e["count"] for e in denied) == 3, entries
     assert d.ctl("audit", "verify").returncode == 0
+
+
+def test_reads_of_healthcare_observations_are_audited_with_their_justification(
+    make_daemon: Any,
+) -> None:
+    d: RunningDaemon = make_daemon(auth=True)
+    health = {
+        "event_type": "admit",
+        "sector": "healthcare",
+        "value": {"ward": "W-7"},
+        "metadata": {"patient_id": "P-1"},
+    }
+    with d.client("producer") as c:
+        hid = c.post("/api/v1/observations", json=health).json()["id"]
+    with d.client("observer") as c:
+        path = f"/api/v1/observations/{hid}"
+        assert c.get(path).status_code == 403
+        ok = c.get(path, headers={"X-Access-Justification": "treating P-1"})
+        assert ok.status_code == 200, ok.text
+
+    def both(es: list[dict[str, Any]]) -> bool:
+        return {e["decision"] for e in es if e["event"] == "phi_read"} == {"allow", "deny"}
+
+    entries = wait_audit(d, both)
+    phi = {e["decision"]: e for e in entries if e["event"] == "phi_read"}
+    assert set(phi) == {"allow", "deny"}, entries
+    assert phi["allow"]["detail"] == {"observation_id": hid, "justification": "treating P-1"}
+    assert phi["allow"]["principal"].endswith("#user-observer")
+    assert phi["allow"]["peer"] == "127.0.0.1"
+    assert phi["deny"]["reason"] == "no valid justification"
+    assert all("W-7" not in json.dumps(e) for e in entries)  # never the content

@@ -87,7 +87,7 @@ def test_json_routes_refuse_other_media_types_and_store_nothing(guarded: Running
         # A route that reads no body, or a body-less step, needs no content type.
         assert c.post("/api/v1/mape-k/execute").status_code == 200
         r = c.post("/api/v1/guards/relaxations/nope/approve")
-        _problem(r, 422, "missing-identity")  # read as {}: judged by the rules
+        _problem(r, 404, "unknown-relaxation")  # read as {}: the caller approves
     assert _status(guarded)[0] == before[0] + 3
 
 

@@ -86,7 +86,7 @@ def test_sighup_meeting_a_damaged_relaxation_keeps_the_running_configuration(
     with daemon.client() as c:
         r = c.post(
             "/api/v1/guards/finance-core/relaxations",
-            json={"requester": "alice", "reason": "migration"},
+            json={"reason": "migration"},
         )
         assert r.status_code == 201, r.text
     _damage(daemon, b"relaxations", None)

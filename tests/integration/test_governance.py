@@ -1,8 +1,10 @@
 """Issue 3 through the real daemon: guards at stage 4, the relaxation
 workflow with its receipts, the immutable guard, stage time budgets, diffs.
 
-Identity (requester, approver, actor) is a declared field until
-authentication lands (its own issue): these tests declare it."""
+The requester, approvers and actor are the authenticated callers, each
+with a token of their own (tests/integration/test_principals.py holds the
+refusals of a body naming someone else); on the admin socket they are named
+(``knhkctl#<name>``)."""
 
 from __future__ import annotations
 
@@ -43,24 +45,30 @@ def test_guarded_class_is_rejected_at_stage_4_until_relaxed(make_daemon: Any) ->
 
         overview = c.get("/api/v1/guards").json()
         assert {g["id"] for g in overview["guards"]} >= {"finance-core", "knhk-core"}
-        req = c.post(
-            "/api/v1/guards/finance-core/relaxations",
-            json={"requester": "rita", "reason": "restructure accounts"},
+        rita = d.as_principal("rita", "operator")
+        ann, ben, cy = (d.as_principal(n, "validator") for n in ("ann", "ben", "cy"))
+        req = rita.post(
+            "/api/v1/guards/finance-core/relaxations", json={"reason": "restructure accounts"}
         )
         assert req.status_code == 201, req.text
+        assert req.json()["requester"] == d.principal("rita")
         rid = req.json()["id"]
         base = f"/api/v1/guards/relaxations/{rid}"
 
-        self_ok = c.post(f"{base}/approve", json={"approver": "rita"})
+        self_ok = rita.post(f"{base}/approve")
         assert self_ok.status_code == 409 and "self-approval" in self_ok.json()["type"]
-        assert c.post(f"{base}/approve", json={"approver": "ann"}).status_code == 200
-        twice = c.post(f"{base}/approve", json={"approver": "ann"})
+        assert ann.post(f"{base}/approve", json={}).status_code == 200
+        twice = ann.post(f"{base}/approve", json={"approver": d.principal("ann")})
         assert twice.status_code == 409 and "duplicate-approval" in twice.json()["type"]
-        early = c.post(f"{base}/activate", json={"actor": "rita"})
+        early = rita.post(f"{base}/activate")
         assert early.status_code == 409 and "not-approved" in early.json()["type"]
-        assert c.post(f"{base}/approve", json={"approver": "ben"}).status_code == 200
-        assert c.post(f"{base}/approve", json={"approver": "cy"}).json()["state"] == "approved"
-        assert c.post(f"{base}/activate", json={"actor": "rita"}).json()["state"] == "active"
+        assert ben.post(f"{base}/approve").status_code == 200
+        approved = cy.post(f"{base}/approve").json()
+        assert approved["state"] == "approved"
+        assert [a["approver"] for a in approved["approvals"]] == [
+            d.principal(n) for n in ("ann", "ben", "cy")
+        ]
+        assert rita.post(f"{base}/activate").json()["state"] == "active"
         assert c.get("/api/v1/guards").json()["relaxed_now"] == ["finance-core"]
 
         v0 = c.get("/api/v1/snapshots/current").json()["snapshot_id"]
@@ -74,19 +82,25 @@ def test_guarded_class_is_rejected_at_stage_4_until_relaxed(make_daemon: Any) ->
         assert diff["removed"] == [[f"<{K}Account>", RDF_TYPE, RDFS_CLASS]]
         assert diff["added"] == []
 
-        revoked = c.post(f"{base}/revoke", json={"actor": "rita", "reason": "done"})
+        revoked = rita.post(f"{base}/revoke", json={"reason": "done"})
         assert revoked.json()["state"] == "ended"
+        assert revoked.json()["ended_by"] == d.principal("rita")
         assert c.get("/api/v1/guards").json()["relaxed_now"] == []
-        again = c.post(f"{base}/revoke", json={"actor": "rita", "reason": "again"})
+        again = rita.post(f"{base}/revoke", json={"reason": "again"})
         assert again.status_code == 409
+        for client in (rita, ann, ben, cy):
+            client.close()
 
         receipts = c.get("/api/v1/receipts", params={"limit": 1000}).json()["receipts"]
         steps = [
-            r["body"]["inputs"]["step"]
+            (r["body"]["inputs"]["step"], r["body"]["inputs"].get("principal"))
             for r in receipts
             if r["body"]["kind"] == "guard_relaxation_step"
         ]
-        assert steps[0] == "requested" and "activated" in steps and steps[-1] == "revoked"
+        assert steps[0] == ("requested", d.principal("rita"))
+        assert ("approval_recorded", d.principal("ben")) in steps
+        assert ("activated", d.principal("rita")) in steps
+        assert steps[-1] == ("revoked", d.principal("rita"))
         assert any(r["body"]["kind"] == "governance_changed" for r in receipts)
     assert d.ctl("receipts", "verify-chain").returncode == 0
 

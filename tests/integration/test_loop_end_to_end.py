@@ -113,8 +113,8 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
 
 def test_finance_changes_wait_for_sox_signers(daemon: RunningDaemon) -> None:
     """A finance burst is planned but not promoted: FIN-APPROVAL-001 (SOX)
-    wants two signers, one from finance and one from compliance. The same ΔΣ
-    signed by them passes."""
+    wants two signers, one from finance and one from compliance. Signed by
+    two principals whose tokens say so, the same stored ΔΣ passes."""
     with daemon.client() as c:
         assert c.post("/api/v1/observations", json=[OBS] * 120).status_code == 201
         report = c.post("/api/v1/mape-k/execute").json()
@@ -130,17 +130,11 @@ def test_finance_changes_wait_for_sox_signers(daemon: RunningDaemon) -> None:
         pid = judged["body"]["subject_ids"][0]
         proposal = c.get(f"/api/v1/proposals/{pid}").json()["proposal"]
         assert proposal["pattern_id"] == planned["id"]
-        signed = {
-            "sector": "finance",
-            "description": proposal["description"],
-            "delta": proposal["delta"],
-            "signers": ["alice:controller@finance", "bob:auditor@compliance"],
-            "pattern_id": proposal["pattern_id"],
-            "estimated_ticks": proposal["estimated_ticks"],
-        }
-        new = c.post("/api/v1/proposals", json=signed)
-        assert new.status_code == 201, new.text
-        done = c.post(f"/api/v1/proposals/{new.json()['id']}/promote")
+        for who, capacity in (("alice", "controller@finance"), ("bob", "auditor@compliance")):
+            with daemon.as_principal(who, "validator", knhkd_signer=[capacity]) as signer:
+                r = signer.post(f"/api/v1/proposals/{pid}/signatures")
+                assert r.status_code == 201, r.text
+        done = c.post(f"/api/v1/proposals/{pid}/promote")
         assert done.status_code == 200, done.text
         assert done.json()["snapshot"]["version"] == 1
 

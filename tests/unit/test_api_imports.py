@@ -24,6 +24,9 @@ ALLOWED = {
     "knhkd.auth.ratelimit",
     "knhkd.auth.roles",
     "knhkd.auth.tokens",
+    # Client-certificate subjects, their principals, handshake failure
+    # reasons (api/server.py, api/authn.py): pure functions of a certificate.
+    "knhkd.auth.tls",
 }
 
 

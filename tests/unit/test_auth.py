@@ -13,7 +13,7 @@ from knhkd import config
 from knhkd.auth.jwks import IssuerKeys, KeySetError, parse_jwks
 from knhkd.auth.ratelimit import RateLimiter
 from knhkd.auth.roles import ROLE_PERMISSIONS, permissions_of
-from knhkd.auth.tokens import KeyNeeded, TokenRejected, Verifier, roles_from
+from knhkd.auth.tokens import KeyNeeded, TokenRejected, Verifier, capacities_from, roles_from
 from knhkd.model import PERMISSIONS, ROLES, Principal
 from tests.integration.issuer import Issuer
 
@@ -123,6 +123,17 @@ def test_roles_come_from_a_list_or_a_string_through_the_map() -> None:
     assert roles_from(42, {}) == ()
 
 
+def test_signing_capacities_come_from_the_signer_claim_only_well_formed() -> None:
+    assert capacities_from(["cfo@finance", "@compliance", "auditor", "cfo@finance"]) == (
+        "cfo@finance",
+        "@compliance",
+        "auditor",
+    )
+    assert capacities_from("cfo@finance  x@y") == ("cfo@finance", "x@y")
+    assert capacities_from(["a:b@c", "bad unit", "@", "", 5, "r@u@v"]) == ()
+    assert capacities_from(None) == () and capacities_from({"cfo": "finance"}) == ()
+
+
 def test_every_role_has_an_entry_and_administrator_may_do_everything() -> None:
     assert set(ROLE_PERMISSIONS) == set(ROLES)
     admin = Principal("i", "s", ("administrator",), permissions_of(["administrator"]))
@@ -163,6 +174,21 @@ def test_every_role_has_an_entry_and_administrator_may_do_everything() -> None:
             "auth.issuers[0].jwks_uri",
         ),
         ({"auth": {"anonymous_permissions": ["SUDO"]}}, "auth.anonymous_permissions[0]"),
+        (
+            {"auth": {"issuers": [{"issuer": "knhkctl", "audiences": ["a"], "jwks_file": "f"}]}},
+            "auth.issuers[0].issuer",
+        ),
+        (
+            {
+                "auth": {
+                    "issuers": [
+                        {"issuer": "i", "audiences": ["a"], "jwks_file": "f", "signer_claim": "a."}
+                    ]
+                }
+            },
+            "auth.issuers[0].signer_claim",
+        ),
+        ({"auth": {"phi_max_token_age_s": 0}}, "auth.phi_max_token_age_s"),
     ],
 )
 def test_auth_configuration_errors_name_the_key(raw: dict[str, object], key: str) -> None:

@@ -28,6 +28,7 @@ from knhkd.model import (
     Delta,
     Proposal,
     ProposalIn,
+    ProposalSignature,
     RuntimeFigures,
     Snapshot,
     StageResult,
@@ -85,15 +86,28 @@ def _clock(step_ms: float = 2.5) -> Iterator[float]:
         t += step_ms / 1e3
 
 
+def _signature(text: str) -> ProposalSignature:
+    """``name[:role][@unit]`` as the signature of principal ``name``."""
+    rest, _, unit = text.partition("@")
+    name, _, role = rest.partition(":")
+    cap = f"{role}@{unit}" if unit else role
+    return ProposalSignature(principal=name, capacities=[cap] if cap else [], at_ns=NOW - H)
+
+
 def _proposal(delta: Delta, *, sector: str = "finance", signers: list[str] | None = None,
               ticks: int = 0, created: int = NOW - H,
-              resources: dict[str, float] | None = None) -> Proposal:
-    return make_proposal(
+              resources: dict[str, float] | None = None,
+              declared: list[str] | None = None) -> Proposal:
+    """A proposal signed by ``signers`` (as principals' signatures) and
+    declaring ``declared`` in its body."""
+    p = make_proposal(
         ProposalIn(sector=sector, description="t", delta=delta,  # type: ignore[arg-type]
-                   signers=SIGNED if signers is None else signers, estimated_ticks=ticks,
+                   signers=declared or [], estimated_ticks=ticks,
                    resources=resources or {}),
         ANCESTRY[0].snapshot_id, created,
     )
+    p.signatures = [_signature(t) for t in (SIGNED if signers is None else signers)]
+    return p
 
 
 def _run(parent: Graph, shapes: Shapes, proposal: Proposal, inputs: ValidationInputs, *,
@@ -329,10 +343,17 @@ def test_warning_and_advisory_doctrines_are_reported(
     ]
 
 
-def test_malformed_signers_fail_stage_3(onto: Graph, shapes: Shapes,
-                                        inputs: ValidationInputs) -> None:
-    report = _run(onto, shapes, _proposal(Delta(add=_policy(1)), signers=["no good"]), inputs)
-    assert report.stages[-1].stage == 3 and "'no good'" in report.stages[-1].message
+def test_declared_signers_are_not_counted_only_signatures(
+    onto: Graph, shapes: Shapes, inputs: ValidationInputs
+) -> None:
+    declared = _proposal(Delta(add=_policy(1)), signers=[], declared=SIGNED)
+    report = _run(onto, shapes, declared, inputs)
+    assert report.stages[-1].stage == 3 and "FIN-APPROVAL-001" in report.stages[-1].message
+    # One principal signing in both capacities is one person: still short.
+    one = _proposal(Delta(add=_policy(1)), signers=[])
+    one.signatures = [ProposalSignature("mallory", ["cfo@finance", "auditor@compliance"], NOW)]
+    report = _run(onto, shapes, one, inputs)
+    assert "1 distinct signer(s), 2 required" in report.stages[-1].message
 
 
 # --------------------------------------------------------------------------- #

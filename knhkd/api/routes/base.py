@@ -12,11 +12,12 @@ import base64
 from typing import Any, TypeVar
 
 import msgspec
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 
 from knhkd.api.problems import InvalidParameter, InvalidRequestBody, MalformedJson
+from knhkd.errors import PrincipalMismatch
 from knhkd.loop.daemon import Daemon
-from knhkd.model import FieldError, encode_json
+from knhkd.model import FieldError, Principal, encode_json
 from knhkd.monitor.decode import field_of
 
 T = TypeVar("T")
@@ -31,6 +32,28 @@ def daemon() -> Daemon:
     if not isinstance(found, Daemon):
         raise TypeError(f"app config {DAEMON_KEY} holds {type(found).__name__}, not a Daemon")
     return found
+
+
+def current_principal() -> Principal:
+    """Who is asking: the principal api/authn.py's hook resolved (set for
+    every non-public route; a ``TypeError`` on a public one)."""
+    found = g.get("principal")
+    if not isinstance(found, Principal):
+        raise TypeError("no principal: the route is public or the hook did not run")
+    return found
+
+
+def acting_as(named: str, field: str) -> Principal:
+    """The caller, who takes a decision a body may name (``approver``,
+    ``actor`` …): an empty name is the caller; any other than the caller's
+    ``Principal.name`` is 403 ``principal-mismatch`` (nothing is done)."""
+    principal = current_principal()
+    if named and named != principal.name:
+        raise PrincipalMismatch(
+            f"{field} {named[:256]!r} is not the caller {principal.name!r}: "
+            "a decision is taken as the authenticated caller (omit the name)"
+        )
+    return principal
 
 
 def json(obj: Any, status: int = 200) -> Response:

@@ -1,11 +1,12 @@
 """The MAPE-K loop on demand: run one cycle now and answer with its report
-(500 ``cycle-failed`` with the reason if it could not complete)."""
+(500 ``cycle-failed`` with the reason if it could not complete); its
+``cycle_completed`` receipt names the caller."""
 
 from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from knhkd.api.routes.base import daemon, json
+from knhkd.api.routes.base import current_principal, daemon, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.model import CycleReport
 
@@ -23,4 +24,4 @@ bp = Blueprint("cycle", __name__)
     )
 )
 async def run_cycle() -> Response:
-    return json(await daemon().run_cycle())
+    return json(await daemon().run_cycle(current_principal()))

@@ -2,9 +2,9 @@
 
 Guarantees: each relaxation step the rules refuse is a problem named after
 the rule (``urn:knhkd:problem:self-approval`` …): 404 for an unknown guard or
-relaxation, 422 for a missing identity, 409 otherwise; nothing was changed.
-Identity is a declared field until authentication lands (its own issue): the
-caller vouches for ``requester``, ``approver`` and ``actor``.
+relaxation, 409 otherwise; nothing was changed. The requester, approver or
+actor of a step is the authenticated caller (``Principal.name``): a body may
+omit the name; one naming anyone else is 403 ``principal-mismatch``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TypedDict
 import msgspec
 from quart import Blueprint, Response
 
-from knhkd.api.routes.base import daemon, decode_json, json
+from knhkd.api.routes.base import acting_as, daemon, decode_json, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.model import (
     ActivationIn,
@@ -50,12 +50,12 @@ class DoctrinesOverview(TypedDict):
 
 
 # Every refusal of the relaxation rules (governance/relaxation.py): 409 named
-# after the rule, 404 for an unknown guard or relaxation, 422 for a missing
-# identity.
+# after the rule, 404 for an unknown guard or relaxation, 403 for a body
+# naming someone other than the caller.
 _RULES = (
     (404, "unknown-guard"),
     (404, "unknown-relaxation"),
-    (422, "missing-identity"),
+    (403, "principal-mismatch"),
     (409, "immutable-guard"),
     (409, "relaxation-open"),
     (409, "self-approval"),
@@ -113,7 +113,8 @@ async def doctrines() -> Response:
 @documented(_step("Request a guard relaxation", RelaxationRequestIn, 201))
 async def request_relaxation(guard_id: str) -> Response:
     doc = await decode_json(_request, empty=b"{}")
-    record = await daemon().request_relaxation(guard_id, doc.requester, doc.reason)
+    by = acting_as(doc.requester, "requester")
+    record = await daemon().request_relaxation(guard_id, by, doc.reason)
     return json(record, 201)
 
 
@@ -134,18 +135,21 @@ async def get_relaxation(relaxation_id: str) -> Response:
 @documented(_step("Approve a relaxation", ApprovalIn))
 async def approve_relaxation(relaxation_id: str) -> Response:
     doc = await decode_json(_approval, empty=b"{}")
-    return json(await daemon().approve_relaxation(relaxation_id, doc.approver))
+    by = acting_as(doc.approver, "approver")
+    return json(await daemon().approve_relaxation(relaxation_id, by))
 
 
 @bp.post("/api/v1/guards/relaxations/<relaxation_id>/activate")
 @documented(_step("Activate an approved relaxation (opens its window)", ActivationIn))
 async def activate_relaxation(relaxation_id: str) -> Response:
     doc = await decode_json(_activation, empty=b"{}")
-    return json(await daemon().activate_relaxation(relaxation_id, doc.actor))
+    by = acting_as(doc.actor, "actor")
+    return json(await daemon().activate_relaxation(relaxation_id, by))
 
 
 @bp.post("/api/v1/guards/relaxations/<relaxation_id>/revoke")
 @documented(_step("Revoke a relaxation", RevocationIn))
 async def revoke_relaxation(relaxation_id: str) -> Response:
     doc = await decode_json(_revocation, empty=b"{}")
-    return json(await daemon().revoke_relaxation(relaxation_id, doc.actor, doc.reason))
+    by = acting_as(doc.actor, "actor")
+    return json(await daemon().revoke_relaxation(relaxation_id, by, doc.reason))

@@ -6,13 +6,16 @@ observations are durably committed; a batch is all-or-nothing; with
 ``shacl-violation`` naming each offending item and nothing is stored; while
 the daemon drains, 503 ``draining`` with ``Retry-After`` before the body is
 read.
+Reading a healthcare observation takes a justification header and a fresh
+token (api/phi.py).
 """
 
 from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from knhkd.api.routes.base import body, daemon, json
+from knhkd.api.phi import check_phi_read
+from knhkd.api.routes.base import body, current_principal, daemon, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.model import IngestAccepted, IngestBatchAccepted, Observation, ObservationIn
 from knhkd.monitor.decode import NDJSON_TYPES, decode_body
@@ -62,9 +65,19 @@ async def ingest() -> Response:
     RouteDoc(
         summary="One stored observation",
         answers=(Answer(200, "The observation", Observation),),
-        problems=((404, "not-found"),),
+        problems=(
+            (401, "token-too-old"),
+            (403, "justification-required"),
+            (404, "not-found"),
+        ),
         tags=("observations",),
     )
 )
 async def get_observation(obs_id: str) -> Response:
-    return json(daemon().get_observation(obs_id))
+    d = daemon()
+    found = d.get_observation(obs_id)
+    cfg = d.cfg.auth
+    check_phi_read(
+        cfg, current_principal(), found, request.headers.get(cfg.phi_justification_header)
+    )
+    return json(found)

@@ -1,10 +1,15 @@
 """ΔΣ proposals submitted by operators: submit, dry-run validation, read,
-promote.
+sign, promote.
 
 Guarantees: a body that is not a proposal is 422 ``invalid-proposal`` naming
 the field (400 ``malformed-json`` when it is not JSON); a proposal against a
 snapshot that is not current is 409 ``snapshot-conflict``; a promotion the
 seven stages refuse is 422 with the report (a JSON body, not a problem).
+The submitter and the caller of promote are the authenticated caller, named
+in the receipts; a body declaring ``signers`` is 403 ``principal-mismatch``:
+each signer signs the stored proposal as themselves
+(``POST /api/v1/proposals/{id}/signatures``), with the capacities their token
+gives them, and only those signatures count for doctrines.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import msgspec
 from quart import Blueprint, Response
 
 from knhkd.api.problems import InvalidProposal
-from knhkd.api.routes.base import daemon, decode_json, json
+from knhkd.api.routes.base import current_principal, daemon, decode_json, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.model import Proposal, ProposalIn, Snapshot, ValidationReport
 
@@ -33,7 +38,12 @@ class PromotionView(TypedDict):
     snapshot: Snapshot
 
 
-_BODY_PROBLEMS = ((400, "malformed-json"), (422, "invalid-proposal"), (409, "snapshot-conflict"))
+_BODY_PROBLEMS = (
+    (400, "malformed-json"),
+    (403, "principal-mismatch"),
+    (422, "invalid-proposal"),
+    (409, "snapshot-conflict"),
+)
 _proposal_decoder = msgspec.json.Decoder(ProposalIn)
 
 
@@ -57,7 +67,7 @@ async def _proposal_in() -> ProposalIn:
     )
 )
 async def submit_proposal() -> Response:
-    proposal, created = await daemon().submit_proposal(await _proposal_in())
+    proposal, created = await daemon().submit_proposal(await _proposal_in(), current_principal())
     return json(proposal, 201 if created else 200)
 
 
@@ -72,7 +82,7 @@ async def submit_proposal() -> Response:
     )
 )
 async def validate_proposal() -> Response:
-    return json(await daemon().validate_dry(await _proposal_in()))
+    return json(await daemon().validate_dry(await _proposal_in(), current_principal()))
 
 
 @bp.get("/api/v1/proposals/<proposal_id>")
@@ -90,6 +100,24 @@ async def get_proposal(proposal_id: str) -> Response:
     return json(view)
 
 
+@bp.post("/api/v1/proposals/<proposal_id>/signatures")
+@documented(
+    RouteDoc(
+        summary="Sign a stored proposal as the caller (with the capacities of its token)",
+        answers=(
+            Answer(201, "Signed: the proposal with its signatures", Proposal),
+            Answer(200, "The caller had signed it already", Proposal),
+        ),
+        problems=((404, "not-found"),),
+        writes=True,
+        tags=("proposals",),
+    )
+)
+async def sign_proposal(proposal_id: str) -> Response:
+    proposal, signed = await daemon().sign_proposal(proposal_id, current_principal())
+    return json(proposal, 201 if signed else 200)
+
+
 @bp.post("/api/v1/proposals/<proposal_id>/promote")
 @documented(
     RouteDoc(
@@ -105,7 +133,7 @@ async def get_proposal(proposal_id: str) -> Response:
 )
 async def promote_proposal(proposal_id: str) -> Response:
     d = daemon()
-    report, promoted = await d.promote_proposal(proposal_id)
+    report, promoted = await d.promote_proposal(proposal_id, current_principal())
     answer: PromotionView = {
         "promoted": promoted,
         "validation": report,

@@ -1,5 +1,6 @@
 """Knowledge snapshots: the list, the current one, a diff, and rollback to the
-current one's parent (409 ``rollback-refused`` at genesis)."""
+current one's parent (409 ``rollback-refused`` at genesis; its receipt names
+the caller)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TypedDict
 
 from quart import Blueprint, Response
 
-from knhkd.api.routes.base import daemon, json
+from knhkd.api.routes.base import current_principal, daemon, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.model import Snapshot, Triple
 
@@ -67,7 +68,7 @@ async def current_snapshot() -> Response:
     )
 )
 async def rollback() -> Response:
-    return json(await daemon().rollback())
+    return json(await daemon().rollback(current_principal()))
 
 
 @bp.get("/api/v1/snapshots/<a>/diff/<b>")

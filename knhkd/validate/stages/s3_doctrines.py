@@ -5,7 +5,9 @@ Only doctrines of the proposal's sector that are in effect at ``now`` apply
 doctrine: passed; failed when a mandatory doctrine is violated (the stage
 rejects); warning when a warning or advisory doctrine is violated (the stage
 warns). The message starts with the doctrine set's digest, so a report can be
-matched to the doctrine set that produced it. Malformed signers fail the stage.
+matched to the doctrine set that produced it. The signers doctrines judge are
+the proposal's signatures by authenticated principals
+(``Proposal.signatures``), never its declared ``signers``.
 The baselines of Schema doctrines' shapes are computed in ``prepare``.
 
 Must never: judge a doctrine of another sector or one not in effect; mutate
@@ -15,7 +17,7 @@ the context's graphs, read a clock, or perform I/O.
 from __future__ import annotations
 
 from knhkd.governance.doctrines import DoctrineSubject, judge
-from knhkd.governance.signers import parse_signers
+from knhkd.governance.signers import signatures_as_signers
 from knhkd.model import SchemaConstraint, SubVerdict, SubVerdictKind
 from knhkd.validate.types import StageOutcome, ValidationContext, listing
 
@@ -47,7 +49,7 @@ class DoctrineStage:
             return StageOutcome.passed(head)
         subject = DoctrineSubject(
             proposal=ctx.proposal,
-            signers=tuple(parse_signers(ctx.proposal.signers)),
+            signers=tuple(signatures_as_signers(ctx.proposal.signatures)),
             view=view,
             now_ns=ctx.now_ns,
             shacl=ctx.shacl,
