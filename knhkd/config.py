@@ -763,7 +763,12 @@ def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(tls, dict):
         for key in ("certfile", "keyfile", "client_ca"):
             value = tls.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
+            if (
+                isinstance(value, str)
+                and value
+                and not is_credential(value)
+                and not Path(value).is_absolute()
+            ):
                 tls[key] = str(base / value)
     auth = raw.get("auth")
     issuers = auth.get("issuers") if isinstance(auth, dict) else None

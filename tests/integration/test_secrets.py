@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,26 @@ def test_a_missing_credential_key_is_not_generated(make_daemon: Any, tmp_path: P
     assert d.proc is not None and d.proc.wait(timeout=30) == 2
     assert "no such key file" in d.log()
     assert not (creds / "signing.key").exists()
+
+
+def test_tls_key_as_a_credential_and_a_tls_key_others_may_read(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    from tests.integration.test_tls import _name, issue, make_ca, start_https
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "secrets test CA")
+    cert, key = issue(ca, pki, "server", _name("localhost"), server=True)
+    creds = creds_dir(tmp_path)
+    (creds / "tls.key").write_bytes(key.read_bytes())
+    os.chmod(creds / "tls.key", 0o644)
+    conf = f'[http.tls]\ncertfile = "{cert}"\nkeyfile = "credential:tls.key"\n'
+    d: RunningDaemon = make_daemon(conf, start=False)
+    d.env["CREDENTIALS_DIRECTORY"] = str(creds)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(timeout=30) == 2
+    assert f"{creds / 'tls.key'}: permissions 0644 are too open" in d.log()
+    os.chmod(creds / "tls.key", 0o400)
+    start_https(d, ssl.create_default_context(cafile=str(ca.pem)))
+    assert d.stop() == 0
