@@ -156,9 +156,33 @@ class LimitsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     rdf_max_length: Annotated[int, Meta(gt=0, le=RDF_MAX_LENGTH_CEILING)] = RDF_MAX_LENGTH_CEILING
 
 
+class AdminRole(Struct, forbid_unknown_fields=True, frozen=True):
+    """``[[admin.roles]]``: a uid or a gid (exactly one) and the roles its
+    peers hold on the admin socket."""
+
+    roles: tuple[Role, ...]
+    uid: NonNegativeInt | None = None
+    gid: NonNegativeInt | None = None
+
+
 class AdminConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Empty: ``admin.sock`` inside the data directory.
     socket: str = ""
+    # Other local users (by uid, or by a group they belong to) and their roles;
+    # the daemon's own uid and root are administrators, every other peer is refused.
+    roles: tuple[AdminRole, ...] = ()
+
+
+class AuditConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Audit records wait at most this long before their group commit (each
+    # flush is one more write transaction, so fewer is cheaper for ingest) ...
+    flush_interval_ms: PositiveInt = 250
+    # ... or until this many are queued.
+    max_batch: PositiveInt = 1024
+    # The intake; when it is full a request waits up to enqueue_wait_s for room
+    # (back-pressure), then the record is counted in knhk_audit_dropped_total.
+    queue_capacity: PositiveInt = 16384
+    enqueue_wait_s: PositiveFloat = 2.0
 
 
 class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -470,6 +494,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     http: HttpConfig = HttpConfig()
     limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
+    audit: AuditConfig = AuditConfig()
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
@@ -502,9 +527,25 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def signing_key_path(self) -> Path:
+        """The signing key's file; raises ``ConfigError`` for a credential
+        without ``$CREDENTIALS_DIRECTORY``."""
         if self.keys.signing_key:
-            return Path(self.keys.signing_key)
+            return secret_path("keys.signing_key", self.keys.signing_key)
         return self.data_dir / "keys" / "signing.key"
+
+    @property
+    def signing_key_is_credential(self) -> bool:
+        """The key is a systemd credential: read-only, never generated or
+        rotated in place."""
+        return is_credential(self.keys.signing_key)
+
+    @property
+    def public_keyring_path(self) -> Path:
+        """``public.json`` beside the signing key, or in ``DATA_DIR/keys`` when
+        the key is a credential (its directory is read-only)."""
+        if self.signing_key_is_credential:
+            return self.data_dir / "keys" / "public.json"
+        return self.signing_key_path.parent / "public.json"
 
     @property
     def ring_path(self) -> Path:
@@ -583,6 +624,14 @@ def build(
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)
     _check_auth(cfg)
+    if is_credential(cfg.keys.signing_key):
+        _check_credential_name("keys.signing_key", cfg.keys.signing_key)
+    for i, iss in enumerate(cfg.auth.issuers):
+        if is_credential(iss.jwks_file):
+            _check_credential_name(f"auth.issuers[{i}].jwks_file", iss.jwks_file)
+    for i, entry in enumerate(cfg.admin.roles):
+        if (entry.uid is None) == (entry.gid is None):
+            raise ConfigError(f"admin.roles[{i}]", "set exactly one of uid and gid")
     return cfg
 
 
@@ -714,13 +763,23 @@ def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(tls, dict):
         for key in ("certfile", "keyfile", "client_ca"):
             value = tls.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
+            if (
+                isinstance(value, str)
+                and value
+                and not is_credential(value)
+                and not Path(value).is_absolute()
+            ):
                 tls[key] = str(base / value)
     auth = raw.get("auth")
     issuers = auth.get("issuers") if isinstance(auth, dict) else None
     for iss in issuers if isinstance(issuers, list) else ():
         value = iss.get("jwks_file") if isinstance(iss, dict) else None
-        if isinstance(value, str) and value and not Path(value).is_absolute():
+        if (
+            isinstance(value, str)
+            and value
+            and not is_credential(value)
+            and not Path(value).is_absolute()
+        ):
             iss["jwks_file"] = str(base / value)
     for section, key in PATH_KEYS:
         sect = raw.get(section)
@@ -729,7 +788,42 @@ def _anchor_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             isinstance(sect, dict)
             and isinstance(value, str)
             and value
+            and not is_credential(value)
             and not Path(value).is_absolute()
         ):
             sect[key] = str(base / value)
     return raw
+
+
+# A secret file may be a systemd credential (LoadCredential=): the value
+# ``credential:NAME`` names $CREDENTIALS_DIRECTORY/NAME.
+CREDENTIAL_PREFIX = "credential:"
+
+
+def is_credential(value: str) -> bool:
+    return value.startswith(CREDENTIAL_PREFIX)
+
+
+def _check_credential_name(key: str, value: str) -> None:
+    name = value.removeprefix(CREDENTIAL_PREFIX)
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(key, f"{value!r}: expected credential:NAME, NAME a file name")
+
+
+def secret_path(key: str, value: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The file a secret setting names: a path, or ``credential:NAME`` →
+    ``$CREDENTIALS_DIRECTORY/NAME`` (systemd ``LoadCredential=``). Raises
+    ``ConfigError`` naming ``key`` when a credential is named and the
+    process was given no credentials directory."""
+    if not is_credential(value):
+        return Path(value)
+    _check_credential_name(key, value)
+    env = os.environ if environ is None else environ
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        raise ConfigError(
+            key,
+            f"{value!r} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set "
+            "(start knhkd from a unit with LoadCredential=, or give a file path)",
+        )
+    return Path(directory) / value.removeprefix(CREDENTIAL_PREFIX)

@@ -659,6 +659,10 @@ ReceiptKind = Literal[
     "guard_relaxation_step",
     "governance_changed",
     "proposal_signed",
+    # An entry of the audit trail (knhkd/loop/auditor.py): who asked for what,
+    # through which door, and what the daemon decided. ``inputs`` holds the
+    # fields of ``AuditRecord``; ``outcome`` is approved (allowed) or rejected.
+    "audit",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -839,6 +843,48 @@ class Problem(Struct, omit_defaults=True):
     errors: list[FieldError] = []
     # Errors beyond those listed (api/problems.py MAX_ERRORS); absent when none.
     errors_omitted: int = 0
+
+
+AuditEvent = Literal["authn", "authz", "admin", "config_reload", "phi_read"]
+AuditDecision = Literal["allow", "deny"]
+
+
+class AuditRecord(Struct, frozen=True):
+    """One entry of the audit trail before it is receipted (``Daemon.audit``).
+
+    Stored as a receipt of kind ``audit`` whose ``inputs`` are these fields
+    (``detail`` entries prefixed ``detail.``), so it is signed, chained and
+    Merkle-logged like every receipt. ``principal`` is ``Principal.name``
+    (``-`` when no one was authenticated, ``uid:N`` on the admin socket);
+    ``route`` is ``METHOD /rule`` or ``admin <command>``; ``reason`` a fixed
+    text. Must never carry a token, a key, or a request body.
+    """
+
+    event: AuditEvent
+    principal: str
+    route: str
+    decision: AuditDecision
+    reason: str
+    peer: str = ""
+    sector: str = ""
+    # Extra fields of one kind of event (a PHI read's justification and ids ...).
+    detail: dict[str, str] = {}
+
+
+class AuditEntry(Struct):
+    """An audit receipt as ``knhkctl audit list`` shows it."""
+
+    id: str
+    seq: int
+    timestamp_ns: int
+    event: str
+    principal: str
+    route: str
+    decision: str
+    reason: str
+    peer: str
+    count: int
+    detail: dict[str, str] = {}
 
 
 class AdminRequest(Struct, forbid_unknown_fields=True):

@@ -8,19 +8,36 @@ connection may carry many requests.
 Guarantees:
 - The socket file is created mode 0600 inside the 0700 data directory and
   removed at exit (Hypercorn-style leftovers are not left behind).
-- Peer credentials are checked (``SO_PEERCRED``): only the daemon's own uid and
-  root may issue commands; others are answered with an error and disconnected.
+- Peer credentials are checked (``SO_PEERCRED``): the daemon's own uid and
+  root are administrators; a uid, or a group the peer belongs to (its primary
+  gid or its account's groups), mapped by ``[[admin.roles]]`` holds those
+  roles' permissions (knhkd/auth/roles.py); every other peer is answered with
+  an error, disconnected and audited. The mapping is read per request, so a
+  reload applies to the next command. The socket is 0600 unless
+  ``[[admin.roles]]`` is configured at start (then 0666: the credentials
+  decide, not the mode).
+- Each command needs the permission of the HTTP route for the same use case
+  (``COMMAND_PERMISSIONS``, one table; a command missing from it is refused
+  to everyone but administrators). A refused command, and every allowed
+  command that changes something, is appended to the audit trail
+  (``Daemon.audit``, event ``admin``, principal ``knhkctl#uid:N``).
+- The receipts of decisions taken through the socket name
+  ``knhkctl#admin-socket`` (the daemon's uid and root; relaxation steps the
+  name they give, ``knhkctl#<name>``) or the mapped peer itself
+  (``knhkctl#uid:N``), which may not act in another's name (403).
 - A malformed line gets an error answer, never a dropped connection without a
   word, and never a crash of the daemon.
 
-Must never: accept a command from another uid.
+Must never: accept a command from an unmapped uid, or one its roles do not permit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
+import pwd
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -30,19 +47,146 @@ from typing import Any
 import msgspec
 import trio
 
-from knhkd.auth.roles import local
-from knhkd.errors import KnhkdError, Malformed, NotFound
+from knhkd.auth.roles import local, permissions_of
+from knhkd.config import AdminConfig
+from knhkd.errors import Forbidden, KnhkdError, Malformed, NotFound
 from knhkd.loop.daemon import Daemon
-from knhkd.model import AdminRequest, AdminResponse, Principal, ProposalIn
+from knhkd.model import (
+    LOCAL_ISSUER,
+    AdminRequest,
+    AdminResponse,
+    AuditRecord,
+    Permission,
+    Principal,
+    ProposalIn,
+    Role,
+)
 
 log = logging.getLogger("knhkd.admin")
 
 MAX_LINE = 1 << 20
-# Who promotes, rolls back, runs a cycle or submits through the socket (its
-# peers are the daemon's uid and root), as receipts record it.
+# Who promotes, rolls back, runs a cycle or submits through the socket when
+# the peer is the daemon's uid or root, as receipts record it; a peer mapped
+# by [[admin.roles]] is recorded as itself (knhkctl#uid:N).
 _ADMIN = local("admin-socket")
+# The peer of the request being served (set per request by _dispatch; each
+# connection is its own task, so its own context).
+_PEER: contextvars.ContextVar[Principal] = contextvars.ContextVar("admin_peer")
+
+
+def _is_admin(p: Principal) -> bool:
+    return "administrator" in p.roles
+
+
+def _actor() -> Principal:
+    """Who the decision is recorded as: the socket, or the mapped peer."""
+    peer = _PEER.get()
+    return _ADMIN if _is_admin(peer) else peer
 _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
+
+
+# Admin command → the permission of the HTTP route for the same use case
+# (api/authn.py ROUTE_PERMISSIONS); README "Command line" shows it. None:
+# any admitted peer. ``guards.relaxation`` is judged per step (below).
+COMMAND_PERMISSIONS: dict[str, Permission | None] = {
+    "status": "READ_METRICS",
+    "health": None,
+    "receipts.list": "READ_RECEIPTS",
+    "receipts.verify": "READ_RECEIPTS",
+    "receipts.prove": "READ_RECEIPTS",
+    "receipts.export": "READ_RECEIPTS",
+    "receipts.consistency": "READ_RECEIPTS",
+    "checkpoint.latest": "READ_RECEIPTS",
+    "keys.export_public": "READ_RECEIPTS",
+    "audit.list": "READ_RECEIPTS",
+    "snapshots.list": "READ_SNAPSHOTS",
+    "snapshots.diff": "READ_SNAPSHOTS",
+    "guards.list": "READ_SNAPSHOTS",
+    "doctrines.list": "READ_SNAPSHOTS",
+    "proposals.show": "READ_SNAPSHOTS",
+    "snapshots.rollback": "PROMOTE_SNAPSHOTS",
+    "proposals.promote": "PROMOTE_SNAPSHOTS",
+    "cycle.run": "EXECUTE_MAPE_K",
+    "proposals.submit": "GENERATE_PROPOSALS",
+    "proposals.validate": "VALIDATE_PROPOSALS",
+    "guards.relaxation": "GOVERN",
+    # Administrator-only, as over HTTP (there is no HTTP route for it).
+    "keys.rotate": "ALL",
+}
+# Commands that change nothing: allowed ones are not audited (too many).
+READ_ONLY_COMMANDS = frozenset(
+    {
+        "status",
+        "health",
+        "receipts.list",
+        "receipts.verify",
+        "receipts.prove",
+        "receipts.export",
+        "receipts.consistency",
+        "keys.export_public",
+        "audit.list",
+        "snapshots.list",
+        "snapshots.diff",
+        "guards.list",
+        "doctrines.list",
+        "proposals.show",
+        "proposals.validate",
+    }
+)
+
+
+def needed(cmd: str, args: dict[str, Any]) -> Permission | None:
+    """The permission ``cmd`` needs; raises KeyError for an unknown command."""
+    if cmd == "guards.relaxation" and args.get("step") == "show":
+        return "READ_SNAPSHOTS"
+    return COMMAND_PERMISSIONS[cmd]
+
+
+def mutating(cmd: str, args: dict[str, Any]) -> bool:
+    if cmd == "guards.relaxation":
+        return args.get("step") != "show"
+    if cmd == "checkpoint.latest":
+        return bool(args.get("issue"))
+    return cmd not in READ_ONLY_COMMANDS
+
+
+def _groups_of(uid: int, gid: int) -> set[int]:
+    """The peer's primary gid and the groups its account belongs to."""
+    groups = {gid}
+    with contextlib.suppress(KeyError, OSError):
+        name = pwd.getpwuid(uid).pw_name
+        groups.update(os.getgrouplist(name, gid))
+    return groups
+
+
+def peer_principal(cfg: AdminConfig, uid: int, gid: int) -> Principal | None:
+    """The principal of a peer: administrator for the daemon's uid and root,
+    the mapped roles for a configured uid or group, None for anyone else."""
+    name = f"uid:{uid}"
+    if uid in (os.getuid(), 0):
+        return Principal(
+            issuer=LOCAL_ISSUER,
+            subject=name,
+            roles=("administrator",),
+            permissions=frozenset({"ALL"}),
+        )
+    roles: list[Role] = []
+    groups: set[int] | None = None
+    for entry in cfg.roles:
+        if entry.uid is not None and entry.uid == uid:
+            roles.extend(entry.roles)
+        elif entry.gid is not None:
+            if groups is None:
+                groups = _groups_of(uid, gid)
+            if entry.gid in groups:
+                roles.extend(entry.roles)
+    if not roles:
+        return None
+    unique = tuple(dict.fromkeys(roles))
+    return Principal(
+        issuer=LOCAL_ISSUER, subject=name, roles=unique, permissions=permissions_of(unique)
+    )
 
 
 class CommandError(Malformed):
@@ -76,10 +220,10 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         }
 
     async def snapshots_rollback(args: dict[str, Any]) -> Any:
-        return await daemon.rollback(_ADMIN)
+        return await daemon.rollback(_actor())
 
     async def cycle_run(args: dict[str, Any]) -> Any:
-        return await daemon.run_cycle(_ADMIN)
+        return await daemon.run_cycle(_actor())
 
     async def keys_export_public(args: dict[str, Any]) -> Any:
         return daemon.public_keyring()
@@ -114,18 +258,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise CommandError(f"invalid proposal: {exc}") from None
 
     async def proposals_submit(args: dict[str, Any]) -> Any:
-        proposal, created = await daemon.submit_proposal(_proposal(args), _ADMIN)
+        proposal, created = await daemon.submit_proposal(_proposal(args), _actor())
         return {"created": created, "proposal": proposal}
 
     async def proposals_validate(args: dict[str, Any]) -> Any:
-        return await daemon.validate_dry(_proposal(args), _ADMIN)
+        return await daemon.validate_dry(_proposal(args), _actor())
 
     async def proposals_show(args: dict[str, Any]) -> Any:
         proposal, report = daemon.get_proposal(str(args.get("id", "")))
         return {"proposal": proposal, "validation": report}
 
     async def proposals_promote(args: dict[str, Any]) -> Any:
-        report, promoted = await daemon.promote_proposal(str(args.get("id", "")), _ADMIN)
+        report, promoted = await daemon.promote_proposal(str(args.get("id", "")), _actor())
         return {"promoted": promoted, "validation": report, "snapshot": daemon.knowledge.current}
 
     def _s(args: dict[str, Any], name: str) -> str:
@@ -135,8 +279,15 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         return value
 
     def _who(args: dict[str, Any], role: str) -> Principal:
-        # The socket's peers name who acts; recorded as knhkctl#<name>.
+        # The daemon's uid and root name who acts; recorded as knhkctl#<name>.
+        # A peer mapped by [[admin.roles]] acts as itself only: naming anyone
+        # else would let one uid count as several approvers.
         name = _s(args, "who")
+        peer = _PEER.get()
+        if not _is_admin(peer):
+            if name.strip() and name not in (peer.subject, peer.name):
+                raise Forbidden(f"{peer.name} may act only as itself, not as {name!r}")
+            return peer
         if not name.strip():
             raise CommandError(f"the {role} must be named")
         return local(name)
@@ -165,6 +316,16 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         if step == "show":
             return daemon.relaxation(rid)
         raise CommandError(f"unknown relaxation step {step!r}")
+
+    async def audit_list(args: dict[str, Any]) -> Any:
+        principal = args.get("principal")
+        if principal is not None and not isinstance(principal, str):
+            raise CommandError("principal must be a string")
+        return daemon.audit_entries(
+            since_ns=_arg_int(args, "since_ns", 0, 0, 2**63 - 1),
+            principal=principal,
+            limit=_arg_int(args, "limit", 1000, 1, 1_000_000),
+        )
 
     async def checkpoint_latest(args: dict[str, Any]) -> Any:
         cp = daemon.latest_checkpoint()
@@ -196,25 +357,43 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "proposals.validate": proposals_validate,
         "proposals.show": proposals_show,
         "proposals.promote": proposals_promote,
+        "audit.list": audit_list,
     }
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int:
+def peer_cred(sock: trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer, from the kernel (SO_PEERCRED)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+    pid, uid, gid = struct.unpack("3i", raw)
+    return int(pid), int(uid), int(gid)
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    return peer_cred(sock)[1]
 
 
 async def _handle(
     stream: trio.SocketStream,
+    daemon: Daemon,
     commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]],
 ) -> None:
     async def answer(resp: AdminResponse) -> None:
         await stream.send_all(_encoder.encode(resp) + b"\n")
 
-    uid = peer_uid(stream.socket)
-    if uid not in (os.getuid(), 0):
-        log.warning("admin connection from uid %d refused", uid)
+    pid, uid, gid = peer_cred(stream.socket)
+    peer = f"pid:{pid} uid:{uid} gid:{gid}"
+    if peer_principal(daemon.cfg.admin, uid, gid) is None:
+        log.warning("admin connection from uid %d (gid %d, pid %d) refused", uid, gid, pid)
+        await daemon.audit(
+            AuditRecord(
+                event="admin",
+                principal=f"{LOCAL_ISSUER}#uid:{uid}",
+                route="admin connect",
+                decision="deny",
+                reason="no role for this uid or its groups ([[admin.roles]])",
+                peer=peer,
+            )
+        )
         await answer(AdminResponse(ok=False, error=f"uid {uid} may not use this socket"))
         await stream.aclose()
         return
@@ -232,11 +411,16 @@ async def _handle(
                 line, buf = buf.split(b"\n", 1)
                 if not line.strip():
                     continue
-                await answer(await _dispatch(line, commands))
+                await answer(await _dispatch(line, daemon, commands, uid, gid, peer))
 
 
 async def _dispatch(
-    line: bytes, commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
+    line: bytes,
+    daemon: Daemon,
+    commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]],
+    uid: int,
+    gid: int,
+    peer: str,
 ) -> AdminResponse:
     try:
         req = _request_decoder.decode(line)
@@ -248,6 +432,34 @@ async def _dispatch(
     fn = commands.get(req.cmd)
     if fn is None:
         return AdminResponse(ok=False, error=f"unknown command {req.cmd!r}")
+    # Per request: a reload may have changed the mapping since the connection opened.
+    principal = peer_principal(daemon.cfg.admin, uid, gid)
+    need = needed(req.cmd, req.args) if req.cmd in COMMAND_PERMISSIONS else "ALL"
+    route = f"admin {req.cmd}"
+    if req.cmd == "guards.relaxation":
+        route += f" {req.args.get('step', '')}"
+    who = principal.name if principal is not None else f"{LOCAL_ISSUER}#uid:{uid}"
+    if principal is None or (need is not None and not principal.may(need)):
+        why = f"needs {need}" if principal is not None else "no role for this uid or its groups"
+        log.warning("admin %s by %s refused: %s", route, who, why)
+        await daemon.audit(
+            AuditRecord(
+                event="admin", principal=who, route=route, decision="deny", reason=why, peer=peer
+            )
+        )
+        return AdminResponse(ok=False, error=f"{who} may not {route}: {why}")
+    _PEER.set(principal)
+    if mutating(req.cmd, req.args):
+        await daemon.audit(
+            AuditRecord(
+                event="admin",
+                principal=who,
+                route=route,
+                decision="allow",
+                reason=need or "admitted",
+                peer=peer,
+            )
+        )
     try:
         return AdminResponse(ok=True, result=await fn(req.args))
     except KnhkdError as exc:
@@ -256,7 +468,7 @@ async def _dispatch(
         return AdminResponse(ok=False, error=exc.line())
 
 
-async def _bind(path: Path) -> trio.socket.SocketType:
+async def _bind(path: Path, mode: int) -> trio.socket.SocketType:
     if path.exists() or path.is_symlink():
         # A leftover from a killed daemon: the data-dir lock proves it is stale.
         path.unlink()
@@ -266,7 +478,7 @@ async def _bind(path: Path) -> trio.socket.SocketType:
         await sock.bind(str(path))
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    os.chmod(path, mode)
     sock.listen(64)
     return sock
 
@@ -276,14 +488,16 @@ async def serve_admin(
 ) -> None:
     path = daemon.cfg.admin_socket
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sock = await _bind(path)
+    # Other users mapped by [[admin.roles]] must be able to connect; their
+    # credentials, not the file's mode, decide what they may do.
+    sock = await _bind(path, 0o666 if daemon.cfg.admin.roles else 0o600)
     commands = _commands(daemon)
     try:
         listener = trio.SocketListener(sock)
 
         async def handler(stream: trio.SocketStream) -> None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await _handle(stream, commands)
+                await _handle(stream, daemon, commands)
 
         task_status.started()
         await trio.serve_listeners(handler, [listener])

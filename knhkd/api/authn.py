@@ -34,10 +34,11 @@ Guarantees:
   principal over its rate limit is 429 with ``Retry-After``
   (knhkd/auth/ratelimit.py), counted before the permission check so refused
   requests spend the budget too.
-- Every decision goes through ``on_decision``, the one hook the audit trail
-  will call; today it logs to ``knhkd.access``: refusals and allowed
-  mutations at info, allowed reads and ingest at debug (an info line per
-  ingested request would cost more than the check).
+- Every decision goes through ``on_decision``: it logs to ``knhkd.access``
+  (refusals and allowed mutations at info, allowed reads and ingest at
+  debug: an info line per ingested request would cost more than the check)
+  and appends every one but an allowed read to the audit trail
+  (``Daemon.audit``, loop/auditor.py).
 
 Must never: log or answer with a token or key material (reasons are fixed
 texts of knhkd/auth/tokens.py); block the event loop on a key fetch.
@@ -63,7 +64,7 @@ from knhkd.auth.tls import client_principal
 from knhkd.auth.tokens import REALM, UNKNOWN_KEY, KeyNeeded, Verifier, refused
 from knhkd.config import AuthConfig, TlsConfig
 from knhkd.errors import Forbidden, TooManyRequests, Unauthorized
-from knhkd.model import Permission, Principal
+from knhkd.model import AuditRecord, Permission, Principal
 
 log = logging.getLogger("knhkd.auth")
 access = logging.getLogger("knhkd.access")
@@ -110,7 +111,7 @@ ROUTE_PERMISSIONS: dict[str, Need] = {
 _QUIET: frozenset[Need] = frozenset({"INGEST", PUBLIC})
 
 
-def on_decision(
+async def on_decision(
     principal: Principal | None,
     route: str,
     decision: Literal["allow", "deny"],
@@ -121,14 +122,34 @@ def on_decision(
     """Every authentication and authorization decision of the HTTP door.
 
     ``principal`` is None when no one was authenticated; ``route`` is
-    ``METHOD /rule``; ``reason`` a fixed text (never a token). The audit
-    trail (issue 11 item 7) hooks in here.
+    ``METHOD /rule``; ``reason`` a fixed text (never a token). Logged to
+    ``knhkd.access``, and appended to the audit trail (``Daemon.audit``:
+    queued for the auditor's group commit, no fsync of its own) unless it is
+    an allowed read (GET): those are too many to receipt each, and a read of
+    healthcare observations is audited by its route with its justification.
+    So the trail holds every failed authentication (event ``authn``), every
+    refusal, and every allowed request to a route that changes something
+    (event ``authz``; an allowed request implies its authentication
+    succeeded).
     """
     who = principal.name if principal is not None else "-"
-    quiet = decision == "allow" and (route.startswith("GET ") or reason in _QUIET)
+    read = route.startswith("GET ") or route.startswith("HEAD ")
+    quiet = decision == "allow" and (read or reason in _QUIET)
     level = logging.DEBUG if quiet else logging.INFO
     if access.isEnabledFor(level):
         access.log(level, "%s %s by %s from %s: %s", decision, route, who, peer or "-", reason)
+    if decision == "allow" and read:
+        return
+    await daemon().audit(
+        AuditRecord(
+            event="authn" if principal is None else "authz",
+            principal=who,
+            route=route,
+            decision=decision,
+            reason=reason,
+            peer=peer,
+        )
+    )
 
 
 def bearer(header: str | None) -> str:
@@ -270,23 +291,23 @@ def install(app: QuartTrio, cfg: AuthConfig, tls: TlsConfig | None = None) -> No
                 request.headers.get("Authorization"), request.scope.get("extensions", {}).get("tls")
             )
         except Unauthorized as exc:
-            on_decision(None, route, "deny", exc.detail, peer=peer)
+            await on_decision(None, route, "deny", exc.detail, peer=peer)
             _close_if_body_unread()
             raise
         g.principal = principal
         wait = state.limiter.take(principal, time.monotonic())
         if wait > 0:
-            on_decision(principal, route, "deny", "rate limited", peer=peer)
+            await on_decision(principal, route, "deny", "rate limited", peer=peer)
             _close_if_body_unread()
             raise TooManyRequests(
                 f"{principal.name} is over its rate limit", retry_after=max(1, int(wait + 0.999))
             )
         if need is None or not principal.may(need):
             why = f"needs {need}" if need else "no permission is declared for this route"
-            on_decision(principal, route, "deny", why, peer=peer)
+            await on_decision(principal, route, "deny", why, peer=peer)
             _close_if_body_unread()
             raise _forbidden(principal, route, why, state.cfg)
-        on_decision(principal, route, "allow", need, peer=peer)
+        await on_decision(principal, route, "allow", need, peer=peer)
 
 
 def _close_if_body_unread() -> None:

@@ -12,8 +12,11 @@ Guarantees:
   Bearer … error="invalid_token"`` challenge: a fresh token is the remedy,
   so it is an authentication failure, not a lack of permission.
 - Every answered read calls ``on_phi_access`` (principal, observation id,
-  justification) before the content leaves; refusals are logged by
-  ``knhkd.access`` as denies.
+  justification) before the content leaves, which appends it to the audit
+  trail (event ``phi_read``, sector healthcare, the justification and the
+  observation id in ``detail``); a read whose audit record cannot be queued
+  is refused (503), never answered unaudited. Refusals are logged by
+  ``knhkd.access`` as denies and audited too.
 
 Must never: log or pass on the observation's content; answer a healthcare
 observation past a refusal.
@@ -24,10 +27,13 @@ from __future__ import annotations
 import logging
 import time
 
+from quart import current_app, has_request_context, request
+
 from knhkd.auth.tokens import REALM
 from knhkd.config import AuthConfig
-from knhkd.errors import Forbidden, Unauthorized
-from knhkd.model import Observation, Principal
+from knhkd.errors import Forbidden, Unauthorized, Unavailable
+from knhkd.loop.daemon import Daemon
+from knhkd.model import AuditDecision, AuditRecord, Observation, Principal
 
 access = logging.getLogger("knhkd.access")
 
@@ -45,13 +51,51 @@ class TokenTooOld(Unauthorized):
     title = "Token too old"
 
 
+class AuditUnavailable(Unavailable):
+    problem = "audit-unavailable"
+    title = "Audit trail unavailable"
+    retry_after = 1
+
+
+def _daemon() -> Daemon:
+    # routes/base.py DAEMON_KEY: the routes import this module, so it may not
+    # import theirs.
+    found = current_app.config["KNHKD_DAEMON"]
+    if not isinstance(found, Daemon):
+        raise TypeError(f"app config KNHKD_DAEMON holds {type(found).__name__}, not a Daemon")
+    return found
+
+
+def _audit(
+    principal: Principal, observation_id: str, decision: AuditDecision, reason: str, why: str
+) -> bool:
+    detail = {"observation_id": observation_id}
+    if why:
+        detail["justification"] = why
+    return _daemon().audit_nowait(
+        AuditRecord(
+            event="phi_read",
+            principal=principal.name,
+            route=f"GET /api/v1/observations/{observation_id}",
+            decision=decision,
+            reason=reason,
+            peer=request.remote_addr or "" if has_request_context() else "",
+            sector="healthcare",
+            detail=detail,
+        )
+    )
+
+
 def on_phi_access(principal: Principal, observation_id: str, justification: str) -> None:
-    """Every read of a healthcare observation that is answered: the hook the
-    audit trail (issue 11 item 7) records; today a ``knhkd.access`` info line.
-    Never given the observation's content."""
+    """Every read of a healthcare observation that is answered: logged, and
+    appended to the audit trail (``Daemon.audit_nowait``); raises
+    ``AuditUnavailable`` (503) when the record cannot be queued, so the
+    content never leaves unaudited. Never given the observation's content."""
     access.info(
         "allow phi read of observation %s by %s: %r", observation_id, principal.name, justification
     )
+    if not _audit(principal, observation_id, "allow", "justified", justification):
+        raise AuditUnavailable("the audit trail cannot take the record of this read now")
 
 
 def check_phi_read(
@@ -71,6 +115,7 @@ def check_phi_read(
             "deny phi read of observation %s by %s: token older than %gs",
             observation.id, principal.name, cfg.phi_max_token_age_s,
         )
+        _audit(principal, observation.id, "deny", "token too old", "")
         raise TokenTooOld(
             f"healthcare observations are read with a token at most "
             f"{cfg.phi_max_token_age_s:g} s old (auth.phi_max_token_age_s): get a fresh one",
@@ -83,6 +128,7 @@ def check_phi_read(
             "deny phi read of observation %s by %s: no valid justification",
             observation.id, principal.name,
         )
+        _audit(principal, observation.id, "deny", "no valid justification", "")
         raise JustificationRequired(
             f"reading a healthcare observation needs a {cfg.phi_justification_header} "
             f"header of 1-{MAX_JUSTIFICATION} characters saying why"

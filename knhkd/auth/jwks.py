@@ -28,13 +28,12 @@ import logging
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError, PyJWTError
 
-from knhkd.config import IssuerConfig
+from knhkd.config import ConfigError, IssuerConfig, secret_path
 
 log = logging.getLogger("knhkd.auth")
 
@@ -167,7 +166,10 @@ class IssuerKeys:
         URI); raises ``KeySetError``."""
         if self.cfg.jwks_file:
             try:
-                data = Path(self.cfg.jwks_file).read_bytes()
+                # A path, or credential:NAME (systemd LoadCredential=).
+                data = secret_path("jwks_file", self.cfg.jwks_file).read_bytes()
+            except ConfigError as exc:
+                raise KeySetError(exc.message) from None
             except OSError as exc:
                 raise KeySetError(f"{self.cfg.jwks_file}: {exc.strerror}") from None
             return parse_jwks(data, self.cfg.algorithms, source=self.cfg.jwks_file)

@@ -8,6 +8,8 @@ Guarantees:
   ``CERT_OPTIONAL``): a CA file alone would let clients in without any
   certificate. A presented certificate that does not chain to ``client_ca``
   fails the handshake either way.
+- The files may be systemd credentials (``credential:NAME``); a key file
+  group or others may read is a ``TlsError`` naming it.
 - ``server_context`` reads the whole pair before returning: a missing file,
   a key that does not match its certificate or an unreadable CA file is a
   ``TlsError`` naming the setting, and the caller keeps the context it had.
@@ -19,13 +21,15 @@ Must never: put key material in a message or a log (errors name files).
 
 from __future__ import annotations
 
+import os
 import ssl
+import stat
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from knhkd.auth.roles import permissions_of
-from knhkd.config import ClientPrincipal, TlsConfig
+from knhkd.config import ClientPrincipal, ConfigError, TlsConfig, secret_path
 from knhkd.model import Principal
 
 MTLS_ISSUER = "mtls"
@@ -39,6 +43,23 @@ class TlsError(Exception):
         self.key = key
 
 
+def _check_private(keyfile: str) -> None:
+    """A private key group or others may read is refused, naming the file
+    (as the signing key is: crypto/keys.py)."""
+    try:
+        mode = os.stat(keyfile).st_mode
+    except FileNotFoundError:
+        raise TlsError("http.tls", f"{keyfile}: no such file") from None
+    except OSError as exc:
+        raise TlsError("http.tls.keyfile", f"{keyfile}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TlsError(
+            "http.tls.keyfile",
+            f"{keyfile}: permissions {stat.S_IMODE(mode):04o} are too open; "
+            "the TLS key must be readable by its owner only (0600 or 0400)",
+        )
+
+
 def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     """A fresh server context for ``cfg`` (which must be enabled)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -46,23 +67,31 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_alpn_protocols(["http/1.1"])
     try:
-        ctx.load_cert_chain(certfile=cfg.certfile, keyfile=cfg.keyfile)
+        # Each may be a path or credential:NAME (systemd LoadCredential=).
+        certfile = str(secret_path("http.tls.certfile", cfg.certfile))
+        keyfile = str(secret_path("http.tls.keyfile", cfg.keyfile))
+        client_ca = str(secret_path("http.tls.client_ca", cfg.client_ca)) if cfg.client_ca else ""
+    except ConfigError as exc:
+        raise TlsError(exc.key, exc.message) from None
+    _check_private(keyfile)
+    try:
+        ctx.load_cert_chain(certfile=certfile, keyfile=keyfile)
     except FileNotFoundError as exc:
         raise TlsError("http.tls", f"{exc.filename}: no such file") from None
     except ssl.SSLError as exc:
         raise TlsError(
-            "http.tls", f"{cfg.certfile} / {cfg.keyfile}: not a matching PEM pair ({exc.reason})"
+            "http.tls", f"{certfile} / {keyfile}: not a matching PEM pair ({exc.reason})"
         ) from None
     except OSError as exc:
         raise TlsError("http.tls", f"{exc.filename}: {exc.strerror}") from None
-    if cfg.client_ca:
+    if client_ca:
         try:
-            ctx.load_verify_locations(cafile=cfg.client_ca)
+            ctx.load_verify_locations(cafile=client_ca)
         except FileNotFoundError:
-            raise TlsError("http.tls.client_ca", f"{cfg.client_ca}: no such file") from None
+            raise TlsError("http.tls.client_ca", f"{client_ca}: no such file") from None
         except (ssl.SSLError, OSError) as exc:
             raise TlsError(
-                "http.tls.client_ca", f"{cfg.client_ca}: no CA certificate read ({exc})"
+                "http.tls.client_ca", f"{client_ca}: no CA certificate read ({exc})"
             ) from None
         # Explicit, from the enum: ca_certs without verify_mode asks for no
         # certificate at all (PLATFORM_NOTES).

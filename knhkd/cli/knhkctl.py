@@ -3,6 +3,8 @@
 Exit status: 0 fine; 1 verification failed; 2 usage or connection error, with
 one line on stderr.
 
+``audit verify`` reads the data directory (read-only, the daemon may run) or
+an export file with only the public keyring.
 ``receipts verify-chain`` and ``keys export-public`` also work on the data
 directory of a stopped daemon: when the admin socket does not answer they read
 the store read-only and the public keyring ``keys/public.json``.
@@ -11,6 +13,7 @@ the store read-only and the public keyring ``keys/public.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -146,6 +149,23 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait until knhkd makes it durable"
     )
+    au = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    al = au.add_parser("list", help="audit records (authentication, authorization, admin, PHI)")
+    al.add_argument(
+        "--since", help="only records at or after this time (ISO 8601, or seconds ago: 3600s)"
+    )
+    al.add_argument("--principal", help="only this principal (issuer#subject, anonymous, uid:N)")
+    al.add_argument("--limit", type=int, default=1000, help="the newest N (default 1000)")
+    fmt(al)
+    av = au.add_parser(
+        "verify",
+        help="verify the trail: an export FILE offline, or the whole log of DATA_DIR",
+    )
+    av.add_argument("--keys", help="public keyring (default: DATA_DIR/keys/public.json)")
+    av.add_argument("file", nargs="?", help="a `receipts export` or `receipts prove` file")
+    fmt(av)
     ks = sub.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -168,10 +188,16 @@ def call(path: Path, cmd: str, args: dict[str, Any], timeout: float) -> Any:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
+        # A refused peer is answered at once and disconnected: the answer may
+        # already wait in our buffer even when sending fails; read it.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
         buf = b""
         while b"\n" not in buf:
-            chunk = sock.recv(1 << 20)
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise CtlError(f"{path}: the daemon closed the connection")
             buf += chunk
@@ -206,18 +232,23 @@ def _require_daemon(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -
 # ---------------------------------------------------------------------- #
 
 
-def _offline_verify(data_dir: Path) -> Any:
+def _load_keyring(path: Path) -> Any:
+    """A public keyring file's verifier; CtlError when it is absent or bad."""
     from knhkd.crypto.keys import KeyFileError, Verifier
+
+    try:
+        return Verifier.from_json(path.read_bytes())
+    except FileNotFoundError:
+        raise CtlError(f"{path}: no public keyring (never started?)") from None
+    except KeyFileError as exc:
+        raise CtlError(str(exc)) from None
+
+
+def _offline_verify(data_dir: Path) -> Any:
     from knhkd.receipts.log import verify_store
     from knhkd.store.env import StoreError, open_store
 
-    ring = data_dir / "keys" / "public.json"
-    try:
-        verifier = Verifier.from_json(ring.read_bytes())
-    except FileNotFoundError:
-        raise CtlError(f"{ring}: no public keyring (never started?)") from None
-    except KeyFileError as exc:
-        raise CtlError(str(exc)) from None
+    verifier = _load_keyring(data_dir / "keys" / "public.json")
     try:
         store = open_store(data_dir, readonly=True, exclusive=False)
     except StoreError as exc:
@@ -407,6 +438,10 @@ def run(args: argparse.Namespace) -> int:
         _write(args.out, _require_daemon(args, "receipts.consistency", cargs))
     elif group == "checkpoint":
         sys.stdout.write(_require_daemon(args, "checkpoint.latest", {"issue": args.issue}))
+    elif (group, action) == ("audit", "list"):
+        return _audit_list(args)
+    elif (group, action) == ("audit", "verify"):
+        return _audit_verify(args)
     elif group == "verify":
         return _verify_offline(args)
     elif group == "fsck":
@@ -445,6 +480,145 @@ def _verify_offline(args: argparse.Namespace) -> int:
             detail = f"{v.origin} size {v.tree_size}" if v.verified else v.reason
             print(f"{v.file}: {v.kind}: {status}: {detail}")
     return EXIT_OK if all(v.verified for v in verdicts) else EXIT_VERIFY_FAILED
+
+
+def _since_ns(text: str | None) -> int:
+    if not text:
+        return 0
+    if text.endswith("s") and text[:-1].isdigit():
+        return time.time_ns() - int(text[:-1]) * 1_000_000_000
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CtlError(f"--since: expected ISO 8601 or Ns, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def _audit_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CtlError("--limit must be at least 1")
+    cargs: dict[str, Any] = {"since_ns": _since_ns(args.since), "limit": args.limit}
+    if args.principal:
+        cargs["principal"] = args.principal
+    entries = _require_daemon(args, "audit.list", cargs)
+
+    def table(items: list[dict[str, Any]]) -> None:
+        _table(
+            [
+                [
+                    str(e["seq"]),
+                    _ts(e["timestamp_ns"]),
+                    e["event"],
+                    e["decision"],
+                    e["principal"] or "-",
+                    e["route"],
+                    str(e["count"]),
+                    e["peer"] or "-",
+                    e["reason"],
+                ]
+                for e in items
+            ],
+            ["SEQ", "TIME", "EVENT", "DECISION", "PRINCIPAL", "ROUTE", "N", "PEER", "REASON"],
+        )
+
+    _out(args, entries, table)
+    return EXIT_OK
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    """An export/proof FILE: the offline verifier, and how many audit records
+    it holds. No FILE: every receipt of DATA_DIR's log (read-only, the daemon
+    may run) against the keyring, naming each damaged audit record."""
+    keys = Path(args.keys) if args.keys else Path(args.data_dir) / "keys" / "public.json"
+    verifier = _load_keyring(keys)
+    if args.file:
+        return _audit_verify_file(args, verifier)
+    from knhkd.receipts.audit import audit_seqs, entries
+    from knhkd.receipts.log import iter_raw, read_head
+    from knhkd.receipts.verify import verify_chain
+    from knhkd.store.env import StoreError, open_store
+
+    try:
+        store = open_store(Path(args.data_dir), readonly=True, exclusive=False)
+    except StoreError as exc:
+        raise CtlError(str(exc)) from None
+    try:
+        with store.reader() as txn:
+            head = read_head(store, txn)
+            rep = verify_chain(
+                iter_raw(store, txn), verifier, expected_head=(head.next_seq, head.hash)
+            )
+            bad = {
+                int(rid.removeprefix("rcpt-"))
+                for rid in rep.signature_failures + rep.chain_breaks + rep.retrocausation_violations
+                if rid.startswith("rcpt-")
+            }
+            damaged_audit = sorted(audit_seqs(store, txn, bad))
+            count = sum(1 for _ in entries(store, txn))
+    finally:
+        store.close()
+    ok = rep.verified and not (
+        rep.signature_failures or rep.chain_breaks or rep.retrocausation_violations
+    )
+    names = [f"rcpt-{seq:012d}" for seq in damaged_audit]
+    if args.format == "json":
+        _print_json(
+            {
+                "verified": ok,
+                "receipts": rep.total_count,
+                "audit_records": count,
+                "damaged_audit_records": names,
+                "chain": rep,
+            }
+        )
+    else:
+        print(f"receipts: {rep.total_count}, audit records: {count}")
+        for rid in names:
+            print(f"audit record {rid}: NOT VERIFIED (signature, chain or time order)")
+        others = sorted(
+            set(rep.signature_failures + rep.chain_breaks + rep.retrocausation_violations)
+            - set(names)
+        )
+        for rid in others:
+            print(f"receipt {rid}: NOT VERIFIED")
+        print("audit trail verified" if ok else "audit trail COMPROMISED")
+    return EXIT_OK if ok else EXIT_VERIFY_FAILED
+
+
+def _audit_verify_file(args: argparse.Namespace, verifier: Any) -> int:
+    from knhkd.model import ExportFile, ProofFile
+    from knhkd.receipts import canonical
+    from knhkd.receipts.offline import Unusable, load, verify_files
+
+    raw = Path(args.file).read_bytes()
+    try:
+        [verdict] = verify_files([(args.file, raw)], verifier)
+        loaded = load(raw)
+    except Unusable as exc:
+        raise CtlError(str(exc)) from None
+    records: list[bytes] = []
+    if isinstance(loaded, ExportFile):
+        records = list(loaded.records)
+    elif isinstance(loaded, ProofFile):
+        records = [loaded.record]
+    count = 0
+    for rec in records:
+        try:
+            if canonical.decode_record(rec).body.kind == "audit":
+                count += 1
+        except (msgspec.MsgspecError, ValueError):
+            pass
+    if args.format == "json":
+        _print_json({"verdict": verdict, "audit_records": count})
+    else:
+        status = "verified" if verdict.verified else "NOT VERIFIED"
+        detail = (
+            f"{verdict.origin} size {verdict.tree_size}" if verdict.verified else verdict.reason
+        )
+        print(f"{args.file}: {verdict.kind}: {status}: {detail}; audit records: {count}")
+    return EXIT_OK if verdict.verified else EXIT_VERIFY_FAILED
 
 
 def _fsck(args: argparse.Namespace) -> int:

@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--http-bind", help="HOST:PORT for the HTTP API")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", type=Path)
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a new signing key file (mode 0600) for keys.signing_key or a credential",
+    )
+    keygen.add_argument("file", type=Path, help="must not exist")
     return p
 
 
@@ -75,6 +80,18 @@ def _fail(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        import time
+
+        from knhkd.crypto.keys import generate_file
+
+        try:
+            signer = generate_file(args.file, time.time_ns())
+        except OSError as exc:
+            return _fail(f"{args.file}: {exc.strerror}")
+        # The key id only: the key itself is never printed.
+        print(f"{args.file}: signing key {signer.key_id}")
+        return 0
     if args.command == "check-config":
         try:
             cfg = load(args.file, env={})

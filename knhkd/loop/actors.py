@@ -1,6 +1,7 @@
 """The actors of one running loop, built together with the channels that
 join them: ingest → analyzer → planner → executor, the scheduler feeding the
-analyzer, the checkpointer, and the ring drain when the ring is on.
+analyzer, the checkpointer, the auditor (the audit trail's group commit),
+and the ring drain when the ring is on.
 
 Guarantees: every channel is bounded (``loop.channel_capacity``; the ingest
 intake 16 times that) and carries batches; building the actors starts
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from knhkd.loop.analyzer import Analyzer
+from knhkd.loop.auditor import Auditor
 from knhkd.loop.checkpointer import Checkpointer
 from knhkd.loop.cycle import AnalyzerMessage, Cycle, CycleScheduler
 from knhkd.loop.executor import Executor
@@ -38,6 +40,7 @@ class Actors:
     checkpointer: Checkpointer
     # None when [ring] is off.
     ring_drain: RingDrain | None
+    auditor: Auditor
 
 
 def build_actors(state: LoopState, opened: Opened) -> Actors:
@@ -83,4 +86,5 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
         scheduler=CycleScheduler(to_analyzer_send, lambda: state.settings().loop.interval_s),
         checkpointer=Checkpointer(ctx),
         ring_drain=ring_drain,
+        auditor=Auditor(state.settings, opened.store, opened.writer, opened.receipts, ctx.metrics),
     )

@@ -14,6 +14,7 @@ the store (the API calls these methods only).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import ssl
@@ -28,7 +29,7 @@ from knhkd import __version__
 from knhkd.analyze.detectors import detect_batch
 from knhkd.auth.tls import TlsError, server_context
 from knhkd.config import Config, ConfigError
-from knhkd.errors import KnhkdError, PrincipalMismatch
+from knhkd.errors import Conflict, KnhkdError, PrincipalMismatch
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
@@ -43,6 +44,8 @@ from knhkd.loop.startup import MB, Opened, Prepared, StartupError, publish_keyri
 from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
+    AuditEntry,
+    AuditRecord,
     ChainVerification,
     ConsistencyFile,
     CycleReport,
@@ -66,6 +69,7 @@ from knhkd.model import (
 )
 from knhkd.monitor.decode import Decoded
 from knhkd.plan.proposals import make_proposal
+from knhkd.receipts import audit as audit_trail
 from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
@@ -152,6 +156,31 @@ class Daemon:
 
     def refresh_keyring(self) -> None:
         self.verifier = publish_keyring(self.cfg, self.store)
+
+    # The audit trail -------------------------------------------------- #
+
+    async def audit(self, record: AuditRecord) -> None:
+        """The one entry point of the audit trail (api/authn.py, the admin
+        socket, PHI reads, reloads): queue ``record`` for the auditor's next
+        group commit (loop/auditor.py). Returns once queued, not once durable;
+        waits for room up to ``audit.enqueue_wait_s``, then the record is
+        counted as dropped. Must never be given a token or key material."""
+        await self.actors.auditor.audit(record)
+
+    def audit_nowait(self, record: AuditRecord) -> bool:
+        """``audit`` for a caller that may not wait (a synchronous check in a
+        route): False when the record could not be queued (counted as
+        dropped); a PHI read then refuses to answer rather than go unaudited."""
+        return self.actors.auditor.audit_nowait(record)
+
+    def audit_entries(
+        self, *, since_ns: int = 0, principal: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries at or after ``since_ns`` (of
+        ``principal`` if given), oldest first."""
+        with self.store.reader() as txn:
+            found = audit_trail.entries(self.store, txn, since_ns=since_ns, principal=principal)
+            return list(collections.deque(found, maxlen=limit))
 
     # Guards, relaxations, doctrines, diffs -------------------------------- #
 
@@ -249,6 +278,12 @@ class Daemon:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
         ``key_rotated`` receipt's id and the new key id."""
         self.write_gate.check()  # before the new key file is written
+        if self.cfg.signing_key_is_credential:
+            raise Conflict(
+                "the signing key is a systemd credential (keys.signing_key = "
+                f"{self.cfg.keys.signing_key!r}), read-only to the daemon: rotation "
+                "needs a key file it may replace (systemd/README.md, Rotating the key)"
+            )
         path = self.cfg.signing_key_path
         outgoing = self.signer.key_id
         new = keyring.prepare_rotation(path, time.time_ns())
@@ -539,12 +574,26 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: a new configuration, doctrine and guard sets; keep the old
-        ones if anything is invalid."""
+        ones if anything is invalid. Every attempt is audited (event
+        ``config_reload``, allow or deny with the reason)."""
+        why = await self._reload()
+        await self.audit(
+            AuditRecord(
+                event="config_reload",
+                principal=f"uid:{os.getuid()}",
+                route="SIGHUP",
+                decision="deny" if why else "allow",
+                reason=why or f"configuration {self.cfg.digest()[:16]} in force",
+            )
+        )
+
+    async def _reload(self) -> str:
+        """The reload; "" when the new configuration is in force, else why not."""
         try:
             new = self._state.settings.read()
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
-            return
+            return f"invalid configuration: {exc}"
         for section, key in RESTART_ONLY:
             old_v = getattr(getattr(self.cfg, section), key)
             new_v = getattr(getattr(new, section), key)
@@ -557,18 +606,18 @@ class Daemon:
                     old_v,
                     new_v,
                 )
-                return
+                return f"{section}.{key} changed and needs a restart"
         if new.http.tls.enabled != self.cfg.http.tls.enabled:
             log.error(
                 "reload refused, keeping the running configuration: "
                 "turning http.tls on or off needs a restart"
             )
-            return
+            return "turning http.tls on or off needs a restart"
         try:
             self.governance.load(new)
         except (KnowledgeError, RelaxationError) as exc:
             log.error("reload refused, keeping the running configuration: governance: %s", exc)
-            return
+            return f"governance: {exc}"
         except Exception as exc:
             # Anything else (a stored relaxation that no longer decodes ...):
             # still the new input's fault, never the daemon's end.
@@ -577,7 +626,7 @@ class Daemon:
                 type(exc).__name__,
                 exc,
             )
-            return
+            return f"governance: {type(exc).__name__}"
         self._state.settings.current = new
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
         if new.http.tls.enabled:
@@ -598,6 +647,7 @@ class Daemon:
         except KnhkdError as exc:
             # In force already; the receipt of the change waits for the next reload.
             log.error("governance digests not receipted: %s", exc.detail or exc)
+        return ""
 
 
 def _utcnow() -> datetime:

@@ -41,8 +41,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from knhkd.config import Config
-from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load_or_create
+from knhkd.config import Config, ConfigError
+from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load, load_or_create
 from knhkd.errors import KnhkdError, StorageFull
 from knhkd.governance.relaxation import RelaxationError
 from knhkd.hotpath.ring import Consumer, RingError
@@ -86,6 +86,7 @@ def write_public_keyring(path: Path, ring: PublicKeyring) -> None:
     fails, and the failure is ``StorageFull`` when it is lack of space."""
     tmp = path.with_suffix(".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2) + b"\n")
         os.chmod(tmp, 0o644)
         tmp.replace(path)
@@ -141,9 +142,16 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
     except (StoreError, OSError) as exc:
         raise StartupError("storage", str(exc)) from None
     try:
-        load_or_create(cfg.signing_key_path, time.time_ns())
+        if cfg.signing_key_is_credential:
+            # A systemd credential is the operator's: used as given, never made.
+            load(cfg.signing_key_path)
+        else:
+            load_or_create(cfg.signing_key_path, time.time_ns())
         # Finish or discard a rotation a crash interrupted (receipts/keyring.py).
         signer = keyring.reconcile(store, cfg.signing_key_path)
+    except ConfigError as exc:
+        store.close()
+        raise StartupError("keys", str(exc)) from None
     except (KeyFileError, OSError) as exc:
         store.close()
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -244,7 +252,7 @@ def publish_keyring(cfg: Config, store: Store) -> Verifier:
     """The stored keyring, written to ``keys/public.json``; its verifier."""
     with store.reader() as txn:
         ring = keyring.read_keyring(store, txn)
-    write_public_keyring(cfg.signing_key_path.parent / "public.json", ring)
+    write_public_keyring(cfg.public_keyring_path, ring)
     return Verifier(ring)
 
 

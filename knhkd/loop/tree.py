@@ -1,7 +1,7 @@
 """The nursery tree: run the daemon from start-up to exit status.
 
 Nesting of nurseries is the shutdown order: front (HTTP, admin, signals,
-watchdog, ring drain) inside ingest inside the loop actors inside the
+watchdog, ring drain) inside ingest and the auditor inside the loop actors inside the
 receipt writer. An actor past its restart budget raises ``ActorFailed`` out
 of all of them: exit status 1. SIGTERM/SIGINT drain (``/ready`` 503, Hypercorn
 finishes in-flight requests, the ingest intake commits what it holds, a last
@@ -106,6 +106,8 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         )
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
+                        # Even read-only: its records are then counted as dropped.
+                        ingest_n.start_soon(sup.supervise, "auditor", actors.auditor.run)
                         async with trio.open_nursery() as front_n:
                             front_n.start_soon(_watch_signals, daemon)
                             for server in servers:
@@ -143,6 +145,8 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             await daemon.http_done.wait()
                             front_n.cancel_scope.cancel()
                         actors.ingest.close()
+                        # Commits what the front queued, then returns.
+                        actors.auditor.close()
                     loop_n.cancel_scope.cancel()
                 # The last word of a clean stop: a checkpoint of everything committed.
                 if opened.writable:

@@ -93,6 +93,19 @@ class Metrics:
         self.receipts_appended = Counter(
             "knhk_receipts_appended", "Receipts appended to the log.", ["kind"], registry=r
         )
+        self.audit_records = Counter(
+            "knhk_audit_records",
+            "Audit records committed (each may count several identical decisions).",
+            ["audit_event", "audit_decision"],
+            registry=r,
+        )
+        self.audit_dropped = Counter(
+            "knhk_audit_dropped",
+            "Audit records that could not be stored (queue full past its wait, "
+            "storage full, read-only store, stopping).",
+            ["reason"],
+            registry=r,
+        )
         self.receipt_chain_breaks = Counter(
             "knhk_receipt_chain_breaks",
             "Chain breaks, signature failures and retrocausation found by verification.",

@@ -7,6 +7,8 @@ the real admin socket, and ``knhkctl`` runs as its own process.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -21,10 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.issuer import Issuer
+from tests.integration.issuer import MINTED, PRIVATE_KEYS, Issuer
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
+
+# Every daemon this session started: its log files and key files, for the
+# session's last check (``no_secret_in_any_daemon_log``).
+STARTED: list[RunningDaemon] = []
 
 
 def free_port() -> int:
@@ -64,6 +70,13 @@ class RunningDaemon:
     # The issuer the daemon trusts (make_daemon(auth=True)), else None: then
     # authentication is off and every caller is "anonymous".
     issuer: Issuer | None = None
+    # Every log this daemon wrote (one per start).
+    logs: list[Path] = field(default_factory=list)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
 
     @property
     def base(self) -> str:
@@ -72,6 +85,9 @@ class RunningDaemon:
     def start(self, *, wait: bool = True) -> RunningDaemon:
         assert self.proc is None or self.proc.poll() is not None
         self.log_path = self.data_dir.parent / f"daemon-{self.port}-{time.monotonic_ns()}.log"
+        self.logs.append(self.log_path)
+        if self not in STARTED:
+            STARTED.append(self)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -163,6 +179,17 @@ class RunningDaemon:
         return run_ctl(self.data_dir, *args, timeout=timeout)
 
 
+def stored_counts(d: RunningDaemon) -> tuple[int, int]:
+    """(observations, receipts other than the audit trail's): what a refused
+    request must leave as it was. Its audit record is stored, by design
+    (README "Audit trail")."""
+    st = json.loads(d.ctl("status", "--format", "json").stdout)
+    listed = d.ctl("receipts", "list", "--limit", "100000", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    decisions = [r for r in json.loads(listed.stdout) if r["body"]["kind"] != "audit"]
+    return st["observations"], len(decisions)
+
+
 def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -231,3 +258,53 @@ def daemon(make_daemon: Any) -> RunningDaemon:
     authentication off, every caller "anonymous" with the observer's reads and
     ingest."""
     return make_daemon(auth=True)  # type: ignore[no-any-return]
+
+
+def _spellings(secret: bytes) -> list[str]:
+    """How a key's bytes could appear in a log line."""
+    return [
+        base64.b64encode(secret).decode(),
+        base64.urlsafe_b64encode(secret).rstrip(b"=").decode(),
+        secret.hex(),
+    ]
+
+
+def _daemon_secrets(d: RunningDaemon) -> list[tuple[str, str]]:
+    """The signing keys' seeds (as stored, and in hex) of one daemon."""
+    out: list[tuple[str, str]] = []
+    dirs = [d.data_dir / "keys"]
+    if d.env.get("CREDENTIALS_DIRECTORY"):
+        dirs.append(Path(d.env["CREDENTIALS_DIRECTORY"]))
+    for directory in dirs:
+        for key_file in directory.glob("*.key*") if directory.is_dir() else ():
+            try:
+                seed = json.loads(key_file.read_bytes())["seed"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for spelled in _spellings(base64.b64decode(seed)):
+                out.append((f"signing key {key_file}", spelled))
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_daemon_log() -> Iterator[None]:
+    """After the whole session: no minted token (any of its three parts), no
+    issuer private key and no daemon signing key, in any spelling, appears in
+    any log a daemon of this session wrote."""
+    yield
+    secrets: list[tuple[str, str]] = []
+    for token in MINTED:
+        secrets += [("a token part", part) for part in token.split(".") if len(part) >= 16]
+    for key in PRIVATE_KEYS:
+        secrets += [("an issuer's private key", s) for s in _spellings(key)]
+    for d in STARTED:
+        secrets += _daemon_secrets(d)
+    wanted = dict((value, what) for what, value in secrets)
+    for d in STARTED:
+        for log in d.logs:
+            try:
+                text = log.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            for value, what in wanted.items():
+                assert value not in text, f"{what} appears in {log}"

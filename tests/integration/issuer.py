@@ -19,6 +19,12 @@ from jwt.algorithms import OKPAlgorithm
 
 AUDIENCE = "knhkd-api"
 
+# Every token and private key made by any Issuer of this test session: the
+# session's last check (conftest.py ``no_secret_in_any_daemon_log``) greps
+# every daemon log for them.
+MINTED: list[str] = []
+PRIVATE_KEYS: list[bytes] = []
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -34,6 +40,13 @@ class Issuer:
     def add_key(self, kid: str) -> ed25519.Ed25519PrivateKey:
         key = ed25519.Ed25519PrivateKey.generate()
         self.keys[kid] = key
+        PRIVATE_KEYS.append(
+            key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+        )
         return key
 
     def jwks(self, kids: list[str] | None = None) -> dict[str, Any]:
@@ -90,12 +103,14 @@ class Issuer:
 
     def token(self, *roles: str, kid: str | None = None, **override: Any) -> str:
         kid = kid or self.kid
-        return jwt.encode(
+        token = jwt.encode(
             self.claims(*roles, **override),
             self.keys[kid],
             algorithm="EdDSA",
             headers={"kid": kid},
         )
+        MINTED.append(token)
+        return token
 
     def hs256_with_public_key(self, *roles: str) -> str:
         """The 'public key as HMAC secret' forgery (made by hand: PyJWT refuses to)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, stored_counts
 
 pytestmark = pytest.mark.integration
 
@@ -13,10 +13,7 @@ PROBLEM = "application/problem+json"
 
 
 def _count(d: RunningDaemon) -> tuple[int, int]:
-    import json
-
-    st = json.loads(d.ctl("status", "--format", "json").stdout)
-    return st["observations"], st["receipts"]
+    return stored_counts(d)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ extended."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -129,6 +130,20 @@ def test_a_rolled_back_store_starts_read_only_and_is_never_extended(make_daemon)
         assert c.get(f"/api/v1/observations/{early}").status_code == 200
         assert c.get(f"/api/v1/observations/{late}").status_code == 404
         assert c.get("/api/v1/checkpoint").status_code == 200  # what is stored is served
+        # The refused requests' audit records cannot be stored either: counted
+        # and logged, never lost silently (loop/auditor.py).
+        dropped = 0.0
+        for _ in range(100):
+            metrics = c.get("/metrics").text
+            found = re.search(
+                r'^knhk_audit_dropped_total\{reason="read_only"\} (\S+)$', metrics, re.M
+            )
+            dropped = float(found.group(1)) if found else 0.0
+            if dropped >= 2:
+                break
+            time.sleep(0.05)
+        assert dropped >= 2, metrics
+    assert "audit record(s) NOT stored" in d.log()
     count = _receipt_count(d)
     assert d.stop() == 0
     # Nothing was written: not the store, not the anchor.

@@ -10,7 +10,7 @@ import json
 import httpx
 import pytest
 
-from tests.integration.conftest import RunningDaemon
+from tests.integration.conftest import RunningDaemon, stored_counts
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,7 @@ rdf_max_length = 32
 
 
 def _status(d: RunningDaemon) -> tuple[int, int]:
-    st = json.loads(d.ctl("status", "--format", "json").stdout)
-    return st["observations"], st["receipts"]
+    return stored_counts(d)
 
 
 def _problem(r: httpx.Response, status: int, slug: str) -> dict[str, object]:

@@ -123,6 +123,7 @@ def issue(
             serialization.NoEncryption(),
         )
     )
+    key_path.chmod(0o600)  # knhkd refuses a TLS key others may read
     return cert_path, key_path
 
 
