@@ -69,6 +69,8 @@ async def ingest() -> Response:
             (401, "token-too-old"),
             (403, "justification-required"),
             (404, "not-found"),
+            # api/phi.py: a healthcare read whose audit record cannot be queued.
+            (503, "audit-unavailable"),
         ),
         tags=("observations",),
     )
