@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import time
 
-from quart import current_app, has_request_context, request
+from quart import has_request_context, request
 
+from knhkd.api.context import daemon
 from knhkd.auth.tokens import REALM
 from knhkd.config import AuthConfig
 from knhkd.errors import Forbidden, Unauthorized, Unavailable
-from knhkd.loop.daemon import Daemon
 from knhkd.model import AuditDecision, AuditRecord, Observation, Principal
 
 access = logging.getLogger("knhkd.access")
@@ -57,22 +57,13 @@ class AuditUnavailable(Unavailable):
     retry_after = 1
 
 
-def _daemon() -> Daemon:
-    # routes/base.py DAEMON_KEY: the routes import this module, so it may not
-    # import theirs.
-    found = current_app.config["KNHKD_DAEMON"]
-    if not isinstance(found, Daemon):
-        raise TypeError(f"app config KNHKD_DAEMON holds {type(found).__name__}, not a Daemon")
-    return found
-
-
 def _audit(
     principal: Principal, observation_id: str, decision: AuditDecision, reason: str, why: str
 ) -> bool:
     detail = {"observation_id": observation_id}
     if why:
         detail["justification"] = why
-    return _daemon().audit_nowait(
+    return daemon().audit_nowait(
         AuditRecord(
             event="phi_read",
             principal=principal.name,

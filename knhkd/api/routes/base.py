@@ -12,37 +12,19 @@ import base64
 from typing import Any, TypeVar
 
 import msgspec
-from quart import Response, current_app, g, request
+from quart import Response, request
 
+from knhkd.api.context import DAEMON_KEY as DAEMON_KEY  # noqa: PLC0414
+from knhkd.api.context import current_principal as current_principal  # noqa: PLC0414
+from knhkd.api.context import daemon as daemon  # noqa: PLC0414
 from knhkd.api.problems import InvalidParameter, InvalidRequestBody, MalformedJson
 from knhkd.errors import PrincipalMismatch
-from knhkd.loop.daemon import Daemon
 from knhkd.model import FieldError, Principal, encode_json
 from knhkd.monitor.decode import field_of
 
 T = TypeVar("T")
 
 JSON = "application/json"
-DAEMON_KEY = "KNHKD_DAEMON"
-
-
-def daemon() -> Daemon:
-    """The daemon the app serves (``create_app`` puts it in the app's config)."""
-    found = current_app.config[DAEMON_KEY]
-    if not isinstance(found, Daemon):
-        raise TypeError(f"app config {DAEMON_KEY} holds {type(found).__name__}, not a Daemon")
-    return found
-
-
-def current_principal() -> Principal:
-    """Who is asking: the principal api/authn.py's hook resolved (set for
-    every non-public route; a ``TypeError`` on a public one)."""
-    found = g.get("principal")
-    if not isinstance(found, Principal):
-        raise TypeError("no principal: the route is public or the hook did not run")
-    return found
-
-
 def acting_as(named: str, field: str) -> Principal:
     """The caller, who takes a decision a body may name (``approver``,
     ``actor`` …): an empty name is the caller; any other than the caller's
