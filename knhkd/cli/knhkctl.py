@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from knhkd import __version__
+from knhkd.cli import progress
 from knhkd.model import SECTORS, AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,19 +41,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+# Options every command takes, before or after its name (``knhkctl fsck
+# --data-dir D`` and ``knhkctl --data-dir D fsck`` are the same): (flags,
+# add_argument keywords, the default). _with_globals() adds them to every
+# parser of the tree, so a command added later gets them without a line of its
+# own. ``--format`` defaults per command (``_default_format``, else json).
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any], Any]] = [
+    (
+        ("--data-dir",),
+        {"help": "the daemon's data directory (default: $KNHKD_DATA_DIR or ./var/knhkd)"},
+        os.environ.get("KNHKD_DATA_DIR", "./var/knhkd"),
+    ),
+    (("--socket",), {"help": "admin socket (default: DATA_DIR/admin.sock)"}, None),
+    (("--timeout",), {"type": float, "help": "seconds to wait for an answer"}, 60.0),
+    (
+        ("--format",),
+        {"choices": ("json", "table"), "help": "output: json, or table (for people)"},
+        None,
+    ),
+]
+
+
+def _with_globals(p: argparse.ArgumentParser, *, top: bool = True) -> None:
+    """GLOBAL_OPTIONS on ``p`` and, recursively, every subcommand's parser.
+    Below the top their default is SUPPRESS, so a value given before the
+    subcommand is not overwritten by the subcommand's default."""
+    for flags, kw, default in GLOBAL_OPTIONS:
+        p.add_argument(*flags, **kw, default=default if top else argparse.SUPPRESS)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _with_globals(child, top=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="knhkctl", description="Operate a knhkd daemon.")
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("KNHKD_DATA_DIR", "./var/knhkd"),
-        help="the daemon's data directory (default: $KNHKD_DATA_DIR or ./var/knhkd)",
-    )
-    p.add_argument("--socket", help="admin socket (default: DATA_DIR/admin.sock)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
+    p.add_argument("--version", action="version", version=f"knhkctl {__version__}")
     sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
 
     def fmt(sp: argparse.ArgumentParser, default: str = "table") -> None:
-        sp.add_argument("--format", choices=("json", "table"), default=default)
+        # What --format is when not given; every command takes --format.
+        sp.set_defaults(_default_format=default)
 
     fmt(sub.add_parser("status", help="daemon status"))
     rc = sub.add_parser("receipts", help="the receipt log").add_subparsers(
@@ -75,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--out", help="file to write (default: stdout)")
     cp = sub.add_parser("checkpoint", help="print the latest signed checkpoint")
     cp.add_argument("--issue", action="store_true", help="sign a fresh one first")
+    fmt(cp)  # table: the note's own text
     vf = sub.add_parser(
         "verify", help="verify proof, export and consistency files offline (public keys only)"
     )
@@ -149,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait until knhkd makes it durable"
     )
+    fmt(ap)
     au = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -171,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
     ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
+    cm = sub.add_parser("completion", help="print a shell completion script (shtab)")
+    cm.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    fmt(cm)
+    from knhkd.cli.smoke import add_parser as add_smoke
+
+    fmt(add_smoke(sub))
+    _with_globals(p)
     return p
 
 
@@ -183,8 +222,12 @@ def _socket_path(args: argparse.Namespace) -> Path:
     return Path(args.socket) if args.socket else Path(args.data_dir) / "admin.sock"
 
 
-def call(path: Path, cmd: str, args: dict[str, Any], timeout: float) -> Any:
-    """One request over the admin socket. Raises ConnectionError if nobody answers."""
+def call(
+    path: Path, cmd: str, args: dict[str, Any], timeout: float, busy: str | None = None
+) -> Any:
+    """One request over the admin socket. Raises ConnectionError if nobody answers.
+    ``busy``: a long command; on a terminal a bar counts the time and the
+    bytes of the answer while the daemon works."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
@@ -193,32 +236,48 @@ def call(path: Path, cmd: str, args: dict[str, Any], timeout: float) -> Any:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
         buf = b""
-        while b"\n" not in buf:
-            try:
-                chunk = sock.recv(1 << 20)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                raise CtlError(f"{path}: the daemon closed the connection")
-            buf += chunk
+        show = busy is not None and progress.enabled()
+        deadline = time.monotonic() + timeout
+        with progress.bar(busy or cmd, unit="B", unit_scale=True, disable=not show) as bar:
+            if show:
+                # Short waits, so the bar's clock moves while the daemon works.
+                sock.settimeout(0.2)
+            while b"\n" not in buf:
+                try:
+                    chunk = sock.recv(1 << 20)
+                except ConnectionResetError:
+                    chunk = b""
+                except TimeoutError:
+                    if not show or time.monotonic() > deadline:
+                        raise
+                    bar.refresh()
+                    continue
+                if not chunk:
+                    raise CtlError(f"{path}: the daemon closed the connection")
+                buf += chunk
+                bar.update(len(chunk))
     resp = msgspec.json.decode(buf.split(b"\n", 1)[0], type=AdminResponse)
     if not resp.ok:
         raise CtlError(resp.error or "the daemon refused the command")
     return resp.result
 
 
-def _daemon_or_none(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -> Any:
+def _daemon_or_none(
+    args: argparse.Namespace, cmd: str, cargs: dict[str, Any], busy: str | None = None
+) -> Any:
     path = _socket_path(args)
     try:
-        return call(path, cmd, cargs, args.timeout)
+        return call(path, cmd, cargs, args.timeout, busy)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
 
 
-def _require_daemon(args: argparse.Namespace, cmd: str, cargs: dict[str, Any]) -> Any:
+def _require_daemon(
+    args: argparse.Namespace, cmd: str, cargs: dict[str, Any], busy: str | None = None
+) -> Any:
     path = _socket_path(args)
     try:
-        return call(path, cmd, cargs, args.timeout)
+        return call(path, cmd, cargs, args.timeout, busy)
     except (FileNotFoundError, ConnectionRefusedError):
         raise CtlError(f"no daemon answers on {path} (is knhkd running?)") from None
     except PermissionError:
@@ -245,7 +304,8 @@ def _load_keyring(path: Path) -> Any:
 
 
 def _offline_verify(data_dir: Path) -> Any:
-    from knhkd.receipts.log import verify_store
+    from knhkd.receipts.log import iter_raw, read_head
+    from knhkd.receipts.verify import verify_chain
     from knhkd.store.env import StoreError, open_store
 
     verifier = _load_keyring(data_dir / "keys" / "public.json")
@@ -254,7 +314,13 @@ def _offline_verify(data_dir: Path) -> Any:
     except StoreError as exc:
         raise CtlError(str(exc)) from None
     try:
-        return msgspec.to_builtins(verify_store(store, verifier))
+        with store.reader() as txn:
+            head = read_head(store, txn)
+            records = progress.iterate(
+                iter_raw(store, txn), "verifying the chain", head.next_seq, "receipt"
+            )
+            rep = verify_chain(records, verifier, expected_head=(head.next_seq, head.hash))
+        return msgspec.to_builtins(rep)
     finally:
         store.close()
 
@@ -278,11 +344,50 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _out(args: argparse.Namespace, obj: Any, table: Any) -> None:
+def _out(args: argparse.Namespace, obj: Any, table: Any = None) -> None:
+    """``obj`` as --format says: JSON, or ``table(obj)``; a command without a
+    table of its own gets the generic one (_generic_table)."""
     if getattr(args, "format", "json") == "json":
         _print_json(obj)
     else:
-        table(obj)
+        (table or _generic_table)(msgspec.to_builtins(obj) if table is None else obj)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, dict | list):
+        return msgspec.json.encode(v).decode()
+    return "-" if v is None else str(v)
+
+
+def _all_objects(items: list[Any]) -> bool:
+    return all(isinstance(o, dict) for o in items)
+
+
+def _generic_table(obj: Any, indent: str = "") -> None:
+    """Any JSON-like answer for people: a list of objects as columns, an
+    object as ``key: value`` lines (its lists of objects as nested tables)."""
+    if isinstance(obj, list) and obj and _all_objects(obj):
+        cols = list(dict.fromkeys(k for o in obj for k in o))
+        rows = [[_cell(o.get(c)) for c in cols] for o in obj]
+        widths = [
+            max(len(x) for x in [c.upper(), *(r[i] for r in rows)]) for i, c in enumerate(cols)
+        ]
+        for row in [[c.upper() for c in cols], *rows]:
+            line = "  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True))
+            print(indent + line.rstrip())
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            nested = isinstance(v, dict) or (isinstance(v, list) and _all_objects(v))
+            if nested and v:
+                print(f"{indent}{k}:")
+                _generic_table(v, indent + "  ")
+            else:
+                print(f"{indent}{k}: {_cell(v)}")
+    elif isinstance(obj, list):
+        for v in obj:
+            print(indent + _cell(v))
+    else:
+        print(indent + _cell(obj))
 
 
 def _receipts_table(items: list[dict[str, Any]]) -> None:
@@ -364,7 +469,16 @@ def _status_table(st: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     group, action = args.group, getattr(args, "action", None)
-    if group == "status":
+    if group == "completion":
+        import shtab
+
+        script = shtab.complete(_parser(), shell=args.shell)
+        _out(args, {"shell": args.shell, "script": script}, lambda o: print(o["script"]))
+    elif group == "smoke":
+        from knhkd.cli.smoke import run_smoke
+
+        return run_smoke(args, lambda cmd, cargs: _require_daemon(args, cmd, cargs), _out)
+    elif group == "status":
         _out(args, _require_daemon(args, "status", {}), _status_table)
     elif (group, action) == ("receipts", "list"):
         if args.limit < 1:
@@ -372,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
         res = _require_daemon(args, "receipts.list", {"limit": args.limit, "after": args.after})
         _out(args, res, _receipts_table)
     elif (group, action) == ("receipts", "verify-chain"):
-        rep = _daemon_or_none(args, "receipts.verify", {})
+        rep = _daemon_or_none(args, "receipts.verify", {}, busy="verifying the chain")
         if rep is None:
             rep = _offline_verify(Path(args.data_dir))
         _out(args, rep, _verify_table)
@@ -380,9 +494,9 @@ def run(args: argparse.Namespace) -> int:
     elif (group, action) == ("snapshots", "list"):
         _out(args, _require_daemon(args, "snapshots.list", {}), _snapshots_table)
     elif (group, action) == ("snapshots", "rollback"):
-        _print_json(_require_daemon(args, "snapshots.rollback", {}))
+        _out(args, _require_daemon(args, "snapshots.rollback", {}))
     elif (group, action) == ("cycle", "run"):
-        _print_json(_require_daemon(args, "cycle.run", {}))
+        _out(args, _require_daemon(args, "cycle.run", {}))
     elif (group, action) == ("keys", "export-public"):
         ring = _daemon_or_none(args, "keys.export_public", {})
         if ring is None:
@@ -393,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
                 raise CtlError(f"no daemon answers and {path} does not exist") from None
             except msgspec.DecodeError as exc:
                 raise CtlError(f"{path}: not a knhkd public keyring: {exc}") from None
-        _print_json(ring)
+        _out(args, ring)
     elif group == "proposals" and action in ("submit", "validate"):
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         try:
@@ -401,43 +515,44 @@ def run(args: argparse.Namespace) -> int:
         except msgspec.DecodeError as exc:
             raise CtlError(f"{args.file}: not JSON: {exc}") from None
         res = _require_daemon(args, f"proposals.{action}", {"proposal": doc})
-        _print_json(res)
+        _out(args, res)
         if action == "validate" and not res["passed"]:
             return EXIT_VERIFY_FAILED
     elif group == "proposals":
         res = _require_daemon(args, f"proposals.{action}", {"id": args.id})
-        _print_json(res)
+        _out(args, res)
         if action == "promote" and not res["promoted"]:
             return EXIT_VERIFY_FAILED
     elif (group, action) == ("snapshots", "diff"):
-        _print_json(_require_daemon(args, "snapshots.diff", {"a": args.a, "b": args.b}))
+        _out(args, _require_daemon(args, "snapshots.diff", {"a": args.a, "b": args.b}))
     elif (group, action) == ("guards", "list"):
-        _print_json(_require_daemon(args, "guards.list", {}))
+        _out(args, _require_daemon(args, "guards.list", {}))
     elif group == "guards":
         step: dict[str, Any] = {"step": action, "id": getattr(args, "id", "")}
         if action == "request":
             step |= {"guard": args.guard, "who": args.requester, "reason": args.reason}
         elif action != "show":
             step |= {"who": args.who, "reason": getattr(args, "reason", "")}
-        _print_json(_require_daemon(args, "guards.relaxation", step))
+        _out(args, _require_daemon(args, "guards.relaxation", step))
     elif group == "doctrines":
-        _print_json(_require_daemon(args, "doctrines.list", {}))
+        _out(args, _require_daemon(args, "doctrines.list", {}))
     elif (group, action) == ("keys", "rotate"):
-        _print_json(_require_daemon(args, "keys.rotate", {}))
+        _out(args, _require_daemon(args, "keys.rotate", {}))
     elif (group, action) == ("receipts", "prove"):
-        _write(args.out, _require_daemon(args, "receipts.prove", {"index": args.index}))
+        _write(args, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):
         cargs: dict[str, Any] = {"start": args.start}
         if args.end is not None:
             cargs["end"] = args.end
-        _write(args.out, _require_daemon(args, "receipts.export", cargs))
+        _write(args, _require_daemon(args, "receipts.export", cargs, busy="exporting"))
     elif (group, action) == ("receipts", "consistency"):
         cargs = {"old_size": args.old_size}
         if args.new_size is not None:
             cargs["new_size"] = args.new_size
-        _write(args.out, _require_daemon(args, "receipts.consistency", cargs))
+        _write(args, _require_daemon(args, "receipts.consistency", cargs))
     elif group == "checkpoint":
-        sys.stdout.write(_require_daemon(args, "checkpoint.latest", {"issue": args.issue}))
+        note = _require_daemon(args, "checkpoint.latest", {"issue": args.issue})
+        _out(args, {"checkpoint": note}, lambda o: sys.stdout.write(o["checkpoint"]))
     elif (group, action) == ("audit", "list"):
         return _audit_list(args)
     elif (group, action) == ("audit", "verify"):
@@ -453,11 +568,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write(out: str | None, obj: Any) -> None:
-    data = msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
+def _write(args: argparse.Namespace, obj: Any) -> None:
+    """A proof or export file: always JSON in ``--out``; on stdout as --format says."""
+    out: str | None = args.out
     if out is None:
-        sys.stdout.buffer.write(data)
+        _out(args, obj)
         return
+    data = msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
     Path(out).write_bytes(data)
     print(f"wrote {out}", file=sys.stderr)
 
@@ -469,7 +586,12 @@ def _verify_offline(args: argparse.Namespace) -> int:
     try:
         verifier = Verifier.from_json(Path(args.keys).read_bytes())
         named = [(f, Path(f).read_bytes()) for f in args.files]
-        verdicts = verify_files(named, verifier)
+        # One file at a time, so the bar moves per file.
+        verdicts = [
+            v
+            for one in progress.iterate(named, "verifying", len(named), "file")
+            for v in verify_files([one], verifier)
+        ]
     except (KeyFileError, Unusable) as exc:
         raise CtlError(str(exc)) from None
     if args.format == "json":
@@ -622,13 +744,25 @@ def _audit_verify_file(args: argparse.Namespace, verifier: Any) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    from knhkd.datadir.fsck import fsck_data_dir
+    from knhkd.datadir.fsck import FSCK_STEPS, fsck_data_dir
     from knhkd.store.env import StoreError
 
+    # fsck runs in a forked child whose fd 2 is /dev/null: its bar draws on a
+    # duplicate of the terminal.
+    term = progress.terminal_dup()
     try:
-        report = fsck_data_dir(Path(args.data_dir))
+        with progress.bar("fsck", FSCK_STEPS, "check", file=term, disable=term is None) as bar:
+
+            def step(name: str) -> None:
+                bar.set_postfix_str(name, refresh=False)
+                bar.update(1)
+
+            report = fsck_data_dir(Path(args.data_dir), step if term else None)
     except StoreError as exc:
         raise CtlError(str(exc)) from None
+    finally:
+        if term is not None:
+            term.close()
     if args.format == "json":
         _print_json(report)
     else:
@@ -702,8 +836,12 @@ def _ring_append(args: argparse.Namespace) -> int:
     try:
         with Producer(path) as p:
             seq = p.append(SECTOR_CODES[args.sector], args.event, value)
-            print(f"appended: lane {p.lane} seq {seq}")
+            said: dict[str, Any] = {"lane": p.lane, "seq": seq, "durable": False}
+            if args.format == "table":
+                print(f"appended: lane {p.lane} seq {seq}")
             if args.wait <= 0:
+                if args.format == "json":
+                    _print_json(said)
                 return EXIT_OK
             deadline = time.monotonic() + args.wait
             while p.durable() <= seq:
@@ -714,7 +852,12 @@ def _ring_append(args: argparse.Namespace) -> int:
                           f"{path}?)", file=sys.stderr)  # fmt: skip
                     return EXIT_VERIFY_FAILED
                 time.sleep(0.01)
-            print(f"durable: lane {p.lane} durable through seq {p.durable() - 1}")
+            said["durable"] = True
+            _out(
+                args,
+                said,
+                lambda _: print(f"durable: lane {p.lane} durable through seq {p.durable() - 1}"),
+            )
     except RingFull:
         raise CtlError("the lane is full: knhkd is behind; nothing was appended") from None
     except InvalidRecord as exc:
@@ -749,6 +892,8 @@ def _ring_table(st: RingStatus) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.format is None:
+        args.format = getattr(args, "_default_format", "json")
     try:
         return run(args)
     except CtlError as exc:

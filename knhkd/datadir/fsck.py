@@ -85,12 +85,22 @@ class _Findings:
 _DAMAGE = (lmdb.Error, msgspec.MsgspecError, ValueError, UnicodeDecodeError, IndexError)
 
 
-def fsck(store: Store, data_dir: Path | None = None) -> FsckReport:
-    """Check ``store``; with ``data_dir`` also its exported keyring and anchor."""
+# How many checks ``progress`` hears of at most: each database's scan, the
+# seven checks of the store and the anchor.
+FSCK_STEPS = len(DB_NAMES_IN_ORDER) + 8
+
+
+def fsck(
+    store: Store, data_dir: Path | None = None, progress: Callable[[str], None] | None = None
+) -> FsckReport:
+    """Check ``store``; with ``data_dir`` also its exported keyring and anchor.
+    ``progress(name)`` is called as each check starts (at most FSCK_STEPS)."""
     found = _Findings()
 
     @contextmanager
     def check(name: str) -> Iterator[lmdb.Transaction]:
+        if progress is not None:
+            progress(name)
         # A fresh transaction per check: one that met a damaged page is dead.
         try:
             with store.reader() as txn:
@@ -392,13 +402,14 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def fsck_data_dir(data_dir: Path) -> FsckReport:
+def fsck_data_dir(data_dir: Path, progress: Callable[[str], None] | None = None) -> FsckReport:
     """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
     damage only with ``assert`` (a flipped page flag aborts the process), so
     a child that dies by a signal is itself a finding, and each database is
     then scanned in a child of its own to name the ones that abort.
-    Raises ``StoreError`` when there is no store to check."""
-    report = _in_child(lambda: _open_and_fsck(data_dir))
+    Raises ``StoreError`` when there is no store to check. ``progress`` is
+    called in the child (fsck's), whose fd 2 is /dev/null."""
+    report = _in_child(lambda: _open_and_fsck(data_dir, progress))
     if isinstance(report, FsckReport):
         return report
     if isinstance(report, _NoStore):
@@ -417,7 +428,9 @@ class _NoStore(msgspec.Struct):
     message: str
 
 
-def _open_and_fsck(data_dir: Path) -> FsckReport | _NoStore:
+def _open_and_fsck(
+    data_dir: Path, progress: Callable[[str], None] | None = None
+) -> FsckReport | _NoStore:
     try:
         store = open_store(data_dir, readonly=True, exclusive=False)
     except SchemaVersionError as exc:
@@ -429,7 +442,7 @@ def _open_and_fsck(data_dir: Path) -> FsckReport | _NoStore:
     except StoreError as exc:
         return _NoStore(str(exc))
     try:
-        return fsck(store, data_dir)
+        return fsck(store, data_dir, progress)
     except (lmdb.Error, RuntimeError) as exc:
         # Each check reports its own damage; this is damage met outside them.
         return FsckReport(ok=False, checked={}, errors=[f"lmdb: {type(exc).__name__}: {exc}"])
