@@ -8,6 +8,14 @@ an export file with only the public keyring.
 ``receipts verify-chain`` and ``keys export-public`` also work on the data
 directory of a stopped daemon: when the admin socket does not answer they read
 the store read-only and the public keyring ``keys/public.json``.
+
+Every command takes GLOBAL_OPTIONS (``--data-dir``, ``--socket``,
+``--timeout``, ``--format json|table``) before or after its name; _with_globals
+adds them to every parser, so commands added later get them too. ``--format``
+defaults to what the command always printed. Progress goes to stderr only when
+it is a terminal (cli/progress.py); stdout carries only the answer.
+
+Must never: print a token or key material; write progress off a terminal.
 """
 
 from __future__ import annotations
@@ -304,8 +312,7 @@ def _load_keyring(path: Path) -> Any:
 
 
 def _offline_verify(data_dir: Path) -> Any:
-    from knhkd.receipts.log import iter_raw, read_head
-    from knhkd.receipts.verify import verify_chain
+    from knhkd.receipts.log import verify_store
     from knhkd.store.env import StoreError, open_store
 
     verifier = _load_keyring(data_dir / "keys" / "public.json")
@@ -313,14 +320,12 @@ def _offline_verify(data_dir: Path) -> Any:
         store = open_store(data_dir, readonly=True, exclusive=False)
     except StoreError as exc:
         raise CtlError(str(exc)) from None
+
+    def watch(records: Any, count: int) -> Any:
+        return progress.iterate(records, "verifying the chain", count, "receipt")
+
     try:
-        with store.reader() as txn:
-            head = read_head(store, txn)
-            records = progress.iterate(
-                iter_raw(store, txn), "verifying the chain", head.next_seq, "receipt"
-            )
-            rep = verify_chain(records, verifier, expected_head=(head.next_seq, head.hash))
-        return msgspec.to_builtins(rep)
+        return msgspec.to_builtins(verify_store(store, verifier, watch))
     finally:
         store.close()
 
@@ -586,12 +591,8 @@ def _verify_offline(args: argparse.Namespace) -> int:
     try:
         verifier = Verifier.from_json(Path(args.keys).read_bytes())
         named = [(f, Path(f).read_bytes()) for f in args.files]
-        # One file at a time, so the bar moves per file.
-        verdicts = [
-            v
-            for one in progress.iterate(named, "verifying", len(named), "file")
-            for v in verify_files([one], verifier)
-        ]
+        with progress.bar("verifying", len(named), "file") as bar:
+            verdicts = verify_files(named, verifier, lambda _: bar.update(1))
     except (KeyFileError, Unusable) as exc:
         raise CtlError(str(exc)) from None
     if args.format == "json":

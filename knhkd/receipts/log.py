@@ -18,7 +18,7 @@ Must never: overwrite or delete a stored receipt.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
@@ -169,10 +169,18 @@ def iter_raw(
     return store.tables.receipts.items_raw(txn, start=after + 1)
 
 
-def verify_store(store: Store, verifier: Verifier) -> ChainVerification:
-    """Verify the whole stored chain, and that the stored head matches its tail."""
+Records = Iterable[tuple[int, bytes]]
+
+
+def verify_store(
+    store: Store, verifier: Verifier, watch: Callable[[Records, int], Records] | None = None
+) -> ChainVerification:
+    """Verify the whole stored chain, and that the stored head matches its tail.
+    ``watch(records, count)`` may wrap the records as they are read (knhkctl
+    counts them on a progress bar); it must yield them unchanged."""
     with store.reader() as txn:
         head = read_head(store, txn)
-        return verify_chain(
-            iter_raw(store, txn), verifier, expected_head=(head.next_seq, head.hash)
-        )
+        records: Records = iter_raw(store, txn)
+        if watch is not None:
+            records = watch(records, head.next_seq)
+        return verify_chain(records, verifier, expected_head=(head.next_seq, head.hash))

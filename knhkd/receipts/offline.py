@@ -22,7 +22,7 @@ Must never: report a file verified without recomputing its root.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -146,8 +146,13 @@ def verify_consistency(cf: ConsistencyFile, verifier: Verifier) -> tuple[Checkpo
     return old, new
 
 
-def verify_files(named: Sequence[tuple[str, bytes]], verifier: Verifier) -> list[FileVerdict]:
-    """Verify every file; raises ``Unusable`` for input it cannot read."""
+def verify_files(
+    named: Sequence[tuple[str, bytes]],
+    verifier: Verifier,
+    done: Callable[[FileVerdict], None] | None = None,
+) -> list[FileVerdict]:
+    """Verify every file; raises ``Unusable`` for input it cannot read.
+    ``done(verdict)`` is called as each file's verdict is reached."""
     loaded = [(name, load(data)) for name, data in named]
     verdicts: list[FileVerdict] = []
     seen: dict[tuple[str, int], tuple[bytes, str]] = {}
@@ -175,4 +180,6 @@ def verify_files(named: Sequence[tuple[str, bytes]], verifier: Verifier) -> list
             )
         except NotVerified as exc:
             verdicts.append(FileVerdict(name, kind, False, str(exc)))
+        if done is not None:
+            done(verdicts[-1])
     return verdicts

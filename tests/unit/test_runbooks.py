@@ -25,17 +25,16 @@ def commands(text: str) -> list[tuple[str, ...]]:
     """(program, subcommand words…) of each knhkctl/knhkd call in fenced blocks."""
     found: list[tuple[str, ...]] = []
     for block in FENCE.findall(text):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0].removeprefix("$ ")
+        for raw in block.replace("\\\n", " ").splitlines():
+            line = raw.split(" #", 1)[0].removeprefix("$ ")
             for part in re.split(r"\|\||&&|[|;]", line):
                 try:
                     words = shlex.split(part)
                 except ValueError:
                     continue
+                # `sudo -u knhkd`, `VAR=value` before the program
                 while words and (words[0] == "sudo" or "=" in words[0] or words[0] == "-u"):
                     words = words[2:] if words[0] == "-u" else words[1:]
-                if words and words[0] == "-u":
-                    words = words[2:]
                 if not words or words[0] not in MODULES:
                     continue
                 path, rest = [words[0]], words[1:]
