@@ -4,8 +4,8 @@ checkpoint, a metrics scrape.
 
 HTTP steps go to ``--url`` with the bearer token of ``--token-file`` or
 ``$KNHKCTL_TOKEN`` (when the daemon checks tokens it needs INGEST,
-EXECUTE_MAPE_K and READ_METRICS: an operator's); verify-chain and the
-checkpoint go over the admin socket (they have no HTTP route).
+EXECUTE_MAPE_K and READ_METRICS: roles operator and producer); verify-chain
+and the checkpoint go over the admin socket (they have no HTTP route).
 
 Guarantees: each step's result is printed as it finishes; the first failing
 step stops the run and is named on the last line (and stderr); exit 0 all
