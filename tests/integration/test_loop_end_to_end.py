@@ -106,7 +106,9 @@ def test_burst_detect_plan_validate_promote_and_verify(daemon: RunningDaemon) ->
     res = daemon.ctl("receipts", "verify-chain", "--format", "json")
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
-    assert rep["total_count"] == rep["verified_count"] == len(kinds)
+    # Audit receipts of the requests above may commit between the listing and
+    # verify-chain (the auditor flushes every 250 ms): at least every listed one.
+    assert rep["total_count"] == rep["verified_count"] >= len(kinds)
     assert rep["signature_failures"] == rep["chain_breaks"] == []
     assert rep["retrocausation_violations"] == []
 
