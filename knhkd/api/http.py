@@ -22,7 +22,7 @@ Guarantees:
   warning once per peer address and reason (the last ``TLS_PEERS_LOGGED``
   remembered).
 - With ``[telemetry] access_log`` every request the app answers is one info
-  line on ``knhkd.access`` (``access_line``): never its path's query, headers
+  line on ``knhkd.http.access`` (``access_line``): never its path's query, headers
   or body, so never a token.
 
 Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
@@ -62,8 +62,9 @@ from knhkd.loop.daemon import Daemon
 from knhkd.model import Principal
 
 log = logging.getLogger("knhkd.http")
-# One info line per request (``[telemetry] access_log``).
-access = logging.getLogger("knhkd.access")
+# The access log: one info line per request (``[telemetry] access_log``).
+# Not ``knhkd.access``, which is authorization's decision log (api/authn.py).
+access = logging.getLogger("knhkd.http.access")
 
 # How long a closing connection reads and drops what its client still sends,
 # so that the close does not reset a response the client has not read yet.

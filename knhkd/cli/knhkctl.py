@@ -42,11 +42,17 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="knhkctl", description="Operate a knhkd daemon.")
     p.add_argument(
-        "--data-dir",
-        default=os.environ.get("KNHKD_DATA_DIR", "./var/knhkd"),
-        help="the daemon's data directory (default: $KNHKD_DATA_DIR or ./var/knhkd)",
+        "--config",
+        type=Path,
+        help="the daemon's configuration file, read for the data directory and admin socket "
+        "(default: as knhkd run: $KNHKD_CONFIG, else /etc/knhkd/knhkd.toml, else defaults)",
     )
-    p.add_argument("--socket", help="admin socket (default: DATA_DIR/admin.sock)")
+    p.add_argument(
+        "--data-dir",
+        help="the daemon's data directory (default: the configuration's, with "
+        "$KNHKD_DATA_DIR applied as knhkd run does)",
+    )
+    p.add_argument("--socket", help="admin socket (default: the configuration's)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
 
@@ -747,9 +753,30 @@ def _ring_table(st: RingStatus) -> None:
     print(f"backlog {st.backlog}, refused (lane full) {st.full_count}, corrupt {st.corrupt_count}")
 
 
+def _locate_daemon(args: argparse.Namespace) -> None:
+    """Fill in the data directory and the admin socket the options left out
+    from the daemon's own configuration (found, and overridden by
+    ``KNHKD_*``, exactly as ``knhkd run`` does), so an installed host needs
+    neither option."""
+    if args.data_dir is not None and args.socket is not None:
+        return
+    from knhkd.config import ConfigError, load, locate
+
+    path, _ = locate(args.config, os.environ)
+    overrides = {("storage", "data_dir"): args.data_dir} if args.data_dir is not None else {}
+    try:
+        cfg = load(path, env=os.environ, overrides=overrides)
+    except ConfigError as exc:
+        raise CtlError(f"{path or 'embedded defaults'}: invalid configuration: {exc}") from None
+    args.data_dir = str(cfg.data_dir)
+    if args.socket is None:
+        args.socket = str(cfg.admin_socket)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _locate_daemon(args)
         return run(args)
     except CtlError as exc:
         print(f"knhkctl: {exc}", file=sys.stderr)
