@@ -87,7 +87,8 @@ def test_under_journald_every_line_carries_its_priority(make_daemon: Any) -> Non
     # The access log: method, route template, status, duration, principal.
     who = re.escape(d.principal("user-administrator"))
     assert re.search(
-        rf"<6>INFO knhkd.http.access: POST /api/v1/observations 201 [\d.]+ms principal={who} trace=-",
+        r"<6>INFO knhkd.http.access: POST /api/v1/observations 201 [\d.]+ms "
+        rf"principal={who} trace=-",
         text,
     ), text
     assert re.search(r"<6>INFO knhkd.http.access: GET /ready 200 [\d.]+ms principal=- ", text)
