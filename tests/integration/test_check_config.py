@@ -3,28 +3,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import CONF, free_port, write_config
+from tests.integration.conftest import run_knhkd as _knhkd
 
 pytestmark = pytest.mark.integration
-
-
-def _knhkd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knhkd.cli.knhkd", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def _one_line(res: subprocess.CompletedProcess[str]) -> str:

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -34,18 +33,7 @@ def start_under_journal(d: RunningDaemon) -> None:
     with d.log_path.open("wb") as log:
         st = os.fstat(log.fileno())
         d.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "knhkd.cli.knhkd",
-                "run",
-                "--config",
-                str(d.config),
-                "--data-dir",
-                str(d.data_dir),
-                "--http-bind",
-                f"127.0.0.1:{d.port}",
-            ],
+            d.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,18 +11,9 @@ import httpx
 import pytest
 
 from tests.integration.conftest import RunningDaemon, wait_for_log
+from tests.integration.conftest import run_knhkd as _knhkd
 
 pytestmark = pytest.mark.integration
-
-
-def _knhkd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knhkd.cli.knhkd", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_check_config_names_the_offending_key(tmp_path: Path) -> None:
