@@ -8,9 +8,14 @@ Guarantees:
 - A ``Config`` is immutable; a reload builds a new one and the caller swaps it.
 
 Precedence (lowest first): embedded defaults, the TOML file, ``KNHKD_*``
-environment variables, command-line flags. A relative path written in a file
-is relative to that file's directory; any other relative path (defaults,
-environment, flags) is relative to the working directory.
+environment variables, command-line flags. The file is the first of
+``--config``, ``$KNHKD_CONFIG`` and ``/etc/knhkd/knhkd.toml`` (``locate``);
+none: the embedded defaults alone. The conf tree the defaults name (ontology,
+shapes, doctrines, guards) ships inside the package (``DEFAULT_CONF``), so an
+installed daemon starts from any working directory. A relative path written
+in a file is relative to that file's directory; any other relative path
+(``storage.data_dir``'s default, environment, flags) is relative to the
+working directory.
 
 Must never: open the data directory, bind sockets, or import above layer 1.
 """
@@ -22,6 +27,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -34,6 +40,22 @@ from knhkd.model import LOCAL_ISSUER, Permission, Role
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
 Fraction = Annotated[float, Meta(gt=0, le=1)]
+
+
+def _default_conf_dir() -> Path:
+    """The conf tree shipped in the package: ``knhkd/_conf`` in an installed
+    wheel (setup.py copies ``conf/`` there), else the source checkout's
+    ``conf/`` (an editable install runs from the checkout)."""
+    packaged = resources.files(__package__ or "knhkd") / "_conf"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+DEFAULT_CONF = _default_conf_dir()
+
+# Read when neither --config nor $KNHKD_CONFIG names a file, if it exists.
+SYSTEM_CONFIG = Path("/etc/knhkd/knhkd.toml")
 
 
 class ConfigError(Exception):
@@ -201,8 +223,8 @@ class ReceiptsConfig(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
-    ontology_dir: str = "conf/ontology"
-    shapes_dir: str = "conf/shapes"
+    ontology_dir: str = str(DEFAULT_CONF / "ontology")
+    shapes_dir: str = str(DEFAULT_CONF / "shapes")
 
 
 class IngestConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -313,9 +335,9 @@ class QuorumConfig(Struct, forbid_unknown_fields=True, frozen=True):
 
 class GovernanceConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Doctrine files, one per sector: <dir>/<sector>.toml.
-    doctrines_dir: str = "conf/doctrines"
+    doctrines_dir: str = str(DEFAULT_CONF / "doctrines")
     # Guard files: <dir>/*.toml.
-    guards_dir: str = "conf/guards"
+    guards_dir: str = str(DEFAULT_CONF / "guards")
     # Names of the built-in custom doctrine checks doctrines may use; a
     # doctrine naming any other is refused when the doctrines are loaded.
     custom_checks: tuple[str, ...] = ("max_delta_triples", "no_blank_nodes")
@@ -354,6 +376,11 @@ class TelemetryConfig(Struct, forbid_unknown_fields=True, frozen=True):
     traces: Literal["none", "console"] = "none"
     service_name: str = "knhkd"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": ``LEVEL logger: message``; "json": one JSON object a line (log
+    # shippers). Under journald either gets the ``<N>`` priority prefix.
+    log_format: Literal["text", "json"] = "text"
+    # One line per HTTP request (logger ``knhkd.access``, info).
+    access_log: bool = True
 
 
 # Same rule as model.EventType (this layer may not import it); the ring decoder
@@ -568,6 +595,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "KNHKD_ADMIN_SOCKET": ("admin", "socket"),
     "KNHKD_LOOP_INTERVAL_S": ("loop", "interval_s"),
     "KNHKD_LOG_LEVEL": ("telemetry", "log_level"),
+    "KNHKD_LOG_FORMAT": ("telemetry", "log_format"),
 }
 
 
@@ -730,6 +758,21 @@ def read_file(path: Path) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError("", f"{path}: {exc.strerror}") from None
+
+
+def locate(explicit: Path | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
+    """The configuration file to read and where its name came from:
+    ``--config``, else ``$KNHKD_CONFIG``, else ``/etc/knhkd/knhkd.toml`` when
+    it exists, else ``(None, "embedded defaults")``. A file named by the
+    first two must exist (``load`` says so); the system file is optional."""
+    if explicit is not None:
+        return explicit, "--config"
+    named = env.get("KNHKD_CONFIG", "")
+    if named:
+        return Path(named), "$KNHKD_CONFIG"
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG, str(SYSTEM_CONFIG)
+    return None, "embedded defaults"
 
 
 def load(

@@ -21,6 +21,9 @@ Guarantees:
   counts in ``knhk_tls_handshake_failures_total{reason}`` and is logged at
   warning once per peer address and reason (the last ``TLS_PEERS_LOGGED``
   remembered).
+- With ``[telemetry] access_log`` every request the app answers is one info
+  line on ``knhkd.http.access`` (``access_line``): never its path's query, headers
+  or body, so never a token.
 
 Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
 or send a success status for data that was not committed.
@@ -29,11 +32,13 @@ or send a success status for data that was not committed.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from quart import Response, request
+from opentelemetry import trace
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -54,8 +59,12 @@ from knhkd.api.routes.base import DAEMON_KEY
 from knhkd.config import Config
 from knhkd.errors import KnhkdError
 from knhkd.loop.daemon import Daemon
+from knhkd.model import Principal
 
 log = logging.getLogger("knhkd.http")
+# The access log: one info line per request (``[telemetry] access_log``).
+# Not ``knhkd.access``, which is authorization's decision log (api/authn.py).
+access = logging.getLogger("knhkd.http.access")
 
 # How long a closing connection reads and drops what its client still sends,
 # so that the close does not reset a response the client has not read yet.
@@ -94,6 +103,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
     app = route_app(daemon.cfg)
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
     app.config[DAEMON_KEY] = daemon
+
+    @app.before_request
+    async def _started() -> None:
+        # First of the hooks: a request the guards refuse is timed too.
+        g.started_ns = time.perf_counter_ns()
+
     # Host, Origin and Content-Type, before any route (api/guards.py).
     app.before_request(guard)
 
@@ -120,11 +135,48 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.after_request
     async def _count(response: Response) -> Response:
         daemon.count_response(response.status_code)
+        if daemon.cfg.telemetry.access_log:
+            access_line(response.status_code)
         return response
 
     # Who is asking and may they (api/authn.py): after the edge's checks.
     authn.install(app, daemon.cfg.auth, daemon.cfg.http.tls)
     return app
+
+
+def access_line(status: int) -> None:
+    """The access log's line for the request in context: method, route
+    template (never the path: it may carry ids a template does not), status,
+    duration, the principal once authentication has resolved one, and the
+    trace id of the current span when tracing is on."""
+    if not access.isEnabledFor(logging.INFO):
+        return
+    started = g.get("started_ns")
+    duration_s = (time.perf_counter_ns() - started) / 1e9 if started is not None else 0.0
+    rule = request.url_rule.rule if request.url_rule is not None else "-"
+    principal = g.get("principal")
+    name = principal.name if isinstance(principal, Principal) else "-"
+    ctx = trace.get_current_span().get_span_context()
+    trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"
+    access.info(
+        "%s %s %d %.1fms principal=%s trace=%s",
+        request.method,
+        rule,
+        status,
+        duration_s * 1000.0,
+        name,
+        trace_id,
+        extra={
+            "fields": {
+                "method": request.method,
+                "route": rule,
+                "status": status,
+                "duration_s": round(duration_s, 6),
+                "principal": None if name == "-" else name,
+                "trace_id": None if trace_id == "-" else trace_id,
+            }
+        },
+    )
 
 
 def hypercorn_config(daemon: Daemon) -> HypercornConfig:

@@ -56,11 +56,24 @@ class _Parser(argparse.ArgumentParser):
 # own. ``--format`` defaults per command (``_default_format``, else json).
 GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any], Any]] = [
     (
-        ("--data-dir",),
-        {"help": "the daemon's data directory (default: $KNHKD_DATA_DIR or ./var/knhkd)"},
-        os.environ.get("KNHKD_DATA_DIR", "./var/knhkd"),
+        ("--config",),
+        {
+            "type": Path,
+            "help": "the daemon's configuration file, read for the data directory and admin "
+            "socket (default: as knhkd run: $KNHKD_CONFIG, else /etc/knhkd/knhkd.toml, "
+            "else defaults)",
+        },
+        None,
     ),
-    (("--socket",), {"help": "admin socket (default: DATA_DIR/admin.sock)"}, None),
+    (
+        ("--data-dir",),
+        {
+            "help": "the daemon's data directory (default: the configuration's, with "
+            "$KNHKD_DATA_DIR applied as knhkd run does)"
+        },
+        None,
+    ),
+    (("--socket",), {"help": "admin socket (default: the configuration's)"}, None),
     (("--timeout",), {"type": float, "help": "seconds to wait for an answer"}, 60.0),
     (
         ("--format",),
@@ -891,11 +904,32 @@ def _ring_table(st: RingStatus) -> None:
     print(f"backlog {st.backlog}, refused (lane full) {st.full_count}, corrupt {st.corrupt_count}")
 
 
+def _locate_daemon(args: argparse.Namespace) -> None:
+    """Fill in the data directory and the admin socket the options left out
+    from the daemon's own configuration (found, and overridden by
+    ``KNHKD_*``, exactly as ``knhkd run`` does), so an installed host needs
+    neither option."""
+    if args.data_dir is not None and args.socket is not None:
+        return
+    from knhkd.config import ConfigError, load, locate
+
+    path, _ = locate(args.config, os.environ)
+    overrides = {("storage", "data_dir"): args.data_dir} if args.data_dir is not None else {}
+    try:
+        cfg = load(path, env=os.environ, overrides=overrides)
+    except ConfigError as exc:
+        raise CtlError(f"{path or 'embedded defaults'}: invalid configuration: {exc}") from None
+    args.data_dir = str(cfg.data_dir)
+    if args.socket is None:
+        args.socket = str(cfg.admin_socket)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.format is None:
         args.format = getattr(args, "_default_format", "json")
     try:
+        _locate_daemon(args)
         return run(args)
     except CtlError as exc:
         print(f"knhkctl: {exc}", file=sys.stderr)

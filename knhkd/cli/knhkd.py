@@ -2,9 +2,14 @@
 
 Exit status: 0 clean stop; 1 the daemon failed while running (an actor past its
 restart budget), so systemd restarts it; 2 usage, configuration or start-up
-error, with one line on stderr saying which step failed. Both commands refuse
-a non-loopback ``http.bind`` without ``[[auth.issuers]]`` (config.py) and an
-issuer's ``jwks_file`` that holds no usable key, naming the setting.
+error, with one line on stderr saying which step failed.
+
+``run`` and ``check-config`` find the configuration file the same way
+(``config.locate``: ``--config``, ``$KNHKD_CONFIG``, ``/etc/knhkd/knhkd.toml``,
+embedded defaults), apply the same environment and flags, and run the same
+checks of every file it names (loop/preflight.py) before ``run`` touches the
+data directory: ``check-config`` passes exactly when ``run`` would get past
+its configuration, and creates nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 import trio
 
 from knhkd import __version__
-from knhkd.config import Config, ConfigError, load, parse_bind
+from knhkd.config import DEFAULT_CONF, Config, ConfigError, load, locate, parse_bind
+from knhkd.telemetry import logs
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -32,16 +38,29 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file (default: $KNHKD_CONFIG, else /etc/knhkd/knhkd.toml "
+        "when it exists, else the embedded defaults)",
+    )
+    p.add_argument("--data-dir", help="data directory (overrides the file and KNHKD_DATA_DIR)")
+    p.add_argument("--http-bind", help="HOST:PORT for the HTTP API")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="knhkd", description="The knhkd knowledge daemon.")
     p.add_argument("--version", action="version", version=f"knhkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", type=Path, help="TOML configuration file")
-    run.add_argument("--data-dir", help="data directory (overrides the file and KNHKD_DATA_DIR)")
-    run.add_argument("--http-bind", help="HOST:PORT for the HTTP API")
-    check = sub.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("file", type=Path)
+    _config_options(run)
+    check = sub.add_parser(
+        "check-config",
+        help="check the configuration run would use, and every file it names, then exit",
+    )
+    check.add_argument("file", type=Path, nargs="?", help="the same as --config FILE")
+    _config_options(check)
     keygen = sub.add_parser(
         "keygen",
         help="write a new signing key file (mode 0600) for keys.signing_key or a credential",
@@ -60,17 +79,19 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
     return out
 
 
-def _check_keys(cfg: Config) -> None:
-    """Each issuer's JWKS file must hold a usable key (a URI is fetched
-    later: an offline start must not wait for it)."""
-    from knhkd.auth.jwks import IssuerKeys, KeySetError
+def _configuration(
+    args: argparse.Namespace,
+) -> tuple[Config, Path | None, str, dict[tuple[str, str], Any]]:
+    """What run uses and check-config checks: the file ``locate`` finds, the
+    environment, the flags; then every file it names (loop/preflight.py).
+    Raises ``ConfigError``; creates nothing."""
+    from knhkd.loop.preflight import check
 
-    for i, issuer in enumerate(cfg.auth.issuers):
-        if issuer.jwks_file:
-            try:
-                IssuerKeys(issuer).load()
-            except KeySetError as exc:
-                raise ConfigError(f"auth.issuers[{i}].jwks_file", str(exc)) from None
+    path, source = locate(args.config or getattr(args, "file", None), os.environ)
+    overrides = _overrides(args)
+    cfg = load(path, env=os.environ, overrides=overrides)
+    check(cfg)
+    return cfg, path, source, overrides
 
 
 def _fail(msg: str) -> int:
@@ -92,24 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         # The key id only: the key itself is never printed.
         print(f"{args.file}: signing key {signer.key_id}")
         return 0
-    if args.command == "check-config":
-        try:
-            cfg = load(args.file, env={})
-            _check_keys(cfg)
-        except ConfigError as exc:
-            return _fail(f"{args.file}: invalid configuration: {exc}")
-        print(f"{args.file}: ok (digest {cfg.digest()[:16]})")
-        return 0
     try:
-        overrides = _overrides(args)
-        cfg = load(args.config, env=os.environ, overrides=overrides)
-        _check_keys(cfg)
+        cfg, path, source, overrides = _configuration(args)
     except ConfigError as exc:
-        return _fail(f"invalid configuration: {exc}")
-    logging.basicConfig(
-        level=cfg.telemetry.log_level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        found = locate(args.config or getattr(args, "file", None), os.environ)[0]
+        return _fail(f"{found or 'embedded defaults'}: invalid configuration: {exc}")
+    where = f"{path} (from {source})" if path else source
+    if args.command == "check-config":
+        print(f"{where}: ok (digest {cfg.digest()[:16]})")
+        return 0
+    logs.configure(cfg.telemetry)
+    logging.getLogger("knhkd").debug(
+        "configuration %s, digest %s, conf tree %s", where, cfg.digest()[:16], DEFAULT_CONF
     )
     from knhkd.api.admin import serve_admin
     from knhkd.api.http import serve_http
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from knhkd.loop.supervisor import ActorFailed
     from knhkd.loop.tree import run_daemon
 
-    settings = Settings(cfg, path=args.config, env=os.environ, overrides=overrides)
+    settings = Settings(cfg, path=path, env=os.environ, overrides=overrides)
     try:
         return trio.run(run_daemon, settings, [serve_admin, serve_http])
     except BaseException as exc:  # classify, then re-raise what we do not know

@@ -54,6 +54,7 @@ class Checkpointer:
         if cp is not None:
             self.signed_size = cp.size
             await self.write_anchor(cp)
+            log.debug("checkpoint signed at tree size %d", cp.size)
         self._uncovered_since = None
         return cp
 

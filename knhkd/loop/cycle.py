@@ -86,6 +86,19 @@ class Cycle:
         if not self.done.is_set():
             self.report = report
             self.done.set()
+            log.debug(
+                "cycle %s (%s) %s in %.1f ms: %d patterns, %d proposals, %d passed, "
+                "%d failed, %d promoted",
+                report.id,
+                report.trigger,
+                report.outcome,
+                report.duration_ms,
+                report.patterns_detected,
+                report.proposals_generated,
+                report.validations_passed,
+                report.validations_failed,
+                report.snapshots_promoted,
+            )
 
     def fail(self, error: Exception) -> None:
         if not self.done.is_set():

@@ -73,6 +73,7 @@ from knhkd.receipts import audit as audit_trail
 from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import Metrics
 
 log = logging.getLogger("knhkd")
@@ -628,6 +629,8 @@ class Daemon:
             )
             return f"governance: {type(exc).__name__}"
         self._state.settings.current = new
+        # Level, format: the log follows the file like everything reloadable.
+        logs.configure(new.telemetry)
         log.info("configuration reloaded (digest %s)", new.digest()[:16])
         if new.http.tls.enabled:
             # The files are read again even when the settings did not change:

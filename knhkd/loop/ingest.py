@@ -396,6 +396,12 @@ class Ingest:
         # One inc per sector, not per observation (~0.3 µs each; ring batches are 4,096).
         for sector, n in counts.items():
             self._metrics.ingested_by_sector[sector].inc(n)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "ingest group committed: %d requests, %s",
+                len(batch),
+                ", ".join(f"{sector} {n}" for sector, n in sorted(counts.items())) or "nothing",
+            )
         self._metrics.receipts_appended.labels("observation_batch_committed").inc(len(counts))
         # Stopping: the observations are durable and the analyzer rebuilds its
         # windows from the store when it starts again.

@@ -176,6 +176,12 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
             ring.close()
         store.close()
         raise StartupError("keys", str(exc)) from None
+    log.debug(
+        "data directory %s opened: store, signing key %s, ring %s",
+        cfg.data_dir,
+        signer.key_id,
+        cfg.ring_path if ring is not None else "off",
+    )
     gate = WriteGate()
     # Before the first write: findings freeze the store and close the gate.
     findings = startup_check(store, cfg.data_dir, trusted, gate)
@@ -222,6 +228,13 @@ async def prepare(
             governance = Governance(opened.store, opened.writer, opened.receipts, cfg)
         except (KnowledgeError, RelaxationError) as exc:
             raise StartupError("governance", str(exc)) from None
+        log.debug(
+            "governance: %d doctrines from %s, %d guards from %s",
+            len(governance.doctrines.doctrines),
+            cfg.governance.doctrines_dir,
+            len(governance.guards.guards),
+            cfg.governance.guards_dir,
+        )
         if opened.writable:
             await governance.record_digests()
     except StorageFull as exc:
@@ -298,6 +311,13 @@ async def _load_knowledge(cfg: Config, opened: Opened) -> kn.KnowledgeState:
             cp = await opened.writer.submit(issue_job(opened.store, opened.receipts))
             if cp is not None:
                 await trio.to_thread.run_sync(anchor.write, anchor.path_in(cfg.data_dir), cp.text)
+        log.debug(
+            "knowledge: snapshot %d (%s, %d triples), shapes from %s",
+            record.meta.version,
+            record.meta.snapshot_id[:16],
+            record.meta.triple_count,
+            cfg.knowledge.shapes_dir,
+        )
         return kn.state_of(record, shapes)
     except (KnowledgeError, OSError) as exc:
         raise StartupError("knowledge", str(exc)) from None

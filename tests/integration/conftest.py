@@ -82,6 +82,21 @@ class RunningDaemon:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        """``knhkd run`` on this daemon's configuration, data directory and port."""
+        return [
+            sys.executable,
+            "-m",
+            "knhkd.cli.knhkd",
+            "run",
+            "--config",
+            str(self.config),
+            "--data-dir",
+            str(self.data_dir),
+            "--http-bind",
+            f"127.0.0.1:{self.port}",
+        ]
+
     def start(self, *, wait: bool = True) -> RunningDaemon:
         assert self.proc is None or self.proc.poll() is not None
         self.log_path = self.data_dir.parent / f"daemon-{self.port}-{time.monotonic_ns()}.log"
@@ -90,18 +105,7 @@ class RunningDaemon:
             STARTED.append(self)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "knhkd.cli.knhkd",
-                "run",
-                "--config",
-                str(self.config),
-                "--data-dir",
-                str(self.data_dir),
-                "--http-bind",
-                f"127.0.0.1:{self.port}",
-            ],
+            self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
@@ -188,6 +192,19 @@ def stored_counts(d: RunningDaemon) -> tuple[int, int]:
     assert listed.returncode == 0, listed.stderr
     decisions = [r for r in json.loads(listed.stdout) if r["body"]["kind"] != "audit"]
     return st["observations"], len(decisions)
+
+
+def run_knhkd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``knhkd ARGS`` to its end (check-config, keygen, a run that refuses to
+    start), with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "knhkd.cli.knhkd", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wait_for_log(d: RunningDaemon, text: str, timeout: float = 20.0) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,18 +11,9 @@ import httpx
 import pytest
 
 from tests.integration.conftest import RunningDaemon, wait_for_log
+from tests.integration.conftest import run_knhkd as _knhkd
 
 pytestmark = pytest.mark.integration
-
-
-def _knhkd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knhkd.cli.knhkd", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_check_config_names_the_offending_key(tmp_path: Path) -> None:
@@ -61,8 +50,12 @@ def test_start_up_failure_is_one_line_and_non_zero(make_daemon, tmp_path: Path) 
     d.start(wait=False)
     assert d.proc is not None
     assert d.proc.wait(timeout=60) == 2
-    assert d.log().strip().splitlines()[-1].startswith("knhkd: cannot start: keys:")
-    assert "too open" in d.log()
+    # An unsafe key file named by the configuration is refused before the
+    # data directory is touched (loop/preflight.py), naming the setting.
+    lines = d.log().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("knhkd: "), lines
+    assert "invalid configuration: keys.signing_key:" in lines[0] and "too open" in lines[0]
+    assert not d.data_dir.exists()
 
 
 def test_second_daemon_on_the_same_data_dir_is_refused(daemon: RunningDaemon) -> None:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from knhkd.config import ConfigError, build, load
+from knhkd import config
+from knhkd.config import DEFAULT_CONF, ConfigError, build, load, locate
 
 
 def test_defaults_need_no_file() -> None:
@@ -30,8 +31,33 @@ def test_relative_paths_in_a_file_are_relative_to_it(tmp_path: Path) -> None:
     f.write_text('[knowledge]\nontology_dir = "onto"\n')
     cfg = load(f, env={})
     assert Path(cfg.knowledge.ontology_dir) == tmp_path / "onto"
-    # Defaults stay relative to the working directory.
-    assert cfg.knowledge.shapes_dir == "conf/shapes"
+    # The conf tree's defaults are the package's, whatever the working directory.
+    assert cfg.knowledge.shapes_dir == str(DEFAULT_CONF / "shapes")
+    assert cfg.storage.data_dir == "./var/knhkd"
+
+
+def test_the_default_conf_tree_is_complete() -> None:
+    cfg = load(None, env={})
+    for d in (
+        cfg.knowledge.ontology_dir,
+        cfg.knowledge.shapes_dir,
+        cfg.governance.doctrines_dir,
+        cfg.governance.guards_dir,
+    ):
+        assert Path(d).is_absolute() and Path(d).is_dir(), d
+    assert (cfg.observation_shapes_dir / "finance.ttl").is_file()
+    assert (DEFAULT_CONF / "knhkd.toml").is_file()
+
+
+def test_configuration_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "etc" / "knhkd.toml"
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+    assert locate(None, {}) == (None, "embedded defaults")
+    system.parent.mkdir()
+    system.write_text("")
+    assert locate(None, {}) == (system, str(system))
+    assert locate(None, {"KNHKD_CONFIG": "/a.toml"}) == (Path("/a.toml"), "$KNHKD_CONFIG")
+    assert locate(Path("b.toml"), {"KNHKD_CONFIG": "/a.toml"}) == (Path("b.toml"), "--config")
 
 
 @pytest.mark.parametrize(
