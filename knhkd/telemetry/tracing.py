@@ -72,7 +72,6 @@ __all__ = [
     "error_status",
     "extract",
     "linked_span",
-    "run_in",
     "setup_tracing",
     "shutdown_tracing",
     "span",
@@ -407,18 +406,6 @@ def child_span(
     if t is None:
         return _OFF
     return _On(t, name, attributes or {}, trace.set_span_in_context(parent))
-
-
-def run_in(ctx: Context | None, fn: Callable[[], T]) -> T:
-    """Call ``fn`` with ``ctx`` as the current context (another task's or
-    thread's: a job run by the writer on behalf of its submitter)."""
-    if ctx is None:
-        return fn()
-    token = otel_context.attach(ctx)
-    try:
-        return fn()
-    finally:
-        otel_context.detach(token)
 
 
 A = TypeVar("A")
