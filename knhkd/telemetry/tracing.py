@@ -10,7 +10,8 @@ Guarantees:
 - The queue in front of that thread is bounded (``cfg.queue_size`` spans, those
   being exported included): when it is full a finished span is dropped at once
   and counted through ``on_drop`` — a collector that is down or never answers
-  costs the caller one lock and one comparison per span, never a wait.
+  costs the caller one lock and one comparison per span, never a wait; and
+  stopping waits at most ``SHUTDOWN_FLUSH_S`` for it.
 - W3C Trace Context (``traceparent``/``tracestate``) is what ``extract``
   understands: a request's span continues its caller's trace.
 - With ``traces = "none"`` (the default) no provider, exporter or thread exists and
@@ -236,13 +237,25 @@ def setup_tracing(
     _current.tracer = provider.get_tracer(TRACER_NAME, __version__)
 
 
+# The longest stopping waits for queued spans to reach the collector: the
+# SDK's own shutdown waits up to 30 s on an export in flight, which a hung
+# collector would add to every stop (and systemd's stop timeout).
+SHUTDOWN_FLUSH_S = 5.0
+
+
 def shutdown_tracing() -> None:
-    """Flush and stop the current provider, if any; tracing is off afterwards."""
+    """Flush and stop the current provider, if any, waiting at most
+    ``SHUTDOWN_FLUSH_S`` (the spans still queued then are lost); tracing is off
+    afterwards."""
     provider = _current.provider
     _current.provider = None
     _current.tracer = None
     if provider is not None:
-        provider.shutdown()
+        # The exporter threads are daemon threads: one still blocked on a
+        # collector that never answers does not hold the process up.
+        stopping = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(SHUTDOWN_FLUSH_S)
 
 
 def tracer() -> trace.Tracer:
