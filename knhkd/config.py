@@ -7,7 +7,8 @@ Guarantees:
   (``ConfigError.key``), never silently ignored.
 - A ``Config`` is immutable; a reload builds a new one and the caller swaps it.
 
-Precedence (lowest first): embedded defaults, the TOML file, ``KNHKD_*``
+Precedence (lowest first): embedded defaults, the TOML file, the standard
+``OTEL_*`` variables (``[telemetry]`` only, see ``otel_env``), ``KNHKD_*``
 environment variables, command-line flags. The file is the first of
 ``--config``, ``$KNHKD_CONFIG`` and ``/etc/knhkd/knhkd.toml`` (``locate``);
 none: the embedded defaults alone. The conf tree the defaults name (ontology,
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -373,8 +374,22 @@ class ShutdownConfig(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class TelemetryConfig(Struct, forbid_unknown_fields=True, frozen=True):
-    traces: Literal["none", "console"] = "none"
+    # Span exporter: "none", "console" (JSON lines on stdout) or "otlp"
+    # (OTLP/HTTP protobuf to ``otlp_endpoint``). OTEL_TRACES_EXPORTER overrides it.
+    traces: Literal["none", "console", "otlp"] = "none"
     service_name: str = "knhkd"
+    # The full URL spans are POSTed to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or
+    # OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces", override it).
+    otlp_endpoint: str = "http://localhost:4318/v1/traces"
+    # Extra HTTP headers of each export (a collector's API key, a tenant).
+    otlp_headers: dict[str, str] = {}
+    # Seconds one export may take before it is abandoned (its spans dropped).
+    otlp_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    # Finished spans waiting for the exporter; past it new spans are dropped
+    # and counted (knhk_trace_spans_dropped_total), never waited for.
+    queue_size: Annotated[int, Meta(ge=1, le=1 << 20)] = 2048
+    # Added to the resource of every span (OTEL_RESOURCE_ATTRIBUTES adds too).
+    resource_attributes: dict[str, str] = {}
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # "text": ``LEVEL logger: message``; "json": one JSON object a line (log
     # shippers). Under journald either gets the ``<N>`` priority prefix.
@@ -599,6 +614,55 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
 }
 
 
+def _otel_pairs(var: str, text: str) -> dict[str, str]:
+    """``k1=v1,k2=v2`` (W3C Baggage-like, values percent-encoded) as a dict."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(var, f"expected key=value[,key=value...], got {item.strip()!r}")
+        out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+def otel_env(env: Mapping[str, str], file_telemetry: object) -> dict[tuple[str, str], Any]:
+    """The ``[telemetry]`` keys the standard ``OTEL_*`` variables set.
+
+    They override the file and are overridden by ``KNHKD_*`` variables and flags
+    (the same rule as every other environment variable here). Resource
+    attributes and headers are merged into the file's, key by key.
+    """
+    out: dict[tuple[str, str], Any] = {}
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if exporter:
+        if exporter not in ("none", "console", "otlp"):
+            raise ConfigError(
+                "OTEL_TRACES_EXPORTER", f"{exporter!r}: expected none, console or otlp"
+            )
+        out[("telemetry", "traces")] = exporter
+    if endpoint := env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
+        out[("telemetry", "otlp_endpoint")] = endpoint
+    elif base := env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        # The spec: the signal's path is appended to the generic endpoint.
+        out[("telemetry", "otlp_endpoint")] = base.rstrip("/") + "/v1/traces"
+    if name := env.get("OTEL_SERVICE_NAME", "").strip():
+        out[("telemetry", "service_name")] = name
+    file = file_telemetry if isinstance(file_telemetry, dict) else {}
+    for var, key in (
+        ("OTEL_RESOURCE_ATTRIBUTES", "resource_attributes"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "otlp_headers"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "otlp_headers"),
+    ):
+        if text := env.get(var, "").strip():
+            before = out.get(("telemetry", key)) or file.get(key) or {}
+            merged = dict(before) if isinstance(before, dict) else {}
+            merged.update(_otel_pairs(var, text))
+            out[("telemetry", key)] = merged
+    return out
+
+
 def error_key(exc: msgspec.ValidationError) -> tuple[str, str]:
     """Turn msgspec's "msg - at `$.a[0].b`" into ("a[0].b", msg); an unknown
     field is named in the path."""
@@ -628,7 +692,7 @@ def build(
 ) -> Config:
     """Decode and validate a configuration mapping with env and flag overrides."""
     tree: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
-    layered: dict[tuple[str, str], Any] = {}
+    layered: dict[tuple[str, str], Any] = otel_env(env or {}, tree.get("telemetry"))
     for var, dest in ENV_OVERRIDES.items():
         if env is not None and var in env:
             layered[dest] = env[var]
@@ -651,6 +715,7 @@ def build(
     if cfg.supervisor.backoff_max_s < cfg.supervisor.backoff_initial_s:
         raise ConfigError("supervisor.backoff_max_s", "must be at least backoff_initial_s")
     _check_ring(cfg.ring)
+    _check_otlp(cfg.telemetry)
     _check_auth(cfg)
     if is_credential(cfg.keys.signing_key):
         _check_credential_name("keys.signing_key", cfg.keys.signing_key)
@@ -731,6 +796,14 @@ def _check_jwks_uri(key: str, uri: str) -> None:
     if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         return
     raise ConfigError(key, f"{uri!r}: expected an https URL (http only to a loopback address)")
+
+
+def _check_otlp(t: TelemetryConfig) -> None:
+    parts = urlsplit(t.otlp_endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "telemetry.otlp_endpoint", f"{t.otlp_endpoint!r}: expected an http(s) URL"
+        )
 
 
 def _check_ring(ring: RingConfig) -> None:

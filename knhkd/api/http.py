@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -60,6 +62,15 @@ from knhkd.config import Config
 from knhkd.errors import KnhkdError
 from knhkd.loop.daemon import Daemon
 from knhkd.model import Principal
+from knhkd.telemetry.tracing import (
+    SERVER,
+    annotate,
+    enabled,
+    error_status,
+    extract,
+    start_span,
+    use_span,
+)
 
 log = logging.getLogger("knhkd.http")
 # The access log: one info line per request (``[telemetry] access_log``).
@@ -111,6 +122,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     # Host, Origin and Content-Type, before any route (api/guards.py).
     app.before_request(guard)
+    app.before_request(_route_attribute)
 
     @app.errorhandler(KnhkdError)
     async def _problem(exc: KnhkdError) -> Response:
@@ -141,6 +153,55 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     # Who is asking and may they (api/authn.py): after the edge's checks.
     authn.install(app, daemon.cfg.auth, daemon.cfg.http.tls)
+    app.asgi_app = traced(app.asgi_app)  # type: ignore[method-assign,assignment]
+    return app
+
+
+def _route_attribute() -> None:
+    rule = request.url_rule
+    if rule is not None:
+        annotate({"http.route": rule.rule})
+
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def traced(inner: ASGIApp) -> ASGIApp:
+    """One ``knhk.http.request`` server span per request, child of the caller's
+    span when the request carries W3C ``traceparent``/``tracestate``, current
+    while every hook and the route run (so the spans and links they make are
+    in the caller's trace). With tracing off: one attribute test per request."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or not enabled():
+            await inner(scope, receive, send)
+            return
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers", ())
+            if k in (b"traceparent", b"tracestate")
+        }
+        s = start_span(
+            "knhk.http.request",
+            {"http.request.method": str(scope.get("method", ""))},
+            parent=extract(carrier),
+            kind=SERVER,
+        )
+
+        async def send_status(message: Any) -> None:
+            if message.get("type") == "http.response.start":
+                code = int(message.get("status", 0))
+                s.set_attribute("http.response.status_code", code)
+                if code >= 500:
+                    s.set_status(error_status(f"HTTP {code}"))
+            await send(message)
+
+        try:
+            with use_span(s):
+                await inner(scope, receive, send_status)
+        finally:
+            s.end()
+
     return app
 
 

@@ -20,7 +20,7 @@ import trio
 from knhkd.loop.analyzer import Analyzer
 from knhkd.loop.auditor import Auditor
 from knhkd.loop.checkpointer import Checkpointer
-from knhkd.loop.cycle import AnalyzerMessage, Cycle, CycleScheduler
+from knhkd.loop.cycle import AnalyzerMessage, BatchLinks, Cycle, CycleScheduler
 from knhkd.loop.executor import Executor
 from knhkd.loop.ingest import Ingest
 from knhkd.loop.planner import Planner
@@ -50,6 +50,8 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
     to_analyzer_send, to_analyzer_recv = trio.open_memory_channel[AnalyzerMessage](capacity)
     to_planner_send, to_planner_recv = trio.open_memory_channel[Cycle](capacity)
     to_exec_send, to_exec_recv = trio.open_memory_channel[Cycle](capacity)
+    # Ingest requests committed since the last cycle, for its span's links.
+    batch_links = BatchLinks()
     ingest = Ingest(
         opened.store,
         opened.writer,
@@ -59,6 +61,7 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
         capacity=capacity * 16,
         shapes_digest=state.observation_shapes_digest,
         evidence_sample=lambda: state.settings().analyze.evidence_sample,
+        batch_links=batch_links,
     )
     ring_drain = None
     if opened.ring is not None:
@@ -73,7 +76,7 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
         )
     return Actors(
         ingest=ingest,
-        analyzer=Analyzer(ctx, to_analyzer_recv, to_planner_send),
+        analyzer=Analyzer(ctx, to_analyzer_recv, to_planner_send, batch_links),
         planner=Planner(ctx, to_planner_recv, to_exec_send),
         executor=Executor(
             ctx,

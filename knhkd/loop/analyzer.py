@@ -24,7 +24,7 @@ import trio
 
 from knhkd.analyze.detectors import Detectors
 from knhkd.loop.context import LoopContext
-from knhkd.loop.cycle import AnalyzerMessage, Cycle
+from knhkd.loop.cycle import AnalyzerMessage, BatchLinks, Cycle
 from knhkd.model import (
     Alert,
     DetectedPattern,
@@ -39,7 +39,6 @@ from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.tracing import span
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,9 @@ class Analyzer:
         ctx: LoopContext,
         inbox: trio.MemoryReceiveChannel[AnalyzerMessage],
         to_planner: trio.MemorySendChannel[Cycle],
+        links: BatchLinks | None = None,
     ) -> None:
+        self._links = BatchLinks() if links is None else links
         self._ctx = ctx
         self._inbox = inbox
         self._to_planner = to_planner
@@ -154,21 +155,36 @@ class Analyzer:
                 detectors.observe(fresh)
 
     async def _analyze(self, detectors: Detectors, cycle: Cycle) -> None:
-        started = time.perf_counter()
-        with span("knhk.mape_k.analyze", **{"knhk.mape_k.cycle_id": cycle.id}):
+        # The observations this cycle sees were fed to the detectors as they
+        # were committed: Monitor's span marks that hand-over and carries the
+        # links to the requests that committed them (on the cycle's span).
+        cycle.begin_trace(self._links.take())
+        with cycle.phase("monitor"):
+            pass
+        with cycle.phase("analyze") as phase_span:
+            started = time.perf_counter()
             detectors.set_schema(self._ctx.knowledge().schema)
             patterns = detectors.evaluate(time.time_ns())
-        self._ctx.metrics.pattern_detection_duration_ms.observe(
-            (time.perf_counter() - started) * 1e3
-        )
-        if patterns:
-            signed = await self._ctx.writer.submit(
-                store_patterns_job(self._ctx.store, self._ctx.receipts, patterns)
+            self._ctx.metrics.pattern_detection_duration_ms.observe(
+                (time.perf_counter() - started) * 1e3
             )
-            cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for r in signed)
-            self._ctx.metrics.receipts_appended.labels("pattern_detected").inc(len(signed))
-            for p in patterns:
-                self._ctx.metrics.patterns_detected.labels(p.kind).inc()
-                self._ctx.metrics.pattern_confidence.labels(p.kind).set(p.confidence)
+            if patterns:
+                top = max(patterns, key=lambda p: p.confidence)
+                phase_span.set_attributes(
+                    {
+                        "pattern.name": top.name,
+                        "pattern.type": top.kind,
+                        "pattern.confidence": top.confidence,
+                        "pattern.evidence_count": top.evidence_count,
+                    }
+                )
+                signed = await self._ctx.writer.submit(
+                    store_patterns_job(self._ctx.store, self._ctx.receipts, patterns)
+                )
+                cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for r in signed)
+                self._ctx.metrics.receipts_appended.labels("pattern_detected").inc(len(signed))
+                for p in patterns:
+                    self._ctx.metrics.patterns_detected.labels(p.kind).inc()
+                    self._ctx.metrics.pattern_confidence.labels(p.kind).set(p.confidence)
         cycle.patterns = patterns
         await self._to_planner.send(cycle)

@@ -8,6 +8,13 @@ Guarantees:
 - Interval cycles never overlap: the next interval starts when the previous
   cycle has finished. On-demand cycles queue behind it.
 
+- Traces: each cycle is one trace, rooted at the ``knhk.mape_k.cycle`` span
+  (started by the analyzer, ended exactly once with the cycle, ``outcome``
+  completed or failed); every phase span is its child wherever the phase
+  runs, and the cycle links to the ingest requests committed since the
+  previous cycle (``BatchLinks``, the newest ``MAX_LINKS``) and to the request
+  that asked for it.
+
 Must never: drop a cycle without waking its waiter.
 """
 
@@ -15,12 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 import trio
+from opentelemetry.trace import INVALID_SPAN, Span, SpanContext
 from ulid import ULID
 
 from knhkd.errors import KnhkdError
@@ -32,6 +42,7 @@ from knhkd.model import (
     ObservationCounts,
     Proposal,
 )
+from knhkd.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,34 @@ class Cycle:
     done: trio.Event = field(default_factory=trio.Event)
     report: CycleReport | None = None
     error: Exception | None = None
+    # The span of the request that asked for the cycle (linked, not parent:
+    # a cycle is a trace of its own), and the cycle's root span.
+    requested_by: SpanContext | None = field(default_factory=tracing.current_context)
+    span: Span = INVALID_SPAN
+
+    def begin_trace(self, links: list[SpanContext]) -> None:
+        """Start the cycle's root span (the analyzer, when the cycle reaches it)."""
+        if self.requested_by is not None:
+            links = [self.requested_by, *links]
+        self.span = tracing.start_span(
+            "knhk.mape_k.cycle", {"knhk.mape_k.cycle_id": self.id}, root=True, links=links
+        )
+
+    def phase(
+        self, phase: str, attributes: dict[str, tracing.AttributeValue] | None = None
+    ) -> AbstractContextManager[Span]:
+        """The span of one phase of this cycle, a child of the cycle's span."""
+        attrs: dict[str, tracing.AttributeValue] = {
+            "knhk.mape_k.cycle_id": self.id,
+            "knhk.mape_k.phase": phase,
+        }
+        return tracing.child_span(self.span, f"knhk.mape_k.{phase}", attrs | (attributes or {}))
+
+    def _end_trace(self, outcome: str, error: Exception | None = None) -> None:
+        self.span.set_attribute("outcome", outcome)
+        if error is not None:
+            self.span.set_status(tracing.error_status(f"{type(error).__name__}: {error}"))
+        self.span.end()
 
     def build_report(self, *, outcome: Literal["completed", "failed"], detail: str) -> CycleReport:
         now_ns = time.time_ns()
@@ -85,6 +124,7 @@ class Cycle:
     def finish(self, report: CycleReport) -> None:
         if not self.done.is_set():
             self.report = report
+            self._end_trace(report.outcome)
             self.done.set()
             log.debug(
                 "cycle %s (%s) %s in %.1f ms: %d patterns, %d proposals, %d passed, "
@@ -103,6 +143,7 @@ class Cycle:
     def fail(self, error: Exception) -> None:
         if not self.done.is_set():
             self.error = error
+            self._end_trace("failed", error)
             self.done.set()
 
     async def run_phase(self, step: Awaitable[None]) -> None:
@@ -141,6 +182,26 @@ async def each_cycle(
         except trio.EndOfChannel:
             return
         await cycle.run_phase(phase(cycle))
+
+
+# Links per cycle span: OpenTelemetry's default limit is 128 links per span.
+MAX_LINKS = 100
+
+
+class BatchLinks:
+    """Span contexts of the ingest requests committed since the last cycle
+    took them; bounded, the oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._links: deque[SpanContext] = deque(maxlen=MAX_LINKS)
+
+    def add(self, links: Iterable[SpanContext]) -> None:
+        self._links.extend(links)
+
+    def take(self) -> list[SpanContext]:
+        out = list(self._links)
+        self._links.clear()
+        return out
 
 
 # What the analyzer's inbox carries: committed observations (a ring batch as

@@ -75,6 +75,7 @@ from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
 from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import span
 
 log = logging.getLogger("knhkd")
 
@@ -262,12 +263,16 @@ class Daemon:
         return self.queries.receipt_head()
 
     async def verify(self) -> ChainVerification:
-        report = await trio.to_thread.run_sync(verify_store, self.store, self.verifier)
-        broken = (
-            len(report.chain_breaks)
-            + len(report.signature_failures)
-            + len(report.retrocausation_violations)
-        )
+        with span("knhk.receipt.verify") as s:
+            report = await trio.to_thread.run_sync(verify_store, self.store, self.verifier)
+            broken = (
+                len(report.chain_breaks)
+                + len(report.signature_failures)
+                + len(report.retrocausation_violations)
+            )
+            s.set_attribute("validation.passed", not broken)
+            if broken:
+                s.set_attribute("validation.failure_reason", f"{broken} finding(s)")
         if broken:
             self.metrics.receipt_chain_breaks.inc(broken)
         return report
@@ -491,6 +496,11 @@ class Daemon:
         """Sign a checkpoint of everything committed now (None when the log is
         empty or nothing was added since the last one)."""
         return await self.actors.checkpointer.issue()
+
+    def count_refused(self, reason: str) -> None:
+        """Count an ingest request refused before the loop saw it
+        (``knhk_ingest_rejected{reason}``: invalid, too_large)."""
+        self.metrics.ingest_rejected.labels(reason).inc()
 
     def count_response(self, status: int) -> None:
         """Count an HTTP answer by class (success, client error, error)."""

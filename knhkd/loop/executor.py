@@ -36,13 +36,21 @@ from knhkd.loop.knowledge_state import (
     state_of,
 )
 from knhkd.loop.planner import proposal_draft, store_proposals_job
-from knhkd.model import CycleReport, Outcome, Proposal, ProposalIn, SignedReceipt, ValidationReport
+from knhkd.model import (
+    CycleReport,
+    Outcome,
+    Proposal,
+    ProposalIn,
+    SignedReceipt,
+    Snapshot,
+    ValidationReport,
+)
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.tracing import span
+from knhkd.telemetry.tracing import AttributeValue, enabled, start_span
 from knhkd.validate.pipeline import Pipeline
 from knhkd.validate.types import ValidationInputs
 
@@ -154,6 +162,46 @@ def cycle_job(
     return job
 
 
+def stage_spans(proposal: Proposal, report: ValidationReport, started_ns: int) -> None:
+    """A ``knhk.guard.validate`` span per stage the pipeline ran (and a
+    ``knhk.guard.enforce`` per invariant and guard it checked), children of the
+    current span. The pipeline is pure and runs on a worker thread, so the
+    spans are drawn afterwards from the stages' own measured durations."""
+    if not enabled():
+        return
+    at = started_ns
+    for stage in report.stages:
+        end = at + int(stage.duration_ms * 1e6)
+        attrs: dict[str, AttributeValue] = {
+            "proposal.id": proposal.id,
+            "validation.stage": stage.stage,
+            "validation.stage_name": stage.name,
+            "validation.passed": stage.passed,
+        }
+        if proposal.sector:
+            attrs["sector"] = proposal.sector
+        if not stage.passed:
+            attrs["validation.failure_reason"] = stage.message[:256]
+        s = start_span("knhk.guard.validate", attrs, start_time=at)
+        if stage.name in ("invariants", "guards"):
+            for sub in stage.sub_verdicts:
+                enforce: dict[str, AttributeValue] = {
+                    "proposal.id": proposal.id,
+                    "validation.passed": sub.verdict != "failed",
+                }
+                if stage.name == "invariants" and sub.id in INVARIANT_IDS:
+                    enforce["invariant.id"] = sub.id
+                if sub.verdict == "failed":
+                    enforce["validation.failure_reason"] = sub.message[:256]
+                e = start_span("knhk.guard.enforce", enforce, parent=s, start_time=at)
+                e.end(end_time=end)
+        s.end(end_time=end)
+        at = end
+
+
+INVARIANT_IDS = frozenset({"Q1", "Q2", "Q3", "Q4", "Q5"})
+
+
 class Executor:
     def __init__(
         self,
@@ -171,6 +219,8 @@ class Executor:
         self._set_knowledge = set_knowledge
         self._pipeline = pipeline
         self._inbox = inbox
+        # The snapshot the latest promotion installed (for the execute span).
+        self.last_promoted: Snapshot | None = None
 
     async def run(self) -> None:
         await each_cycle(self._inbox, self._execute)
@@ -186,18 +236,18 @@ class Executor:
         cfg = self._ctx.config()
         inputs = self._inputs()
         started = time.perf_counter()
-        with span("knhk.mape_k.knowledge", **{"proposal.id": proposal.id}):
-            report = await trio.to_thread.run_sync(
-                lambda: self._pipeline.run(
-                    proposal,
-                    state.graph,
-                    state.shapes,
-                    strict=cfg.validate.strict,
-                    now_ns=time.time_ns(),
-                    perf_counter=time.perf_counter,
-                    inputs=inputs,
-                )
+        started_ns = time.time_ns()
+        report = await trio.to_thread.run_sync(
+            lambda: self._pipeline.run(
+                proposal,
+                state.graph,
+                state.shapes,
+                strict=cfg.validate.strict,
+                now_ns=time.time_ns(),
+                perf_counter=time.perf_counter,
+                inputs=inputs,
             )
+        )
         # What the verdict depended on, so a past validation can be replayed.
         digests = {
             "doctrines_digest": inputs.doctrines.digest,
@@ -205,6 +255,7 @@ class Executor:
             "shapes_digest": state.shapes.digest,
             "config_digest": cfg.digest(),
         }
+        stage_spans(proposal, report, started_ns)
         self._ctx.metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
         self._ctx.metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
         return report, digests
@@ -265,31 +316,31 @@ class Executor:
 
     async def promote(self, proposal: Proposal, *, principal: str = "") -> tuple[bool, str]:
         state = self._ctx.knowledge()
-        with span("knhk.mape_k.execute", **{"proposal.id": proposal.id}):
-            try:
-                # Canonicalising a graph can take long (blank nodes): off the loop.
-                record = await trio.to_thread.run_sync(
-                    lambda: promote(
-                        state.current,
-                        proposal,
-                        apply_delta(state.graph, proposal.delta),
-                        time.time_ns(),
-                    )
+        try:
+            # Canonicalising a graph can take long (blank nodes): off the loop.
+            record = await trio.to_thread.run_sync(
+                lambda: promote(
+                    state.current,
+                    proposal,
+                    apply_delta(state.graph, proposal.delta),
+                    time.time_ns(),
                 )
-                signed = await self._ctx.writer.submit(
-                    install_job(
-                        self._ctx.store,
-                        self._ctx.receipts,
-                        record,
-                        expect_current=state.current.snapshot_id,
-                        principal=principal,
-                    )
+            )
+            signed = await self._ctx.writer.submit(
+                install_job(
+                    self._ctx.store,
+                    self._ctx.receipts,
+                    record,
+                    expect_current=state.current.snapshot_id,
+                    principal=principal,
                 )
-            except (KnowledgeError, SnapshotConflict) as exc:
-                refused = await self._ctx.writer.submit(
-                    refusal_job(self._ctx.receipts, proposal, str(exc), principal)
-                )
-                return False, canonical.receipt_id(refused.body.seq)
+            )
+        except (KnowledgeError, SnapshotConflict) as exc:
+            refused = await self._ctx.writer.submit(
+                refusal_job(self._ctx.receipts, proposal, str(exc), principal)
+            )
+            return False, canonical.receipt_id(refused.body.seq)
+        self.last_promoted = record.meta
         fresh = state_of(record, state.shapes)
         self._set_knowledge(fresh)
         # The new snapshot's SHACL baselines, off the next proposal's path.
@@ -305,22 +356,40 @@ class Executor:
         if self._before_cycle is not None:
             await self._before_cycle()
         budget = self._ctx.config().loop.max_promotions_per_cycle
-        for planned in cycle.proposals:
-            if cycle.snapshots_promoted >= budget:
-                break
-            proposal: Proposal | None = planned
-            if planned.parent_snapshot_id != self._ctx.knowledge().current.snapshot_id:
-                proposal = await self._rebase(planned, cycle)
-            if proposal is not None:
-                await self.judge(proposal, cycle)
-        report = await self._ctx.writer.submit(
-            cycle_job(
-                self._ctx.store,
-                self._ctx.receipts,
-                cycle.build_report(outcome="completed", detail=""),
-                cycle.principal,
+        with cycle.phase("execute") as phase_span:
+            for planned in cycle.proposals:
+                if cycle.snapshots_promoted >= budget:
+                    break
+                proposal: Proposal | None = planned
+                if planned.parent_snapshot_id != self._ctx.knowledge().current.snapshot_id:
+                    proposal = await self._rebase(planned, cycle)
+                if proposal is not None:
+                    verdict, promoted = await self.judge(proposal, cycle)
+                    # The last proposal executed, and the snapshot it made.
+                    phase_span.set_attributes(
+                        {"proposal.id": proposal.id, "validation.passed": verdict.passed}
+                    )
+                    if promoted and self.last_promoted is not None:
+                        meta = self.last_promoted
+                        made: dict[str, AttributeValue] = {
+                            "snapshot.id": meta.snapshot_id,
+                            "snapshot.version": meta.version,
+                        }
+                        if meta.parent_id:
+                            made["snapshot.parent_id"] = meta.parent_id
+                        phase_span.set_attributes(made)
+        current = self._ctx.knowledge().current
+        with cycle.phase(
+            "knowledge", {"snapshot.id": current.snapshot_id, "snapshot.version": current.version}
+        ):
+            report = await self._ctx.writer.submit(
+                cycle_job(
+                    self._ctx.store,
+                    self._ctx.receipts,
+                    cycle.build_report(outcome="completed", detail=""),
+                    cycle.principal,
+                )
             )
-        )
         self._ctx.metrics.cycles.labels("completed").inc()
         self._ctx.metrics.cycle_duration_ms.observe(report.duration_ms)
         self._ctx.metrics.receipts_appended.labels("cycle_completed").inc()

@@ -46,16 +46,19 @@ from typing import Any
 import lmdb
 import msgspec
 import trio
+from opentelemetry.trace import SpanContext
 
 from knhkd.errors import Invalid, KnhkdError, Unavailable
 from knhkd.hotpath.codec import RingBatch
 from knhkd.loop.batching import receive_batch
+from knhkd.loop.cycle import BatchLinks
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.ids import observation_ids, seq_key
 from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.tracing import current_context
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,9 @@ class _Request:
     ids: list[str] = field(default_factory=list)
     error: Exception | None = None
     extra_meta: Mapping[bytes, bytes] | None = None
+    # The submitter's span (the HTTP request's), for the commit and the
+    # next cycle to link to; None when tracing is off.
+    link: SpanContext | None = field(default_factory=current_context)
 
 
 _obs_encoder = msgspec.msgpack.Encoder()
@@ -263,7 +269,9 @@ class Ingest:
         max_items_per_commit: int = 8192,
         shapes_digest: Callable[[str], str | None] = lambda sector: None,
         evidence_sample: Callable[[], int] = lambda: 16,
+        batch_links: BatchLinks | None = None,
     ) -> None:
+        self._batch_links = BatchLinks() if batch_links is None else batch_links
         self._evidence_sample = evidence_sample
         self._shapes_digest = shapes_digest
         self._store = store
@@ -366,6 +374,7 @@ class Ingest:
         try:
             # Ingest batches by itself: straight to the writer's transaction,
             # one scheduling round fewer per commit than the writer's queue.
+            links = [req.link for req in batch if req.link is not None]
             parts, counts = await self._writer.commit_now(
                 commit_job(
                     self._store,
@@ -375,7 +384,9 @@ class Ingest:
                     extra_meta,
                     self._shapes_digest,
                     self._evidence_sample(),
-                )
+                ),
+                records=sum(len(req.items) for req in batch),
+                links=links,
             )
         except WriterClosed as exc:
             self._fail(batch, exc)
@@ -403,6 +414,7 @@ class Ingest:
                 ", ".join(f"{sector} {n}" for sector, n in sorted(counts.items())) or "nothing",
             )
         self._metrics.receipts_appended.labels("observation_batch_committed").inc(len(counts))
+        self._batch_links.add(links)
         # Stopping: the observations are durable and the analyzer rebuilds its
         # windows from the store when it starts again.
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):

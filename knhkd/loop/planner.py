@@ -29,7 +29,6 @@ from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
-from knhkd.telemetry.tracing import span
 
 
 def proposal_draft(
@@ -136,20 +135,27 @@ class Planner:
 
     async def _plan(self, cycle: Cycle) -> None:
         state = self._ctx.knowledge()
-        with span("knhk.mape_k.plan", **{"knhk.mape_k.cycle_id": cycle.id}):
+        with cycle.phase("plan") as phase_span:
             now = time.time_ns()
             drafts = [
                 make_proposal(p, state.current.snapshot_id, now)
                 for p in plan(cycle.patterns, state.graph)
             ]
-        if drafts:
-            stored = await self._ctx.writer.submit(
-                store_proposals_job(
-                    self._ctx.store, self._ctx.receipts, [(p, proposal_draft(p)) for p in drafts]
+            if drafts:
+                stored = await self._ctx.writer.submit(
+                    store_proposals_job(
+                        self._ctx.store,
+                        self._ctx.receipts,
+                        [(p, proposal_draft(p)) for p in drafts],
+                    )
                 )
-            )
-            cycle.proposals = [p for p, _ in stored]
-            cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
-            self._ctx.metrics.proposals_generated.inc(len(stored))
-            self._ctx.metrics.receipts_appended.labels("proposal_generated").inc(len(stored))
+                cycle.proposals = [p for p, _ in stored]
+                cycle.receipt_ids.extend(canonical.receipt_id(r.body.seq) for _, r in stored)
+                self._ctx.metrics.proposals_generated.inc(len(stored))
+                self._ctx.metrics.receipts_appended.labels("proposal_generated").inc(len(stored))
+            if cycle.proposals:
+                top = max(cycle.proposals, key=lambda p: p.confidence)
+                phase_span.set_attributes(
+                    {"proposal.id": top.id, "proposal.confidence": top.confidence}
+                )
         await self._to_executor.send(cycle)

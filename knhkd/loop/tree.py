@@ -79,7 +79,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
     figures = Figures()
     sup = Supervisor(cfg.supervisor, metrics, random.Random())
     opened = open_data_dir(cfg, metrics, settings)
-    setup_tracing(cfg.telemetry)
+    setup_tracing(cfg.telemetry, on_drop=metrics.trace_spans_dropped.inc)
     writer = opened.writer
     deadline_scope = trio.CancelScope()
     clean = True

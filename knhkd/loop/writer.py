@@ -37,16 +37,18 @@ Must never: resolve a waiter before the commit that holds its job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import trio
+from opentelemetry.trace import SpanContext
 
 from knhkd.errors import StorageFull, Unavailable
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.write_gate import WriteGate
 from knhkd.store.env import DISK_FULL_BELOW, Store, StoreFull, free_bytes
 from knhkd.store.writer import Job, JobResult, probe, run_transaction
+from knhkd.telemetry import tracing
 from knhkd.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -80,10 +82,13 @@ class WriterClosed(Unavailable):
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("done", "error", "job", "result")
+    __slots__ = ("done", "error", "job", "link", "result")
 
     def __init__(self, job: Job[T]) -> None:
-        self.job = job
+        # The job runs in its submitter's trace (its receipt spans are the
+        # submitter's children); the commit span links back to the submitter.
+        self.job = tracing.bind_current(job)
+        self.link = tracing.current_context()
         self.done = trio.Event()
         self.result: Any = None
         self.error: Exception | None = None
@@ -133,7 +138,9 @@ class StoreWriter:
             raise pending.error
         return pending.result  # type: ignore[no-any-return]
 
-    async def commit_now(self, job: Job[T]) -> T:
+    async def commit_now(
+        self, job: Job[T], *, records: int = 1, links: Sequence[SpanContext] = ()
+    ) -> T:
         """Run ``job`` in a transaction of its own from the calling task, under
         the same one-writer token as the actor, without the actor's hop: the
         ingest hot path, which batches for itself. Raises ``CommitFailed`` when
@@ -141,6 +148,10 @@ class StoreWriter:
         if self._closed:
             raise WriterClosed("the store is closing")
         self.gate.check()
+        with tracing.linked_span("knhk.store.commit", {"knhk.store.records": records}, links):
+            return await self._commit_now(tracing.bind_current(job))
+
+    async def _commit_now(self, job: Job[T]) -> T:
         limit = self._inline_max_s()
         try:
             if limit > 0 and (self._inline_ok or self._probe_in <= 0):
@@ -235,6 +246,11 @@ class StoreWriter:
             self._recheck.set()
 
     async def _commit(self, batch: list[_Pending[Any]]) -> None:
+        links = [p.link for p in batch if p.link is not None]
+        with tracing.linked_span("knhk.store.commit", {"knhk.store.records": len(batch)}, links):
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending[Any]]) -> None:
         jobs = [p.job for p in batch]
         try:
             results: list[JobResult] = await trio.to_thread.run_sync(

@@ -37,6 +37,7 @@ from knhkd.receipts import canonical, merkle
 from knhkd.receipts.tree import MerkleTree
 from knhkd.receipts.verify import verify_chain
 from knhkd.store.env import Store
+from knhkd.telemetry.tracing import start_span
 
 
 class ReceiptLogError(Exception):
@@ -107,6 +108,23 @@ class ReceiptLog:
         so all bodies are built first and then signed together on all cores."""
         if not drafts:
             return []
+        # One span per receipt, children of the submitter's span (the writer
+        # runs a job in its submitter's trace context: loop/writer.py).
+        spans = [
+            start_span(
+                "knhk.receipt.generate",
+                {"kind": d.kind, "outcome": d.outcome.status}
+                | ({"sector": d.sector} if d.sector else {}),
+            )
+            for d in drafts
+        ]
+        try:
+            return self._append_many(txn, drafts)
+        finally:
+            for s in spans:
+                s.end()
+
+    def _append_many(self, txn: lmdb.Transaction, drafts: Sequence[Draft]) -> list[SignedReceipt]:
         head = self.head(txn)
         signer = self.signer(txn)
         seq, prev, ts = head.next_seq, head.hash, head.timestamp_ns

@@ -120,6 +120,12 @@ class Metrics:
         self.actor_restarts = Counter(
             "knhk_actor_restarts", "Actor restarts by the supervisor.", ["actor"], registry=r
         )
+        self.trace_spans_dropped = Counter(
+            "knhk_trace_spans_dropped",
+            "Finished spans dropped because the export queue was full "
+            "(the collector is down, slow or never answers).",
+            registry=r,
+        )
         self.records_unreadable = Counter(
             "knhk_store_records_unreadable",
             "Stored records an actor could not decode and skipped, by table.",

@@ -27,6 +27,9 @@ ALLOWED = {
     # Client-certificate subjects, their principals, handshake failure
     # reasons (api/server.py, api/authn.py): pure functions of a certificate.
     "knhkd.auth.tls",
+    # The request span (W3C trace context in, one server span per request)
+    # wraps every route, so it belongs to the edge that sees the headers.
+    "knhkd.telemetry.tracing",
 }
 
 

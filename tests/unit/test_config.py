@@ -109,3 +109,41 @@ def test_bad_toml_is_one_clear_error(tmp_path: Path) -> None:
     f.write_text("[http\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(f, env={})
+
+
+def test_otel_variables_override_the_file_and_knhkd_flags_override_them() -> None:
+    raw = {"telemetry": {"traces": "console", "service_name": "from-file",
+                         "resource_attributes": {"site": "edge-1"}}}  # fmt: skip
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+        "OTEL_SERVICE_NAME": "from-env",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=ops%20a",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=secret",
+    }
+    t = build(raw, env=env).telemetry
+    assert t.traces == "otlp" and t.service_name == "from-env"
+    assert t.otlp_endpoint == "http://collector:4318/v1/traces"
+    assert t.resource_attributes == {"site": "edge-1", "deployment.environment": "prod",
+                                     "team": "ops a"}  # fmt: skip
+    assert t.otlp_headers == {"x-api-key": "secret"}
+    # The signal-specific endpoint wins over the generic one, used as is.
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "https://c.example:4318/custom"
+    assert build(raw, env=env).telemetry.otlp_endpoint == "https://c.example:4318/custom"
+    # Flags (and KNHKD_*) come last.
+    flags = {("telemetry", "traces"): "none"}
+    assert build(raw, env=env, overrides=flags).telemetry.traces == "none"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "no-equals-sign"}, "OTEL_RESOURCE_ATTRIBUTES"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "telemetry.otlp_endpoint"),
+    ],
+)
+def test_bad_otel_variables_are_named(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build({}, env=env)
+    assert info.value.key == key

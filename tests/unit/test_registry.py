@@ -10,6 +10,9 @@ Guarantees checked:
   set, with the same instrument and the same labels: adding a metric to
   ``knhkd/telemetry/metrics.py`` without declaring it fails here;
 - closed label sets (sector, receipt kind, pattern type) equal the model's.
+
+What the running daemon really emits (spans over OTLP, /metrics) is checked
+against the registry by tests/integration/test_traces.py (the live check).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ REQUIRED_SPANS = {
     *(f"knhk.mape_k.{p}" for p in ("monitor", "analyze", "plan", "execute", "knowledge", "cycle")),
     "knhk.receipt.generate", "knhk.receipt.verify",
     "knhk.guard.validate", "knhk.guard.enforce",
-    "knhk.store.commit",
+    "knhk.store.commit", "knhk.http.request",
 }  # fmt: skip
 
 

@@ -79,3 +79,30 @@ def test_tracer_is_usable_when_off() -> None:
     tracing.setup_tracing(TelemetryConfig())
     with tracing.tracer().start_as_current_span("x") as s:
         assert not s.is_recording()
+
+
+def test_a_full_queue_drops_and_counts_without_waiting() -> None:
+    """An exporter that never returns (a hung collector): the bound admits
+    ``queue_size`` spans (queued or being exported), drops every further one at
+    once and counts it."""
+    import threading
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    release = threading.Event()
+
+    class Hung(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    dropped: list[int] = []
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(tracing._Bounded(Hung(), 4, dropped.append))
+    t = provider.get_tracer("test")
+    for _ in range(20):
+        t.start_span("knhk.store.commit").end()
+    assert sum(dropped) == 16
+    release.set()
+    provider.shutdown()

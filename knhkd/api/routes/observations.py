@@ -17,6 +17,7 @@ from quart import Blueprint, Response, request
 from knhkd.api.phi import check_phi_read
 from knhkd.api.routes.base import body, current_principal, daemon, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
+from knhkd.errors import Invalid, Malformed, PayloadTooLarge
 from knhkd.model import IngestAccepted, IngestBatchAccepted, Observation, ObservationIn
 from knhkd.monitor.decode import NDJSON_TYPES, decode_body
 
@@ -48,12 +49,16 @@ bp = Blueprint("observations", __name__)
 async def ingest() -> Response:
     d = daemon()
     d.check_accepting()
-    decoded = decode_body(
-        await body(),
-        request.mimetype,
-        max_items=d.cfg.http.max_batch_items,
-        limits=d.cfg.limits,
-    )
+    try:
+        decoded = decode_body(
+            await body(),
+            request.mimetype,
+            max_items=d.cfg.http.max_batch_items,
+            limits=d.cfg.limits,
+        )
+    except (Invalid, Malformed, PayloadTooLarge) as exc:
+        d.count_refused("too_large" if isinstance(exc, PayloadTooLarge) else "invalid")
+        raise
     ids = await d.ingest(decoded)
     if decoded.single:
         return json(IngestAccepted(id=ids[0]), 201)
