@@ -22,6 +22,7 @@ Guarantees checked:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,10 +87,17 @@ def _scenario(d: RunningDaemon) -> str:
         report = c.post("/api/v1/mape-k/execute", headers=_tp(CYCLE_TRACE, CYCLE_PARENT)).json()
         assert report["outcome"] == "completed" and report["snapshots_promoted"] == 1, report
         assert c.get("/api/v1/receipts", params={"limit": 5}).status_code == 200
-        metrics = c.get("/metrics")
-        assert metrics.status_code == 200
     res = d.ctl("receipts", "verify-chain", "--format", "json")
     assert res.returncode == 0, res.stderr
+    # Audit records are counted once committed, in batches every 250 ms
+    # (loop/auditor.py): scrape once the requests above have been.
+    with d.client() as c:
+        for _ in range(100):
+            metrics = c.get("/metrics")
+            assert metrics.status_code == 200
+            if "knhk_audit_records_total{" in metrics.text:
+                break
+            time.sleep(0.05)
     return metrics.text
 
 
