@@ -158,8 +158,8 @@ class Analyzer:
         with span("knhk.mape_k.analyze", **{"knhk.mape_k.cycle_id": cycle.id}):
             detectors.set_schema(self._ctx.knowledge().schema)
             patterns = detectors.evaluate(time.time_ns())
-        self._ctx.metrics.pattern_detection_duration_ms.observe(
-            (time.perf_counter() - started) * 1e3
+        self._ctx.metrics.pattern_detection_duration_seconds.observe(
+            time.perf_counter() - started
         )
         if patterns:
             signed = await self._ctx.writer.submit(

@@ -323,7 +323,7 @@ class Ingest:
         committed = await self._commit_isolating(batch)
         if committed:
             self._metrics.store_commit_batch_size.observe(committed)
-            self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
+            self._metrics.ingest_latency_seconds.observe(time.perf_counter() - started)
 
     async def _commit_isolating(self, batch: list[_Request]) -> int:
         """Commit ``batch``; if a job error (one of its items') fails it, commit
