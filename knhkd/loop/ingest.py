@@ -292,12 +292,12 @@ class Ingest:
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise Closed("knhkd is shutting down") from None
         if scope.cancelled_caught:
-            self._metrics.ingest_rejected.labels("overloaded").inc()
+            self._metrics.rejected_overloaded.inc()
             raise Overloaded("the ingest queue is full")
         with trio.move_on_after(commit_timeout) as scope:
             await request.done.wait()
         if scope.cancelled_caught:
-            self._metrics.ingest_rejected.labels("commit_timeout").inc()
+            self._metrics.rejected_commit_timeout.inc()
             raise Overloaded("the commit did not complete in time; it may still commit")
         if request.error is not None:
             raise request.error

@@ -226,6 +226,9 @@ class Metrics:
         # Bind the per-sector children once; sectors are a closed set.
         self.ingested_by_sector = {s: self.observations_ingested.labels(s) for s in SECTORS}
         self.shacl_failures_by_sector = {s: self.ingest_shacl_failures.labels(s) for s in SECTORS}
+        # Overload refusals exist at 0 from the start, for KNHKIngestOverloaded.
+        self.rejected_overloaded = self.ingest_rejected.labels("overloaded")
+        self.rejected_commit_timeout = self.ingest_rejected.labels("commit_timeout")
         self.requests_success = self.requests.labels("success")
         self.requests_client_error = self.requests.labels("client_error")
         self.requests_error = self.requests.labels("error")
