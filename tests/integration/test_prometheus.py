@@ -4,7 +4,7 @@ the process and platform collectors and ``knhk_build_info`` present, and
 every metric the shipped alert rules name exposed by the running daemon.
 
 promtool comes from Debian's ``prometheus`` package (.ci/run installs it);
-where it is absent the promtool test is SKIPPED with that reason.
+where it is absent the test is SKIPPED with that reason after its other checks.
 """
 
 from __future__ import annotations
@@ -17,46 +17,12 @@ import pytest
 
 from knhkd import __version__
 from tests.integration.conftest import RunningDaemon
+from tests.integration.test_loop_end_to_end import TRUCK
 from tests.unit.test_prometheus_conf import _alerts, metric_names
 
 pytestmark = pytest.mark.integration
 
 PROMTOOL = shutil.which("promtool")
-TRUCK = {
-    "event_type": "truck.depart",
-    "value": {"dock": 4},
-    "sector": "logistics",
-    "metadata": {"shipment_id": "SHP-1001"},
-}
-
-
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """/metrics of a daemon that ingested, ran a promoting cycle, verified its
-    chain and answered a 4xx; one daemon for the module (start-up is the cost)."""
-    from tests.integration.conftest import free_port, write_config
-    from tests.integration.issuer import Issuer
-
-    tmp = tmp_path_factory.mktemp("prom")
-    issuer = Issuer()
-    jwks = issuer.write_jwks(tmp / "jwks.json")
-    d = RunningDaemon(
-        data_dir=tmp / "data",
-        port=free_port(),
-        config=write_config(tmp / "knhkd.toml", issuer.config(jwks_file=jwks)),
-        issuer=issuer,
-    )
-    d.start()
-    try:
-        with d.client() as c:
-            assert c.post("/api/v1/observations", json=[TRUCK] * 120).status_code == 201
-            assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
-            assert c.get("/api/v1/observations/no-such-id").status_code == 404
-        assert d.ctl("receipts", "verify-chain").returncode == 0
-        with d.client() as c:
-            return str(c.get("/metrics").text)
-    finally:
-        d.stop()
 
 
 def _families(text: str) -> dict[str, str]:
@@ -69,12 +35,9 @@ def _value(text: str, series: str) -> float:
     return float(m.group(1))
 
 
-@pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool not installed (Debian package `prometheus`; .ci/run installs it)",
-)
-def test_promtool_finds_nothing(scraped: str) -> None:
-    assert PROMTOOL is not None
+def _promtool_finds_nothing(scraped: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
     done = subprocess.run(
         [PROMTOOL, "check", "metrics"],
         input=scraped, capture_output=True, text=True, timeout=60, check=False,
@@ -82,7 +45,7 @@ def test_promtool_finds_nothing(scraped: str) -> None:
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-def test_collectors_and_build_info(scraped: str) -> None:
+def _collectors_and_build_info(scraped: str) -> None:
     families = _families(scraped)
     for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
                  "process_start_time_seconds", "python_info"):  # fmt: skip
@@ -93,7 +56,7 @@ def test_collectors_and_build_info(scraped: str) -> None:
     assert labels["version"] == __version__ and set(labels) == {"version", "python", "commit"}
 
 
-def test_durations_are_seconds(scraped: str) -> None:
+def _durations_are_seconds(scraped: str) -> None:
     assert not [n for n in _families(scraped) if n.endswith("_ms")]
     # One cycle ran: its duration was observed once, in seconds (the bucket
     # bounds are seconds, so a value in milliseconds would sit past 5 s).
@@ -102,7 +65,7 @@ def test_durations_are_seconds(scraped: str) -> None:
     assert _value(scraped, "knhk_observation_ingest_latency_seconds_count") >= 1.0
 
 
-def test_alerts_name_exposed_metrics(scraped: str) -> None:
+def _alerts_name_exposed_metrics(scraped: str) -> None:
     exposed = set(re.findall(r"^([a-zA-Z_:][\w:]*)[{ ]", scraped, re.M))
     named = {
         n: alert for alert, expr in _alerts().items() for n in metric_names(expr) if n != "up"
@@ -112,3 +75,19 @@ def test_alerts_name_exposed_metrics(scraped: str) -> None:
     assert _value(scraped, 'knhk_storage_writes_refused{cause="storage"}') == 0.0
     assert _value(scraped, 'knhk_storage_writes_refused{cause="integrity"}') == 0.0
     assert _value(scraped, "knhk_integrity_findings") == 0.0
+
+
+def test_metrics_after_traffic(daemon: RunningDaemon) -> None:
+    """After ingest, a promoting cycle, a chain verification and a 4xx; the
+    promtool check last, so a missing promtool skips only that."""
+    with daemon.client() as c:
+        assert c.post("/api/v1/observations", json=[TRUCK] * 120).status_code == 201
+        assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
+        assert c.get("/api/v1/observations/no-such-id").status_code == 404
+    assert daemon.ctl("receipts", "verify-chain").returncode == 0
+    with daemon.client() as c:
+        scraped = c.get("/metrics").text
+    _collectors_and_build_info(scraped)
+    _durations_are_seconds(scraped)
+    _alerts_name_exposed_metrics(scraped)
+    _promtool_finds_nothing(scraped)
