@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
+from typing import Any
 
 import pytest
 
@@ -77,15 +79,33 @@ def _alerts_name_exposed_metrics(scraped: str) -> None:
     assert _value(scraped, "knhk_integrity_findings") == 0.0
 
 
-def test_metrics_after_traffic(daemon: RunningDaemon) -> None:
+def _checkpoint_lag(d: RunningDaemon) -> float:
+    with d.client() as c:
+        return _value(c.get("/metrics").text, "knhk_checkpoint_lag_seconds")
+
+
+def test_metrics_after_traffic(make_daemon: Any) -> None:
     """After ingest, a promoting cycle, a chain verification and a 4xx; the
-    promtool check last, so a missing promtool skips only that."""
-    with daemon.client() as c:
+    promtool check last, so a missing promtool skips only that. No timed
+    checkpoint is due in the test, and no timed cycle appends a receipt (the
+    conftest's loop.interval_s is an hour), so the receipts wait for the
+    checkpoint the test asks for."""
+    d: RunningDaemon = make_daemon(
+        "[receipts]\ncheckpoint_every = 100000\ncheckpoint_interval_s = 3600.0\n", auth=True
+    )
+    with d.client() as c:
         assert c.post("/api/v1/observations", json=[TRUCK] * 120).status_code == 201
         assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
         assert c.get("/api/v1/observations/no-such-id").status_code == 404
-    assert daemon.ctl("receipts", "verify-chain").returncode == 0
-    with daemon.client() as c:
+    # The checkpointer polls every 0.25 s: within 30 s it has seen the receipts.
+    deadline = time.monotonic() + 30.0
+    while _checkpoint_lag(d) == 0.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _checkpoint_lag(d) > 0.0
+    assert d.ctl("checkpoint", "--issue").returncode == 0
+    assert _checkpoint_lag(d) == 0.0
+    assert d.ctl("receipts", "verify-chain").returncode == 0
+    with d.client() as c:
         scraped = c.get("/metrics").text
     _collectors_and_build_info(scraped)
     _durations_are_seconds(scraped)
