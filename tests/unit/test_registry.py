@@ -28,7 +28,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from knhkd import model
-from knhkd.telemetry.metrics import Metrics
+from knhkd.loop import integrity, writer
+from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 
 REGISTRY = Path(__file__).resolve().parents[2] / "registry"
 MANIFEST = "registry_manifest.yaml"
@@ -302,6 +303,8 @@ def _enum_values(attributes: dict[str, dict[str, Any]], aid: str) -> set[str]:
         ("status", {"success", "client_error", "error"}),
         ("knhk.mape_k.phase", {"monitor", "analyze", "plan", "execute", "knowledge"}),
         ("invariant.id", {"Q1", "Q2", "Q3", "Q4", "Q5"}),
+        # The write gate's causes (their series exist at 0 from the start).
+        ("cause", {writer.GATE_KEY, integrity.GATE_KEY, *WRITE_REFUSAL_CAUSES}),
     ],
 )
 def test_closed_label_sets_match_the_model(
