@@ -165,8 +165,8 @@ class Analyzer:
             started = time.perf_counter()
             detectors.set_schema(self._ctx.knowledge().schema)
             patterns = detectors.evaluate(time.time_ns())
-            self._ctx.metrics.pattern_detection_duration_ms.observe(
-                (time.perf_counter() - started) * 1e3
+            self._ctx.metrics.pattern_detection_duration_seconds.observe(
+                time.perf_counter() - started
             )
             if patterns:
                 top = max(patterns, key=lambda p: p.confidence)

@@ -20,6 +20,7 @@ before the checkpoint it holds is committed.
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -42,6 +43,11 @@ class Checkpointer:
         self._ctx = ctx
         self.signed_size = 0
         self._uncovered_since: float | None = None
+        # The same instant on the process's monotonic clock, for the lag gauge,
+        # which is read at scrape time outside trio (and so keeps growing
+        # while this actor is stuck or the store refuses the checkpoint).
+        self._uncovered_since_mono: float | None = None
+        ctx.metrics.checkpoint_lag.set_function(self.lag_s)
         self._anchored_size = -1
         self._anchor_lock = trio.Lock()
 
@@ -56,7 +62,14 @@ class Checkpointer:
             await self.write_anchor(cp)
             log.debug("checkpoint signed at tree size %d", cp.size)
         self._uncovered_since = None
+        self._uncovered_since_mono = None
         return cp
+
+    def lag_s(self) -> float:
+        """Seconds since receipts not covered by a signed checkpoint were
+        first seen (0 when none are)."""
+        since = self._uncovered_since_mono
+        return 0.0 if since is None else time.monotonic() - since
 
     async def issue_at_stop(self) -> Checkpoint | None:
         """The last checkpoint of a clean stop; None when the store refuses it."""
@@ -96,6 +109,7 @@ class Checkpointer:
             now = trio.current_time()
             if self._uncovered_since is None:
                 self._uncovered_since = now
+                self._uncovered_since_mono = time.monotonic()
             due = (
                 size - self.signed_size >= cfg.checkpoint_every
                 or now - self._uncovered_since >= cfg.checkpoint_interval_s

@@ -74,7 +74,7 @@ from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
 from knhkd.telemetry import logs
-from knhkd.telemetry.metrics import Metrics
+from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 from knhkd.telemetry.tracing import span
 
 log = logging.getLogger("knhkd")
@@ -531,6 +531,8 @@ class Daemon:
         writes = "; ".join(f"{k}: {v}" for k, v in refused.items()) or "healthy"
         degraded = storage != "healthy" or bool(refused) or self.supervisor.degraded()
         self.metrics.health_status.set(0 if degraded else 1)
+        for cause in {*WRITE_REFUSAL_CAUSES, *refused}:
+            self.metrics.storage_writes_refused.labels(cause).set(1 if cause in refused else 0)
         return Health(
             status="degraded" if degraded else "healthy",
             timestamp=_utcnow(),

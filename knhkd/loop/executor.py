@@ -256,7 +256,7 @@ class Executor:
             "config_digest": cfg.digest(),
         }
         stage_spans(proposal, report, started_ns)
-        self._ctx.metrics.validation_duration_ms.observe((time.perf_counter() - started) * 1e3)
+        self._ctx.metrics.validation_duration_seconds.observe(time.perf_counter() - started)
         self._ctx.metrics.proposals_validated.labels("passed" if report.passed else "failed").inc()
         return report, digests
 
@@ -391,6 +391,6 @@ class Executor:
                 )
             )
         self._ctx.metrics.cycles.labels("completed").inc()
-        self._ctx.metrics.cycle_duration_ms.observe(report.duration_ms)
+        self._ctx.metrics.cycle_duration_seconds.observe(report.duration_ms / 1000.0)
         self._ctx.metrics.receipts_appended.labels("cycle_completed").inc()
         cycle.finish(report)

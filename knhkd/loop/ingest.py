@@ -300,12 +300,12 @@ class Ingest:
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise Closed("knhkd is shutting down") from None
         if scope.cancelled_caught:
-            self._metrics.ingest_rejected.labels("overloaded").inc()
+            self._metrics.rejected_overloaded.inc()
             raise Overloaded("the ingest queue is full")
         with trio.move_on_after(commit_timeout) as scope:
             await request.done.wait()
         if scope.cancelled_caught:
-            self._metrics.ingest_rejected.labels("commit_timeout").inc()
+            self._metrics.rejected_commit_timeout.inc()
             raise Overloaded("the commit did not complete in time; it may still commit")
         if request.error is not None:
             raise request.error
@@ -331,7 +331,7 @@ class Ingest:
         committed = await self._commit_isolating(batch)
         if committed:
             self._metrics.store_commit_batch_size.observe(committed)
-            self._metrics.ingest_latency_ms.observe((time.perf_counter() - started) * 1000.0)
+            self._metrics.ingest_latency_seconds.observe(time.perf_counter() - started)
 
     async def _commit_isolating(self, batch: list[_Request]) -> int:
         """Commit ``batch``; if a job error (one of its items') fails it, commit

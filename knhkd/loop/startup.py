@@ -185,6 +185,7 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
     gate = WriteGate()
     # Before the first write: findings freeze the store and close the gate.
     findings = startup_check(store, cfg.data_dir, trusted, gate)
+    metrics.integrity_findings.set(len(findings))
     writer = StoreWriter(
         store,
         metrics,

@@ -57,6 +57,9 @@ class Supervisor:
     async def supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         recent: deque[float] = deque()
         status = self.status[name] = ActorStatus(state="starting", restarts=0)
+        # Bound now, so the series exists at 0 before the first restart: an
+        # alert on increase() sees that first one.
+        restarts = self._metrics.actor_restarts.labels(name)
         while True:
             status.state = "running"
             try:
@@ -68,7 +71,7 @@ class Supervisor:
                     recent.popleft()
                 status.restarts += 1
                 status.last_error = f"{type(exc).__name__}: {exc}"
-                self._metrics.actor_restarts.labels(name).inc()
+                restarts.inc()
                 if len(recent) > self._cfg.max_restarts:
                     status.state = "failed"
                     log.critical("actor %s exceeded its restart budget: %r", name, exc)

@@ -5,7 +5,13 @@ Guarantees:
   state, so tests and benches can run several in one process).
 - Every name here is declared in ``registry/`` (checked by
   tests/unit/test_registry.py); dotted OpenTelemetry names map to Prometheus
-  names by replacing dots with underscores (counters gain ``_total``).
+  names by replacing dots with underscores, then ``_seconds`` for unit ``s``
+  (counters gain ``_total``): ``promtool check metrics`` finds nothing to say
+  about the exposition (tests/integration/test_prometheus.py). Durations are
+  observed in seconds, in base units, never milliseconds.
+- The registry also holds the process and platform collectors of
+  ``prometheus_client`` (``process_*``, ``python_info``) and
+  ``knhk_build_info``, so one scrape tells which build runs and what it costs.
 - Hot paths use children bound once (``.labels`` per call costs ~1 µs,
   PLATFORM_NOTES).
 
@@ -14,25 +20,55 @@ Must never: export a label whose values are unbounded (ids, free text).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from knhkd.model import SECTORS
 
-_MS_BUCKETS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+# Seconds: 0.5 ms to 5 s, the spread of one cycle, validation or ingest commit.
+_SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# The causes loop/write_gate.py knows (loop/writer.py, loop/integrity.py):
+# their series exist at 0 from the start, so an alert sees them before a cause
+# first closes the gate.
+WRITE_REFUSAL_CAUSES = ("storage", "integrity")
 _TICK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, version: str = "", commit: str = "") -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU, memory, fds, start time) and python_info, in our
+        # registry: the library's defaults register in its global one only.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "knhk_build_info",
+            "Always 1; the labels name the running build.",
+            ["version", "python", "commit"],
+            registry=r,
+        )
+        self.build_info.labels(
+            version or "unknown", platform.python_version(), commit or "unknown"
+        ).set(1)
         self.observations_ingested = Counter(
             "knhk_observations_ingested", "Observations durably committed.", ["sector"], registry=r
         )
-        self.ingest_latency_ms = Histogram(
-            "knhk_observation_ingest_latency_ms",
+        self.ingest_latency_seconds = Histogram(
+            "knhk_observation_ingest_latency_seconds",
             "From request decoded to durable commit, per observation batch.",
-            buckets=_MS_BUCKETS,
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.ingest_rejected = Counter(
@@ -56,10 +92,10 @@ class Metrics:
             ["pattern_type"],
             registry=r,
         )
-        self.pattern_detection_duration_ms = Histogram(
-            "knhk_pattern_detection_duration_ms",
+        self.pattern_detection_duration_seconds = Histogram(
+            "knhk_pattern_detection_duration_seconds",
             "Time to evaluate all detectors in one cycle.",
-            buckets=_MS_BUCKETS,
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.proposals_generated = Counter(
@@ -68,10 +104,10 @@ class Metrics:
         self.proposals_validated = Counter(
             "knhk_proposals_validated", "Proposals validated, by outcome.", ["outcome"], registry=r
         )
-        self.validation_duration_ms = Histogram(
-            "knhk_proposal_validation_duration_ms",
+        self.validation_duration_seconds = Histogram(
+            "knhk_proposal_validation_duration_seconds",
             "Time to run the validation pipeline on one proposal.",
-            buckets=_MS_BUCKETS,
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.snapshots_promoted = Counter(
@@ -84,10 +120,10 @@ class Metrics:
             "knhk_snapshot_version", "Version of the current snapshot.", registry=r
         )
         self.cycles = Counter("knhk_mape_k_cycles", "MAPE-K cycles run.", ["outcome"], registry=r)
-        self.cycle_duration_ms = Histogram(
-            "knhk_mape_k_cycle_duration_ms",
+        self.cycle_duration_seconds = Histogram(
+            "knhk_mape_k_cycle_duration_seconds",
             "Duration of one MAPE-K cycle.",
-            buckets=_MS_BUCKETS,
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.receipts_appended = Counter(
@@ -164,12 +200,36 @@ class Metrics:
             "Ring records appended but not yet durable.",
             registry=r,
         )
+        self.checkpoint_lag = Gauge(
+            "knhk_checkpoint_lag_seconds",
+            "How long the oldest receipt not covered by a signed checkpoint has "
+            "waited; 0 when the last checkpoint covers every receipt.",
+            registry=r,
+        )
+        self.storage_writes_refused = Gauge(
+            "knhk_storage_writes_refused",
+            "1 while the store refuses writes for this cause (storage: the disk "
+            "or map is full; integrity: the start-up check found damage), else 0.",
+            ["cause"],
+            registry=r,
+        )
+        self.integrity_findings = Gauge(
+            "knhk_integrity_findings",
+            "Findings of the start-up integrity check (the store is read-only "
+            "until an operator acts and restarts).",
+            registry=r,
+        )
+        for cause in WRITE_REFUSAL_CAUSES:
+            self.storage_writes_refused.labels(cause).set(0)
         # Bound once: the drain observes these per sample batch.
         self.append_ticks_append = self.observation_append_ticks.labels("append")
         self.append_ticks_snapshot_read = self.observation_append_ticks.labels("snapshot_read")
         # Bind the per-sector children once; sectors are a closed set.
         self.ingested_by_sector = {s: self.observations_ingested.labels(s) for s in SECTORS}
         self.shacl_failures_by_sector = {s: self.ingest_shacl_failures.labels(s) for s in SECTORS}
+        # Overload refusals exist at 0 from the start, for KNHKIngestOverloaded.
+        self.rejected_overloaded = self.ingest_rejected.labels("overloaded")
+        self.rejected_commit_timeout = self.ingest_rejected.labels("commit_timeout")
         self.requests_success = self.requests.labels("success")
         self.requests_client_error = self.requests.labels("client_error")
         self.requests_error = self.requests.labels("error")

@@ -143,6 +143,10 @@ def test_a_rolled_back_store_starts_read_only_and_is_never_extended(make_daemon)
                 break
             time.sleep(0.05)
         assert dropped >= 2, metrics
+        # What KNHKIntegrityCheckFailed and KNHKStorageDegraded alert on.
+        assert re.search(r"^knhk_integrity_findings [1-9]", metrics, re.M), metrics
+        assert 'knhk_storage_writes_refused{cause="integrity"} 1.0' in metrics
+        assert 'knhk_storage_writes_refused{cause="storage"} 0.0' in metrics
     assert "audit record(s) NOT stored" in d.log()
     count = _receipt_count(d)
     assert d.stop() == 0

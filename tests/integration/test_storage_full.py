@@ -95,6 +95,8 @@ def test_map_at_its_ceiling_refuses_writes_until_sighup_raises_it(make_daemon) -
         assert refused.status_code == 507, refused.text
         assert "storage.max_map_size_mb = 4" in refused.json()["detail"]
         _assert_full_state(d, c, ids, "map at its ceiling storage.max_map_size_mb = 4")
+        # What KNHKStorageDegraded alerts on, set by the scrape itself.
+        assert 'knhk_storage_writes_refused{cause="storage"} 1.0' in c.get("/metrics").text
 
         d.config.write_text(
             d.config.read_text().replace("max_map_size_mb = 4", "max_map_size_mb = 64")
@@ -105,6 +107,7 @@ def test_map_at_its_ceiling_refuses_writes_until_sighup_raises_it(make_daemon) -
         assert r.status_code == 201, r.text
         assert c.get("/health").status_code == 200
         assert c.get("/ready").json() == {"ready": True}
+        assert 'knhk_storage_writes_refused{cause="storage"} 0.0' in c.get("/metrics").text
         _all_read_back(c, ids)
     assert d.stop() == 0
 

@@ -31,7 +31,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from knhkd import model
-from knhkd.telemetry.metrics import Metrics
+from knhkd.loop import integrity, writer
+from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 
 REGISTRY = Path(__file__).resolve().parents[2] / "registry"
 MANIFEST = "registry_manifest.yaml"
@@ -204,7 +205,10 @@ def test_metric_groups(groups: list[tuple[str, dict[str, Any]]]) -> None:
         assert m["id"] == f"metric.{name}", f"{m['id']}: id must be metric.<metric_name>"
         assert m.get("instrument") in PROM_TYPE, f"{m['id']}: instrument"
         assert isinstance(m.get("unit"), str) and m["unit"], f"{m['id']}: unit"
-        seen[name.replace(".", "_")] += 1
+        if m["unit"] in UNIT_SUFFIX:  # the suffix comes from the unit, once
+            assert not name.endswith(UNIT_SUFFIX[m["unit"]]), f"{m['id']}: unit in the name"
+        assert not re.search(r"_(ms|us|ns|millis\w*)$", name), f"{m['id']}: not a base unit"
+        seen[prometheus_name(m)] += 1
     clashes = [n for n, c in seen.items() if c > 1]
     assert not clashes, f"metric names that map to one Prometheus name: {clashes}"
 
@@ -214,6 +218,18 @@ def test_metric_groups(groups: list[tuple[str, dict[str, Any]]]) -> None:
 # --------------------------------------------------------------------------- #
 
 
+# The unit suffixes of OpenTelemetry's Prometheus rule that knhkd uses.
+UNIT_SUFFIX = {"s": "_seconds", "By": "_bytes"}
+# prometheus_client's process and platform collectors: standard names, not
+# knhkd's to declare (registry/metrics.yaml says so).
+STANDARD_FAMILIES = re.compile(r"process_.*|python_info")
+
+
+def prometheus_name(metric: dict[str, Any]) -> str:
+    """The family name (without ``_total``) of a registry metric group."""
+    return metric["metric_name"].replace(".", "_") + UNIT_SUFFIX.get(metric["unit"], "")
+
+
 def _declared_metrics(
     groups: list[tuple[str, dict[str, Any]]],
 ) -> dict[str, tuple[str, set[str]]]:
@@ -221,7 +237,7 @@ def _declared_metrics(
     out: dict[str, tuple[str, set[str]]] = {}
     for m in _of_type(groups, "metric"):
         labels = {r.replace(".", "_") for r in _refs(m)}
-        out[m["metric_name"].replace(".", "_")] = (PROM_TYPE[m["instrument"]], labels)
+        out[prometheus_name(m)] = (PROM_TYPE[m["instrument"]], labels)
     return out
 
 
@@ -229,7 +245,11 @@ def _live_metrics() -> dict[str, tuple[str, set[str]]]:
     """Prometheus family name -> (type, label names), from a live Metrics()."""
     metrics = Metrics()
     # The public view: every family the daemon's registry would expose.
-    families = {f.name: f.type for f in metrics.registry.collect()}
+    families = {
+        f.name: f.type
+        for f in metrics.registry.collect()
+        if not STANDARD_FAMILIES.fullmatch(f.name)
+    }
     # Label names are not in the public view for families without children yet,
     # so read them from the wrapper objects (stable prometheus-client attributes).
     wrappers = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
@@ -261,7 +281,7 @@ def test_prometheus_exposition_names(groups: list[tuple[str, dict[str, Any]]]) -
     """The documented rule: dots become underscores, counters gain ``_total``."""
     text = Metrics().render().decode()
     for m in _of_type(groups, "metric"):
-        prom = m["metric_name"].replace(".", "_")
+        prom = prometheus_name(m)
         exposed = f"{prom}_total" if m["instrument"] == "counter" else prom
         want = PROM_TYPE[m["instrument"]]
         assert f"# TYPE {exposed} {want}\n" in text, f"{exposed} ({want}) not exposed"
@@ -286,6 +306,8 @@ def _enum_values(attributes: dict[str, dict[str, Any]], aid: str) -> set[str]:
         ("status", {"success", "client_error", "error"}),
         ("knhk.mape_k.phase", {"monitor", "analyze", "plan", "execute", "knowledge"}),
         ("invariant.id", {"Q1", "Q2", "Q3", "Q4", "Q5"}),
+        # The write gate's causes (their series exist at 0 from the start).
+        ("cause", {writer.GATE_KEY, integrity.GATE_KEY, *WRITE_REFUSAL_CAUSES}),
     ],
 )
 def test_closed_label_sets_match_the_model(
