@@ -79,7 +79,9 @@ def load() -> Registry:
         if g["type"] == "span":
             reg.spans[g["id"].removeprefix("span.")] = (g["span_kind"], refs)
         elif g["type"] == "metric":
-            name = g["metric_name"].replace(".", "_")
+            # OpenTelemetry's Prometheus rule (registry/README.md): the unit
+            # names the suffix, the metric name never carries it.
+            name = g["metric_name"].replace(".", "_") + UNIT_SUFFIX.get(str(g["unit"]), "")
             reg.metrics[name] = (g["instrument"], str(g["unit"]), refs)
     return reg
 
