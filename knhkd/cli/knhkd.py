@@ -100,8 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{args.file}: invalid configuration: {exc}")
         print(f"{args.file}: ok (digest {cfg.digest()[:16]})")
         return 0
+    from knhkd.api import activation
+
+    try:
+        # Sockets systemd passes are what is served: the configuration is
+        # checked against their address, whatever the file or flags say.
+        inherited_bind = activation.bind_of(activation.inherit().get("http", []))
+    except activation.ActivationError as exc:
+        return _fail(f"cannot start: socket activation: {exc}")
     try:
         overrides = _overrides(args)
+        if inherited_bind is not None:
+            overrides[("http", "bind")] = inherited_bind
         cfg = load(args.config, env=os.environ, overrides=overrides)
         _check_keys(cfg)
     except ConfigError as exc:
