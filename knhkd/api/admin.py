@@ -26,7 +26,7 @@ Guarantees:
   name they give, ``knhkctl#<name>``) or the mapped peer itself
   (``knhkctl#uid:N``), which may not act in another's name (403).
 - Socket activation: a socket systemd passes as ``admin`` (api/activation.py;
-  ``knhkd.socket`` sets its path, owner and mode) is served instead of
+  ``knhkd-admin.socket`` sets its path, owner and mode) is served instead of
   binding ``admin.socket``, and its file is left in place at exit: systemd
   keeps it listening across restarts. A path other than ``admin.socket`` is
   logged as a warning (``knhkctl`` finds the socket through the configuration).
@@ -498,7 +498,7 @@ async def serve_admin(
         socks = [trio.socket.from_stdlib_socket(s) for s in inherited]
         for sock in socks:
             given = sock.getsockname()
-            if not isinstance(given, str) or Path(given) != path:
+            if not isinstance(given, str) or Path(given).resolve() != path.resolve():
                 log.warning(
                     "admin socket: serving %r as systemd passed it, not admin.socket %s",
                     given,

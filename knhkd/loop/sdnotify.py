@@ -30,7 +30,8 @@ def notify(state: str) -> bool:
     return True
 
 
-def enabled() -> bool:
+def notifying() -> bool:
+    """Whether a notify socket was given (else every ``notify`` is a no-op)."""
     return bool(os.environ.get("NOTIFY_SOCKET"))
 
 

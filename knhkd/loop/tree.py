@@ -30,14 +30,14 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from knhkd import __version__
-from knhkd.loop import sdnotify
 from knhkd.loop.actors import build_actors
 from knhkd.loop.daemon import Daemon
 from knhkd.loop.figures import Figures
-from knhkd.loop.sdnotify import notify, watchdog_interval_s
+from knhkd.loop.sdnotify import notify, notifying, reloading, watchdog_interval_s
 from knhkd.loop.startup import open_data_dir, prepare
 from knhkd.loop.state import LoopState, Settings
 from knhkd.loop.supervisor import Supervisor
+from knhkd.model import Health
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
 
@@ -52,11 +52,10 @@ _REFUSAL = {"storage": "storage full", "integrity": "read-only"}
 DRAINING = "draining: finishing in-flight requests, then a last checkpoint"
 
 
-def status_line(daemon: Daemon) -> str:
+def status_line(daemon: Daemon, health: Health) -> str:
     """What ``systemctl status`` shows: ready, degraded with why, or draining."""
     if daemon.draining:
         return DRAINING
-    health = daemon.health()
     if health.status == "healthy":
         return f"ready: http {','.join(daemon.http_bound) or daemon.cfg.http.bind}"
     reasons = []
@@ -74,9 +73,9 @@ async def _watch_signals(daemon: Daemon) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                sdnotify.reloading("reloading the configuration")
+                reloading("reloading the configuration")
                 await daemon.reload()
-                notify(f"READY=1\nSTATUS={status_line(daemon)}")
+                notify(f"READY=1\nSTATUS={status_line(daemon, daemon.health())}")
                 continue
             log.info("received %s: shutting down", signal.Signals(signum).name)
             daemon.draining = True
@@ -92,12 +91,13 @@ async def _report(daemon: Daemon, watchdog: float | None, status: str) -> None:
     interval = min(STATUS_INTERVAL_S, watchdog or STATUS_INTERVAL_S)
     while True:
         await trio.sleep(interval)
-        now = status_line(daemon)
+        health = daemon.health()
+        now = status_line(daemon, health)
         if now != status and not daemon.draining:
             # Draining was said with STOPPING=1, by the signal handler.
             status = now
             notify(f"STATUS={now}")
-        if watchdog and daemon.health().status == "healthy":
+        if watchdog and health.status == "healthy":
             notify("WATCHDOG=1")
 
 
@@ -161,9 +161,9 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             gc.freeze()
                             figures.start()
                             daemon.ready = True
-                            status = status_line(daemon)
+                            status = status_line(daemon, daemon.health())
                             notify(f"READY=1\nSTATUS={status}")
-                            if sdnotify.enabled():
+                            if notifying():
                                 front_n.start_soon(_report, daemon, watchdog_interval_s(), status)
                             log.info(
                                 "knhkd %s ready: http %s, admin %s, data %s",
