@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -100,7 +101,7 @@ def test_status_reloading_and_draining(make_daemon, tmp_path: Path) -> None:  # 
             )
             assert d.proc is not None
             before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-            d.proc.send_signal(1)  # SIGHUP
+            d.proc.send_signal(signal.SIGHUP)
             reloading = notes.until("RELOADING", "1")
             after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             # sd_notify(3): the reload's start on CLOCK_MONOTONIC, in µs.
@@ -113,8 +114,6 @@ def test_status_reloading_and_draining(make_daemon, tmp_path: Path) -> None:  # 
         assert stopping["STATUS"].startswith("draining:"), stopping
     finally:
         notes.close()
-    order = [next(iter(m)) for m in notes.seen]
-    assert order.index("RELOADING") < len(order) - 1 - order[::-1].index("READY")
 
 
 def _listening(http_port: int, admin_path: Path) -> tuple[socket.socket, socket.socket]:
