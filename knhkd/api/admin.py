@@ -25,6 +25,11 @@ Guarantees:
   ``knhkctl#admin-socket`` (the daemon's uid and root; relaxation steps the
   name they give, ``knhkctl#<name>``) or the mapped peer itself
   (``knhkctl#uid:N``), which may not act in another's name (403).
+- Socket activation: a socket systemd passes as ``admin`` (api/activation.py;
+  ``knhkd-admin.socket`` sets its path, owner and mode) is served instead of
+  binding ``admin.socket``, and its file is left in place at exit: systemd
+  keeps it listening across restarts. A path other than ``admin.socket`` is
+  logged as a warning (``knhkctl`` finds the socket through the configuration).
 - A malformed line gets an error answer, never a dropped connection without a
   word, and never a crash of the daemon.
 
@@ -47,6 +52,7 @@ from typing import Any
 import msgspec
 import trio
 
+from knhkd.api import activation
 from knhkd.auth.roles import local, permissions_of
 from knhkd.config import AdminConfig
 from knhkd.errors import Forbidden, KnhkdError, Malformed, NotFound
@@ -487,21 +493,35 @@ async def serve_admin(
     daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     path = daemon.cfg.admin_socket
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Other users mapped by [[admin.roles]] must be able to connect; their
-    # credentials, not the file's mode, decide what they may do.
-    sock = await _bind(path, 0o666 if daemon.cfg.admin.roles else 0o600)
+    inherited = activation.take("admin")
+    if inherited:
+        socks = [trio.socket.from_stdlib_socket(s) for s in inherited]
+        for sock in socks:
+            given = sock.getsockname()
+            if not isinstance(given, str) or Path(given).resolve() != path.resolve():
+                log.warning(
+                    "admin socket: serving %r as systemd passed it, not admin.socket %s",
+                    given,
+                    path,
+                )
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Other users mapped by [[admin.roles]] must be able to connect; their
+        # credentials, not the file's mode, decide what they may do.
+        socks = [await _bind(path, 0o666 if daemon.cfg.admin.roles else 0o600)]
     commands = _commands(daemon)
     try:
-        listener = trio.SocketListener(sock)
+        listeners = [trio.SocketListener(sock) for sock in socks]
 
         async def handler(stream: trio.SocketStream) -> None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await _handle(stream, daemon, commands)
 
         task_status.started()
-        await trio.serve_listeners(handler, [listener])
+        await trio.serve_listeners(handler, listeners)
     finally:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        for sock in socks:
+            sock.close()
+        if not inherited:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

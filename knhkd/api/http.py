@@ -16,6 +16,10 @@ Guarantees:
   ``http.max_header_bytes``; on shutdown idle connections close at once and
   new requests get 503 ``draining``. ``serve_http`` returns once in-flight
   requests have finished (or ``http.graceful_timeout_s`` passed).
+- Socket activation: listening sockets systemd passes as ``http``
+  (api/activation.py) are served instead of ``http.bind`` (logged once);
+  on shutdown they stop accepting at once and stay open in systemd's hands,
+  so the next instance takes what queued meanwhile.
 - With ``[http.tls]``, HTTPS only (TLS 1.3; knhkd/auth/tls.py builds the
   context, the daemon holds it and swaps it on SIGHUP): a refused handshake
   counts in ``knhk_tls_handshake_failures_total{reason}`` and is logged at
@@ -44,7 +48,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api import authn, openapi, server
+from knhkd.api import activation, authn, openapi, server
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -243,7 +247,14 @@ def access_line(status: int) -> None:
 def hypercorn_config(daemon: Daemon) -> HypercornConfig:
     cfg = daemon.cfg.http
     hc = HypercornConfig()
-    hc.bind = [cfg.bind]
+    inherited = activation.take("http")
+    if inherited:
+        # Hypercorn adopts an fd:// bind as it is; detached, so that only its
+        # socket object owns (and at exit closes) our descriptor.
+        hc.bind = [f"fd://{sock.detach()}" for sock in inherited]
+        log.info("serving the %d HTTP socket(s) systemd passed", len(inherited))
+    else:
+        hc.bind = [cfg.bind]
     hc.graceful_timeout = cfg.graceful_timeout_s
     hc.keep_alive_timeout = cfg.keep_alive_timeout_s
     # Bytes of an unfinished request line and headers Hypercorn (h11) buffers

@@ -25,6 +25,11 @@ listeners, one ``TCPServer`` per connection) with four differences:
   accepting (so late clients get that answer rather than a refused or reset
   connection) until the requests that were in the app have finished or
   ``graceful_timeout`` has passed.
+- **Handing over.** When every bind is an inherited socket (``fd://N``:
+  socket activation, the socket outlives the process), draining stops
+  accepting at once instead: new connections wait in the kernel's backlog for
+  the next instance, and a connection accepted but not yet served is kept
+  until its request arrives (answered 503 ``draining``, never closed unheard).
 - **Lingering close.** A connection answered before its request body was
   read whole is closed by shutting down its write side and then reading, and
   dropping, what the client still sends (at most ``linger_s`` seconds and
@@ -276,9 +281,11 @@ class Connection(TCPServer):
         linger_bytes: int,
         peer: str = "",
         on_handshake_failed: Callable[[str, str], None] | None = None,
+        handing_over: bool = False,
     ) -> None:
         super().__init__(cast(AppWrapper, app), config, context, state, cast(Any, stream))
         self._peer = peer
+        self._handing_over = handing_over
         self._on_handshake_failed = on_handshake_failed
         self._slots = slots
         self._holds_open = True  # taken by the listener before accept
@@ -358,8 +365,14 @@ class Connection(TCPServer):
             if not self._idle:
                 await wake.wait()
                 continue
-            if self.context.terminated.is_set() and (self._served or not self._accepted_draining):
-                break  # idle while draining; a new client may still ask (and hear 503)
+            if self.context.terminated.is_set() and (
+                self._served or not (self._accepted_draining or self._handing_over)
+            ):
+                # Idle while draining; a new client may still ask (and hear
+                # 503). Handing over, so may one accepted before draining and
+                # not served yet: closed unheard, its client would see a
+                # connection error, and no successor can take it back.
+                break
             with trio.move_on_after(self.config.keep_alive_timeout) as timer:
                 await wake.wait()
             if timer.cancelled_caught:
@@ -512,6 +525,12 @@ async def serve(
     lifespan = Lifespan(cast(AppWrapper, edge), config, lifespan_state)
     slots = Slots(max_connections)
     connections: set[Connection] = set()
+    handing_over = bool(config.bind) and all(b.startswith("fd://") for b in config.bind)
+    accepting = trio.CancelScope()
+
+    async def accept_all() -> None:
+        with accepting:
+            await trio.serve_listeners(handle, listeners, handler_nursery=conn_nursery)
 
     async def handle(stream: trio.SocketStream) -> None:
         served: trio.abc.Stream = stream
@@ -531,6 +550,7 @@ async def serve(
             linger_bytes=max_body_bytes,
             peer=peer,
             on_handshake_failed=on_handshake_failed,
+            handing_over=handing_over,
         )
         connections.add(conn)
         try:
@@ -556,14 +576,15 @@ async def serve(
             async with trio.open_nursery() as conn_nursery:
                 async with trio.open_nursery() as accept_nursery:
                     accept_nursery.start_soon(_give_memory_back, edge)
-                    serve_all = partial(
-                        trio.serve_listeners, handle, listeners, handler_nursery=conn_nursery
-                    )
-                    accept_nursery.start_soon(serve_all)
+                    accept_nursery.start_soon(accept_all)
                     task_status.started(binds)
                     await shutdown_trigger()
                     deadline = trio.current_time() + config.graceful_timeout
                     edge.draining = True
+                    if handing_over:
+                        # The listening socket outlives us: what arrives now
+                        # waits in its backlog for the next instance.
+                        accepting.cancel()
                     await context.terminated.set()
                     for conn in list(connections):
                         conn.wake()

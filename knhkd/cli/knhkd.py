@@ -80,7 +80,7 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
 
 
 def _configuration(
-    args: argparse.Namespace,
+    args: argparse.Namespace, inherited_bind: str | None = None
 ) -> tuple[Config, Path | None, str, dict[tuple[str, str], Any]]:
     """What run uses and check-config checks: the file ``locate`` finds, the
     environment, the flags; then every file it names (loop/preflight.py).
@@ -89,6 +89,8 @@ def _configuration(
 
     path, source = locate(args.config or getattr(args, "file", None), os.environ)
     overrides = _overrides(args)
+    if inherited_bind is not None:
+        overrides[("http", "bind")] = inherited_bind
     cfg = load(path, env=os.environ, overrides=overrides)
     check(cfg)
     return cfg, path, source, overrides
@@ -113,8 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         # The key id only: the key itself is never printed.
         print(f"{args.file}: signing key {signer.key_id}")
         return 0
+    inherited_bind = None
+    if args.command == "run":
+        from knhkd.api import activation
+
+        try:
+            # Sockets systemd passes are what is served: the configuration is
+            # checked against their address, whatever the file or flags say.
+            inherited_bind = activation.bind_of(activation.inherit().get("http", []))
+        except activation.ActivationError as exc:
+            return _fail(f"cannot start: socket activation: {exc}")
     try:
-        cfg, path, source, overrides = _configuration(args)
+        cfg, path, source, overrides = _configuration(args, inherited_bind)
     except ConfigError as exc:
         found = locate(args.config or getattr(args, "file", None), os.environ)[0]
         return _fail(f"{found or 'embedded defaults'}: invalid configuration: {exc}")

@@ -1,7 +1,11 @@
 """systemd's readiness protocol (sd_notify), without a library.
 
 Guarantees: a no-op when ``$NOTIFY_SOCKET`` is unset (not under systemd);
-never raises (a broken notify socket must not take the daemon down).
+never raises (a broken notify socket must not take the daemon down); one
+call is one datagram, so assignments given together (``READY=1`` and its
+``STATUS=``) arrive together; ``RELOADING=1`` always carries
+``MONOTONIC_USEC`` (sd_notify(3): systemd then tells this reload from an
+earlier one).
 Must never: block: the datagram is sent non-blocking.
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(state: str) -> bool:
@@ -23,6 +28,17 @@ def notify(state: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def notifying() -> bool:
+    """Whether a notify socket was given (else every ``notify`` is a no-op)."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
+def reloading(status: str) -> bool:
+    """``RELOADING=1`` with the time it began on ``CLOCK_MONOTONIC``, in µs."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={status}")
 
 
 def watchdog_interval_s() -> float | None:

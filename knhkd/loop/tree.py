@@ -9,6 +9,13 @@ checkpoint) within ``shutdown.timeout_s``; SIGHUP reloads the configuration.
 
 Must never: exit 0 after losing an acknowledged write, or let a front task
 outlive the ingest intake it feeds.
+
+Under systemd (``$NOTIFY_SOCKET``): ``READY=1`` once serving, ``RELOADING=1``
+(with ``MONOTONIC_USEC``) then ``READY=1`` around a SIGHUP, ``STOPPING=1`` on
+SIGTERM, each with a ``STATUS=`` line, and a new ``STATUS=`` whenever the
+daemon's state changes: ``ready``, ``degraded`` with every reason (storage
+full, read-only after a failed integrity check, an actor restarting), or
+``draining``; ``WATCHDOG=1`` only while healthy.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from knhkd import __version__
 from knhkd.loop.actors import build_actors
 from knhkd.loop.daemon import Daemon
 from knhkd.loop.figures import Figures
-from knhkd.loop.sdnotify import notify, watchdog_interval_s
+from knhkd.loop.sdnotify import notify, notifying, reloading, watchdog_interval_s
 from knhkd.loop.startup import open_data_dir, prepare
 from knhkd.loop.state import LoopState, Settings
 from knhkd.loop.supervisor import Supervisor
+from knhkd.model import Health
 from knhkd.telemetry import build
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
@@ -37,29 +45,61 @@ from knhkd.telemetry.tracing import setup_tracing, shutdown_tracing
 log = logging.getLogger("knhkd")
 
 SWITCH_INTERVAL_S = 0.0005
+# How often the state is looked at for a new STATUS= line (and a keep-alive).
+STATUS_INTERVAL_S = 1.0
+
+# Why writes are refused, by write-gate key (loop/writer.py, loop/integrity.py).
+_REFUSAL = {"storage": "storage full", "integrity": "read-only"}
+DRAINING = "draining: finishing in-flight requests, then a last checkpoint"
+
+
+def status_line(daemon: Daemon, health: Health) -> str:
+    """What ``systemctl status`` shows: ready, degraded with why, or draining."""
+    if daemon.draining:
+        return DRAINING
+    if health.status == "healthy":
+        return f"ready: http {','.join(daemon.http_bound) or daemon.cfg.http.bind}"
+    reasons = []
+    if health.dependencies["storage"] != "healthy":
+        reasons.append("the receipt writer is not running")
+    for key, detail in daemon.writes_refused().items():
+        reasons.append(f"{_REFUSAL.get(key, key)}: {detail}")
+    for name, actor in health.actors.items():
+        if actor.state in ("restarting", "failed"):
+            reasons.append(f"actor {name} {actor.state} ({actor.restarts} restarts)")
+    return "degraded: " + ("; ".join(reasons) or "see /health")
 
 
 async def _watch_signals(daemon: Daemon) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                notify("RELOADING=1")
+                reloading("reloading the configuration")
                 await daemon.reload()
-                notify("READY=1")
+                notify(f"READY=1\nSTATUS={status_line(daemon, daemon.health())}")
                 continue
             log.info("received %s: shutting down", signal.Signals(signum).name)
             daemon.draining = True
             daemon.ready = False
-            notify("STOPPING=1")
+            notify(f"STOPPING=1\nSTATUS={DRAINING}")
             daemon.shutdown_requested.set()
             return
 
 
-async def _watchdog(daemon: Daemon, interval: float) -> None:
+async def _report(daemon: Daemon, watchdog: float | None, status: str) -> None:
+    """Keep-alives while healthy, and a STATUS= line whenever it changes;
+    ``status`` is the one sent with READY=1."""
+    interval = min(STATUS_INTERVAL_S, watchdog or STATUS_INTERVAL_S)
     while True:
-        if daemon.health().status == "healthy":
-            notify("WATCHDOG=1")
         await trio.sleep(interval)
+        health = daemon.health()
+        now = status_line(daemon, health)
+        if now != status and not daemon.draining:
+            # Draining was said with STOPPING=1, by the signal handler.
+            status = now
+            notify(f"STATUS={now}")
+        if watchdog and health.status == "healthy":
+            notify("WATCHDOG=1")
 
 
 Server = Callable[..., Awaitable[None]]
@@ -91,9 +131,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                 prepared = await prepare(cfg, opened, metrics, settings)
                 state = LoopState(settings, opened, prepared, metrics, figures)
                 actors = build_actors(state, opened)
-                daemon = Daemon(
-                    state, opened, prepared, actors, supervisor=sup, metrics=metrics
-                )
+                daemon = Daemon(state, opened, prepared, actors, supervisor=sup, metrics=metrics)
                 async with trio.open_nursery() as loop_n:
                     # Read-only (damage found at start): no actor that writes on
                     # its own runs; reads and proofs are still served.
@@ -102,9 +140,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
                         loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
                         loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
-                        loop_n.start_soon(
-                            sup.supervise, "checkpointer", actors.checkpointer.run
-                        )
+                        loop_n.start_soon(sup.supervise, "checkpointer", actors.checkpointer.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         # Even read-only: its records are then counted as dropped.
@@ -113,9 +149,6 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             front_n.start_soon(_watch_signals, daemon)
                             for server in servers:
                                 await front_n.start(server, daemon)
-                            interval = watchdog_interval_s()
-                            if interval:
-                                front_n.start_soon(_watchdog, daemon, interval)
                             if actors.ring_drain is not None and opened.writable:
                                 # A producer like any other: stops with the front,
                                 # before the ingest intake closes. A batch cut off
@@ -129,7 +162,10 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             gc.freeze()
                             figures.start()
                             daemon.ready = True
-                            notify("READY=1")
+                            status = status_line(daemon, daemon.health())
+                            notify(f"READY=1\nSTATUS={status}")
+                            if notifying():
+                                front_n.start_soon(_report, daemon, watchdog_interval_s(), status)
                             log.info(
                                 "knhkd %s ready: http %s, admin %s, data %s",
                                 __version__,

@@ -72,6 +72,10 @@ class RunningDaemon:
     issuer: Issuer | None = None
     # Every log this daemon wrote (one per start).
     logs: list[Path] = field(default_factory=list)
+    # A command the daemon's command line is appended to (it execs it), and
+    # the descriptors it inherits: socket activation (test_systemd.py).
+    launcher: list[str] = field(default_factory=list)
+    pass_fds: tuple[int, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -105,11 +109,12 @@ class RunningDaemon:
             STARTED.append(self)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.command(),
+            [*self.launcher, *self.command()],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             cwd=str(self.data_dir.parent),
+            pass_fds=self.pass_fds,
         )
         if wait:
             self.wait_ready()

@@ -135,17 +135,22 @@ def test_systemd_notify_protocol(make_daemon, tmp_path: Path) -> None:  # type: 
     d.env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
     d.start(wait=False)
     got: list[str] = []
+
+    def receive() -> None:
+        # One datagram may carry several assignments (READY=1 and STATUS=…).
+        got.extend(sock.recv(4096).decode().splitlines())
+
     try:
         while "READY=1" not in got:
-            got.append(sock.recv(4096).decode())
+            receive()
         assert httpx.get(d.base + "/ready").status_code == 200
         while "WATCHDOG=1" not in got:
-            got.append(sock.recv(4096).decode())
+            receive()
         assert d.stop() == 0
         sock.settimeout(1)
         try:
             while True:
-                got.append(sock.recv(4096).decode())
+                receive()
         except TimeoutError:
             pass
     finally:
