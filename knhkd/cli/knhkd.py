@@ -81,7 +81,7 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
 
 def _configuration(
     args: argparse.Namespace, inherited_bind: str | None = None
-) -> tuple[Config, Path | None, str, dict[tuple[str, str], Any]]:
+) -> tuple[Config, Path | None, str, dict[tuple[str, str], Any], list[str]]:
     """What run uses and check-config checks: the file ``locate`` finds, the
     environment, the flags; then every file it names (loop/preflight.py).
     Raises ``ConfigError``; creates nothing."""
@@ -92,8 +92,8 @@ def _configuration(
     if inherited_bind is not None:
         overrides[("http", "bind")] = inherited_bind
     cfg = load(path, env=os.environ, overrides=overrides)
-    check(cfg)
-    return cfg, path, source, overrides
+    unchecked = check(cfg, outside_unit=args.command == "check-config")
+    return cfg, path, source, overrides, unchecked
 
 
 def _fail(msg: str) -> int:
@@ -126,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         except activation.ActivationError as exc:
             return _fail(f"cannot start: socket activation: {exc}")
     try:
-        cfg, path, source, overrides = _configuration(args, inherited_bind)
+        cfg, path, source, overrides, unchecked = _configuration(args, inherited_bind)
     except ConfigError as exc:
         found = locate(args.config or getattr(args, "file", None), os.environ)[0]
         return _fail(f"{found or 'embedded defaults'}: invalid configuration: {exc}")
     where = f"{path} (from {source})" if path else source
     if args.command == "check-config":
         print(f"{where}: ok (digest {cfg.digest()[:16]})")
+        if unchecked:
+            # Only the unit's processes see $CREDENTIALS_DIRECTORY.
+            print(
+                "not checked (systemd credentials, readable inside the unit only): "
+                + ", ".join(unchecked)
+            )
         return 0
     logs.configure(cfg.telemetry)
     logging.getLogger("knhkd").debug(

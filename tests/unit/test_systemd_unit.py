@@ -130,6 +130,8 @@ def test_readme_configuration_passes_check_config(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    # The key is a credential only the unit can read: said, not failed on.
+    assert "not checked" in done.stdout and "keys.signing_key" in done.stdout, done.stdout
     assert f"{VENV}/bin/knhkd check-config {CONFIG}" in steps
 
 
