@@ -164,6 +164,24 @@ def erased(obs: Observation, receipt_id: str) -> Observation:
     )
 
 
+class ErasureIn(Struct, forbid_unknown_fields=True):
+    """POST /api/v1/erasures: the data subject whose observations are erased."""
+
+    subject: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Erasure(Struct):
+    """What an erasure did (loop/erasure.py); never the subject itself."""
+
+    erased: int
+    observation_ids: list[str]
+    receipt_id: str
+    # Matches an earlier erasure had already erased.
+    already_erased: int = 0
+    # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
+    scrubbed_pages: list[int] = []
+
+
 class KeyCount(Struct, frozen=True):
     """The observations of one (sector, event type) in a committed ring batch."""
 

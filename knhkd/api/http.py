@@ -46,6 +46,7 @@ from knhkd.api.routes import (
     health,
     observations,
     patterns,
+    privacy,
     proposals,
     receipts,
     snapshots,
@@ -73,6 +74,7 @@ BLUEPRINTS = (
     governance.bp,
     receipts.bp,
     cycle.bp,
+    privacy.bp,
     health.bp,
     openapi.bp,
 )

@@ -171,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
     ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
+    er = sub.add_parser(
+        "erase",
+        help="erase the observations whose [privacy] subject_fields name a data subject "
+        "(crypto-shredding; receipted)",
+    )
+    er.add_argument("--subject", required=True, help="the subject's identifier")
     return p
 
 
@@ -424,6 +430,8 @@ def run(args: argparse.Namespace) -> int:
         _print_json(_require_daemon(args, "doctrines.list", {}))
     elif (group, action) == ("keys", "rotate"):
         _print_json(_require_daemon(args, "keys.rotate", {}))
+    elif group == "erase":
+        _print_json(_require_daemon(args, "erase", {"subject": args.subject}))
     elif (group, action) == ("receipts", "prove"):
         _write(args.out, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):

@@ -101,6 +101,12 @@ class Table(Generic[K, V]):
     ) -> bool:
         return bool(txn.put(self._key(key), value, db=self._db, overwrite=overwrite))
 
+    def clear(self, txn: lmdb.Transaction) -> int:
+        """Delete every record; returns how many there were."""
+        n = self.count(txn)
+        txn.drop(self._db, delete=False)
+        return n
+
     def add(self, txn: lmdb.Transaction, value: V, *, overwrite: bool = True) -> bool:
         """Put ``value`` under the key it names (the schema's ``key_of``)."""
         if self._key_of is None:

@@ -96,3 +96,93 @@ def test_a_v1_data_directory_is_refused_then_migrates_and_verifies(
     fsck = run_ctl(d.data_dir, "fsck", "--format", "json")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert json.loads(fsck.stdout)["ok"] is True
+
+    # Observations of the v1 release are committed to by their content: their
+    # erasure is refused as a whole, with the reason.
+    refused = d.ctl("erase", "--subject", "pt-legacy-7")
+    assert refused.returncode != 0
+    assert "schema v1" in refused.stderr + refused.stdout
+    assert stored_counts(d)[0] == 42
+
+
+SUBJECT = "pt-ERASE-me-4711"
+USER = "user-erase-me-0815"
+
+
+def _in_file(path: Path, *needles: str) -> list[str]:
+    data = path.read_bytes()
+    return [n for n in needles if n.encode() in data]
+
+
+def test_erasure_shreds_a_subject_and_everything_still_verifies(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    d: RunningDaemon = make_daemon(auth=True)
+    mdb = d.data_dir / "lmdb" / "data.mdb"
+
+    def obs(patient: str, i: int) -> dict[str, Any]:
+        return {"event_type": "heart_rate", "sector": "healthcare", "value": 60 + i,
+                "metadata": {"patient_id": patient, "note": f"n{i}"}}  # fmt: skip
+
+    with d.client() as c:
+        for _ in range(3):
+            batch = [obs(SUBJECT if i % 3 == 0 else f"pt-keep-{i}", i) for i in range(12)]
+            assert c.post("/api/v1/observations", json=batch).status_code == 201
+        user = {"event_type": "login", "sector": "generic", "value": "ok",
+                "metadata": {"user_id": USER}}  # fmt: skip
+        [user_id] = c.post("/api/v1/observations", json=[user]).json()["ids"]
+    # The search below can see the subject where it is.
+    assert _in_file(mdb, SUBJECT, USER) == [SUBJECT, USER]
+
+    r = d.ctl("erase", "--subject", SUBJECT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["erased"] == 12 and len(out["observation_ids"]) == 12
+    assert SUBJECT not in r.stdout
+
+    # Over HTTP: administrators only.
+    with d.client("operator") as c:
+        assert c.post("/api/v1/erasures", json={"subject": USER}).status_code == 403
+    with d.client() as c:
+        h = c.post("/api/v1/erasures", json={"subject": USER})
+        assert h.status_code == 200, h.text
+        assert h.json()["observation_ids"] == [user_id]
+        gone = c.get(f"/api/v1/observations/{user_id}").json()
+        assert gone["metadata"] == {"knhk.erased": h.json()["receipt_id"]}
+        assert gone["value"] is None
+        kept = c.post("/api/v1/observations", json=[obs("pt-after", 1)])
+        assert kept.status_code == 201
+
+    # The erasure's receipt: what and by whom, never the subject.
+    listed = json.loads(d.ctl("receipts", "list", "--limit", "100000", "--format", "json").stdout)
+    erasures = [rec["body"] for rec in listed if rec["body"]["kind"] == "observations_erased"]
+    assert [e["inputs"]["count"] for e in erasures] == ["12", "1"]
+    assert erasures[0]["inputs"]["fields"] == "patient_id"
+    assert sorted(erasures[0]["subject_ids"]) == sorted(out["observation_ids"])
+    assert SUBJECT not in json.dumps(listed) and USER not in json.dumps(listed)
+
+    # Proofs, the chain, offline verification and fsck all still pass.
+    chain = d.ctl("receipts", "verify-chain")
+    assert chain.returncode == 0, chain.stdout + chain.stderr
+    first_batch = next(
+        rec["body"]["seq"] for rec in listed if rec["body"]["kind"] == "observation_batch_committed"
+    )
+    proof = tmp_path / "proof.json"
+    assert (
+        d.ctl("receipts", "prove", "--index", str(first_batch), "--out", str(proof)).returncode == 0
+    )
+    off = _verify_offline(d, tmp_path)
+    assert off.returncode == 0, off.stdout + off.stderr
+    keys = tmp_path / "keys.json"
+    pv = subprocess.run(
+        [sys.executable, "-m", "knhkd.cli.knhkctl", "verify", "--keys", str(keys), str(proof)],
+        check=False, capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert pv.returncode == 0 and ": verified:" in pv.stdout, pv.stdout + pv.stderr
+    fsck = run_ctl(d.data_dir, "fsck", "--format", "json")
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["ok"] is True, fsck.stdout
+
+    # Nowhere in the data file: not in the live records, nor in a freed page.
+    assert _in_file(mdb, SUBJECT, USER) == []
+    assert d.stop() == 0
+    assert _in_file(mdb, SUBJECT, USER) == []
