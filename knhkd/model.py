@@ -176,8 +176,6 @@ class Erasure(Struct):
     erased: int
     observation_ids: list[str]
     receipt_id: str
-    # Matches an earlier erasure had already erased.
-    already_erased: int = 0
     # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
     scrubbed_pages: list[int] = []
 

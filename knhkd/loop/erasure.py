@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from knhkd.errors import Conflict
-from knhkd.model import Erasure, Observation, Outcome, erased, is_erased
+from knhkd.model import Erasure, Observation, Outcome, erased
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
@@ -72,8 +72,8 @@ def erase_job(
                 f"under schema v1 (before seq {salted_from}): their receipts commit to their "
                 "content, so erasing them would break those receipts; nothing was erased"
             )
-        done = [o for o in matches if is_erased(o)]
-        todo = [o for o in matches if not is_erased(o)]
+        # An erased record keeps no subject field: it never matches again.
+        todo = matches
         receipt_id = canonical.receipt_id(receipts.head(txn).next_seq)
         for obs in todo:
             leaf = t.observation_leaves.get_raw(txn, obs.seq)
@@ -90,12 +90,11 @@ def erase_job(
                 subject_ids=[o.id for o in todo],
                 inputs={
                     "count": str(len(todo)),
-                    "already_erased": str(len(done)),
                     "fields": ",".join(sorted(matched_fields)),
                     "requested_by": principal,
                 },
             ),
         )
-        return Erasure(len(todo), [o.id for o in todo], receipt_id, already_erased=len(done))
+        return Erasure(len(todo), [o.id for o in todo], receipt_id)
 
     return job
