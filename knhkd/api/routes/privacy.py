@@ -21,7 +21,7 @@ _request = msgspec.json.Decoder(ErasureIn)
         summary="Erase the observations whose [privacy] subject_fields name a data subject",
         body=ErasureIn,
         answers=(Answer(200, "What was erased, and the erasure's receipt", Erasure),),
-        problems=((409, "erasure-refused"),),
+        problems=((409, "erasure-refused"), (422, "invalid-body")),
         writes=True,
         tags=("privacy",),
     )
