@@ -288,9 +288,10 @@ class Daemon:
         self.metrics.receipts_appended.labels("observations_erased").inc()
         # Each job its own transaction: pages freed by one become reusable
         # only transactions later (store/scrub.py).
-        for _ in range(scrub.ROUNDS):
-            result.scrubbed_pages.append(await self.writer.submit(scrub.fill_job(self.store)))
-            await self.writer.submit(scrub.clear_job(self.store))
+        for what, job in scrub.jobs(self.store):
+            pages = await self.writer.submit(job)
+            if what == "fill":
+                result.scrubbed_pages.append(pages)
         # Never the subject: it is the personal data being erased.
         log.info(
             "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",
