@@ -208,6 +208,16 @@ class AuditConfig(Struct, forbid_unknown_fields=True, frozen=True):
     enqueue_wait_s: PositiveFloat = 2.0
 
 
+class PrivacyConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # The metadata keys that name a data subject: ``knhkctl erase --subject ID``
+    # (and POST /api/v1/erasures) erases the observations where any of them
+    # equals ID (loop/erasure.py).
+    subject_fields: tuple[Annotated[str, Meta(min_length=1, max_length=128)], ...] = (
+        "patient_id",
+        "user_id",
+    )
+
+
 class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Empty: ``keys/signing.key`` inside the data directory, generated on first start.
     signing_key: str = ""
@@ -550,6 +560,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     governance: GovernanceConfig = GovernanceConfig()
     ring: RingConfig = RingConfig()
     auth: AuthConfig = AuthConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def auth_enabled(self) -> bool:

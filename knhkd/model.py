@@ -139,6 +139,47 @@ class Observation(Struct, gc=False):
     rdf: RdfPayload | None = None
 
 
+# The one metadata key an erased observation keeps (loop/erasure.py): the id
+# of the receipt that erased it.
+ERASED_KEY = "knhk.erased"
+
+
+def is_erased(obs: Observation) -> bool:
+    """``obs`` is what erasure left of an observation (``erased``)."""
+    return obs.value is None and obs.rdf is None and list(obs.metadata) == [ERASED_KEY]
+
+
+def erased(obs: Observation, receipt_id: str) -> Observation:
+    """What is kept of an erased observation: its id, place in sequence,
+    sector, event type and ingest time; never its value, metadata, event
+    time or RDF (any of which may identify its subject)."""
+    return Observation(
+        id=obs.id,
+        seq=obs.seq,
+        event_type=obs.event_type,
+        sector=obs.sector,
+        value=None,
+        metadata={ERASED_KEY: receipt_id},
+        ingested_at_ns=obs.ingested_at_ns,
+    )
+
+
+class ErasureIn(Struct, forbid_unknown_fields=True):
+    """POST /api/v1/erasures: the data subject whose observations are erased."""
+
+    subject: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Erasure(Struct):
+    """What an erasure did (loop/erasure.py); never the subject itself."""
+
+    erased: int
+    observation_ids: list[str]
+    receipt_id: str
+    # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
+    scrubbed_pages: list[int] = []
+
+
 class KeyCount(Struct, frozen=True):
     """The observations of one (sector, event type) in a committed ring batch."""
 
@@ -663,6 +704,13 @@ ReceiptKind = Literal[
     # through which door, and what the daemon decided. ``inputs`` holds the
     # fields of ``AuditRecord``; ``outcome`` is approved (allowed) or rejected.
     "audit",
+    # ``knhkd migrate`` moved the store from one schema version to the next
+    # (inputs: from_version, to_version, the backup's name).
+    "schema_migrated",
+    # Observations of one data subject erased (loop/erasure.py): subject_ids
+    # are their ids; inputs say how many, which fields matched, by whom.
+    # Never the subject's identifier.
+    "observations_erased",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 

@@ -119,6 +119,8 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "guards.relaxation": "GOVERN",
     # Administrator-only, as over HTTP (there is no HTTP route for it).
     "keys.rotate": "ALL",
+    # Administrator-only, as POST /api/v1/erasures.
+    "erase": "ALL",
 }
 # Commands that change nothing: allowed ones are not audited (too many).
 READ_ONLY_COMMANDS = frozenset(
@@ -240,6 +242,12 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
     async def keys_rotate(args: dict[str, Any]) -> Any:
         return await daemon.rotate_key()
 
+    async def erase(args: dict[str, Any]) -> Any:
+        subject = args.get("subject")
+        if not isinstance(subject, str) or not 1 <= len(subject) <= 4096:
+            raise CommandError("subject must be a string of 1 to 4096 characters")
+        return await daemon.erase_subject(subject, _actor())
+
     async def receipts_prove(args: dict[str, Any]) -> Any:
         return await daemon.prove(_arg_int(args, "index", -1, 0, 2**63 - 1))
 
@@ -351,6 +359,7 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "cycle.run": cycle_run,
         "keys.export_public": keys_export_public,
         "keys.rotate": keys_rotate,
+        "erase": erase,
         "receipts.prove": receipts_prove,
         "receipts.export": receipts_export,
         "receipts.consistency": receipts_consistency,

@@ -57,6 +57,7 @@ from knhkd.api.routes import (
     health,
     observations,
     patterns,
+    privacy,
     proposals,
     receipts,
     snapshots,
@@ -97,6 +98,7 @@ BLUEPRINTS = (
     governance.bp,
     receipts.bp,
     cycle.bp,
+    privacy.bp,
     health.bp,
     openapi.bp,
 )

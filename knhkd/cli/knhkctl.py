@@ -224,6 +224,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
     ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
+    er = sub.add_parser(
+        "erase",
+        help="erase the observations whose [privacy] subject_fields name a data subject "
+        "(crypto-shredding; receipted)",
+    )
+    er.add_argument("--subject", required=True, help="the subject's identifier")
     cm = sub.add_parser("completion", help="print a shell completion script (shtab)")
     cm.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     fmt(cm)
@@ -556,6 +562,8 @@ def run(args: argparse.Namespace) -> int:
         _out(args, _require_daemon(args, "doctrines.list", {}))
     elif (group, action) == ("keys", "rotate"):
         _out(args, _require_daemon(args, "keys.rotate", {}))
+    elif group == "erase":
+        _out(args, _require_daemon(args, "erase", {"subject": args.subject}))
     elif (group, action) == ("receipts", "prove"):
         _write(args, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):

@@ -36,6 +36,7 @@ from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
 from knhkd.loop.cycle import Cycle
+from knhkd.loop.erasure import erase_job
 from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
@@ -50,6 +51,7 @@ from knhkd.model import (
     ConsistencyFile,
     CycleReport,
     DetectedPattern,
+    Erasure,
     ExportFile,
     Health,
     Observation,
@@ -73,6 +75,7 @@ from knhkd.receipts import audit as audit_trail
 from knhkd.receipts import canonical, keyring, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import scrub
 from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 from knhkd.telemetry.tracing import span
@@ -279,6 +282,31 @@ class Daemon:
 
     def public_keyring(self) -> PublicKeyring:
         return self.queries.public_keyring()
+
+    async def erase_subject(self, subject: str, by: Principal) -> Erasure:
+        """Erase the observations whose ``[privacy] subject_fields`` name
+        ``subject`` (loop/erasure.py), then overwrite the pages LMDB freed."""
+        self.write_gate.check()
+        fields = self.cfg.privacy.subject_fields
+        result = await self.writer.submit(
+            erase_job(self.store, self.receipts, subject=subject, fields=fields, principal=by.name)
+        )
+        self.metrics.receipts_appended.labels("observations_erased").inc()
+        # Each job its own transaction: pages freed by one become reusable
+        # only transactions later (store/scrub.py).
+        for what, job in scrub.jobs(self.store):
+            pages = await self.writer.submit(job)
+            if what == "fill":
+                result.scrubbed_pages.append(pages)
+        # Never the subject: it is the personal data being erased.
+        log.info(
+            "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",
+            result.receipt_id,
+            by.name,
+            result.erased,
+            result.scrubbed_pages,
+        )
+        return result
 
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the

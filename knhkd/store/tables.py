@@ -51,6 +51,8 @@ _TABLE_ATTRS = (
     "relaxations",
     "cycles",
     "meta",
+    "observation_leaves",
+    "scrub",
 )
 
 
@@ -98,6 +100,12 @@ class Table(Generic[K, V]):
         self, txn: lmdb.Transaction, key: K, value: bytes, *, overwrite: bool = True
     ) -> bool:
         return bool(txn.put(self._key(key), value, db=self._db, overwrite=overwrite))
+
+    def clear(self, txn: lmdb.Transaction) -> int:
+        """Delete every record; returns how many there were."""
+        n = self.count(txn)
+        txn.drop(self._db, delete=False)
+        return n
 
     def add(self, txn: lmdb.Transaction, value: V, *, overwrite: bool = True) -> bool:
         """Put ``value`` under the key it names (the schema's ``key_of``)."""
@@ -223,6 +231,8 @@ class Tables:
         self.relaxations = Table(s.RELAXATIONS, dbs)
         self.cycles = Table(s.CYCLES, dbs)
         self.meta = Table(s.META, dbs)
+        self.observation_leaves = Table(s.OBSERVATION_LEAVES, dbs)
+        self.scrub = Table(s.SCRUB, dbs)
 
         meta = dbs[s.META.name]
         self.schema_version = MetaSlot(s.SCHEMA_VERSION_SLOT, meta)
@@ -233,6 +243,7 @@ class Tables:
         self.keys_current = MetaSlot(s.KEYS_CURRENT, meta)
         self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
         self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
+        self.salted_from = MetaSlot(s.SALTED_FROM, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -253,6 +264,7 @@ class Tables:
             self.snapshot_current,
             self.ring_cursor,
             *self.governance_digests.values(),
+            self.salted_from,
         )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
