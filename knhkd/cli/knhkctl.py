@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from knhkd.cli import backup as backup_cli
 from knhkd.model import SECTORS, AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
@@ -171,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
     ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
+    backup_cli.add_parsers(sub)
     return p
 
 
@@ -448,6 +450,8 @@ def run(args: argparse.Namespace) -> int:
         return _fsck(args)
     elif (group, action) == ("ring", "append"):
         return _ring_append(args)
+    elif group in ("backup", "restore"):
+        return backup_cli.run(args, lambda c, a, _: _require_daemon(args, c, a), CtlError)
     elif group == "ring":
         _out(args, _ring_status(args), _ring_table)
     return EXIT_OK
