@@ -139,25 +139,29 @@ class Backups:
                 log.error("scheduled backup failed: %s", exc)
 
 
-def _receipt_job(receipts: ReceiptLog, m: BackupManifest, digest: str) -> Job[None]:
+def _append_job(receipts: ReceiptLog, draft: Draft) -> Job[None]:
     def job(txn: lmdb.Transaction) -> None:
-        receipts.append(
-            txn,
-            Draft(
-                kind="backup_taken",
-                outcome=Outcome("approved"),
-                subject_ids=[m.id],
-                inputs={
-                    "kind": m.kind,
-                    "parent_id": m.parent_id or "",
-                    "checkpoint_size": str(m.checkpoint_size),
-                    "tree_size": str(m.tree_size),
-                    "manifest_sha256": digest,
-                },
-            ),
-        )
+        receipts.append(txn, draft)
 
     return job
+
+
+def _receipt_job(receipts: ReceiptLog, m: BackupManifest, digest: str) -> Job[None]:
+    return _append_job(
+        receipts,
+        Draft(
+            kind="backup_taken",
+            outcome=Outcome("approved"),
+            subject_ids=[m.id],
+            inputs={
+                "kind": m.kind,
+                "parent_id": m.parent_id or "",
+                "checkpoint_size": str(m.checkpoint_size),
+                "tree_size": str(m.tree_size),
+                "manifest_sha256": digest,
+            },
+        ),
+    )
 
 
 class _Marker(msgspec.Struct):
@@ -175,23 +179,18 @@ async def record_restore(data_dir: Path, writer: StoreWriter, receipts: ReceiptL
     except FileNotFoundError:
         return False
 
-    def job(txn: lmdb.Transaction) -> None:
-        receipts.append(
-            txn,
-            Draft(
-                kind="restored",
-                outcome=Outcome("approved"),
-                subject_ids=[marker.backup_id],
-                inputs={
-                    "backup_id": marker.backup_id,
-                    "base_id": marker.base_id,
-                    "restored_tree_size": str(marker.tree_size),
-                    "point": marker.point,
-                },
-            ),
-        )
-
-    await writer.submit(job)
+    draft = Draft(
+        kind="restored",
+        outcome=Outcome("approved"),
+        subject_ids=[marker.backup_id],
+        inputs={
+            "backup_id": marker.backup_id,
+            "base_id": marker.base_id,
+            "restored_tree_size": str(marker.tree_size),
+            "point": marker.point,
+        },
+    )
+    await writer.submit(_append_job(receipts, draft))
     await trio.to_thread.run_sync(path.unlink)
     log.info("restored from backup %s (%s)", marker.backup_id, marker.point)
     return True

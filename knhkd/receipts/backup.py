@@ -241,12 +241,8 @@ def take(
     return manifest
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# Files and directories alike: open read-only, fsync, close.
+_fsync = keyring._fsync_dir
 
 
 def consistency_to_latest(store: Store, size: int) -> tuple[str, list[bytes]]:
