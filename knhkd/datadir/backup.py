@@ -51,6 +51,8 @@ from knhkd.store import anchor
 from knhkd.store.env import MB, Store, StoreError, open_store
 
 MARKER = "restored.json"
+# Where the store is rebuilt before it is renamed to ``lmdb``.
+STAGING = ".restoring"
 # Receipts that change nothing but the append-only data and derived counters:
 # a restore may cut them off without touching the mutable state.
 TAIL_KINDS = frozenset({"observation_batch_committed", "audit", "backup_taken", "pattern_detected"})
@@ -166,15 +168,25 @@ def _locked_target(data_dir: Path, force: bool) -> Iterator[None]:
         others = [p.name for p in data_dir.iterdir() if p.name != "knhkd.lock"]
         if others and not force:
             raise BackupError(f"{data_dir} is not empty (use --force to replace its store)")
-        for name in ("lmdb", anchor.FILENAME, MARKER):
-            path = data_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        yield
+        _clear(data_dir)
+        try:
+            yield
+        except BaseException:
+            # A refused point, damage met while applying, a full disk: leave
+            # no half-restored store a daemon could start on.
+            _clear(data_dir)
+            raise
     finally:
         os.close(fd)
+
+
+def _clear(data_dir: Path) -> None:
+    for name in ("lmdb", STAGING, anchor.FILENAME, MARKER):
+        path = data_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def restore(
@@ -193,13 +205,16 @@ def restore(
     if problems:
         raise BackupError(f"backup damaged: {problems[0]}")
     with _locked_target(data_dir, force):
-        (data_dir / "lmdb").mkdir(mode=0o700)
+        # Built aside and renamed into place last: until then the directory
+        # has no store a daemon would start on.
+        staging = data_dir / STAGING
+        (staging / "lmdb").mkdir(parents=True, mode=0o700)
         base = chain[0]
-        shutil.copyfile(root / base.id / rb.DATA_FILE, data_dir / "lmdb" / "data.mdb")
-        size = (data_dir / "lmdb" / "data.mdb").stat().st_size
+        shutil.copyfile(root / base.id / rb.DATA_FILE, staging / "lmdb" / "data.mdb")
+        size = (staging / "lmdb" / "data.mdb").stat().st_size
         map_size = max(1024 * MB, 2 * size)
         # The lock is ours already (taken above): the store does not take it again.
-        store = open_store(data_dir, map_size=map_size, create=False, exclusive=False)
+        store = open_store(staging, map_size=map_size, create=False, exclusive=False)
         try:
             for m in chain[1:]:
                 path = root / m.id / rb.SEGMENT_FILE
@@ -216,9 +231,11 @@ def restore(
             target = keys / "signing.key"
             shutil.copyfile(signing_key, target)
             os.chmod(target, 0o600)
+        (data_dir / MARKER).write_bytes(msgspec.json.encode(result))
         if last is not None:
             anchor.write(anchor.path_in(data_dir), last[1])
-        (data_dir / MARKER).write_bytes(msgspec.json.encode(result))
+        os.replace(staging / "lmdb", data_dir / "lmdb")
+        staging.rmdir()
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def _writers(d: RunningDaemon, acked: list[tuple[float, str]], stop: threading.E
                     return
                 r = c.post("/api/v1/observations", json={**OBS, "value": {"n": n, "w": w}})
                 if r.status_code == 201:
-                    acked.append((__import__("time").monotonic(), r.json()["id"]))
+                    acked.append((time.monotonic(), r.json()["id"]))
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
     for t in threads:
@@ -52,13 +53,13 @@ def test_backup_under_ingest_restore_pitr_and_damage(make_daemon: Any, tmp_path:
     stop = threading.Event()
     threads = _writers(d, acked, stop)
     while len(acked) < 200:
-        __import__("time").sleep(0.02)
-    asked = __import__("time").monotonic()
+        time.sleep(0.02)
+    asked = time.monotonic()
     base = d.ctl("backup", "--out", str(out), "--kind", "base")
     assert base.returncode == 0, base.stderr
     before = [i for t, i in acked if t < asked]
     while len(acked) < 600:
-        __import__("time").sleep(0.02)
+        time.sleep(0.02)
     incr = d.ctl("backup", "--out", str(out))
     assert incr.returncode == 0, incr.stderr
     assert "incremental backup" in incr.stdout
@@ -115,6 +116,15 @@ def test_backup_under_ingest_restore_pitr_and_damage(make_daemon: Any, tmp_path:
         assert first_new["inputs"]["backup_id"] == last["id"]
     finally:
         assert r.stop() == 0
+    # The new kinds (backup_taken, restored) through fsck and offline verify.
+    fsck = run_ctl(new, "fsck")
+    assert fsck.returncode == 0, fsck.stdout
+    export = tmp_path / "export.json"
+    assert d.ctl("receipts", "export", "--out", str(export)).returncode == 0
+    offline = run_ctl(
+        d.data_dir, "verify", "--keys", str(d.data_dir / "keys" / "public.json"), str(export)
+    )
+    assert offline.returncode == 0, offline.stdout + offline.stderr
 
     # PITR to a batch receipt in the middle of the incremental's range.
     base_m = json.loads((manifests[0] / "manifest.json").read_text())
@@ -142,6 +152,26 @@ def test_backup_under_ingest_restore_pitr_and_damage(make_daemon: Any, tmp_path:
     chain = run_ctl(pitr, "receipts", "verify-chain", "--format", "json")
     assert chain.returncode == 0, chain.stdout
     assert json.loads(chain.stdout)["total_count"] == mid["seq"] + 1
+    # A point followed by a change of the mutable state is refused, and
+    # leaves no store behind.
+    changes = [
+        x["body"]["seq"]
+        for x in listed[: base_m["tree_size"]]
+        if x["body"]["kind"] not in ("observation_batch_committed", "audit")
+    ]
+    refused_dir = tmp_path / "refused"
+    no = run_ctl(
+        d.data_dir,
+        "restore",
+        "--from",
+        str(out),
+        "--receipt",
+        str(changes[-1] - 1),
+        "--data-dir",
+        str(refused_dir),
+    )
+    assert no.returncode == 2 and "not a restorable point" in no.stderr, no.stderr
+    assert not (refused_dir / "lmdb").exists()
     p = _restored(d, pitr)
     p.start()
     try:
@@ -181,3 +211,22 @@ def test_backup_of_another_history_is_rejected(make_daemon: Any, tmp_path: Path)
     other = a.ctl("backup", "verify", str(out))
     assert other.returncode == 1, other.stdout + other.stderr
     assert "different history" in other.stdout
+
+
+def test_scheduled_backups_keep_their_chains(make_daemon: Any, tmp_path: Path) -> None:
+    out = tmp_path / "scheduled"
+    d = make_daemon(f'\n[backup]\ndir = "{out}"\ninterval_s = 0.3\nbase_every = 2\nkeep = 3\n')
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if [r["body"]["kind"] for r in _receipts(d)].count("backup_taken") >= 5:
+            break
+        time.sleep(0.2)
+    assert d.stop() == 0
+    manifests = [json.loads((p / "manifest.json").read_text()) for p in sorted(out.iterdir())]
+    ids = {m["id"] for m in manifests}
+    # Retention: the newest three and the base an incremental among them needs.
+    assert 3 <= len(manifests) <= 4, ids
+    assert {m["kind"] for m in manifests} == {"base", "incremental"}
+    assert all(m["parent_id"] in ids for m in manifests if m["kind"] == "incremental")
+    ok = run_ctl(d.data_dir, "backup", "verify", str(out), "--against", str(d.data_dir))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
