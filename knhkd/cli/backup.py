@@ -55,6 +55,7 @@ def _at_ns(text: str) -> int:
 
 def run(args: argparse.Namespace, call: Call, fail: type[Exception]) -> int:
     from knhkd.receipts.backup import BackupError
+    from knhkd.store.env import StoreError
 
     try:
         if args.group == "restore":
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, call: Call, fail: type[Exception]) -> int:
             f"{m['tree_size']} receipts, {m['observations_next']} observations"
         )
         return EXIT_OK
-    except (BackupError, ValueError) as exc:
+    except (BackupError, StoreError, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

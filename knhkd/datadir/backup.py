@@ -240,13 +240,14 @@ def restore(
 
 
 def _apply(store: Store, segment: rb.Segment) -> None:
+    tables = store.tables.by_name
     with store.env.begin(write=True) as txn:
         for name, rows in segment.tables.items():
-            db = store.db(name)
+            if name not in tables:
+                raise BackupError(f"the segment names no database of this schema: {name!r}")
             if name in rb.MUTABLE:
-                txn.drop(db, delete=False)
-            cursor: Any = txn.cursor(db=db)
-            cursor.putmulti(rows)
+                tables[name].clear(txn)
+            tables[name].put_many_raw(txn, rows)
 
 
 def _truncate(
@@ -325,21 +326,15 @@ def _refusal(store: Store, txn: lmdb.Transaction, seq: int, size: int) -> str:
 
 def _obs_keep(store: Store, txn: lmdb.Transaction, seq: int) -> int:
     """Observations committed by receipts 0..seq (the counter after them)."""
-    cursor: Any = txn.cursor(db=store.db("receipts"))
-    if not cursor.set_key(seq.to_bytes(8, "big")):
-        return 0
-    for _, raw in cursor.iterprev():
+    receipts = store.tables.receipts
+    for s in range(seq, -1, -1):
+        raw = receipts.get_raw(txn, s)
+        if raw is None:
+            break
         body = _kind_and_body(raw)
         if body.kind == "observation_batch_committed":
             return int(body.inputs["last_seq"]) + 1
     return 0
-
-
-def _delete_from(txn: lmdb.Transaction, db: Any, start: bytes) -> None:
-    cursor: Any = txn.cursor(db=db)
-    if cursor.set_range(start):
-        while cursor.delete():
-            pass
 
 
 def _cut(store: Store, txn: lmdb.Transaction, keep: int, size: int) -> int:
@@ -352,22 +347,20 @@ def _cut(store: Store, txn: lmdb.Transaction, keep: int, size: int) -> int:
         if b.kind == "pattern_detected"
         for sid in b.subject_ids
     }
-    _delete_from(txn, store.db("receipts"), keep.to_bytes(8, "big"))
-    _delete_from(txn, store.db("checkpoints"), (keep + 1).to_bytes(8, "big"))
-    _delete_from(txn, store.db("observations"), obs_keep.to_bytes(8, "big"))
-    nodes: Any = txn.cursor(db=store.db("merkle"))
-    doomed = [k for k in nodes.iternext(values=False) if rb._node_after(k, keep)]
-    for k in doomed:
-        txn.delete(k, db=store.db("merkle"))
-    patterns: Any = txn.cursor(db=store.db("patterns"))
-    for k in [k for k, v in patterns if t.patterns.decode(v).id in gone_patterns]:
-        txn.delete(k, db=store.db("patterns"))
+    t.receipts.delete_from(txn, keep)
+    t.checkpoints.delete_from(txn, keep + 1)
+    t.observations.delete_from(txn, obs_keep)
+    # Every node that covers a cut leaf (none is needed by the kept tree).
+    for node in [k for k, _ in t.tree.items_raw(txn) if (k[1] + 1) << k[0] > keep]:
+        t.tree.delete(txn, node)
+    for pattern in [k for k, p in t.patterns.items(txn) if p.id in gone_patterns]:
+        t.patterns.delete(txn, pattern)
     last_hash, last_ns = rb.receipt_hash_at(store, txn, keep - 1)
     t.receipt_head.put(txn, ReceiptHead(keep, last_hash, last_ns))
     t.tree_size.put(txn, keep)
     t.observations_next.put(txn, obs_keep)
     # The ring the cursor points into is not part of a backup.
-    txn.delete(t.ring_cursor.key, db=store.db("meta"))
+    t.meta.delete(txn, t.ring_cursor.key)
     return obs_keep
 
 

@@ -34,9 +34,8 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import lmdb
 import msgspec
@@ -121,48 +120,32 @@ def _node_after(key: bytes, size: int) -> bool:
     return (index + 1) << level > size
 
 
-def _u64_at_least(start: int) -> Callable[[bytes], bool]:
-    return lambda key: int.from_bytes(key, "big") >= start
-
-
-def _records(store: Store, txn: lmdb.Transaction, name: str) -> Iterator[tuple[bytes, bytes]]:
-    cursor: Any = txn.cursor(db=store.db(name))
-    yield from cursor.iternext(keys=True, values=True)
-
-
 def _segment(store: Store, txn: lmdb.Transaction, parent: BackupManifest) -> Segment:
-    keep: dict[str, Callable[[bytes], bool]] = {
-        "receipts": _u64_at_least(parent.tree_size),
-        "merkle": lambda k: _node_after(k, parent.tree_size),
+    t = store.tables.by_name
+    tables: dict[str, list[tuple[bytes, bytes]]] = {}
+    # A seek, not a scan: keys are big-endian, so the new records are at the end.
+    for name, start in (
+        ("receipts", parent.tree_size),
         # Checkpoints sign sizes that only grow; one equal to the parent's
         # tree size may have been signed after the parent's copy.
-        "checkpoints": _u64_at_least(parent.tree_size),
-        "observations": _u64_at_least(parent.observations_next),
-    }
-    tables: dict[str, list[tuple[bytes, bytes]]] = {}
-    for name in APPEND:
-        # A seek, not a scan: keys are big-endian, so the new ones are at the end.
-        cursor: Any = txn.cursor(db=store.db(name))
-        wanted = keep[name]
-        rows: list[tuple[bytes, bytes]] = []
-        if name == "merkle":
-            # Ordered by level then index: seek within each level.
-            for level in range(64):
-                first = (parent.tree_size >> level) if level else parent.tree_size
-                if not cursor.set_range(bytes([level]) + first.to_bytes(8, "big")):
-                    break
-                for key, value in cursor:
-                    if key[0] != level:
-                        break
-                    if wanted(key):
-                        rows.append((key, value))
-        else:
-            start = parent.observations_next if name == "observations" else parent.tree_size
-            if cursor.set_range(start.to_bytes(8, "big")):
-                rows = [(k, v) for k, v in cursor if wanted(k)]
-        tables[name] = rows
+        ("checkpoints", parent.tree_size),
+        ("observations", parent.observations_next),
+    ):
+        tables[name] = list(t[name].items_encoded(txn, start=start.to_bytes(8, "big")))
+    # Tree nodes are ordered by level, then index: seek within each level.
+    nodes: list[tuple[bytes, bytes]] = []
+    for level in range(64):
+        first = bytes([level]) + (parent.tree_size >> level).to_bytes(8, "big")
+        level_rows = []
+        for key, value in t["merkle"].items_encoded(txn, start=first):
+            if key[0] != level:
+                break
+            if _node_after(key, parent.tree_size):
+                level_rows.append((key, value))
+        nodes.extend(level_rows)
+    tables["merkle"] = nodes
     for name in MUTABLE:
-        tables[name] = list(_records(store, txn, name))
+        tables[name] = list(t[name].items_encoded(txn))
     return Segment(tables)
 
 
