@@ -233,6 +233,18 @@ class ReceiptsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     checkpoint_interval_s: PositiveFloat = 10.0
 
 
+class BackupConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Scheduled backups go under this directory; empty: no schedule
+    # (``knhkctl backup`` still works).
+    dir: str = ""
+    # Seconds between scheduled backups.
+    interval_s: PositiveFloat = 3600.0
+    # A base every this many backups, incrementals in between.
+    base_every: PositiveInt = 24
+    # Backups kept; older ones are deleted, never a base a kept one needs.
+    keep: PositiveInt = 48
+
+
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     ontology_dir: str = str(DEFAULT_CONF / "ontology")
     shapes_dir: str = str(DEFAULT_CONF / "shapes")
@@ -549,6 +561,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     audit: AuditConfig = AuditConfig()
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
+    backup: BackupConfig = BackupConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     ingest: IngestConfig = IngestConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()

@@ -711,6 +711,12 @@ ReceiptKind = Literal[
     # are their ids; inputs say how many, which fields matched, by whom.
     # Never the subject's identifier.
     "observations_erased",
+    # A backup was taken (knhkd/loop/backup.py): ``inputs`` names the backup,
+    # its kind and parent, the checkpoint it covers and its manifest's SHA-256.
+    "backup_taken",
+    # The first receipt of a restored data directory (knhkd/datadir/backup.py):
+    # from which backup chain, to which receipt of the original log.
+    "restored",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -981,3 +987,45 @@ def encode_json(obj: Any) -> bytes:
 
 
 _JSON = msgspec.json.Encoder()
+
+
+class BackupFile(Struct):
+    """One file of a backup, as its manifest lists it."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+BackupKind = Literal["base", "incremental"]
+
+
+class BackupManifest(Struct):
+    """``manifest.json`` of one backup (knhkd/receipts/backup.py).
+
+    A base holds a compact LMDB copy; an incremental holds the append-only
+    records added since its parent (receipts, tree nodes, checkpoints,
+    observations, patterns from ``from_*`` on) and a whole copy of the small
+    mutable state. Each names its parent, so a directory of backups is a
+    self-describing chain."""
+
+    format: str
+    id: str
+    kind: BackupKind
+    parent_id: str | None
+    schema_version: int
+    created_ns: int
+    origin: str
+    # The signed checkpoint the backup covers (issued just before the copy)
+    # and its size; the copy may hold receipts beyond it (``tree_size``).
+    checkpoint: str
+    checkpoint_size: int
+    # Receipts and observations in the store as copied, and where this
+    # backup's own range starts (0 for a base).
+    tree_size: int
+    observations_next: int
+    from_tree_size: int
+    from_observations: int
+    # The time of receipt ``tree_size - 1``.
+    last_receipt_ns: int
+    files: list[BackupFile]

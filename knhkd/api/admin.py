@@ -88,6 +88,8 @@ def _actor() -> Principal:
     """Who the decision is recorded as: the socket, or the mapped peer."""
     peer = _PEER.get()
     return _ADMIN if _is_admin(peer) else peer
+
+
 _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
 
@@ -121,6 +123,9 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "keys.rotate": "ALL",
     # Administrator-only, as POST /api/v1/erasures.
     "erase": "ALL",
+    # Administrator-only: it writes wherever the daemon may.
+    "backup.take": "ALL",
+    "backup.consistency": "READ_RECEIPTS",
 }
 # Commands that change nothing: allowed ones are not audited (too many).
 READ_ONLY_COMMANDS = frozenset(
@@ -140,6 +145,7 @@ READ_ONLY_COMMANDS = frozenset(
         "doctrines.list",
         "proposals.show",
         "proposals.validate",
+        "backup.consistency",
     }
 )
 
@@ -349,7 +355,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise NotFound("the log is empty: no checkpoint to sign")
         return cp.text
 
+    async def backup_take(args: dict[str, Any]) -> Any:
+        kind = args.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            raise CommandError("kind must be a string")
+        return await daemon.backup(_s(args, "out"), kind)
+
+    async def backup_consistency(args: dict[str, Any]) -> Any:
+        return await daemon.backup_consistency(_arg_int(args, "size", 0, 1, 2**63 - 1))
+
     return {
+        "backup.take": backup_take,
+        "backup.consistency": backup_consistency,
         "status": status,
         "health": health,
         "receipts.list": receipts_list,

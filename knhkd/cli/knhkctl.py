@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from knhkd import __version__
+from knhkd.cli import backup as backup_cli
 from knhkd.cli import progress
 from knhkd.model import SECTORS, AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     from knhkd.cli.smoke import add_parser as add_smoke
 
     fmt(add_smoke(sub))
+    backup_cli.add_parsers(sub)
     _with_globals(p)
     return p
 
@@ -589,6 +591,8 @@ def run(args: argparse.Namespace) -> int:
         return _fsck(args)
     elif (group, action) == ("ring", "append"):
         return _ring_append(args)
+    elif group in ("backup", "restore"):
+        return backup_cli.run(args, lambda c, a, _: _require_daemon(args, c, a), CtlError)
     elif group == "ring":
         _out(args, _ring_status(args), _ring_table)
     return EXIT_OK

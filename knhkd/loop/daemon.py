@@ -20,6 +20,7 @@ import os
 import ssl
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -35,6 +36,7 @@ from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
+from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
 from knhkd.loop.erasure import erase_job
 from knhkd.loop.ingest import Closed
@@ -47,6 +49,7 @@ from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
     AuditEntry,
     AuditRecord,
+    BackupManifest,
     ChainVerification,
     ConsistencyFile,
     CycleReport,
@@ -72,7 +75,8 @@ from knhkd.model import (
 from knhkd.monitor.decode import Decoded
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import audit as audit_trail
-from knhkd.receipts import canonical, keyring, offline
+from knhkd.receipts import backup as backup_copy
+from knhkd.receipts import canonical, keyring, merkle, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
 from knhkd.store import scrub
@@ -129,6 +133,7 @@ class Daemon:
         self.governance = prepared.governance
         self.queries = state.queries
         self.actors = actors
+        self.backups = Backups(state.ctx, actors.checkpointer)
         self.supervisor = supervisor
         self.metrics = metrics
         self.started_monotonic = time.monotonic()
@@ -519,6 +524,25 @@ class Daemon:
         self.metrics.snapshots_rolled_back.inc()
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta
+
+    async def backup(self, out_root: str, kind: str | None) -> BackupManifest:
+        """A backup under ``out_root`` (loop/backup.py), receipted."""
+        if kind not in (None, "base", "incremental"):
+            raise Conflict(f"unknown backup kind {kind!r}")
+        return await self.backups.take(Path(out_root), kind)  # type: ignore[arg-type]
+
+    async def backup_consistency(self, size: int) -> dict[str, Any]:
+        """The latest checkpoint and a consistency proof from ``size`` to it,
+        for ``knhkctl backup verify``."""
+        try:
+            note, proof = await trio.to_thread.run_sync(
+                backup_copy.consistency_to_latest, self.store, size
+            )
+        except backup_copy.BackupError as exc:
+            raise Conflict(str(exc)) from None
+        except merkle.ProofError as exc:
+            raise Conflict(f"no consistency proof: {exc}") from None
+        return {"checkpoint": note, "proof": [p.hex() for p in proof]}
 
     async def issue_checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of everything committed now (None when the log is

@@ -120,6 +120,35 @@ class Table(Generic[K, V]):
         consumed, _ = txn.cursor(db=self._db).putmulti(records, append=True)
         return int(consumed)
 
+    def put_many_raw(self, txn: lmdb.Transaction, records: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store encoded ``(key, value)`` pairs in any order, overwriting (a
+        restore applying a backup's segment). Returns how many were stored."""
+        consumed, _ = txn.cursor(db=self._db).putmulti(records)
+        return int(consumed)
+
+    def items_encoded(
+        self, txn: lmdb.Transaction, *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Keys and values exactly as stored, from the first key at or after
+        the encoded ``start`` (a backup copies records without decoding them)."""
+        cursor: Any = txn.cursor(db=self._db)
+        found = cursor.first() if start is None else cursor.set_range(start)
+        if found:
+            yield from cursor
+
+    def delete(self, txn: lmdb.Transaction, key: K) -> bool:
+        return bool(txn.delete(self._key(key), db=self._db))
+
+    def delete_from(self, txn: lmdb.Transaction, start: K) -> int:
+        """Delete every record whose key is at or after ``start`` (a restore
+        cutting the append-only databases at a point). Returns how many."""
+        cursor: Any = txn.cursor(db=self._db)
+        n = 0
+        if cursor.set_range(self._key(start)):
+            while cursor.delete():
+                n += 1
+        return n
+
     def items(self, txn: lmdb.Transaction, *, start: K | None = None) -> Iterator[tuple[K, V]]:
         """In key order, from the first key at or after ``start``."""
         dec = self._dec
@@ -252,6 +281,8 @@ class Tables:
         # Every database, in the schema's order, and every meta slot: for the
         # checks that must cover them all (fsck, the start-up check).
         self.all: tuple[Table[Any, Any], ...] = tuple(getattr(self, attr) for attr in _TABLE_ATTRS)
+        # The same by database name (what a backup's segment is keyed by).
+        self.by_name: Mapping[str, Table[Any, Any]] = {t.name: t for t in self.all}
         # Every key the schema declares for ``meta`` (some never written).
         self.meta_keys = _META_KEYS
         self.meta_slots: tuple[MetaSlot[Any], ...] = (
