@@ -27,8 +27,9 @@ once a worker has lived ``RESTART_RESET_S``), counted in
 ``knhk_actor_restarts_total{actor="http_worker"}``. On shutdown each worker
 gets SIGTERM and drains its connections (api/server.py) while the lane and
 the ingest intake still run; one still alive after ``graceful_timeout_s``
-+ ``LINGER_S`` is killed. A worker dies with the daemon (``PR_SET_PDEATHSIG``
-and the end of its stdin pipe).
++ ``LINGER_S`` is killed. A worker dies with the daemon: the daemon holds
+the other end of its stdin pipe, which the kernel closes however the daemon
+dies (api/worker.py).
 
 Must never: resend a batch, answer a lane request before its commit, or let
 a worker outlive the daemon.
