@@ -151,10 +151,11 @@ class LaneClient:
         raise _relayed(got.problem.status)(got.problem, got.headers)
 
     async def run(self) -> None:
-        stream = await trio.open_unix_socket(str(self.path))
-        reader = FrameReader(stream)
         next_id = 0  # 0: the hello, sent at once
+        batch: list[tuple[LaneIngest, _Slot]] = []
         try:
+            stream = await trio.open_unix_socket(str(self.path))
+            reader = FrameReader(stream)
             while True:
                 if next_id:
                     await self.wake.wait()

@@ -172,9 +172,8 @@ class _Pool:
                     await proc.stdin.send_all(self.config)
                 status = await proc.wait()
             finally:
-                if self.stopping or proc.returncode is None:
-                    with trio.CancelScope(shield=True):
-                        await _reap(proc)
+                with trio.CancelScope(shield=True):
+                    await _reap(proc)  # and close its stdin: no fd kept per restart
                 del self.live[index]
                 if not self.live and self.stopping:
                     self.all_gone.set()
