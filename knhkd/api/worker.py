@@ -8,8 +8,8 @@ authentication and authorization, the same problem documents) in front of a
 
 - ``POST /api/v1/observations`` (and the bench's ``POST /api/v1/_noop``)
   are served here: decoded and bounded here (monitor/decode.py), then handed
-  to the daemon over the lane (``LaneClient``: one batch in flight, the
-  requests that arrive meanwhile go in the next), answered 201 only with the
+  to the daemon over the lane (``LaneClient``: up to ``LANE_IN_FLIGHT``
+  batches in flight, the requests that arrive meanwhile go in the next), answered 201 only with the
   ids the daemon sends once it has committed them (fsynced, with their
   receipts), or with the problem it answered.
 - Every other request is forwarded whole, as it came, to the daemon's app on
@@ -70,6 +70,9 @@ NOOP = ("POST", "/api/v1/_noop")
 HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 
 HOP_OUT = HOP - {b"connection"}
+# Lane batches a worker has sent and not had answered, at most: enough to keep
+# the daemon's group commit fed while a reply travels back.
+LANE_IN_FLIGHT = 4
 
 _replies = msgspec.msgpack.Decoder(LaneReply)
 
@@ -152,30 +155,46 @@ class LaneClient:
 
     async def run(self) -> None:
         next_id = 0  # 0: the hello, sent at once
-        batch: list[tuple[LaneIngest, _Slot]] = []
-        try:
-            stream = await trio.open_unix_socket(str(self.path))
-            reader = FrameReader(stream)
+        in_flight: dict[int, list[_Slot]] = {}
+        room = trio.Semaphore(LANE_IN_FLIGHT)
+
+        async def replies(reader: FrameReader) -> None:
             while True:
-                if next_id:
-                    await self.wake.wait()
-                self.wake = trio.Event()
-                batch, self.pending = self.pending, []
-                audits, self.audits = self.audits, []
-                answered, self.answered = self.answered, [0, 0, 0]
-                message = LaneBatch(
-                    next_id, [r for r, _ in batch], audits, (answered[0], answered[1], answered[2])
-                )
-                await stream.send_all(frame(message))
                 reply = await reader.read(_replies)
-                for (_, slot), result in zip(batch, reply.results, strict=True):
+                for slot, result in zip(in_flight.pop(reply.id), reply.results, strict=True):
                     slot.result = result
                     slot.done.set()
-                next_id += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                room.release()
+
+        try:
+            stream = await trio.open_unix_socket(str(self.path))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(replies, FrameReader(stream))
+                while True:
+                    if next_id:
+                        await self.wake.wait()
+                    # At most LANE_IN_FLIGHT batches out: what arrives
+                    # meanwhile goes in one batch, not one message each.
+                    await room.acquire()
+                    self.wake = trio.Event()
+                    batch, self.pending = self.pending, []
+                    audits, self.audits = self.audits, []
+                    answered, self.answered = self.answered, [0, 0, 0]
+                    in_flight[next_id] = [slot for _, slot in batch]
+                    message = LaneBatch(
+                        next_id,
+                        [r for r, _ in batch],
+                        audits,
+                        (answered[0], answered[1], answered[2]),
+                    )
+                    next_id += 1
+                    await stream.send_all(frame(message))
+        except BaseException:
+            # Lost (or stopping): whoever waits is answered 503, never 201.
             self.lost = True
-            for _, slot in batch:
-                slot.done.set()
+            for slots in in_flight.values():
+                for slot in slots:
+                    slot.done.set()
             for _, slot in self.pending:
                 slot.done.set()
             raise

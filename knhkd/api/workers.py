@@ -108,23 +108,33 @@ def count_answers(daemon: Daemon, answered: tuple[int, int, int]) -> None:
 async def serve_lane(
     daemon: Daemon, on_hello: Callable[[], None], stream: trio.SocketStream
 ) -> None:
-    """One worker's lane: batches in, replies out, in order, each once."""
+    """One worker's lane: batches in, each processed once, its reply sent when
+    all of it is committed (batches in flight together answer in any order)."""
     reader = FrameReader(stream)
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        while True:
-            batch = await reader.read(_batches)
-            if batch.id == 0:
-                on_hello()
-            for record in batch.audits:
-                await daemon.audit(record)
-            count_answers(daemon, batch.answered)
-            results = [LaneResult() for _ in batch.requests]
-            # Concurrently, so that they share the ingest actor's group commit
-            # (with each other and with the other workers' requests).
-            async with trio.open_nursery() as nursery:
-                for i, req in enumerate(batch.requests):
-                    nursery.start_soon(_ingest_one, daemon, req, results, i)
+    sending = trio.Lock()
+
+    async def answer(batch: LaneBatch) -> None:
+        results = [LaneResult() for _ in batch.requests]
+        # Concurrently, so that they share the ingest actor's group commit
+        # (with each other and with the other workers' requests).
+        async with trio.open_nursery() as nursery:
+            for i, req in enumerate(batch.requests):
+                nursery.start_soon(_ingest_one, daemon, req, results, i)
+        async with sending:
             await stream.send_all(frame(LaneReply(batch.id, results)))
+
+    try:
+        async with trio.open_nursery() as batches:
+            while True:
+                batch = await reader.read(_batches)
+                if batch.id == 0:
+                    on_hello()
+                for record in batch.audits:
+                    await daemon.audit(record)
+                count_answers(daemon, batch.answered)
+                batches.start_soon(answer, batch)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the worker is gone: nothing it had in flight was answered 201
 
 
 class _Pool:
