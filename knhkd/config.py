@@ -156,6 +156,18 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # producers) are not affected.
     allowed_origins: tuple[str, ...] = ()
     tls: TlsConfig = TlsConfig()
+    # Front-end worker processes that accept HTTP on the one listening socket
+    # (api/workers.py): ``"auto"`` one per core, ``1`` none (the daemon serves
+    # HTTP itself). Restart-only; with ``[http.tls]`` the daemon serves alone.
+    workers: Literal["auto"] | PositiveInt = "auto"
+
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` means on this machine (1: none)."""
+        if self.tls.enabled:
+            return 1  # TLS (and client certificates) are terminated in the daemon only
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return self.workers
 
 
 # The most characters model.RdfPayload.data may hold at all (its msgspec
@@ -631,6 +643,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "KNHKD_DATA_DIR": ("storage", "data_dir"),
     "KNHKD_HTTP_BIND": ("http", "bind"),
+    "KNHKD_HTTP_WORKERS": ("http", "workers"),
     "KNHKD_ADMIN_SOCKET": ("admin", "socket"),
     "KNHKD_LOOP_INTERVAL_S": ("loop", "interval_s"),
     "KNHKD_LOG_LEVEL": ("telemetry", "log_level"),

@@ -925,6 +925,44 @@ class AuditRecord(Struct, frozen=True):
     detail: dict[str, str] = {}
 
 
+# The worker lane (api/workers.py): a front-end worker process hands the
+# daemon its accepted observations, audit records and answer counts, in one
+# message per round trip; the daemon answers each request of it in order.
+
+
+class LaneIngest(Struct, array_like=True):
+    """One HTTP request's decoded observations (``single``: one JSON object)."""
+
+    items: list[ObservationIn]
+    single: bool
+
+
+class LaneBatch(Struct, array_like=True):
+    """What a worker sends: ``id`` counts up from 1 on each connection; the
+    answer counts are deltas by class (success, client error, error)."""
+
+    id: int
+    requests: list[LaneIngest]
+    audits: list[AuditRecord]
+    answered: tuple[int, int, int]
+
+
+class LaneResult(Struct, array_like=True, omit_defaults=True):
+    """One request's outcome: its ids once committed, or the problem (with
+    its extra headers) the daemon would have answered with."""
+
+    ids: list[str] | None = None
+    problem: Problem | None = None
+    headers: dict[str, str] = {}
+
+
+class LaneReply(Struct, array_like=True):
+    """The daemon's answer to the batch ``id``, once all of it is committed."""
+
+    id: int
+    results: list[LaneResult]
+
+
 class AuditEntry(Struct):
     """An audit receipt as ``knhkctl audit list`` shows it."""
 
