@@ -945,6 +945,9 @@ class LaneBatch(Struct, array_like=True):
     requests: list[LaneIngest]
     audits: list[AuditRecord]
     answered: tuple[int, int, int]
+    # Ingest requests refused before the daemon saw them, by reason (deltas;
+    # knhk_ingest_rejected{reason}).
+    refused: dict[str, int] = {}
 
 
 class LaneResult(Struct, array_like=True, omit_defaults=True):

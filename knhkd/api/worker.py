@@ -61,6 +61,8 @@ from knhkd.model import (
     encode_json,
 )
 from knhkd.monitor.decode import Decoded
+from knhkd.telemetry import logs
+from knhkd.telemetry.tracing import setup_tracing
 
 log = logging.getLogger("knhkd.worker")
 
@@ -123,6 +125,7 @@ class LaneClient:
         self.pending: list[tuple[LaneIngest, _Slot]] = []
         self.audits: list[AuditRecord] = []
         self.answered = [0, 0, 0]
+        self.refused: dict[str, int] = {}
         self.wake = trio.Event()
         self.lost = False
 
@@ -135,6 +138,10 @@ class LaneClient:
 
     def count(self, status: int) -> None:
         self.answered[0 if status < 400 else 1 if status < 500 else 2] += 1
+        self._poke()
+
+    def count_refused(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
         self._poke()
 
     async def ingest(self, decoded: Decoded, timeout: float) -> list[str]:
@@ -180,12 +187,14 @@ class LaneClient:
                     batch, self.pending = self.pending, []
                     audits, self.audits = self.audits, []
                     answered, self.answered = self.answered, [0, 0, 0]
+                    refused, self.refused = self.refused, {}
                     in_flight[next_id] = [slot for _, slot in batch]
                     message = LaneBatch(
                         next_id,
                         [r for r, _ in batch],
                         audits,
                         (answered[0], answered[1], answered[2]),
+                        refused,
                     )
                     next_id += 1
                     await stream.send_all(frame(message))
@@ -230,6 +239,9 @@ class WorkerFront(Daemon):
 
     def count_response(self, status: int) -> None:
         self._lane.count(status)
+
+    def count_refused(self, reason: str) -> None:
+        self._lane.count_refused(reason)
 
 
 ASGI = Callable[..., Awaitable[None]]
@@ -378,11 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     args = p.parse_args(argv)
     cfg = msgspec.json.decode(sys.stdin.buffer.readline(), type=Config)
-    logging.basicConfig(
-        level=cfg.telemetry.log_level.upper(),
-        format=f"%(levelname)s %(name)s[worker {args.index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    # The daemon's log format and journald priorities (the same stderr),
+    # and its tracing: requests a worker serves are traced where they run.
+    logs.configure(cfg.telemetry, tag=f"worker {args.index}")
+    setup_tracing(cfg.telemetry)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     return trio.run(run_worker, cfg, args.fd, args.runtime, stdin)
 

@@ -132,6 +132,8 @@ async def serve_lane(
                 for record in batch.audits:
                     await daemon.audit(record)
                 count_answers(daemon, batch.answered)
+                for reason, n in batch.refused.items():
+                    daemon.metrics.ingest_rejected.labels(reason).inc(n)
                 batches.start_soon(answer, batch)
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the worker is gone: nothing it had in flight was answered 201
