@@ -117,8 +117,9 @@ def _pre_migration_backup_restores_and_verifies(d: RunningDaemon, tmp_path: Path
     new = tmp_path / "restored-v1"
     key = d.data_dir / "keys" / "signing.key"
     restored = run_ctl(
-        d.data_dir, "restore", "--from", str(root), "--data-dir", str(new), "--signing-key", str(key)
-    )
+        d.data_dir, "restore", "--from", str(root), "--data-dir", str(new),
+        "--signing-key", str(key),
+    )  # fmt: skip
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert "40 observations" in restored.stdout and "schema v1" in restored.stdout
     assert "knhkd migrate" in restored.stdout
