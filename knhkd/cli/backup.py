@@ -6,6 +6,9 @@ a temporary directory, runs fsck and verify-chain on it, and checks its
 checkpoint against the live log (the daemon, or ``--against DATA_DIR``) with
 an RFC 9162 consistency proof; ``restore`` works without a daemon
 (datadir/backup.py). Each prints one line and exits non-zero on failure.
+A backup of an older schema version (``knhkd migrate``'s pre-migration
+backup) restores and verifies as it is; both say that ``knhkd migrate`` is
+next.
 
 Must never: report a backup verified without all three checks.
 """
@@ -93,9 +96,20 @@ def _restore(args: argparse.Namespace) -> int:
     )
     print(
         f"restored {args.data_dir} from {r.backup_id} ({r.point}): receipts 0..{r.tree_size - 1}, "
-        f"{r.observations} observations"
+        f"{r.observations} observations{_older(r.schema_version, args.data_dir)}"
     )
     return EXIT_OK
+
+
+def _older(version: int, data_dir: str) -> str:
+    from knhkd.store.env import SCHEMA_VERSION
+
+    if version >= SCHEMA_VERSION:
+        return ""
+    return (
+        f"; schema v{version}, older than this knhkd's v{SCHEMA_VERSION}: "
+        f"run `knhkd migrate --data-dir {data_dir}` before starting knhkd on it"
+    )
 
 
 def _verify(args: argparse.Namespace, call: Call) -> int:
@@ -104,7 +118,7 @@ def _verify(args: argparse.Namespace, call: Call) -> int:
     from knhkd.datadir.fsck import fsck_data_dir
     from knhkd.receipts import backup as rb
     from knhkd.receipts.log import verify_store
-    from knhkd.store.env import open_store
+    from knhkd.store.env import SCHEMA_VERSION, open_store
 
     root = Path(args.dir)
     backups = db.load_backups(root)
@@ -116,16 +130,18 @@ def _verify(args: argparse.Namespace, call: Call) -> int:
     if problems:
         print(f"backup {chosen.id}: NOT VERIFIED: {problems[0]}")
         return EXIT_VERIFY_FAILED
+    # An older schema (a pre-migration backup) is checked at its version.
+    older = db.schema_of(chain) < SCHEMA_VERSION
     keys = Verifier.from_json((root / chosen.id / rb.KEYRING_FILE).read_bytes())
     with tempfile.TemporaryDirectory(prefix="knhkd-backup-verify-") as tmp:
         target = Path(tmp) / "data"
         later = [m for m in backups if m.id > chosen.id]
         db.restore(root, target, db.Point(receipt=chosen.tree_size - 1) if later else db.Point())
-        report = fsck_data_dir(target)
+        report = fsck_data_dir(target, older_schema=older)
         if not report.ok:
             print(f"backup {chosen.id}: NOT VERIFIED: fsck: {report.errors[0]}")
             return EXIT_VERIFY_FAILED
-        store = open_store(target, readonly=True, exclusive=False)
+        store = open_store(target, readonly=True, exclusive=False, migrating=older)
         try:
             chain_rep = verify_store(store, keys)
         finally:
@@ -153,7 +169,7 @@ def _verify(args: argparse.Namespace, call: Call) -> int:
         return EXIT_VERIFY_FAILED
     print(
         f"backup {chosen.id}: verified: files, fsck clean, {chain_rep.total_count} receipts "
-        f"verify; {verdict}"
+        f"verify; {verdict}{_older(chosen.schema_version, 'DATA_DIR') if older else ''}"
     )
     return EXIT_OK
 

@@ -200,16 +200,22 @@ def _migrate(cfg: Config, *, dry_run: bool) -> int:
         print(f"{cfg.data_dir}: already at schema v{report.to_version}; nothing to do")
         return 0
     if report.dry_run:
-        print(f"{cfg.data_dir}: would migrate {what}, after a backup beside it:")
+        print(f"{cfg.data_dir}: would migrate {what}, after a backup in {report.backup}:")
         for step in report.steps:
             print(f"  {step}")
         return 0
-    print(f"{cfg.data_dir}: migrated {what}; backup {report.backup}")
+    backup = f"{report.backup}" + (f" ({report.manifest.id})" if report.manifest else "")
+    print(f"{cfg.data_dir}: migrated {what}; backup {backup}")
     for step in report.steps:
         print(f"  {step}")
     if report.fsck is not None and not report.fsck.ok:
         for error in report.fsck.errors:
             print(f"knhkd: migrate: verification: {error}", file=sys.stderr)
+        print(
+            f"knhkd: migrate: restore the backup: knhkctl restore --from {report.backup} "
+            f"--data-dir {cfg.data_dir} --force",
+            file=sys.stderr,
+        )
         return 1
     checked = report.fsck.checked if report.fsck else {}
     print(f"  verified: fsck ok, {checked.get('receipts', 0)} receipts")

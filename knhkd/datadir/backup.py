@@ -24,6 +24,11 @@ Guarantees:
 - The restored directory has the anchor of its latest checkpoint and a
   marker (``restored.json``) from which the daemon's first receipt records
   the restore (loop/backup.py).
+- A backup of an older schema version (the pre-migration backup ``knhkd
+  migrate`` takes) is restored as it is, at its version: the daemon refuses
+  it until ``knhkd migrate`` has run (``Restored.schema_version`` says so).
+  A newer one, or a chain that mixes versions, is refused before anything is
+  written.
 
 Must never: leave a store fsck would reject; copy a secret key unless the
 operator names it.
@@ -48,7 +53,7 @@ from knhkd.receipts import backup as rb
 from knhkd.receipts import canonical, tlog_checkpoint
 from knhkd.receipts.backup import BackupError
 from knhkd.store import anchor
-from knhkd.store.env import MB, Store, StoreError, open_store
+from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store
 
 MARKER = "restored.json"
 # Where the store is rebuilt before it is renamed to ``lmdb``.
@@ -68,6 +73,8 @@ class Restored(msgspec.Struct):
     last_receipt_ns: int
     observations: int
     point: str  # "end", "receipt N" or "at <ns>"
+    # Below this release's: restored as it was; ``knhkd migrate`` comes next.
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ def restore(
     problems = [p for m in chain for p in check_files(root, m)]
     if problems:
         raise BackupError(f"backup damaged: {problems[0]}")
+    version = schema_of(chain)
     with _locked_target(data_dir, force):
         # Built aside and renamed into place last: until then the directory
         # has no store a daemon would start on.
@@ -213,13 +221,22 @@ def restore(
         shutil.copyfile(root / base.id / rb.DATA_FILE, staging / "lmdb" / "data.mdb")
         size = (staging / "lmdb" / "data.mdb").stat().st_size
         map_size = max(1024 * MB, 2 * size)
-        # The lock is ours already (taken above): the store does not take it again.
-        store = open_store(staging, map_size=map_size, create=False, exclusive=False)
+        # The lock is ours already (taken above): the store does not take it
+        # again. An older schema is opened as `knhkd migrate` opens it (the
+        # databases this release adds are created empty; no version written).
+        store = open_store(
+            staging,
+            map_size=map_size,
+            create=False,
+            exclusive=False,
+            migrating=version < SCHEMA_VERSION,
+        )
         try:
             for m in chain[1:]:
                 path = root / m.id / rb.SEGMENT_FILE
                 _apply(store, rb.decode_segment(path.read_bytes(), path))
             result = _truncate(store, covering, base, point)
+            result.schema_version = version
             with store.reader() as txn:
                 last = store.tables.checkpoints.last(txn)
             # Segments and the cut rewrote records in place (erased forms
@@ -246,6 +263,24 @@ def restore(
         os.replace(staging / "lmdb", data_dir / "lmdb")
         staging.rmdir()
     return result
+
+
+def schema_of(chain: list[BackupManifest]) -> int:
+    """The schema version of a chain of backups; ``BackupError`` if this
+    release cannot restore it (newer, or versions mixed)."""
+    versions = sorted({m.schema_version for m in chain})
+    if len(versions) > 1:
+        raise BackupError(
+            f"backup {chain[-1].id} mixes schema versions {versions}: restore the chain of "
+            "one version (a migration starts a new base)"
+        )
+    [version] = versions
+    if version > SCHEMA_VERSION:
+        raise BackupError(
+            f"backup {chain[-1].id} is of schema version {version}, newer than this knhkd's "
+            f"{SCHEMA_VERSION}: restore it with the knhkd that wrote it"
+        )
+    return version
 
 
 def _apply(store: Store, segment: rb.Segment) -> None:
@@ -374,11 +409,18 @@ def _cut(store: Store, txn: lmdb.Transaction, keep: int, size: int) -> int:
     return obs_keep
 
 
-def backup_data_dir(data_dir: Path, out_root: Path) -> BackupManifest:
-    """A base backup of a stopped daemon's data directory (its lock is taken
-    for the copy): what ``knhkd migrate`` takes before migrating."""
+def backup_data_dir(
+    data_dir: Path, out_root: Path, *, migrating: bool = False, lock_fd: int | None = None
+) -> BackupManifest:
+    """A base backup of a stopped daemon's data directory under
+    ``out_root/<id>/``: what ``knhkd migrate`` takes before migrating.
+
+    The directory's lock is taken for the copy, or ``lock_fd`` is that lock,
+    already held (the store closes it: pass a ``dup`` to keep holding it).
+    ``migrating``: the store may be of an older schema version; it is opened
+    as the migration opens it and the manifest names its version."""
     try:
-        store = open_store(data_dir, create=False)
+        store = open_store(data_dir, create=False, migrating=migrating, lock_fd=lock_fd)
     except StoreError as exc:
         raise BackupError(str(exc)) from None
     try:

@@ -387,7 +387,12 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         found.add("observations", f"counter says {next_seq}, {stored} are stored")
     if covered != stored:
         found.add("observations", f"{stored} stored, {covered} covered by batch receipts")
-    salted_from = store.tables.salted_from.get(txn) or 0
+    salted_from = store.tables.salted_from.get(txn)
+    if salted_from is None:
+        # Schema v1 (before `knhkd migrate`): nothing is salted; from v2 on
+        # without the mark (a store created at v2 or later): everything.
+        version = store.tables.schema_version.get(txn)
+        salted_from = stored if version is not None and version < 2 else 0
     leaves = store.tables.observation_leaves.count(txn)
     if leaves != max(stored - salted_from, 0):
         found.add(
@@ -445,14 +450,21 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def fsck_data_dir(data_dir: Path, progress: Callable[[str], None] | None = None) -> FsckReport:
+def fsck_data_dir(
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    older_schema: bool = False,
+) -> FsckReport:
     """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
     damage only with ``assert`` (a flipped page flag aborts the process), so
     a child that dies by a signal is itself a finding, and each database is
     then scanned in a child of its own to name the ones that abort.
     Raises ``StoreError`` when there is no store to check. ``progress`` is
-    called in the child (fsck's), whose fd 2 is /dev/null."""
-    report = _in_child(lambda: _open_and_fsck(data_dir, progress))
+    called in the child (fsck's), whose fd 2 is /dev/null. ``older_schema``:
+    a store of an older schema version is checked at its version (a restored
+    pre-migration backup) instead of refused; nothing is written either way."""
+    report = _in_child(lambda: _open_and_fsck(data_dir, progress, older_schema))
     if isinstance(report, FsckReport):
         return report
     if isinstance(report, _NoStore):
@@ -472,10 +484,10 @@ class _NoStore(msgspec.Struct):
 
 
 def _open_and_fsck(
-    data_dir: Path, progress: Callable[[str], None] | None = None
+    data_dir: Path, progress: Callable[[str], None] | None = None, older_schema: bool = False
 ) -> FsckReport | _NoStore:
     try:
-        store = open_store(data_dir, readonly=True, exclusive=False)
+        store = open_store(data_dir, readonly=True, exclusive=False, migrating=older_schema)
     except SchemaVersionError as exc:
         if exc.found is not None:
             return _NoStore(str(exc))  # another schema: not ours to judge

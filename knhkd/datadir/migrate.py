@@ -4,9 +4,15 @@ the schema version it was written with to ``SCHEMA_VERSION`` (store/schema.py).
 How:
   1. the data directory's lock is taken (no daemon runs on it while it
      migrates) and the stored version read;
-  2. ``pre_migration_backup``: a consistent compacted copy of the LMDB file
-     (``env.copy(compact=True)``) with the anchor and the public keyring, in
-     a new sibling directory ``DATA_DIR.pre-migration-vN-TIMESTAMP``;
+  2. the pre-migration backup: a base backup (``backup_data_dir``, the one
+     backup mechanism: a compact LMDB copy, the public keyring and a manifest
+     naming the older schema version and the signed checkpoint it covers) in
+     a new sibling directory ``DATA_DIR.pre-migration-vN-TIMESTAMP``, which
+     ``knhkctl backup verify`` and ``knhkctl restore --from`` take as they
+     are (a restored pre-migration backup is of version N: migrate it again).
+     The store is opened for it as the migration opens it, which creates the
+     databases the current schema adds, empty: the only write before the
+     backup, and no step;
   3. every step from the stored version to the current one (``STEPS``: step
      ``n`` takes version ``n`` to ``n + 1``), the new version and a
      ``schema_migrated`` receipt (from, to, the backup's name), all in one
@@ -28,7 +34,6 @@ store a daemon holds; delete the backup.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +42,11 @@ from pathlib import Path
 import lmdb
 
 from knhkd.crypto.keys import Signer
+from knhkd.datadir.backup import backup_data_dir
 from knhkd.datadir.fsck import fsck
-from knhkd.model import FsckReport, Outcome
+from knhkd.model import BackupManifest, FsckReport, Outcome
+from knhkd.receipts.backup import BackupError
 from knhkd.receipts.log import Draft, ReceiptLog
-from knhkd.store import anchor
 from knhkd.store.env import (
     SCHEMA_VERSION,
     Store,
@@ -83,7 +89,9 @@ class MigrationReport:
     to_version: int
     dry_run: bool
     steps: list[str] = field(default_factory=list)
+    # The directory of the pre-migration backup (``knhkctl restore --from``).
     backup: Path | None = None
+    manifest: BackupManifest | None = None
     fsck: FsckReport | None = None
 
     @property
@@ -99,19 +107,11 @@ def stored_version(env: lmdb.Environment) -> int:
     return version
 
 
-def pre_migration_backup(env: lmdb.Environment, data_dir: Path, version: int) -> Path:
-    """A consistent compacted copy of the store and the files that vouch for
-    it (anchor, public keyring) in a new sibling directory; its path.
-    (The signing key stays where it is: the migration does not change it.)"""
+def backup_root(data_dir: Path, version: int) -> Path:
+    """Where the pre-migration backup of a store of ``version`` goes: a new
+    sibling directory of backups (one base)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = data_dir.parent / f"{data_dir.name}.pre-migration-v{version}-{stamp}"
-    (dest / "lmdb").mkdir(parents=True, mode=0o700)
-    env.copy(str(dest / "lmdb"), compact=True)
-    for rel in (anchor.path_in(data_dir).relative_to(data_dir), Path("keys/public.json")):
-        if (data_dir / rel).exists():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copy2(data_dir / rel, dest / rel)
-    return dest
+    return data_dir.parent / f"{data_dir.name}.pre-migration-v{version}-{stamp}"
 
 
 def migrate(
@@ -127,9 +127,10 @@ def migrate(
     if not (lmdb_dir / "data.mdb").exists():
         raise MigrationError(f"no knhkd store under {data_dir}")
     try:
-        lock_fd: int | None = lock_data_dir(data_dir)
+        held = lock_data_dir(data_dir)
     except StoreError as exc:
         raise MigrationError(f"{exc}: stop the daemon first") from None
+    lock_fd: int | None = held
     try:
         with raw_env(data_dir) as env:
             version = stored_version(env)
@@ -147,8 +148,22 @@ def migrate(
                     f"v{v} -> v{v + 1}: {(STEPS[v].__doc__ or STEPS[v].__name__).strip()}"
                     for v in range(version, SCHEMA_VERSION)
                 ]
+                if dry_run:
+                    report.backup = backup_root(data_dir, version)
                 return report
-            report.backup = pre_migration_backup(env, data_dir, version)
+        # The raw environment is closed: one process opens an LMDB file once.
+        # The backup's store closes a duplicate of the lock (flock: the lock
+        # stays held through the original until the migration's store closes it).
+        root = backup_root(data_dir, version)
+        try:
+            report.manifest = backup_data_dir(
+                data_dir, root, migrating=True, lock_fd=os.dup(held)
+            )
+        except (BackupError, StoreError) as exc:
+            raise MigrationError(
+                f"the pre-migration backup failed, nothing migrated: {exc}"
+            ) from None
+        report.backup = root
         store = open_store(data_dir, map_size=map_size, migrating=True, lock_fd=lock_fd)
         lock_fd = None  # the store holds it now, and closes it
         try:
@@ -179,12 +194,13 @@ def _run_steps(store: Store, signer: Signer, version: int, report: MigrationRepo
                 inputs={
                     "from_version": str(version),
                     "to_version": str(SCHEMA_VERSION),
-                    "backup": backup.name,
+                    "backup": backup_name,
                 },
             ),
         )
 
-    backup = report.backup
+    assert report.manifest is not None
+    backup_name = f"{report.backup.name}/{report.manifest.id}"
     [(_, error)] = run_transaction(store, [job])
     if error is not None:
         raise MigrationError(f"the migration failed and wrote nothing: {error}") from error

@@ -198,6 +198,8 @@ def take(
     try:
         with store.reader() as txn:
             cp, size, obs_next, last_ns = _state(store, txn)
+            # The store's own version: a pre-migration backup is of the older one.
+            version = store.tables.schema_version.get(txn) or SCHEMA_VERSION
             origin = store.tables.log_origin.get(txn) or cp.origin
             ring = keyring.read_keyring(store, txn)
             if parent is None:
@@ -217,7 +219,7 @@ def take(
             id=backup_id,
             kind=kind,
             parent_id=None if parent is None else parent.id,
-            schema_version=SCHEMA_VERSION,
+            schema_version=version,
             created_ns=created,
             origin=origin,
             checkpoint=cp.text,

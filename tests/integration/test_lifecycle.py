@@ -71,13 +71,9 @@ def test_a_v1_data_directory_is_refused_then_migrates_and_verifies(
     mig = _knhkd(d, "migrate")
     assert mig.returncode == 0, mig.stdout + mig.stderr
     assert "migrated schema v1 -> v2" in mig.stdout and "fsck ok" in mig.stdout
-    [backup] = tmp_path.glob(f"{d.data_dir.name}.pre-migration-v1-*")
-    assert (backup / "lmdb" / "data.mdb").stat().st_size > 0
-    assert (backup / "checkpoint.anchor").read_bytes() == (
-        d.data_dir / "checkpoint.anchor"
-    ).read_bytes()
     again = _knhkd(d, "migrate")
     assert again.returncode == 0 and "already at schema v2" in again.stdout
+    _pre_migration_backup_restores_and_verifies(d, tmp_path)
 
     d.start()
     with d.client() as c:
@@ -103,6 +99,47 @@ def test_a_v1_data_directory_is_refused_then_migrates_and_verifies(
     assert refused.returncode != 0
     assert "schema v1" in refused.stderr + refused.stdout
     assert stored_counts(d)[0] == 42
+
+
+def _pre_migration_backup_restores_and_verifies(d: RunningDaemon, tmp_path: Path) -> None:
+    """The pre-migration backup is an ordinary base backup of the v1 store:
+    ``backup verify`` passes (fsck and the chain at v1, its checkpoint
+    consistent with the migrated log), ``restore`` rebuilds the v1 store and
+    says that ``knhkd migrate`` is next, which then migrates it too."""
+    [root] = tmp_path.glob(f"{d.data_dir.name}.pre-migration-v1-*")
+    [manifest] = root.glob("*/manifest.json")
+    m = json.loads(manifest.read_text())
+    assert (m["kind"], m["schema_version"], m["observations_next"]) == ("base", 1, 40)
+    verified = run_ctl(d.data_dir, "backup", "verify", str(root), "--against", str(d.data_dir))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "verified" in verified.stdout and "knhkd migrate" in verified.stdout
+
+    new = tmp_path / "restored-v1"
+    key = d.data_dir / "keys" / "signing.key"
+    restored = run_ctl(
+        d.data_dir, "restore", "--from", str(root), "--data-dir", str(new),
+        "--signing-key", str(key),
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "40 observations" in restored.stdout and "schema v1" in restored.stdout
+    assert "knhkd migrate" in restored.stdout
+    mig = subprocess.run(
+        [sys.executable, "-m", "knhkd.cli.knhkd", "migrate", "--config", str(d.config),
+         "--data-dir", str(new)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert mig.returncode == 0, mig.stdout + mig.stderr
+    assert "migrated schema v1 -> v2" in mig.stdout and "fsck ok" in mig.stdout
+
+    # A backup of a newer schema than this release's is refused, nothing written.
+    newer = tmp_path / "newer"
+    shutil.copytree(root, newer)
+    (newer / manifest.parent.name / "manifest.json").write_text(
+        json.dumps({**m, "schema_version": 99})
+    )
+    refused = run_ctl(d.data_dir, "restore", "--from", str(newer), "--data-dir", str(new / "x"))
+    assert refused.returncode != 0 and "newer than this knhkd's" in refused.stderr
+    assert not (new / "x").exists()
 
 
 SUBJECT = "pt-ERASE-me-4711"
