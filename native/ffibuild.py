@@ -164,6 +164,7 @@ size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdic
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
                           uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);
+int knhk_floor_ticks(size_t blocks, double *out);
 """
 
 # Portable: the shipped module must run on any x86-64 (or other) CPU.
