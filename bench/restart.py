@@ -96,10 +96,12 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
     url = f"http://127.0.0.1:{port}/ready"
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(url, timeout=1) as r,
+        ):
+            if r.status == 200:
+                return
         if proc.poll() is not None or time.monotonic() > deadline:
             raise BenchError("knhkd did not become ready:\n" + log.read_text()[-3000:])
         time.sleep(0.002)
