@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+import ring as ring_bench  # noqa: E402  (bench/ring.py)
 
 from knhkd.hotpath.records import RECORD, pack_record  # noqa: E402
 from knhkd.hotpath.ring import Producer, Reader, ticks_now  # noqa: E402
@@ -53,43 +55,13 @@ class BenchError(Exception):
     """The bench could not run (exit status 2)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(tmp: Path, ring: Path) -> Path:
-    conf = tmp / "knhkd.toml"
-    conf.write_text(
-        f"""
-[knowledge]
-ontology_dir = "{REPO / "conf" / "ontology"}"
-shapes_dir = "{REPO / "conf" / "shapes"}"
-[loop]
-interval_s = 3600
-[ingest]
-shacl = false
-[ring]
-path = "{ring}"
-lanes = {LANES}
-capacity = {CAPACITY}
-drain_batch = {CHUNK}
-"""
-    )
-    return conf
-
-
-def start(conf: Path, data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``knhkd run`` again with the command line ``ring_bench.daemon`` used,
+    on another port."""
+    args = [*args[:-1], f"127.0.0.1:{port}"]
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "knhkd.cli.knhkd", "run", "--config", str(conf),
-             "--data-dir", str(data), "--http-bind", f"127.0.0.1:{port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # The shipped defaults (conf/doctrines, ...) are relative to the repository.
-            cwd=str(REPO),
-        )  # fmt: skip
+        # The shipped defaults (conf/doctrines, ...) are relative to the repository.
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
@@ -170,19 +142,19 @@ def workdir() -> Iterator[tuple[Path, Path]]:
 
 def run(count: int, restarts: int) -> dict[str, Any]:
     with workdir() as (tmp, ring):
-        conf, data, log = write_config(tmp, ring), tmp / "data", tmp / "knhkd.log"
-        port = free_port()
-        proc = start(conf, data, port, log)
-        try:
-            wait_ready(proc, port, log, 120)
+        # bench/ring.py's daemon: the ring, SHACL at ingest off; ready once it
+        # logs so. Killed with -9 here; its own stop then finds it gone.
+        with ring_bench.daemon(tmp, ring, LANES, CAPACITY, shacl=False) as proc:
             fill_s = fill(ring, count)
-        finally:
             kill9(proc)
+        args = [str(a) for a in proc.args]  # type: ignore[union-attr]
+        data = Path(args[args.index("--data-dir") + 1])
+        log = tmp / "restarts.log"
         times: list[float] = []
         for _ in range(restarts):
-            port = free_port()
+            port = ring_bench.free_port()
             t0 = time.perf_counter()
-            proc = start(conf, data, port, log)
+            proc = start(args, port, log)
             try:
                 wait_ready(proc, port, log, 120)
                 times.append(time.perf_counter() - t0)
