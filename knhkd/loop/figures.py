@@ -85,8 +85,12 @@ class Window:
         return [v for _t, v in self._samples]
 
     def p99(self) -> float | None:
+        return self.judged()[0]
+
+    def judged(self) -> tuple[float | None, int]:
+        """The p99 (None below ``MIN_SAMPLES``) and how many samples it is of."""
         values = self.values()
-        return p99(values) if len(values) >= MIN_SAMPLES else None
+        return (p99(values) if len(values) >= MIN_SAMPLES else None), len(values)
 
 
 class Counts:
@@ -227,22 +231,25 @@ class Figures:
             value = w.p99()
             if value is not None:
                 by_route[route] = round(value * 1000.0, 3)
+        api, api_n = self.requests.judged()
+        ingest, ingest_n = self.ingest.judged()
+        hot, hot_n = self.append_ticks.judged()
         return RuntimeFigures(
             rss_mb=self.rss_mb(),
             cpu_percent=self.cpu_percent(),
-            p99_ms=_ms(self.requests.p99()),
-            hot_path_ticks_p99=self.append_ticks.p99(),
+            p99_ms=_ms(api),
+            hot_path_ticks_p99=hot,
             tick_baseline_p99=self.tick_baseline_p99,
-            warm_path_ms=_ms(self.ingest.p99()),
+            warm_path_ms=_ms(ingest),
             schema_violation_rate=(rejected / seen) if seen else None,
             hot_path_floor_ticks_p99=self.floor_ticks_p99,
             request_p99_ms=by_route,
             commit_p99_ms=_ms(self.commits.p99()),
             accepted=accepted,
             schema_rejected=rejected,
-            request_samples=len(self.requests.values()),
-            ingest_samples=len(self.ingest.values()),
-            hot_path_samples=len(self.append_ticks.values()),
+            request_samples=api_n,
+            ingest_samples=ingest_n,
+            hot_path_samples=hot_n,
             tick_baseline_source=self.tick_baseline_source,
         )
 
