@@ -48,7 +48,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api import activation, authn, openapi, server
+from knhkd.api import activation, authn, openapi, server, workers
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -57,6 +57,7 @@ from knhkd.api.routes import (
     health,
     observations,
     patterns,
+    privacy,
     proposals,
     receipts,
     snapshots,
@@ -97,6 +98,7 @@ BLUEPRINTS = (
     governance.bp,
     receipts.bp,
     cycle.bp,
+    privacy.bp,
     health.bp,
     openapi.bp,
 )
@@ -277,6 +279,16 @@ async def serve_http(
 ) -> None:
     """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
     app = create_app(daemon)
+    count = daemon.cfg.http.worker_count()
+    if count > 1:  # worker processes in front (api/workers.py)
+        try:
+            await workers.serve(
+                daemon, app, hypercorn_config(daemon), count, linger_s=LINGER_S,
+                task_status=task_status,
+            )  # fmt: skip
+        finally:
+            daemon.http_done.set()
+        return
     logged: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def handshake_failed(peer: str, reason: str) -> None:

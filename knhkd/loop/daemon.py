@@ -20,6 +20,7 @@ import os
 import ssl
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -35,7 +36,9 @@ from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
+from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
+from knhkd.loop.erasure import erase_job
 from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
@@ -46,10 +49,12 @@ from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
     AuditEntry,
     AuditRecord,
+    BackupManifest,
     ChainVerification,
     ConsistencyFile,
     CycleReport,
     DetectedPattern,
+    Erasure,
     ExportFile,
     Health,
     Observation,
@@ -71,9 +76,11 @@ from knhkd.model import (
 from knhkd.monitor.decode import Decoded
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import audit as audit_trail
-from knhkd.receipts import canonical, keyring, offline
+from knhkd.receipts import backup as backup_copy
+from knhkd.receipts import canonical, keyring, merkle, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import scrub
 from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 from knhkd.telemetry.tracing import span
@@ -127,6 +134,7 @@ class Daemon:
         self.governance = prepared.governance
         self.queries = state.queries
         self.actors = actors
+        self.backups = Backups(state.ctx, actors.checkpointer)
         self.supervisor = supervisor
         self.metrics = metrics
         self.started_monotonic = time.monotonic()
@@ -280,6 +288,31 @@ class Daemon:
 
     def public_keyring(self) -> PublicKeyring:
         return self.queries.public_keyring()
+
+    async def erase_subject(self, subject: str, by: Principal) -> Erasure:
+        """Erase the observations whose ``[privacy] subject_fields`` name
+        ``subject`` (loop/erasure.py), then overwrite the pages LMDB freed."""
+        self.write_gate.check()
+        fields = self.cfg.privacy.subject_fields
+        result = await self.writer.submit(
+            erase_job(self.store, self.receipts, subject=subject, fields=fields, principal=by.name)
+        )
+        self.metrics.receipts_appended.labels("observations_erased").inc()
+        # Each job its own transaction: pages freed by one become reusable
+        # only transactions later (store/scrub.py).
+        for what, job in scrub.jobs(self.store):
+            pages = await self.writer.submit(job)
+            if what == "fill":
+                result.scrubbed_pages.append(pages)
+        # Never the subject: it is the personal data being erased.
+        log.info(
+            "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",
+            result.receipt_id,
+            by.name,
+            result.erased,
+            result.scrubbed_pages,
+        )
+        return result
 
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
@@ -492,6 +525,25 @@ class Daemon:
         self.metrics.snapshots_rolled_back.inc()
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta
+
+    async def backup(self, out_root: str, kind: str | None) -> BackupManifest:
+        """A backup under ``out_root`` (loop/backup.py), receipted."""
+        if kind not in (None, "base", "incremental"):
+            raise Conflict(f"unknown backup kind {kind!r}")
+        return await self.backups.take(Path(out_root), kind)  # type: ignore[arg-type]
+
+    async def backup_consistency(self, size: int) -> dict[str, Any]:
+        """The latest checkpoint and a consistency proof from ``size`` to it,
+        for ``knhkctl backup verify``."""
+        try:
+            note, proof = await trio.to_thread.run_sync(
+                backup_copy.consistency_to_latest, self.store, size
+            )
+        except backup_copy.BackupError as exc:
+            raise Conflict(str(exc)) from None
+        except merkle.ProofError as exc:
+            raise Conflict(f"no consistency proof: {exc}") from None
+        return {"checkpoint": note, "proof": [p.hex() for p in proof]}
 
     async def issue_checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of everything committed now (None when the log is

@@ -143,7 +143,10 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
                         loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
                         loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
-                        loop_n.start_soon(sup.supervise, "checkpointer", actors.checkpointer.run)
+                        loop_n.start_soon(
+                            sup.supervise, "checkpointer", actors.checkpointer.run
+                        )
+                        loop_n.start_soon(sup.supervise, "backup", daemon.backups.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         # Even read-only: its records are then counted as dropped.
