@@ -331,6 +331,10 @@ class InvariantsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_estimated_ticks: NonNegativeInt = 8
     # Q4: hot-path p99 in ticks, warm-path p99 in ms.
     hot_path_max_ticks: PositiveFloat = 8.0
+    # Where this machine's floor (p99 ticks of a bare 64-byte store, measured
+    # at start-up) already exceeds hot_path_max_ticks, Q4 judges the hot path
+    # against floor x this instead.
+    hot_path_floor_tolerance: Annotated[float, Meta(ge=1)] = 1.5
     warm_path_max_ms: PositiveFloat = 100.0
     # Q5: resident memory, CPU, API tail latency, hot-path tick regression.
     max_memory_mb: PositiveFloat = 1024.0

@@ -469,6 +469,39 @@ class RuntimeFigures(Struct, frozen=True):
     warm_path_ms: float | None = None
     # Fraction (0..1) of recent observations that violated their sector's schema.
     schema_violation_rate: float | None = None
+    # This machine's floor for the hot path: p99 ticks of a bare 64-byte
+    # store, measured at start-up (Q4 judges against it when it exceeds the
+    # bound: validate/stages/s2_invariants.py).
+    hot_path_floor_ticks_p99: float | None = None
+    # p99 of HTTP request latency per route template, ms (p99_ms is over all).
+    request_p99_ms: dict[str, float] = {}
+    # p99 of one ingest commit (a group of requests, on the writer), ms.
+    commit_p99_ms: float | None = None
+    # Observations accepted (committed) and refused by their sector's SHACL
+    # shapes in the window (HTTP and ring), and samples behind each p99.
+    accepted: int = 0
+    schema_rejected: int = 0
+    request_samples: int = 0
+    ingest_samples: int = 0
+    hot_path_samples: int = 0
+    # Where tick_baseline_p99 comes from: "promotion" (the hot-path p99 when
+    # the last snapshot was promoted) or "start" (the first full window since
+    # start-up, before any promotion); "" when there is none.
+    tick_baseline_source: str = ""
+
+
+class FigureSamples(Struct, frozen=True):
+    """Raw samples for loop/figures.py to merge into its windows (a batch,
+    e.g. forwarded from another process): seconds per request by route
+    template, per ingest request and per commit; observations accepted and
+    SHACL-refused; ticks per record of timed ring batch appends."""
+
+    request_seconds: dict[str, list[float]] = {}
+    ingest_seconds: list[float] = []
+    commit_seconds: list[float] = []
+    accepted: int = 0
+    schema_rejected: int = 0
+    append_ticks: list[float] = []
 
 
 class ValidationReport(Struct):
@@ -885,6 +918,9 @@ class Health(Struct):
     actors: dict[str, ActorStatus]
     # "off": no [[auth.issuers]], every HTTP caller is "anonymous".
     authentication: Literal["on", "off"] = "off"
+    # What the daemon measured about itself (invariants Q2, Q4, Q5); a
+    # figure absent or null was not measured.
+    figures: RuntimeFigures | None = None
 
 
 class Problem(Struct, omit_defaults=True):

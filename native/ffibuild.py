@@ -172,6 +172,7 @@ int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verd
                           uint8_t *keys, size_t keys_cap, uint8_t *leaves, size_t leaves_cap,
                           uint8_t *digests, size_t digests_cap, knhk_codec_run *runs,
                           size_t *nruns);
+int knhk_floor_ticks(size_t blocks, double *out);
 """
 
 # Portable: the shipped module must run on any x86-64 (or other) CPU.

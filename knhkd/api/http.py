@@ -152,7 +152,13 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.after_request
     async def _count(response: Response) -> Response:
-        daemon.count_response(response.status_code)
+        started = g.get("started_ns")
+        rule = request.url_rule.rule if request.url_rule is not None else "-"
+        daemon.count_response(
+            response.status_code,
+            rule,
+            None if started is None else (time.perf_counter_ns() - started) / 1e9,
+        )
         if daemon.cfg.telemetry.access_log:
             access_line(response.status_code)
         return response

@@ -237,7 +237,10 @@ class WorkerFront(Daemon):
             decoded, http.enqueue_timeout_s + http.commit_timeout_s + 5.0
         )
 
-    def count_response(self, status: int) -> None:
+    def count_response(self, status: int, route: str = "", seconds: float | None = None) -> None:
+        # Route and latency are the daemon's figures (loop/figures.py); a
+        # worker's are not forwarded over the lane yet (FigureSamples can
+        # carry them), so a worker counts the answer only.
         self._lane.count(status)
 
     def count_refused(self, reason: str) -> None:

@@ -68,6 +68,7 @@ from knhkd.model import (
     ReceiptView,
     Relaxation,
     RingSummary,
+    RuntimeFigures,
     Snapshot,
     StatusReport,
     ValidationReport,
@@ -554,8 +555,12 @@ class Daemon:
         (``knhk_ingest_rejected{reason}``: invalid, too_large)."""
         self.metrics.ingest_rejected.labels(reason).inc()
 
-    def count_response(self, status: int) -> None:
-        """Count an HTTP answer by class (success, client error, error)."""
+    def count_response(self, status: int, route: str = "", seconds: float | None = None) -> None:
+        """Count an HTTP answer by class (success, client error, error); one
+        the app answered (``seconds`` since it began) also feeds the figures
+        (route template, "-" for none)."""
+        if seconds is not None:
+            self._state.figures.record_request(route or "-", seconds)
         if status < 400:
             self.metrics.requests_success.inc()
         elif status < 500:
@@ -597,7 +602,15 @@ class Daemon:
             },
             actors=dict(self.supervisor.status),
             authentication="on" if self.cfg.auth_enabled else "off",
+            figures=self.figures(),
         )
+
+    def figures(self) -> RuntimeFigures:
+        """What the daemon measured about itself (loop/figures.py), also set
+        on the ``knhk_figure_*`` gauges."""
+        f = self._state.figures.snapshot()
+        self.metrics.set_figures(f)
+        return f
 
     def status(self) -> StatusReport:
         next_seq, head_hash = self.receipt_head()

@@ -60,6 +60,7 @@ from knhkd.errors import Invalid, KnhkdError, Unavailable
 from knhkd.hotpath.codec import RingBatch
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.cycle import BatchLinks
+from knhkd.loop.figures import Figures
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
@@ -308,7 +309,9 @@ class Ingest:
         shapes_digest: Callable[[str], str | None] = lambda sector: None,
         evidence_sample: Callable[[], int] = lambda: 16,
         batch_links: BatchLinks | None = None,
+        figures: Figures | None = None,
     ) -> None:
+        self._figures = Figures() if figures is None else figures
         self._batch_links = BatchLinks() if batch_links is None else batch_links
         self._evidence_sample = evidence_sample
         self._shapes_digest = shapes_digest
@@ -332,6 +335,7 @@ class Ingest:
         if self._closed:
             raise Closed("knhkd is shutting down")
         request = _Request(items, extra_meta=extra_meta)
+        started = time.perf_counter()
         with trio.move_on_after(enqueue_timeout) as scope:
             try:
                 await self._send.send(request)
@@ -347,6 +351,7 @@ class Ingest:
             raise Overloaded("the commit did not complete in time; it may still commit")
         if request.error is not None:
             raise request.error
+        self._figures.record_ingest(time.perf_counter() - started)
         return request.ids
 
     def close(self) -> None:
@@ -368,8 +373,10 @@ class Ingest:
         started = time.perf_counter()
         committed = await self._commit_isolating(batch)
         if committed:
+            took = time.perf_counter() - started
             self._metrics.store_commit_batch_size.observe(committed)
-            self._metrics.ingest_latency_seconds.observe(time.perf_counter() - started)
+            self._metrics.ingest_latency_seconds.observe(took)
+            self._figures.record_commit(took, committed)
 
     async def _commit_isolating(self, batch: list[_Request]) -> int:
         """Commit ``batch``; if a job error (one of its items') fails it, commit

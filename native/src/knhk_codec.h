@@ -145,4 +145,13 @@ size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdic
                         uint32_t sample, uint32_t *slots, knhk_codec_key *groups,
                         uint32_t *positions);
 
+/* The hot path's floor on this machine, as bench/ring.py measures it: for each
+ * of ``blocks`` samples, 64 bare 64-byte stores (memcpy of caller records into
+ * the next slots of a private 4096-slot buffer) timed between
+ * knhk_ticks_begin() and knhk_ticks_end(), divided by 64, written to out[i].
+ * No ring append can cost less on this machine.  Returns -1 when the buffer
+ * cannot be allocated (out untouched), else 0.  Blocks the calling thread for
+ * about blocks x 64 stores: call it off the event loop. */
+int knhk_floor_ticks(size_t blocks, double *out);
+
 #endif /* KNHK_CODEC_H */
