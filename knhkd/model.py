@@ -984,6 +984,9 @@ class LaneBatch(Struct, array_like=True):
     # Ingest requests refused before the daemon saw them, by reason (deltas;
     # knhk_ingest_rejected{reason}).
     refused: dict[str, int] = {}
+    # Seconds per request the worker answered, by route template, since its
+    # last batch (the daemon's figures: loop/figures.py).
+    request_seconds: dict[str, list[float]] = {}
 
 
 class LaneResult(Struct, array_like=True, omit_defaults=True):

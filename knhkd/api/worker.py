@@ -72,6 +72,8 @@ NOOP = ("POST", "/api/v1/_noop")
 HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 
 HOP_OUT = HOP - {b"connection"}
+# Request timings one lane batch carries at most (the rest are dropped).
+MAX_SAMPLES_PER_BATCH = 4096
 # Lane batches a worker has sent and not had answered, at most: enough to keep
 # the daemon's group commit fed while a reply travels back.
 LANE_IN_FLIGHT = 4
@@ -126,6 +128,8 @@ class LaneClient:
         self.audits: list[AuditRecord] = []
         self.answered = [0, 0, 0]
         self.refused: dict[str, int] = {}
+        self.request_seconds: dict[str, list[float]] = {}
+        self._samples = 0
         self.wake = trio.Event()
         self.lost = False
 
@@ -143,6 +147,13 @@ class LaneClient:
     def count_refused(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         self._poke()
+
+    def time_request(self, route: str, seconds: float) -> None:
+        # Bounded while the lane is down or slow: the figures are windows of
+        # recent samples, so the newest batch's worth is all that matters.
+        if self._samples < MAX_SAMPLES_PER_BATCH:
+            self.request_seconds.setdefault(route, []).append(seconds)
+            self._samples += 1
 
     async def ingest(self, decoded: Decoded, timeout: float) -> list[str]:
         if self.lost:
@@ -188,6 +199,7 @@ class LaneClient:
                     audits, self.audits = self.audits, []
                     answered, self.answered = self.answered, [0, 0, 0]
                     refused, self.refused = self.refused, {}
+                    timed, self.request_seconds, self._samples = self.request_seconds, {}, 0
                     in_flight[next_id] = [slot for _, slot in batch]
                     message = LaneBatch(
                         next_id,
@@ -195,6 +207,7 @@ class LaneClient:
                         audits,
                         (answered[0], answered[1], answered[2]),
                         refused,
+                        timed,
                     )
                     next_id += 1
                     await stream.send_all(frame(message))
@@ -238,9 +251,10 @@ class WorkerFront(Daemon):
         )
 
     def count_response(self, status: int, route: str = "", seconds: float | None = None) -> None:
-        # Route and latency are the daemon's figures (loop/figures.py); a
-        # worker's are not forwarded over the lane yet (FigureSamples can
-        # carry them), so a worker counts the answer only.
+        # Route and latency feed the daemon's figures (loop/figures.py), sent
+        # with the next lane batch.
+        if seconds is not None:
+            self._lane.time_request(route or "-", seconds)
         self._lane.count(status)
 
     def count_refused(self, reason: str) -> None:

@@ -60,7 +60,7 @@ from knhkd.api.problems import problem_for
 from knhkd.config import parse_bind
 from knhkd.errors import KnhkdError
 from knhkd.loop.daemon import Daemon
-from knhkd.model import LaneBatch, LaneIngest, LaneReply, LaneResult
+from knhkd.model import FigureSamples, LaneBatch, LaneIngest, LaneReply, LaneResult
 from knhkd.monitor.decode import Decoded
 
 log = logging.getLogger("knhkd.workers")
@@ -134,6 +134,8 @@ async def serve_lane(
                 count_answers(daemon, batch.answered)
                 for reason, n in batch.refused.items():
                     daemon.metrics.ingest_rejected.labels(reason).inc(n)
+                if batch.request_seconds:
+                    daemon.merge_figures(FigureSamples(request_seconds=batch.request_seconds))
                 batches.start_soon(answer, batch)
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the worker is gone: nothing it had in flight was answered 201

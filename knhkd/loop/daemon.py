@@ -56,6 +56,7 @@ from knhkd.model import (
     DetectedPattern,
     Erasure,
     ExportFile,
+    FigureSamples,
     Health,
     Observation,
     ObservationIn,
@@ -567,6 +568,11 @@ class Daemon:
             self.metrics.requests_client_error.inc()
         else:
             self.metrics.requests_error.inc()
+
+    def merge_figures(self, samples: FigureSamples) -> None:
+        """Samples measured in another process (an HTTP worker) join the
+        figures the loop judges by."""
+        self._state.figures.merge(samples)
 
     def metrics_text(self) -> bytes:
         """The Prometheus exposition, with ``knhk_health_status`` refreshed."""
