@@ -245,6 +245,21 @@ class BackupConfig(Struct, forbid_unknown_fields=True, frozen=True):
     keep: PositiveInt = 48
 
 
+class RetentionConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Observations older than this (by event time, else ingest time) are
+    # archived and deleted (loop/retention.py); receipts and audit records never.
+    observations_days: PositiveFloat = 90.0
+    # Non-current snapshots older than this are soft-deleted (kept, marked).
+    snapshots_days: PositiveFloat = 365.0
+    # Seconds between scheduled runs (``knhkctl retention run`` runs one now).
+    interval_s: PositiveFloat = 86400.0
+    # Where archives go; empty: DATA_DIR/archive.
+    archive_dir: str = ""
+    # Observations deleted per write transaction: LMDB doubles its file when
+    # one transaction deletes a great many records (PLATFORM_NOTES.md).
+    delete_batch: PositiveInt = 1000
+
+
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
     ontology_dir: str = str(DEFAULT_CONF / "ontology")
     shapes_dir: str = str(DEFAULT_CONF / "shapes")
@@ -562,6 +577,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
     backup: BackupConfig = BackupConfig()
+    retention: RetentionConfig = RetentionConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     ingest: IngestConfig = IngestConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
@@ -586,6 +602,14 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
+
+    @property
+    def archive_dir(self) -> Path:
+        return (
+            Path(self.retention.archive_dir)
+            if self.retention.archive_dir
+            else self.data_dir / "archive"
+        )
 
     @property
     def admin_socket(self) -> Path:

@@ -231,6 +231,16 @@ def _parser() -> argparse.ArgumentParser:
         "(crypto-shredding; receipted)",
     )
     er.add_argument("--subject", required=True, help="the subject's identifier")
+    rt = sub.add_parser("retention", help="archive and delete old observations").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    fmt(
+        rt.add_parser(
+            "run",
+            help="archive observations past retention.observations_days, delete them, "
+            "soft-delete old snapshots (receipted)",
+        )
+    )
     cm = sub.add_parser("completion", help="print a shell completion script (shtab)")
     cm.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     fmt(cm)
@@ -566,6 +576,8 @@ def run(args: argparse.Namespace) -> int:
         _out(args, _require_daemon(args, "keys.rotate", {}))
     elif group == "erase":
         _out(args, _require_daemon(args, "erase", {"subject": args.subject}))
+    elif (group, action) == ("retention", "run"):
+        _out(args, _require_daemon(args, "retention.run", {}, busy="archiving"))
     elif (group, action) == ("receipts", "prove"):
         _write(args, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):

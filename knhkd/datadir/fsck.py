@@ -340,6 +340,16 @@ def _checkpoints(
 def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
     observations = store.tables.observations
     covered = 0
+    # Observations before it were archived and deleted by retention: whole
+    # batches only, so a batch receipt covers either none stored or all.
+    retained_from = store.tables.retained_from.get(txn) or 0
+    for what, table in (
+        ("observations", observations),
+        ("observation_leaves", store.tables.observation_leaves),
+    ):
+        early = next(table.items_raw(txn), None)
+        if early is not None and early[0] < retained_from:
+            found.add(f"{what}/{early[0]}", f"stored, but retention deleted up to {retained_from}")
     for seq, raw in iter_raw(store, txn):
         try:
             body = canonical.decode_record(raw).body
@@ -355,6 +365,8 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         except (KeyError, ValueError):
             found.add(f"receipts/{canonical.receipt_id(seq)}", "batch receipt lacks its inputs")
             continue
+        if last < retained_from:
+            continue  # archived and deleted by retention (its archive proves them)
         digest, n = hashlib.sha256(), 0
         for obs_seq in range(first, last + 1):
             rec = observations.get_raw(txn, obs_seq)
@@ -383,17 +395,22 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         covered += n
     next_seq = store.tables.observations_next.get(txn)
     stored = observations.count(txn)
-    if next_seq is not None and next_seq != stored:
-        found.add("observations", f"counter says {next_seq}, {stored} are stored")
+    if next_seq is not None and next_seq - retained_from != stored:
+        found.add(
+            "observations",
+            f"counter says {next_seq}, {stored} are stored from {retained_from} (retention)",
+        )
     if covered != stored:
         found.add("observations", f"{stored} stored, {covered} covered by batch receipts")
     salted_from = store.tables.salted_from.get(txn) or 0
     leaves = store.tables.observation_leaves.count(txn)
-    if leaves != max(stored - salted_from, 0):
+    leafed_from = max(salted_from, retained_from)
+    want_leaves = max((next_seq if next_seq is not None else stored) - leafed_from, 0)
+    if leaves != want_leaves:
         found.add(
             "observation_leaves",
-            f"{leaves} leaves for the {max(stored - salted_from, 0)} observations "
-            f"from seq {salted_from} (schema v2)",
+            f"{leaves} leaves for the {want_leaves} observations "
+            f"from seq {leafed_from} (schema v2, retention)",
         )
     if store.tables.scrub.count(txn):
         found.add("scrub", "holds records between transactions")

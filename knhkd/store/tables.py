@@ -149,6 +149,17 @@ class Table(Generic[K, V]):
                 n += 1
         return n
 
+    def delete_range(self, txn: lmdb.Transaction, start: K, end: K) -> int:
+        """Delete every record whose key is in ``[start, end)`` (retention
+        removing archived observations, a bounded range per transaction)."""
+        cursor: Any = txn.cursor(db=self._db)
+        stop = self._key(end)
+        n = 0
+        if cursor.set_range(self._key(start)):
+            while cursor.key() < stop and cursor.delete():
+                n += 1
+        return n
+
     def items(self, txn: lmdb.Transaction, *, start: K | None = None) -> Iterator[tuple[K, V]]:
         """In key order, from the first key at or after ``start``."""
         dec = self._dec
@@ -273,6 +284,8 @@ class Tables:
         self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
         self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
         self.salted_from = MetaSlot(s.SALTED_FROM, meta)
+        self.retained_from = MetaSlot(s.RETAINED_FROM, meta)
+        self.retention_receipts_from = MetaSlot(s.RETENTION_RECEIPTS_FROM, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -296,6 +309,8 @@ class Tables:
             self.ring_cursor,
             *self.governance_digests.values(),
             self.salted_from,
+            self.retained_from,
+            self.retention_receipts_from,
         )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
