@@ -79,6 +79,10 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # thread, which gives the lower latency at moderate load; > 0 trades that
     # latency for saturated throughput on fast disks (see conf/knhkd.toml).
     inline_commit_max_ms: Annotated[float, Meta(ge=0)] = 0.0
+    # (restart) Encryption at rest of observation records (README
+    # "Encryption at rest"): a file holding a 32-byte key (raw, or 64 hex
+    # digits), mode 0600, or "credential:NAME". Empty: off.
+    encryption_key: str = ""
 
 
 class ClientPrincipal(Struct, forbid_unknown_fields=True, frozen=True):
@@ -602,6 +606,13 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
+
+    @property
+    def encryption_key_path(self) -> Path | None:
+        """The storage key's file; None when encryption at rest is off."""
+        if not self.storage.encryption_key:
+            return None
+        return secret_path("storage.encryption_key", self.storage.encryption_key)
 
     @property
     def archive_dir(self) -> Path:

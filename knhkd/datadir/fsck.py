@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import KeyFileError, Verifier
 from knhkd.knowledge.rdf import content_id
 from knhkd.model import FsckReport, Observation, SnapshotRecord, is_erased
@@ -373,6 +374,15 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
             if rec is None:
                 found.add(f"observations/{obs_seq}", "missing")
                 continue
+            # Digests are over the plaintext record (encryption at rest).
+            try:
+                rec = observations.open_raw(rec)
+            except sealing.SealError as exc:
+                found.add(f"observations/{obs_seq}", str(exc))
+                continue
+            if sealing.is_sealed(rec):
+                found.add(f"observations/{obs_seq}", "sealed: fsck needs --storage-key")
+                continue
             try:
                 obs = _obs_decoder.decode(rec)
             except (msgspec.MsgspecError, ValueError):
@@ -462,14 +472,19 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def fsck_data_dir(data_dir: Path, progress: Callable[[str], None] | None = None) -> FsckReport:
+def fsck_data_dir(
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    storage_key: bytes | None = None,
+) -> FsckReport:
     """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
     damage only with ``assert`` (a flipped page flag aborts the process), so
     a child that dies by a signal is itself a finding, and each database is
     then scanned in a child of its own to name the ones that abort.
     Raises ``StoreError`` when there is no store to check. ``progress`` is
     called in the child (fsck's), whose fd 2 is /dev/null."""
-    report = _in_child(lambda: _open_and_fsck(data_dir, progress))
+    report = _in_child(lambda: _open_and_fsck(data_dir, progress, storage_key))
     if isinstance(report, FsckReport):
         return report
     if isinstance(report, _NoStore):
@@ -489,7 +504,9 @@ class _NoStore(msgspec.Struct):
 
 
 def _open_and_fsck(
-    data_dir: Path, progress: Callable[[str], None] | None = None
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    storage_key: bytes | None = None,
 ) -> FsckReport | _NoStore:
     try:
         store = open_store(data_dir, readonly=True, exclusive=False)
@@ -501,6 +518,9 @@ def _open_and_fsck(
         return FsckReport(ok=False, checked={}, errors=[f"lmdb: {exc}"])
     except StoreError as exc:
         return _NoStore(str(exc))
+    if storage_key is not None:
+        sealer = sealing.Sealer(storage_key)
+        store.tables.observations.seal_with(sealer.seal, sealer.open)
     try:
         return fsck(store, data_dir, progress)
     except (lmdb.Error, RuntimeError) as exc:

@@ -43,7 +43,6 @@ from knhkd.store.env import Store
 from knhkd.store.schema import LEAF_DIGEST_BYTES
 
 FORMAT: Literal["knhkd-archive-v1"] = "knhkd-archive-v1"
-_obs_decoder = msgspec.msgpack.Decoder(Observation)
 _json = msgspec.json.Encoder()
 
 
@@ -81,7 +80,7 @@ def select(store: Store, txn: lmdb.Transaction, cutoff_ns: int) -> Selection:
     receipts_from = t.retention_receipts_from.get(txn) or 0
     below = t.observations_next.get(txn) or 0
     for seq, raw in t.observations.items_raw(txn, start=first):
-        if age_ns(_obs_decoder.decode(raw)) >= cutoff_ns:
+        if age_ns(t.observations.decode(raw)) >= cutoff_ns:
             below = seq
             break
     batches: list[tuple[int, int, int]] = []
@@ -137,6 +136,7 @@ def write(store: Store, txn: lmdb.Transaction, sel: Selection, out: Path, now_ns
                     raise ArchiveError(f"receipt {rseq} is missing")
                 line = ArchivedReceipt(rseq, record, tree.inclusion(txn, rseq, size))
                 fh.write(_json.encode(line) + b"\n")
+            # As stored: sealed records stay sealed (encryption at rest).
             for seq, rec in t.observations.items_raw(txn, start=sel.first_seq):
                 if seq >= sel.below_seq:
                     break

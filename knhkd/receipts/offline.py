@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import Verifier
 from knhkd.model import (
     ArchivedObservation,
@@ -216,8 +217,21 @@ def _leaf(o: ArchivedObservation, obs: Observation) -> bytes:
     return o.digest
 
 
-def verify_archive(af: ArchiveFile, verifier: Verifier) -> Checkpoint:
+def verify_archive(
+    af: ArchiveFile, verifier: Verifier, storage_key: bytes | None = None
+) -> Checkpoint:
+    """Digests are over plaintext records: sealed ones (encryption at rest)
+    are opened with ``storage_key`` first."""
     h = af.header
+    sealer = None if storage_key is None else sealing.Sealer(storage_key)
+    for o in af.observations:
+        if sealing.is_sealed(o.record):
+            if sealer is None:
+                raise Unusable(f"observation {o.seq} is sealed: give the storage key")
+            try:
+                o.record = sealer.open(o.record)
+            except sealing.SealError as exc:
+                raise NotVerified(f"observation {o.seq}: {exc}") from None
     cp = _checkpoint(h.checkpoint, verifier)
     if cp.size != h.tree_size:
         raise NotVerified(f"archive is for tree size {h.tree_size}, checkpoint is {cp.size}")
@@ -278,6 +292,8 @@ def verify_files(
     named: Sequence[tuple[str, bytes]],
     verifier: Verifier,
     done: Callable[[FileVerdict], None] | None = None,
+    *,
+    storage_key: bytes | None = None,
 ) -> list[FileVerdict]:
     """Verify every file; raises ``Unusable`` for input it cannot read.
     ``done(verdict)`` is called as each file's verdict is reached."""
@@ -294,7 +310,7 @@ def verify_files(
                 cps = [verify_export(f, verifier)]
                 count = len(f.records)
             elif isinstance(f, ArchiveFile):
-                cps = [verify_archive(f, verifier)]
+                cps = [verify_archive(f, verifier, storage_key)]
                 count = len(f.receipts)
             else:
                 cps = list(verify_consistency(f, verifier))

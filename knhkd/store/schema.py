@@ -229,6 +229,11 @@ RETAINED_FROM = MetaSpec(b"observations.retained_from", DECIMAL)
 # receipts before it cover only archived observations. Absent: 0.
 RETENTION_RECEIPTS_FROM = MetaSpec(b"retention.receipts_from", DECIMAL)
 
+# Encryption at rest (crypto/sealing.py): a token sealed under the storage
+# key at the first start with one, so a wrong or missing key is refused
+# before any record is read. Absent: observations were never sealed.
+STORAGE_KEY_CHECK = MetaSpec(b"storage.key_check", RAW)
+
 # Declared by the first schema and never written; reserved so that no other
 # record takes the name.
 META_SNAPSHOT_HISTORY = b"snapshots.history"
@@ -250,6 +255,7 @@ META_KEYS: tuple[bytes, ...] = (
             SALTED_FROM,
             RETAINED_FROM,
             RETENTION_RECEIPTS_FROM,
+            STORAGE_KEY_CHECK,
         )
     ),
     META_SNAPSHOT_HISTORY,

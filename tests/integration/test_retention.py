@@ -8,8 +8,10 @@ file stops growing (LMDB reuses the freed pages)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import RunningDaemon, run_ctl, stored_counts
+from tests.integration.conftest import (
+    RunningDaemon,
+    free_port,
+    run_ctl,
+    stored_counts,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +52,7 @@ def _post_old(d: RunningDaemon, round_no: int) -> None:
             assert r.status_code == 201, r.text
 
 
-def _verify(keys: Path, *files: Path) -> subprocess.CompletedProcess[str]:
+def _verify(keys: Path, *files: Path | str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "knhkd.cli.knhkctl", "verify", "--keys", str(keys),
          *map(str, files)],
@@ -139,3 +147,81 @@ def test_retention_archives_deletes_and_everything_still_verifies(
     rf = run_ctl(new, "fsck", "--format", "json")
     assert rf.returncode == 0 and json.loads(rf.stdout)["ok"] is True, rf.stdout
     assert json.loads(rf.stdout)["checked"]["observations"] == 1, rf.stdout
+
+
+MARKER = "marker-Zq81-sealed-reading"
+
+
+def test_encryption_at_rest_seals_records_archives_and_backups(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    key = tmp_path / "storage.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    sealed = f'\n[storage]\nencryption_key = "{key}"\n'
+    d: RunningDaemon = make_daemon(sealed + CONFIG, auth=True)
+    mdb = d.data_dir / "lmdb" / "data.mdb"
+    keys = tmp_path / "keys.json"
+    keys.write_text(d.ctl("keys", "export-public").stdout)
+    with d.client() as c:
+        old = {"event_type": "reading", "sector": "generic", "event_time": OLD,
+               "value": MARKER + "-old", "metadata": {"note": MARKER + "-meta"}}  # fmt: skip
+        assert c.post("/api/v1/observations", json=[old, old]).status_code == 201
+        new = {"event_type": "reading", "sector": "generic", "value": MARKER}
+        [obs_id] = c.post("/api/v1/observations", json=[new]).json()["ids"]
+        assert c.get(f"/api/v1/observations/{obs_id}").json()["value"] == MARKER
+    assert _retention(d)["archived"] == 2
+    [arch] = (d.data_dir / "archive").glob("*.ndjson.gz")
+    records = [
+        base64.b64decode(line["record"])
+        for line in map(json.loads, gzip.decompress(arch.read_bytes()).splitlines())
+        if line["type"] == "observation"
+    ]
+    assert len(records) == 2 and not any(MARKER.encode() in r for r in records)  # still sealed
+    assert _verify(keys, arch).returncode == 2  # sealed: needs the key
+    ok = _verify(keys, arch, "--storage-key", key)
+    assert ok.returncode == 0 and ": verified:" in ok.stdout, ok.stdout + ok.stderr
+    fsck = run_ctl(d.data_dir, "fsck", "--storage-key", str(key), "--format", "json")
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["ok"] is True, fsck.stdout
+    assert run_ctl(d.data_dir, "fsck").returncode == 1  # without the key: unchecked
+    backups = tmp_path / "backups"
+    assert d.ctl("backup", "--out", str(backups), "--kind", "base").returncode == 0
+    assert d.stop() == 0
+    assert MARKER.encode() not in mdb.read_bytes()
+
+    # Restart with the key: served as before.
+    d.start()
+    with d.client() as c:
+        assert c.get(f"/api/v1/observations/{obs_id}").json()["value"] == MARKER
+    assert d.stop() == 0
+
+    # Wrong key, no key: refused, exit 2, naming the setting.
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)
+    for n, extra in enumerate((f'\n[storage]\nencryption_key = "{wrong}"\n', "")):
+        other = RunningDaemon(
+            data_dir=d.data_dir,
+            port=free_port(),
+            config=write_config(tmp_path / f"other{n}.toml", extra),
+            issuer=d.issuer,
+        )
+        other.start(wait=False)
+        assert other.proc is not None and other.proc.wait(60) == 2
+        assert "storage.encryption_key" in other.log(), other.log()
+
+    # A restore of the (sealed) backup starts with the key and reads the value.
+    new_dir = tmp_path / "restored"
+    res = run_ctl(
+        d.data_dir, "restore", "--from", str(backups), "--data-dir", str(new_dir),
+        "--signing-key", str(d.data_dir / "keys" / "signing.key"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert MARKER.encode() not in (new_dir / "lmdb" / "data.mdb").read_bytes()
+    r = RunningDaemon(data_dir=new_dir, port=free_port(), config=d.config, issuer=d.issuer)
+    r.start()
+    try:
+        with r.client() as c:
+            assert c.get(f"/api/v1/observations/{obs_id}").json()["value"] == MARKER
+    finally:
+        assert r.stop() == 0
