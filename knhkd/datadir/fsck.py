@@ -358,11 +358,8 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
             continue  # reported with the receipts
         if body.kind != "observation_batch_committed":
             continue
-        salted = "leaves_sha256" in body.inputs
         try:
-            first, last = int(body.inputs["first_seq"]), int(body.inputs["last_seq"])
-            count = int(body.inputs["count"])
-            want = body.inputs["leaves_sha256" if salted else "records_sha256"]
+            first, last, count, want, salted = canonical.batch_inputs(body)
         except (KeyError, ValueError):
             found.add(f"receipts/{canonical.receipt_id(seq)}", "batch receipt lacks its inputs")
             continue

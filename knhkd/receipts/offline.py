@@ -260,11 +260,8 @@ def verify_archive(
         body = signed.body
         if body.kind != "observation_batch_committed":
             raise NotVerified(f"receipt {r.seq}: not an observation batch receipt")
-        salted = "leaves_sha256" in body.inputs
         try:
-            first, last = int(body.inputs["first_seq"]), int(body.inputs["last_seq"])
-            count = int(body.inputs["count"])
-            want = body.inputs["leaves_sha256" if salted else "records_sha256"]
+            first, last, count, want, salted = canonical.batch_inputs(body)
         except (KeyError, ValueError):
             raise NotVerified(f"receipt {r.seq}: batch receipt lacks its inputs") from None
         digest, n = hashlib.sha256(), 0
