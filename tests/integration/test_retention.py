@@ -225,3 +225,33 @@ def test_encryption_at_rest_seals_records_archives_and_backups(
             assert c.get(f"/api/v1/observations/{obs_id}").json()["value"] == MARKER
     finally:
         assert r.stop() == 0
+
+
+def test_retention_soft_deletes_old_non_current_snapshots(make_daemon: Any) -> None:
+    d: RunningDaemon = make_daemon(
+        "[retention]\nsnapshots_days = 1e-9\ninterval_s = 100000\n", auth=True
+    )
+    truck = {"event_type": "truck.depart", "sector": "logistics", "value": {"dock": 4},
+             "metadata": {"shipment_id": "SHP-1001"}}  # fmt: skip
+    with d.client() as c:
+        genesis = c.get("/api/v1/snapshots/current").json()["snapshot_id"]
+        body = "\n".join(json.dumps(truck) for _ in range(150))
+        r = c.post(
+            "/api/v1/observations", content=body, headers={"content-type": "application/x-ndjson"}
+        )
+        assert r.status_code == 201, r.text
+        assert c.post("/api/v1/mape-k/execute").json()["snapshots_promoted"] == 1
+        current = c.get("/api/v1/snapshots/current").json()["snapshot_id"]
+
+    def listed() -> list[str]:
+        r = d.ctl("snapshots", "list", "--format", "json")
+        assert r.returncode == 0, r.stderr
+        return [s["snapshot_id"] for s in json.loads(r.stdout)["snapshots"]]
+
+    assert sorted(listed()) == sorted([genesis, current])
+    run = _retention(d)
+    assert run["snapshots_retired"] == [genesis] and run["archived"] == 0
+    assert listed() == [current]
+    assert _retention(d)["snapshots_retired"] == []  # once
+    fsck = run_ctl(d.data_dir, "fsck", "--format", "json")
+    assert fsck.returncode == 0 and json.loads(fsck.stdout)["ok"] is True, fsck.stdout
