@@ -129,7 +129,7 @@ class Retention:
         await self._checkpointer.issue()
         out_dir = cfg.archive_dir
 
-        def prepare() -> tuple[archive.Selection, str | None, str | None]:
+        def prepare() -> tuple[archive.Selection, str | None, tuple[str, int] | None]:
             with store.reader() as txn:
                 sel = archive.select(store, txn, cutoff)
                 if sel.count <= 0:
@@ -137,10 +137,11 @@ class Retention:
                 path = out_dir / f"observations-{sel.first_seq:016d}-{sel.below_seq:016d}.ndjson.gz"
                 return sel, path.name, archive.write(store, txn, sel, path, now)
 
-        sel, name, digest = await trio.to_thread.run_sync(prepare)
+        sel, name, written = await trio.to_thread.run_sync(prepare)
         result = RetentionRun(0, sel.first_seq, sel.below_seq, name, None)
         rid: str | None = None
-        if name is not None and digest is not None:
+        if name is not None and written is not None:
+            digest, checkpoint_size = written
             final = Draft(
                 kind="observations_archived",
                 outcome=Outcome("approved"),
@@ -152,7 +153,7 @@ class Retention:
                     "below_seq": str(sel.below_seq),
                     "count": str(sel.count),
                     "batch_receipts": str(len(sel.receipts)),
-                    "checkpoint_size": str(self._checkpointer.signed_size),
+                    "checkpoint_size": str(checkpoint_size),
                 },
             )
             step = cfg.retention.delete_batch
@@ -169,10 +170,13 @@ class Retention:
                     )
                 )
             result.archived, result.receipt_id = sel.count, rid
+            self._ctx.metrics.receipts_appended.labels("observations_archived").inc()
         snap_cutoff = now - int(cfg.retention.snapshots_days * DAY_NS)
         result.snapshots_retired = await writer.submit(
             _retire_job(store, receipts, snap_cutoff, now)
         )
+        if result.snapshots_retired:
+            self._ctx.metrics.receipts_appended.labels("snapshots_retired").inc()
         result.data_file_bytes = _data_file_bytes(cfg.data_dir)
         log.info(
             "retention: %d observation(s) [%d, %d) archived to %s and deleted; "

@@ -109,8 +109,11 @@ def select(store: Store, txn: lmdb.Transaction, cutoff_ns: int) -> Selection:
     return sel
 
 
-def write(store: Store, txn: lmdb.Transaction, sel: Selection, out: Path, now_ns: int) -> str:
-    """Write the archive of ``sel`` to ``out``; returns its SHA-256 (hex)."""
+def write(
+    store: Store, txn: lmdb.Transaction, sel: Selection, out: Path, now_ns: int
+) -> tuple[str, int]:
+    """Write the archive of ``sel`` to ``out``; returns its SHA-256 (hex) and
+    the size of the tree its checkpoint signs."""
     t = store.tables
     last = t.checkpoints.last(txn)
     if last is None:
@@ -158,4 +161,4 @@ def write(store: Store, txn: lmdb.Transaction, sel: Selection, out: Path, now_ns
     with out.open("rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest(), size
