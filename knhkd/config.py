@@ -79,6 +79,10 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # thread, which gives the lower latency at moderate load; > 0 trades that
     # latency for saturated throughput on fast disks (see conf/knhkd.toml).
     inline_commit_max_ms: Annotated[float, Meta(ge=0)] = 0.0
+    # (restart) Encryption at rest of observation records (README
+    # "Encryption at rest"): a file holding a 32-byte key (raw, or 64 hex
+    # digits), mode 0600, or "credential:NAME". Empty: off.
+    encryption_key: str = ""
 
 
 class ClientPrincipal(Struct, forbid_unknown_fields=True, frozen=True):
@@ -255,6 +259,21 @@ class BackupConfig(Struct, forbid_unknown_fields=True, frozen=True):
     base_every: PositiveInt = 24
     # Backups kept; older ones are deleted, never a base a kept one needs.
     keep: PositiveInt = 48
+
+
+class RetentionConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Observations older than this (by event time, else ingest time) are
+    # archived and deleted (loop/retention.py); receipts and audit records never.
+    observations_days: PositiveFloat = 90.0
+    # Non-current snapshots older than this are soft-deleted (kept, marked).
+    snapshots_days: PositiveFloat = 365.0
+    # Seconds between scheduled runs (``knhkctl retention run`` runs one now).
+    interval_s: PositiveFloat = 86400.0
+    # Where archives go; empty: DATA_DIR/archive.
+    archive_dir: str = ""
+    # Observations deleted per write transaction: LMDB doubles its file when
+    # one transaction deletes a great many records (PLATFORM_NOTES.md).
+    delete_batch: PositiveInt = 1000
 
 
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -578,6 +597,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
     backup: BackupConfig = BackupConfig()
+    retention: RetentionConfig = RetentionConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     ingest: IngestConfig = IngestConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
@@ -602,6 +622,21 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)
+
+    @property
+    def encryption_key_path(self) -> Path | None:
+        """The storage key's file; None when encryption at rest is off."""
+        if not self.storage.encryption_key:
+            return None
+        return secret_path("storage.encryption_key", self.storage.encryption_key)
+
+    @property
+    def archive_dir(self) -> Path:
+        return (
+            Path(self.retention.archive_dir)
+            if self.retention.archive_dir
+            else self.data_dir / "archive"
+        )
 
     @property
     def admin_socket(self) -> Path:

@@ -534,6 +534,9 @@ class SnapshotRecord(Struct):
 
     meta: Snapshot
     ntriples: str
+    # Soft-deleted by retention (loop/retention.py) at this time: kept, not
+    # listed. Last, with a default: records stored before it still decode.
+    retired_at_ns: int | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -750,6 +753,12 @@ ReceiptKind = Literal[
     # The first receipt of a restored data directory (knhkd/datadir/backup.py):
     # from which backup chain, to which receipt of the original log.
     "restored",
+    # Retention archived observations and deleted them from the store
+    # (knhkd/loop/retention.py): the archive's name and SHA-256, the range of
+    # sequence numbers, how many, the checkpoint it is proven against.
+    "observations_archived",
+    # Retention soft-deleted non-current snapshots (subject_ids: their ids).
+    "snapshots_retired",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -815,6 +824,55 @@ class ExportFile(Struct, forbid_unknown_fields=True):
     records: list[bytes]
     range_proof: list[bytes]
     checkpoint: str
+
+
+class ArchiveHeader(Struct, tag="header", forbid_unknown_fields=True):
+    """First line of a retention archive (``knhkd-archive-v1``, gzip NDJSON):
+    the observations ``[first_seq, below_seq)`` and the signed checkpoint
+    every receipt line is proven against."""
+
+    format: Literal["knhkd-archive-v1"]
+    origin: str
+    first_seq: int
+    below_seq: int
+    created_ns: int
+    tree_size: int
+    checkpoint: str
+
+
+class ArchivedReceipt(Struct, tag="receipt", forbid_unknown_fields=True):
+    """A batch receipt that committed to archived observations, with its
+    RFC 9162 inclusion path in the header's tree."""
+
+    seq: int
+    record: bytes
+    inclusion: list[bytes]
+
+
+class ArchivedObservation(Struct, tag="observation", forbid_unknown_fields=True):
+    """An observation as stored (MessagePack) with its leaf: ``digest`` and
+    ``salt`` (schema v2; no salt once erased), neither before v2."""
+
+    seq: int
+    record: bytes
+    digest: bytes | None = None
+    salt: bytes | None = None
+
+
+ArchiveLine = ArchiveHeader | ArchivedReceipt | ArchivedObservation
+
+
+class RetentionRun(Struct):
+    """What one retention run did (loop/retention.py)."""
+
+    archived: int
+    first_seq: int
+    below_seq: int
+    archive: str | None
+    receipt_id: str | None
+    snapshots_retired: list[str] = []
+    # The data file's size after the run, in bytes.
+    data_file_bytes: int = 0
 
 
 class ConsistencyFile(Struct, forbid_unknown_fields=True):

@@ -126,6 +126,8 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     # Administrator-only: it writes wherever the daemon may.
     "backup.take": "ALL",
     "backup.consistency": "READ_RECEIPTS",
+    # Administrator-only: it deletes observations (after archiving them).
+    "retention.run": "ALL",
 }
 # Commands that change nothing: allowed ones are not audited (too many).
 READ_ONLY_COMMANDS = frozenset(
@@ -364,7 +366,11 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
     async def backup_consistency(args: dict[str, Any]) -> Any:
         return await daemon.backup_consistency(_arg_int(args, "size", 0, 1, 2**63 - 1))
 
+    async def retention_run(args: dict[str, Any]) -> Any:
+        return await daemon.run_retention()
+
     return {
+        "retention.run": retention_run,
         "backup.take": backup_take,
         "backup.consistency": backup_consistency,
         "status": status,

@@ -37,6 +37,9 @@ def add_parsers(sub: Any) -> None:
     bk.add_argument("--kind", choices=("base", "incremental"), help="default: by the schedule")
     bk.add_argument("--id", help="(verify) which backup; default: the newest")
     bk.add_argument("--against", help="(verify) a stopped daemon's data dir instead of the daemon")
+    bk.add_argument(
+        "--storage-key", help="(verify) the storage key, when observations are sealed at rest"
+    )
     rs = sub.add_parser("restore", help="rebuild a data directory from backups")
     rs.add_argument("--from", dest="source", required=True, help="the backup directory")
     point = rs.add_mutually_exclusive_group()
@@ -114,6 +117,7 @@ def _older(version: int, data_dir: str) -> str:
 
 def _verify(args: argparse.Namespace, call: Call) -> int:
     from knhkd.crypto.keys import Verifier
+    from knhkd.crypto.sealing import load_key
     from knhkd.datadir import backup as db
     from knhkd.datadir.fsck import fsck_data_dir
     from knhkd.receipts import backup as rb
@@ -137,7 +141,8 @@ def _verify(args: argparse.Namespace, call: Call) -> int:
         target = Path(tmp) / "data"
         later = [m for m in backups if m.id > chosen.id]
         db.restore(root, target, db.Point(receipt=chosen.tree_size - 1) if later else db.Point())
-        report = fsck_data_dir(target, older_schema=older)
+        key = load_key(Path(args.storage_key)) if args.storage_key else None
+        report = fsck_data_dir(target, older_schema=older, storage_key=key)
         if not report.ok:
             print(f"backup {chosen.id}: NOT VERIFIED: fsck: {report.errors[0]}")
             return EXIT_VERIFY_FAILED

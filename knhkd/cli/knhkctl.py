@@ -133,8 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     vf.add_argument("--keys", required=True, help="public keyring (knhkctl keys export-public)")
     vf.add_argument("files", nargs="+")
+    vf.add_argument(
+        "--storage-key",
+        help="the storage key (encryption at rest), for archives of sealed observations",
+    )
     fmt(vf, "table")
     fs = sub.add_parser("fsck", help="check a data directory: receipts, chain, tree, checkpoints")
+    fs.add_argument(
+        "--storage-key", help="the storage key (encryption at rest): sealed records are checked"
+    )
     fmt(fs, "table")
     sn = sub.add_parser("snapshots", help="knowledge snapshots").add_subparsers(
         dest="action", required=True, parser_class=_Parser
@@ -231,6 +238,16 @@ def _parser() -> argparse.ArgumentParser:
         "(crypto-shredding; receipted)",
     )
     er.add_argument("--subject", required=True, help="the subject's identifier")
+    rt = sub.add_parser("retention", help="archive and delete old observations").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    fmt(
+        rt.add_parser(
+            "run",
+            help="archive observations past retention.observations_days, delete them, "
+            "soft-delete old snapshots (receipted)",
+        )
+    )
     cm = sub.add_parser("completion", help="print a shell completion script (shtab)")
     cm.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     fmt(cm)
@@ -566,6 +583,8 @@ def run(args: argparse.Namespace) -> int:
         _out(args, _require_daemon(args, "keys.rotate", {}))
     elif group == "erase":
         _out(args, _require_daemon(args, "erase", {"subject": args.subject}))
+    elif (group, action) == ("retention", "run"):
+        _out(args, _require_daemon(args, "retention.run", {}, busy="archiving"))
     elif (group, action) == ("receipts", "prove"):
         _write(args, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):
@@ -617,7 +636,8 @@ def _verify_offline(args: argparse.Namespace) -> int:
         verifier = Verifier.from_json(Path(args.keys).read_bytes())
         named = [(f, Path(f).read_bytes()) for f in args.files]
         with progress.bar("verifying", len(named), "file") as bar:
-            verdicts = verify_files(named, verifier, lambda _: bar.update(1))
+            key = _storage_key(args)
+            verdicts = verify_files(named, verifier, lambda _: bar.update(1), storage_key=key)
     except (KeyFileError, Unusable) as exc:
         raise CtlError(str(exc)) from None
     if args.format == "json":
@@ -769,6 +789,19 @@ def _audit_verify_file(args: argparse.Namespace, verifier: Any) -> int:
     return EXIT_OK if verdict.verified else EXIT_VERIFY_FAILED
 
 
+def _storage_key(args: argparse.Namespace) -> bytes | None:
+    """``--storage-key FILE`` (encryption at rest), read; None without it."""
+    path = getattr(args, "storage_key", None)
+    if not path:
+        return None
+    from knhkd.crypto.sealing import StorageKeyError, load_key
+
+    try:
+        return load_key(Path(path))
+    except StorageKeyError as exc:
+        raise CtlError(str(exc)) from None
+
+
 def _fsck(args: argparse.Namespace) -> int:
     from knhkd.datadir.fsck import FSCK_STEPS, fsck_data_dir
     from knhkd.store.env import StoreError
@@ -783,7 +816,9 @@ def _fsck(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(name, refresh=False)
                 bar.update(1)
 
-            report = fsck_data_dir(Path(args.data_dir), step if term else None)
+            report = fsck_data_dir(
+                Path(args.data_dir), step if term else None, storage_key=_storage_key(args)
+            )
     except StoreError as exc:
         raise CtlError(str(exc)) from None
     finally:

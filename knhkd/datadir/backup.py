@@ -292,6 +292,12 @@ def _apply(store: Store, segment: rb.Segment) -> None:
             if name in rb.MUTABLE:
                 tables[name].clear(txn)
             tables[name].put_many_raw(txn, rows)
+        # Retention after the parent deleted observations an incremental
+        # cannot name: the segment's ``meta`` says up to where.
+        below = store.tables.retained_from.get(txn) or 0
+        if below:
+            store.tables.observations.delete_range(txn, 0, below)
+            store.tables.observation_leaves.delete_range(txn, 0, below)
 
 
 def _truncate(

@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import KeyFileError, Verifier
 from knhkd.knowledge.rdf import content_id
 from knhkd.model import FsckReport, Observation, SnapshotRecord, is_erased
@@ -340,6 +341,16 @@ def _checkpoints(
 def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
     observations = store.tables.observations
     covered = 0
+    # Observations before it were archived and deleted by retention: whole
+    # batches only, so a batch receipt covers either none stored or all.
+    retained_from = store.tables.retained_from.get(txn) or 0
+    for what, table in (
+        ("observations", observations),
+        ("observation_leaves", store.tables.observation_leaves),
+    ):
+        early = next(table.items_raw(txn), None)
+        if early is not None and early[0] < retained_from:
+            found.add(f"{what}/{early[0]}", f"stored, but retention deleted up to {retained_from}")
     for seq, raw in iter_raw(store, txn):
         try:
             body = canonical.decode_record(raw).body
@@ -347,19 +358,27 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
             continue  # reported with the receipts
         if body.kind != "observation_batch_committed":
             continue
-        salted = "leaves_sha256" in body.inputs
         try:
-            first, last = int(body.inputs["first_seq"]), int(body.inputs["last_seq"])
-            count = int(body.inputs["count"])
-            want = body.inputs["leaves_sha256" if salted else "records_sha256"]
+            first, last, count, want, salted = canonical.batch_inputs(body)
         except (KeyError, ValueError):
             found.add(f"receipts/{canonical.receipt_id(seq)}", "batch receipt lacks its inputs")
             continue
+        if last < retained_from:
+            continue  # archived and deleted by retention (its archive proves them)
         digest, n = hashlib.sha256(), 0
         for obs_seq in range(first, last + 1):
             rec = observations.get_raw(txn, obs_seq)
             if rec is None:
                 found.add(f"observations/{obs_seq}", "missing")
+                continue
+            # Digests are over the plaintext record (encryption at rest).
+            try:
+                rec = observations.open_raw(rec)
+            except sealing.SealError as exc:
+                found.add(f"observations/{obs_seq}", str(exc))
+                continue
+            if sealing.is_sealed(rec):
+                found.add(f"observations/{obs_seq}", "sealed: fsck needs --storage-key")
                 continue
             try:
                 obs = _obs_decoder.decode(rec)
@@ -383,8 +402,11 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         covered += n
     next_seq = store.tables.observations_next.get(txn)
     stored = observations.count(txn)
-    if next_seq is not None and next_seq != stored:
-        found.add("observations", f"counter says {next_seq}, {stored} are stored")
+    if next_seq is not None and next_seq - retained_from != stored:
+        found.add(
+            "observations",
+            f"counter says {next_seq}, {stored} are stored from {retained_from} (retention)",
+        )
     if covered != stored:
         found.add("observations", f"{stored} stored, {covered} covered by batch receipts")
     salted_from = store.tables.salted_from.get(txn)
@@ -394,11 +416,13 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         version = store.tables.schema_version.get(txn)
         salted_from = stored if version is not None and version < 2 else 0
     leaves = store.tables.observation_leaves.count(txn)
-    if leaves != max(stored - salted_from, 0):
+    leafed_from = max(salted_from, retained_from)
+    want_leaves = max((next_seq if next_seq is not None else stored) - leafed_from, 0)
+    if leaves != want_leaves:
         found.add(
             "observation_leaves",
-            f"{leaves} leaves for the {max(stored - salted_from, 0)} observations "
-            f"from seq {salted_from} (schema v2)",
+            f"{leaves} leaves for the {want_leaves} observations "
+            f"from seq {leafed_from} (schema v2, retention)",
         )
     if store.tables.scrub.count(txn):
         found.add("scrub", "holds records between transactions")
@@ -455,6 +479,7 @@ def fsck_data_dir(
     progress: Callable[[str], None] | None = None,
     *,
     older_schema: bool = False,
+    storage_key: bytes | None = None,
 ) -> FsckReport:
     """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
     damage only with ``assert`` (a flipped page flag aborts the process), so
@@ -463,8 +488,11 @@ def fsck_data_dir(
     Raises ``StoreError`` when there is no store to check. ``progress`` is
     called in the child (fsck's), whose fd 2 is /dev/null. ``older_schema``:
     a store of an older schema version is checked at its version (a restored
-    pre-migration backup) instead of refused; nothing is written either way."""
-    report = _in_child(lambda: _open_and_fsck(data_dir, progress, older_schema))
+    pre-migration backup) instead of refused; nothing is written either way.
+    ``storage_key`` opens sealed records (encryption at rest)."""
+    report = _in_child(
+        lambda: _open_and_fsck(data_dir, progress, older_schema, storage_key)
+    )
     if isinstance(report, FsckReport):
         return report
     if isinstance(report, _NoStore):
@@ -484,7 +512,10 @@ class _NoStore(msgspec.Struct):
 
 
 def _open_and_fsck(
-    data_dir: Path, progress: Callable[[str], None] | None = None, older_schema: bool = False
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    older_schema: bool = False,
+    storage_key: bytes | None = None,
 ) -> FsckReport | _NoStore:
     try:
         store = open_store(data_dir, readonly=True, exclusive=False, migrating=older_schema)
@@ -496,6 +527,9 @@ def _open_and_fsck(
         return FsckReport(ok=False, checked={}, errors=[f"lmdb: {exc}"])
     except StoreError as exc:
         return _NoStore(str(exc))
+    if storage_key is not None:
+        sealer = sealing.Sealer(storage_key)
+        store.tables.observations.seal_with(sealer.seal, sealer.open)
     try:
         return fsck(store, data_dir, progress)
     except (lmdb.Error, RuntimeError) as exc:

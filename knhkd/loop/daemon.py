@@ -43,6 +43,7 @@ from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
+from knhkd.loop.retention import Retention
 from knhkd.loop.startup import MB, Opened, Prepared, StartupError, publish_keyring
 from knhkd.loop.state import LoopState
 from knhkd.loop.supervisor import Supervisor
@@ -68,6 +69,7 @@ from knhkd.model import (
     PublicKeyring,
     ReceiptView,
     Relaxation,
+    RetentionRun,
     RingSummary,
     RuntimeFigures,
     Snapshot,
@@ -136,6 +138,7 @@ class Daemon:
         self.queries = state.queries
         self.actors = actors
         self.backups = Backups(state.ctx, actors.checkpointer)
+        self.retention = Retention(state.ctx, actors.checkpointer)
         self.supervisor = supervisor
         self.metrics = metrics
         self.started_monotonic = time.monotonic()
@@ -532,6 +535,11 @@ class Daemon:
         if kind not in (None, "base", "incremental"):
             raise Conflict(f"unknown backup kind {kind!r}")
         return await self.backups.take(Path(out_root), kind)  # type: ignore[arg-type]
+
+    async def run_retention(self) -> RetentionRun:
+        """One retention run now (loop/retention.py), receipted."""
+        self.write_gate.check()
+        return await self.retention.run_once()
 
     async def backup_consistency(self, size: int) -> dict[str, Any]:
         """The latest checkpoint and a consistency proof from ``size`` to it,

@@ -41,6 +41,7 @@ from knhkd.store.writer import Job
 
 log = logging.getLogger(__name__)
 
+
 class SnapshotConflict(Conflict):
     """The snapshot a transition started from is no longer current, or the
     transition would break a snapshot invariant."""
@@ -76,8 +77,10 @@ def current_id(store: Store, txn: lmdb.Transaction) -> str | None:
 
 
 def iter_snapshots(store: Store, txn: lmdb.Transaction) -> Iterator[Snapshot]:
+    """Every snapshot not soft-deleted by retention (loop/retention.py)."""
     for record in store.tables.snapshots.values(txn):
-        yield record.meta
+        if record.retired_at_ns is None:
+            yield record.meta
 
 
 def _ancestry(store: Store, txn: lmdb.Transaction, start: str | None) -> Iterator[str]:

@@ -60,8 +60,10 @@ class Queries:
         return obs
 
     def observation_count(self) -> int:
+        """Observations stored: all ever committed but those retention deleted."""
+        t = self._store.tables
         with self._store.reader() as txn:
-            return self._store.tables.observations_next.get(txn) or 0
+            return (t.observations_next.get(txn) or 0) - (t.retained_from.get(txn) or 0)
 
     def list_patterns(self, *, limit: int) -> list[DetectedPattern]:
         out: list[DetectedPattern] = []

@@ -38,10 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmdb
 import msgspec
 import trio
 
 from knhkd.config import Config, ConfigError
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import KeyFileError, Signer, Verifier, load, load_or_create
 from knhkd.errors import KnhkdError, StorageFull
 from knhkd.governance.relaxation import RelaxationError
@@ -143,6 +145,11 @@ def open_data_dir(cfg: Config, metrics: Metrics, config: Callable[[], Config]) -
     except (StoreError, OSError) as exc:
         raise StartupError("storage", str(exc)) from None
     try:
+        apply_storage_key(cfg, store)
+    except StartupError:
+        store.close()
+        raise
+    try:
         if cfg.signing_key_is_credential:
             # A systemd credential is the operator's: used as given, never made.
             load(cfg.signing_key_path)
@@ -214,6 +221,41 @@ class Prepared:
     # SHACL at ingest (monitor/shapes.py); None when [ingest] shacl = false.
     shapes_gate: ShapesGate | None
     governance: Governance
+
+
+def apply_storage_key(cfg: Config, store: Store) -> None:
+    """Encryption at rest: seal and open observation records with the
+    configured key (crypto/sealing.py); refuse a missing or wrong key for a
+    store whose records are sealed, and record the key's check token in a
+    store that has none yet."""
+    t = store.tables
+    with store.reader() as txn:
+        token = t.storage_key_check.get(txn)
+    try:
+        path = cfg.encryption_key_path
+        sealer = None if path is None else sealing.Sealer(sealing.load_key(path))
+    except (ConfigError, sealing.StorageKeyError) as exc:
+        raise StartupError("storage.encryption_key", str(exc)) from None
+    if sealer is None:
+        if token is not None:
+            raise StartupError(
+                "storage.encryption_key",
+                "the store's observations are sealed (encryption at rest) and "
+                "storage.encryption_key is not set",
+            )
+        return
+    if token is not None and not sealer.verify_token(token):
+        raise StartupError(
+            "storage.encryption_key",
+            f"{path}: not the key this store's observations are sealed with",
+        )
+    if token is None:
+        try:
+            with store.env.begin(write=True) as txn:
+                t.storage_key_check.put(txn, sealer.check_token())
+        except lmdb.Error as exc:
+            raise StartupError("storage", str(exc)) from None
+    t.observations.seal_with(sealer.seal, sealer.open)
 
 
 async def prepare(

@@ -147,6 +147,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                             sup.supervise, "checkpointer", actors.checkpointer.run
                         )
                         loop_n.start_soon(sup.supervise, "backup", daemon.backups.run)
+                        loop_n.start_soon(sup.supervise, "retention", daemon.retention.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         # Even read-only: its records are then counted as dropped.

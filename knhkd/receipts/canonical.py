@@ -17,6 +17,7 @@ Must never: encode a receipt any other way for any of these purposes.
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 import msgspec
 
@@ -55,3 +56,28 @@ def decode_record(data: bytes) -> SignedReceipt:
 
 def receipt_id(seq: int) -> str:
     return f"rcpt-{seq:012d}"
+
+
+class BatchInputs(NamedTuple):
+    """What an ``observation_batch_committed`` receipt commits to: the
+    observations of its sector in ``first..last`` (inclusive), how many, and
+    the digest over them (``salted``: over their leaf digests, schema v2;
+    else over their records)."""
+
+    first: int
+    last: int
+    size: int
+    digest: str
+    salted: bool
+
+
+def batch_inputs(body: ReceiptBody) -> BatchInputs:
+    """Raises ``KeyError`` or ``ValueError`` for a batch receipt that lacks them."""
+    salted = "leaves_sha256" in body.inputs
+    return BatchInputs(
+        int(body.inputs["first_seq"]),
+        int(body.inputs["last_seq"]),
+        int(body.inputs["count"]),
+        body.inputs["leaves_sha256" if salted else "records_sha256"],
+        salted,
+    )

@@ -14,6 +14,13 @@ Guarantees for each file kind:
   run, and the leaves with the range proof rebuild the checkpoint's root.
 - consistency (``knhkd-consistency-v1``): both checkpoints signed, same origin,
   and the RFC 9162 consistency proof holds between their roots.
+- archive (``knhkd-archive-v1``, gzip NDJSON from retention): the checkpoint
+  is signed; every batch receipt is validly signed and included in its tree;
+  every archived observation hashes to its leaf digest (salted: SHA-256 of
+  salt and record; erased: its digest alone, the record in its erased form),
+  each receipt's ``leaves_sha256`` (or, before schema v2, ``records_sha256``)
+  and count are recomputed from its sector's observations in its range, and
+  every observation is covered by exactly one receipt.
 Across files: two checkpoints of one origin and size with different roots are
 a split view, and nothing verifies.
 
@@ -22,12 +29,28 @@ Must never: report a file verified without recomputing its root.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import zlib
 from collections.abc import Callable, Sequence
 
 import msgspec
 
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import Verifier
-from knhkd.model import ConsistencyFile, ExportFile, FileVerdict, ProofFile, SignedReceipt
+from knhkd.model import (
+    ArchivedObservation,
+    ArchivedReceipt,
+    ArchiveHeader,
+    ArchiveLine,
+    ConsistencyFile,
+    ExportFile,
+    FileVerdict,
+    Observation,
+    ProofFile,
+    SignedReceipt,
+    is_erased,
+)
 from knhkd.receipts import canonical, merkle, tlog_checkpoint
 from knhkd.receipts.tlog_checkpoint import Checkpoint, CheckpointError
 
@@ -40,7 +63,19 @@ class NotVerified(Exception):
     """The file was understood and does not verify (exit status 1)."""
 
 
-AnyFile = ProofFile | ExportFile | ConsistencyFile
+class ArchiveFile(msgspec.Struct):
+    """A retention archive, read whole."""
+
+    format: str
+    header: ArchiveHeader
+    receipts: list[ArchivedReceipt]
+    observations: list[ArchivedObservation]
+
+
+AnyFile = ProofFile | ExportFile | ConsistencyFile | ArchiveFile
+_line_decoder = msgspec.json.Decoder(ArchiveLine)
+_obs_decoder = msgspec.msgpack.Decoder(Observation)
+_LEAF_DIGEST_BYTES = 32
 
 
 def proof_file(index: int, cp: Checkpoint, record: bytes, path: list[bytes]) -> ProofFile:
@@ -66,7 +101,31 @@ _KINDS: dict[str, type[AnyFile]] = {
 }
 
 
+def load_archive(data: bytes) -> ArchiveFile:
+    try:
+        lines = gzip.decompress(data).splitlines()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise Unusable(f"not a gzip file: {exc}") from None
+    try:
+        decoded = [_line_decoder.decode(line) for line in lines if line]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unusable(f"not a knhkd archive: {exc}") from None
+    if not decoded or not isinstance(decoded[0], ArchiveHeader):
+        raise Unusable("not a knhkd archive: the first line is not its header")
+    header = decoded[0]
+    if any(isinstance(x, ArchiveHeader) for x in decoded[1:]):
+        raise Unusable("not a knhkd archive: more than one header")
+    return ArchiveFile(
+        header.format,
+        header,
+        [x for x in decoded if isinstance(x, ArchivedReceipt)],
+        [x for x in decoded if isinstance(x, ArchivedObservation)],
+    )
+
+
 def load(data: bytes) -> AnyFile:
+    if data[:2] == b"\x1f\x8b":  # gzip: a retention archive
+        return load_archive(data)
     try:
         fmt = msgspec.json.decode(data, type=_Format).format
         kind = _KINDS[fmt]
@@ -146,10 +205,92 @@ def verify_consistency(cf: ConsistencyFile, verifier: Verifier) -> tuple[Checkpo
     return old, new
 
 
+def _leaf(o: ArchivedObservation, obs: Observation) -> bytes:
+    """The leaf digest of an archived observation, checked against its record."""
+    if o.digest is None or len(o.digest) != _LEAF_DIGEST_BYTES:
+        raise NotVerified(f"observation {o.seq}: no leaf digest")
+    if o.salt is None:
+        if not is_erased(obs):
+            raise NotVerified(f"observation {o.seq}: the salt is gone but it is not erased")
+    elif hashlib.sha256(o.salt + o.record).digest() != o.digest:
+        raise NotVerified(f"observation {o.seq}: does not hash to its leaf digest")
+    return o.digest
+
+
+def verify_archive(
+    af: ArchiveFile, verifier: Verifier, storage_key: bytes | None = None
+) -> Checkpoint:
+    """Digests are over plaintext records: sealed ones (encryption at rest)
+    are opened with ``storage_key`` first."""
+    h = af.header
+    sealer = None if storage_key is None else sealing.Sealer(storage_key)
+    for o in af.observations:
+        if sealing.is_sealed(o.record):
+            if sealer is None:
+                raise Unusable(f"observation {o.seq} is sealed: give the storage key")
+            try:
+                o.record = sealer.open(o.record)
+            except sealing.SealError as exc:
+                raise NotVerified(f"observation {o.seq}: {exc}") from None
+    cp = _checkpoint(h.checkpoint, verifier)
+    if cp.size != h.tree_size:
+        raise NotVerified(f"archive is for tree size {h.tree_size}, checkpoint is {cp.size}")
+    by_seq: dict[int, tuple[ArchivedObservation, Observation]] = {}
+    for o in af.observations:
+        if not h.first_seq <= o.seq < h.below_seq or o.seq in by_seq:
+            raise NotVerified(f"observation {o.seq}: outside the archive's range, or twice")
+        try:
+            obs = _obs_decoder.decode(o.record)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise NotVerified(f"observation {o.seq}: not an observation record") from None
+        if obs.seq != o.seq:
+            raise NotVerified(f"observation {o.seq}: record says it is {obs.seq}")
+        by_seq[o.seq] = (o, obs)
+    if len(by_seq) != h.below_seq - h.first_seq:
+        raise NotVerified(
+            f"{len(by_seq)} observations for the range [{h.first_seq}, {h.below_seq})"
+        )
+    covered: set[int] = set()
+    for r in af.receipts:
+        signed = _receipt(r.record, r.seq, verifier)
+        if not merkle.verify_inclusion(
+            merkle.leaf_hash(r.record), r.seq, cp.size, r.inclusion, cp.root
+        ):
+            raise NotVerified(f"receipt {r.seq} is not included in the tree of size {cp.size}")
+        body = signed.body
+        if body.kind != "observation_batch_committed":
+            raise NotVerified(f"receipt {r.seq}: not an observation batch receipt")
+        try:
+            first, last, count, want, salted = canonical.batch_inputs(body)
+        except (KeyError, ValueError):
+            raise NotVerified(f"receipt {r.seq}: batch receipt lacks its inputs") from None
+        digest, n = hashlib.sha256(), 0
+        for seq in range(first, last + 1):
+            if seq not in by_seq:
+                raise NotVerified(f"receipt {r.seq}: observation {seq} is not in the archive")
+            o, obs = by_seq[seq]
+            if obs.sector != body.sector:
+                continue
+            if seq in covered:
+                raise NotVerified(f"observation {seq}: covered by two receipts")
+            covered.add(seq)
+            n += 1
+            digest.update(_leaf(o, obs) if salted else o.record)
+        if n != count or digest.hexdigest() != want:
+            raise NotVerified(
+                f"observations {first}..{last} of sector {body.sector} do not match receipt {r.seq}"
+            )
+    if len(covered) != len(by_seq):
+        raise NotVerified(f"{len(by_seq) - len(covered)} archived observations no receipt covers")
+    return cp
+
+
 def verify_files(
     named: Sequence[tuple[str, bytes]],
     verifier: Verifier,
     done: Callable[[FileVerdict], None] | None = None,
+    *,
+    storage_key: bytes | None = None,
 ) -> list[FileVerdict]:
     """Verify every file; raises ``Unusable`` for input it cannot read.
     ``done(verdict)`` is called as each file's verdict is reached."""
@@ -165,6 +306,9 @@ def verify_files(
             elif isinstance(f, ExportFile):
                 cps = [verify_export(f, verifier)]
                 count = len(f.records)
+            elif isinstance(f, ArchiveFile):
+                cps = [verify_archive(f, verifier, storage_key)]
+                count = len(f.receipts)
             else:
                 cps = list(verify_consistency(f, verifier))
                 count = 0

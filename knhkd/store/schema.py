@@ -220,6 +220,20 @@ GUARDS_DIGEST = MetaSpec(b"governance.guards_digest", TEXT)
 # their content (``records_sha256``). Absent: 0.
 SALTED_FROM = MetaSpec(b"observations.salted_from", DECIMAL)
 
+# The first observation sequence number still stored: every one before it
+# was archived and deleted by retention (loop/retention.py), and the batch
+# receipts that committed to them cover nothing stored. Absent: 0. A key
+# added to v2 without a migration: absent means nothing was deleted.
+RETAINED_FROM = MetaSpec(b"observations.retained_from", DECIMAL)
+# The first receipt sequence number retention has not yet looked past: batch
+# receipts before it cover only archived observations. Absent: 0.
+RETENTION_RECEIPTS_FROM = MetaSpec(b"retention.receipts_from", DECIMAL)
+
+# Encryption at rest (crypto/sealing.py): a token sealed under the storage
+# key at the first start with one, so a wrong or missing key is refused
+# before any record is read. Absent: observations were never sealed.
+STORAGE_KEY_CHECK = MetaSpec(b"storage.key_check", RAW)
+
 # Declared by the first schema and never written; reserved so that no other
 # record takes the name.
 META_SNAPSHOT_HISTORY = b"snapshots.history"
@@ -239,6 +253,9 @@ META_KEYS: tuple[bytes, ...] = (
             DOCTRINES_DIGEST,
             GUARDS_DIGEST,
             SALTED_FROM,
+            RETAINED_FROM,
+            RETENTION_RECEIPTS_FROM,
+            STORAGE_KEY_CHECK,
         )
     ),
     META_SNAPSHOT_HISTORY,

@@ -24,7 +24,7 @@ in store/schema.py; import anything above ``model``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import lmdb
@@ -59,7 +59,7 @@ _TABLE_ATTRS = (
 class Table(Generic[K, V]):
     """One database: keys of type ``K``, values of type ``V``."""
 
-    __slots__ = ("_db", "_dec", "_enc", "_key", "_key_of", "_unkey", "name")
+    __slots__ = ("_db", "_dec", "_enc", "_key", "_key_of", "_open", "_seal", "_unkey", "name")
 
     def __init__(self, spec: TableSpec[K, V], dbs: Mapping[str, Any]) -> None:
         self.name = spec.name
@@ -69,6 +69,22 @@ class Table(Generic[K, V]):
         self._enc = spec.value.encode
         self._dec = spec.value.decode
         self._key_of = spec.key_of
+        self._seal: Callable[[bytes], bytes] | None = None
+        self._open: Callable[[bytes], bytes] | None = None
+
+    def seal_with(self, seal: Callable[[bytes], bytes], open_: Callable[[bytes], bytes]) -> None:
+        """Encryption at rest: values are sealed as they are encoded (``put``,
+        ``add``, ``put_appending``) and opened as they are decoded. The
+        ``*_raw`` and ``*_encoded`` methods keep the stored (sealed) bytes:
+        ``open_raw`` opens one."""
+        enc, dec = self._enc, self._dec
+        self._enc = lambda value: seal(enc(value))
+        self._dec = lambda raw: dec(open_(raw))
+        self._seal, self._open = seal, open_
+
+    def open_raw(self, raw: bytes) -> bytes:
+        """A stored value's plaintext bytes (itself when sealing is off)."""
+        return raw if self._open is None else self._open(raw)
 
     def get(self, txn: lmdb.Transaction, key: K) -> V | None:
         raw: Any = txn.get(self._key(key), db=self._db)
@@ -116,7 +132,10 @@ class Table(Generic[K, V]):
     def put_appending(self, txn: lmdb.Transaction, records: Iterable[tuple[bytes, Any]]) -> int:
         """Store pre-encoded ``(key, value)`` pairs whose keys all sort after the
         last stored key, in order, with one call into py-lmdb. Returns how many
-        were consumed."""
+        were consumed. Sealed (``seal_with``) on the way."""
+        seal = self._seal
+        if seal is not None:
+            records = ((key, seal(value)) for key, value in records)
         consumed, _ = txn.cursor(db=self._db).putmulti(records, append=True)
         return int(consumed)
 
@@ -146,6 +165,17 @@ class Table(Generic[K, V]):
         n = 0
         if cursor.set_range(self._key(start)):
             while cursor.delete():
+                n += 1
+        return n
+
+    def delete_range(self, txn: lmdb.Transaction, start: K, end: K) -> int:
+        """Delete every record whose key is in ``[start, end)`` (retention
+        removing archived observations, a bounded range per transaction)."""
+        cursor: Any = txn.cursor(db=self._db)
+        stop = self._key(end)
+        n = 0
+        if cursor.set_range(self._key(start)):
+            while cursor.key() < stop and cursor.delete():
                 n += 1
         return n
 
@@ -273,6 +303,9 @@ class Tables:
         self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
         self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
         self.salted_from = MetaSlot(s.SALTED_FROM, meta)
+        self.retained_from = MetaSlot(s.RETAINED_FROM, meta)
+        self.retention_receipts_from = MetaSlot(s.RETENTION_RECEIPTS_FROM, meta)
+        self.storage_key_check = MetaSlot(s.STORAGE_KEY_CHECK, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -296,6 +329,9 @@ class Tables:
             self.ring_cursor,
             *self.governance_digests.values(),
             self.salted_from,
+            self.retained_from,
+            self.retention_receipts_from,
+            self.storage_key_check,
         )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
