@@ -3,9 +3,9 @@
 
 One function, ``check``, for both, so the two cannot disagree: each issuer's
 JWKS file, the TLS certificate, key and client CAs, a configured signing key
-file that exists (or a credential), the sectors' observation shapes (with
-``[ingest] shacl``), the SHACL shapes, the ontology, the doctrines (the custom
-checks they name included) and the guards.
+file that exists (or a credential), the storage key (encryption at rest), the
+sectors' observation shapes (with ``[ingest] shacl``), the SHACL shapes, the
+ontology, the doctrines (the custom checks they name included) and the guards.
 
 Guarantees: a failure is ``ConfigError`` whose key is the setting at fault and
 whose message names the file (and the key inside it, for doctrine and guard
@@ -29,6 +29,7 @@ from pathlib import Path
 from knhkd.auth.jwks import IssuerKeys, KeySetError
 from knhkd.auth.tls import TlsError, server_context
 from knhkd.config import Config, ConfigError, is_credential
+from knhkd.crypto import sealing
 from knhkd.crypto.keys import KeyFileError
 from knhkd.crypto.keys import load as load_key
 from knhkd.governance.doctrines import load_doctrines
@@ -78,6 +79,15 @@ def check(cfg: Config, *, outside_unit: bool = False) -> list[str]:
                 load_key(path)
             except KeyFileError as exc:
                 raise ConfigError("keys.signing_key", str(exc)) from None
+    if cfg.storage.encryption_key and not skipped(
+        "storage.encryption_key", cfg.storage.encryption_key
+    ):
+        # Readable, owner-only and a key; whether it opens this store's
+        # records is the start's check (loop/startup.py), against the store.
+        try:
+            sealing.load_key(cfg.encryption_key_path or Path())
+        except sealing.StorageKeyError as exc:
+            raise ConfigError("storage.encryption_key", str(exc)) from None
     steps: tuple[tuple[str, Callable[[], object]], ...] = (
         ("knowledge.shapes_dir", lambda: Shapes.load(Path(cfg.knowledge.shapes_dir))),
         ("knowledge.ontology_dir", lambda: load_ontology(Path(cfg.knowledge.ontology_dir))),

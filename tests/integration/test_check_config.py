@@ -77,3 +77,14 @@ def test_broken_shapes_and_a_missing_tls_key_are_named(tmp_path: Path) -> None:
     )
     line = _one_line(_knhkd("check-config", str(conf)))
     assert "http.tls" in line and "key.pem" in line, line
+
+
+def test_a_storage_key_others_may_read_is_named(tmp_path: Path) -> None:
+    key = tmp_path / "storage.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o644)
+    conf = write_config(tmp_path / "k.toml", f'[storage]\nencryption_key = "{key}"\n')
+    line = _one_line(_knhkd("check-config", str(conf)))
+    assert "storage.encryption_key" in line and "too open" in line, line
+    key.chmod(0o600)
+    assert _knhkd("check-config", str(conf)).returncode == 0
