@@ -382,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.wrk:
             report["wrk_crosscheck"] = run_wrk(args, args.url, args.wrk_duration)
         return report
-    supported = openloop.workers_supported(base_config(None))
+    supported = openloop.workers_supported(base_config(None), args.daemon_cmd)
     workers = args.workers if supported else None
     phases = plan(args, supported)
     report.update(workers=workers, workers_supported=supported, phases=phases)

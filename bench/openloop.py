@@ -290,12 +290,12 @@ class RingStream:
 # --------------------------------------------------------------------------- #
 
 
-def workers_supported(config_text: str) -> bool:
+def workers_supported(config_text: str, daemon_cmd: str = "") -> bool:
     """Whether this knhkd accepts ``[http] workers`` (check-config exit 0)."""
     with tempfile.TemporaryDirectory(prefix="knhkd-probe-") as tmp:
         path = Path(tmp) / "probe.toml"
         path.write_text(config_text + "\n[http]\nworkers = 2\n", encoding="utf-8")
-        cmd = [*ingest.daemon_command(_Args()), "check-config", "--config", str(path)]
+        cmd = [*ingest.daemon_command(_Args(daemon_cmd)), "check-config", str(path)]
         done = subprocess.run(cmd, capture_output=True, timeout=60, check=False, cwd=ingest.REPO)
         return done.returncode == 0
 
@@ -412,7 +412,6 @@ class Sampler:
     ) -> None:
         self.pid, self.port, self.data_dir, self.every = pid, port, data_dir, every
         self.rows: list[dict[str, Any]] = []
-        self.hz = os.sysconf("SC_CLK_TCK")
         self._prev: tuple[float, float, dict[str, float]] | None = None
         self.t0 = time.monotonic()
 
@@ -428,12 +427,16 @@ class Sampler:
             return []
 
     def sample(self) -> dict[str, Any]:
+        import psutil
+
         now = time.monotonic()
         pids = self._tree()
-        jiffies = rss = anon = fds = 0
+        cpu = 0.0
+        rss = anon = fds = 0
         for pid in pids:
-            with contextlib.suppress(OSError, ValueError):
-                jiffies += ingest._proc_jiffies(pid)
+            with contextlib.suppress(OSError, ValueError, psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                cpu += times.user + times.system
                 rss += _status_kb(pid, "VmRSS:")
                 anon += _status_kb(pid, "RssAnon:")
                 fds += len(os.listdir(f"/proc/{pid}/fd"))
@@ -444,7 +447,6 @@ class Sampler:
         if self.data_dir is not None:
             mdb = [p for p in self.data_dir.rglob("*.mdb") if p.name == "data.mdb"]
             row["lmdb_mb"] = round(sum(p.stat().st_blocks * 512 for p in mdb) / 2**20, 2)
-        cpu = jiffies / self.hz
         if self._prev is not None:
             pt, pcpu, pm = self._prev
             row["cpu_cores"] = round((cpu - pcpu) / (now - pt), 3) if pids else None

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
     }
     try:
-        supported = openloop.workers_supported(config)
+        supported = openloop.workers_supported(config, args.daemon_cmd)
         if supported:
             config += f"\n[http]\nworkers = {args.workers}\n"
         batch = args.batch or (1 if supported else args.fallback_batch)
