@@ -153,27 +153,15 @@ async def profile(
             ]
             if name == "baseline":
                 streams += [
-                    Stream(
-                        "patterns_detect",
-                        url + "/api/v1/patterns/detect",
-                        DETECT_BODY,
-                        rate=args.detect_per_min / 60,
-                        duration=dur,
-                        warmup=0,
-                        connections=2,
-                        windows=win(),
-                    ),
-                    Stream(
-                        "proposals_validate",
-                        url + "/api/v1/proposals/validate",
-                        VALIDATE_BODY,
-                        rate=args.validate_per_min / 60,
-                        duration=dur,
-                        warmup=0,
-                        connections=2,
-                        windows=win(),
-                    ),
-                ]
+                    Stream(side, url + path, body, rate=per_min / 60, duration=dur, warmup=0,
+                           connections=2, windows=win())
+                    for side, path, body, per_min in (
+                        ("patterns_detect", "/api/v1/patterns/detect", DETECT_BODY,
+                         args.detect_per_min),
+                        ("proposals_validate", "/api/v1/proposals/validate", VALIDATE_BODY,
+                         args.validate_per_min),
+                    )
+                ]  # fmt: skip
             if name == "spike" and ring is not None and args.ring_rate > 0:
                 streams.append(
                     RingStream(
@@ -305,14 +293,7 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     return v
 
 
-def plot(result: dict[str, Any], path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install -e '.[bench]'): no plot"
+def plot(plt: Any, result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
     lat_ax, thr_ax, cpu_ax, rss_ax = axes
     for phase in ("baseline", "spike"):
@@ -352,7 +333,6 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -468,31 +448,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ring-rate", type=float, default=5000.0, help="ring records/s beside the spike (0: none)"
     )
-    p.add_argument(
-        "--workers", type=int, default=2, help="[http] workers, when the daemon accepts the key"
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=0,
-        help="obs per request (0: 1 with workers, else the fallback sizes)",
-    )
+    openloop.add_common_args(p, "obs per request (0: 1 with workers, else the fallback sizes)")
     p.add_argument("--fallback-batch-baseline", type=int, default=10)
     p.add_argument("--fallback-batch-spike", type=int, default=50)
-    p.add_argument("--connections", type=int, default=64, help="per observation stream")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured s before each phase")
-    p.add_argument("--drain", type=float, default=10.0)
     p.add_argument("--window", type=float, default=5.0, help="s per plotted window")
     p.add_argument("--sample", type=float, default=2.0, help="s between daemon samples")
     p.add_argument("--url", default="", help="target a running daemon (http://127.0.0.1:PORT)")
     p.add_argument("--pid", type=int, default=None, help="with --url: the daemon's pid")
     p.add_argument("--ring", default="", help="with --url: its ring file")
-    p.add_argument("--daemon-cmd", default="", help="command instead of knhkd")
     p.add_argument("--wrk", action="store_true", help="add the wrk cross-check phase")
     p.add_argument("--wrk-duration", type=float, default=10.0)
     p.add_argument("--wrk-connections", type=int, default=16)
-    p.add_argument("--out", default="", help="directory for load.json and load.png")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
@@ -508,13 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     v = verdicts(result)
     result["verdicts"] = v
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        note = plot(result, out / "load.png")
-        if note:
-            result["plot"] = note
-        (out / "load.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    openloop.write_out(args.out, "load", result, plot)
     print(json.dumps(result) if args.json else table(result, v))
     return 0 if v and all(v.values()) else 1
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import re
@@ -178,8 +179,6 @@ async def run_streams(streams: Sequence[Stream | RingStream], drain: float) -> N
 
 
 def obs_body(batch: int) -> bytes:
-    import json
-
     if batch <= 1:
         return json.dumps(OBS).encode()
     return json.dumps([OBS] * batch).encode()
@@ -469,6 +468,49 @@ class Sampler:
                 last["after_load"] = True  # connections closed: not a load figure
                 self.rows.append(last)
                 return
+
+
+def add_common_args(p: Any, batch_help: str) -> None:
+    """The options load.py and soak.py share."""
+    p.add_argument(
+        "--workers", type=int, default=2, help="[http] workers, when the daemon accepts the key"
+    )
+    p.add_argument("--batch", type=int, default=0, help=batch_help)
+    p.add_argument("--connections", type=int, default=64, help="per observation stream")
+    p.add_argument("--drain", type=float, default=10.0, help="max s to wait for the last replies")
+    p.add_argument("--daemon-cmd", default="", help="command instead of knhkd")
+    p.add_argument("--out", default="", help="directory for the JSON and the PNG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None (the bench extra is absent)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+NO_PLOT = "matplotlib is not installed (pip install -e '.[bench]'): no plot"
+
+
+def write_out(out: str, name: str, report: dict[str, Any], draw: Any) -> None:
+    """``--out``: NAME.png drawn by ``draw(report, path)`` when matplotlib is
+    there (else a note in the report), then NAME.json."""
+    if not out:
+        return
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    if plt is None:
+        report["plot"] = NO_PLOT
+    else:
+        draw(plt, report, path / f"{name}.png")
+    (path / f"{name}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 
 
 def run_loop(coro: Any) -> Any:

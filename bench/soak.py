@@ -154,14 +154,7 @@ def judge(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return v
 
 
-def plot(r: dict[str, Any], path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install -e '.[bench]'): no plot"
+def plot(plt: Any, r: dict[str, Any], path: Path) -> None:
     s = r["samples"]
     t = [x["t"] for x in s]
     fig, axes = plt.subplots(5, 1, figsize=(10, 13), sharex=True)
@@ -187,7 +180,6 @@ def plot(r: dict[str, Any], path: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,27 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=3600.0, help="seconds of load")
     p.add_argument("--rate", type=float, default=1000.0, help="observations/s written")
     p.add_argument("--read-rate", type=float, default=100.0, help="read requests/s in all")
-    p.add_argument(
-        "--workers", type=int, default=2, help="[http] workers, when the daemon accepts the key"
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        default=0,
-        help="obs per write (0: 1 with workers, else --fallback-batch)",
-    )
+    openloop.add_common_args(p, "obs per write (0: 1 with workers, else --fallback-batch)")
     p.add_argument("--fallback-batch", type=int, default=10)
-    p.add_argument("--connections", type=int, default=64)
     p.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--warmup", type=float, default=None, help="s (default: a tenth)")
-    p.add_argument("--drain", type=float, default=10.0)
     p.add_argument("--max-rss-growth", type=float, default=0.10)
     p.add_argument("--fd-slack", type=int, default=8)
     p.add_argument("--max-p99-ratio", type=float, default=1.2)
     p.add_argument("--no-latency-verdict", action="store_true")
-    p.add_argument("--daemon-cmd", default="")
-    p.add_argument("--out", default="")
-    p.add_argument("--json", action="store_true")
     return p
 
 
@@ -246,13 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     v = judge(report, args)
     report["verdict"] = v
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        note = plot(report, out / "soak.png")
-        if note:
-            report["plot"] = note
-        (out / "soak.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    openloop.write_out(args.out, "soak", report, plot)
     if args.json:
         print(json.dumps(report))
     else:

@@ -9,6 +9,7 @@ is reported, never judged here. Deselect with ``-m 'not soak'``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -32,6 +33,14 @@ def _run(script: str, *args: str, timeout: float) -> tuple[int, dict[str, object
     )
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def _outputs(out: Path, name: str) -> None:
+    assert json.loads((out / f"{name}.json").read_text())
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib (the bench extra) is not installed: no plot to check")
+    else:
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.timeout(240)
@@ -69,7 +78,7 @@ def test_soak_one_minute(tmp_path: Path) -> None:
     assert all(s["fds"] > 0 and s["rss_anon_mb"] > 0 for s in samples)
     writes = r["writes"]
     assert isinstance(writes, dict) and writes["ok"] >= 60 * 200 // r["obs_per_write"] - 1
-    assert (tmp_path / "soak.json").exists()
+    _outputs(tmp_path, "soak")
 
 
 @pytest.mark.timeout(180)
@@ -113,4 +122,5 @@ def test_load_profile_short(tmp_path: Path) -> None:
         print("wrk not installed: its half of the cross-check is skipped")
     else:
         assert w["wrk"]["rps"] > 0 and w["wrk"]["non_2xx"] == 0, w["wrk"]
+    _outputs(tmp_path, "load")
     assert code in (0, 1)  # thresholds are wall-clock figures: reported, not judged here
