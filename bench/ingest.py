@@ -14,7 +14,11 @@ One run, in this order:
    over 80 % of the measured ingest capacity, also (for information, no target)
    an open loop at half the capacity, which shows latency without the queueing;
 6. cross-check: the daemon's ``knhk_observations_ingested_total`` is at least the
-   number of 201s it sent; then SIGTERM, and the daemon must exit 0.
+   number of 201s it sent; then SIGTERM, and the daemon must exit 0;
+7. with ``--workers N``: a daemon with 2..N HTTP worker processes each
+   (``http.workers``), closed-loop no-op and ingest again, each ingest figure
+   against the single-process no-op of step 3, the same checks (every 201
+   durable, no error, SIGTERM → exit 0). Steps 2–6 run with ``http.workers = 1``.
 
 Guarantees: the load generator runs in its own process (the daemon gets one core,
 the generator the other); every phase is bounded in time; traffic goes to
@@ -94,13 +98,21 @@ def _cpu_totals() -> tuple[int, int]:
 
 
 def _proc_jiffies(pid: int) -> int:
-    """utime + stime of a process, all its threads included."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
+    """utime + stime of a process, all its threads included, and of its live
+    children (the daemon's HTTP worker processes)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        with contextlib.suppress(IndexError, ValueError):
+            if int(entry) == pid or int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12])
+    return total
 
 
 @contextlib.contextmanager
@@ -226,13 +238,16 @@ def daemon_command(args: argparse.Namespace) -> list[str]:
 
 
 @contextlib.contextmanager
-def daemon(args: argparse.Namespace, report: dict[str, Any]) -> Iterator[tuple[int, Any]]:
-    """Start the daemon on a temp data dir; yield (port, process); always stop it."""
+def daemon(
+    args: argparse.Namespace, report: dict[str, Any], workers: int = 1
+) -> Iterator[tuple[int, Any]]:
+    """Start the daemon (``workers`` HTTP worker processes; 1: none) on a temp
+    data dir; yield (port, process); always stop it."""
     with tempfile.TemporaryDirectory(prefix="knhkd-bench-") as tmp:
         tmpdir = Path(tmp)
         data_dir = tmpdir / "data"
         config = tmpdir / "knhkd.toml"
-        config.write_text("[http]\nnoop_endpoint = true\n", encoding="utf-8")
+        config.write_text(f"[http]\nnoop_endpoint = true\nworkers = {workers}\n", encoding="utf-8")
         port = free_port()
         cmd = [
             *daemon_command(args), "run",
@@ -334,7 +349,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if k in report)  # fmt: skip
         durable = ingested_total(port)
         report["durability"] = {"acknowledged_201": acked, "ingested_total_metric": durable}
+    if args.workers > 1:
+        report["scaling"] = scaling(args, report)
     return report
+
+
+def scaling(args: argparse.Namespace, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Closed-loop no-op and durable ingest with 1..N worker processes, each
+    against the single-process no-op measured above in this run."""
+    base = report["noop"]["ok_rps"]
+    rows = [{"workers": 1, "noop": report["noop"], "ingest": report["ingest"]}]
+    for n in range(2, args.workers + 1):
+        sub: dict[str, Any] = {}
+        with daemon(args, sub, workers=n) as (port, proc):
+            conns = args.connections
+            row = {
+                "workers": n,
+                "noop": loadgen("closed", port, NOOP_PATH, args, proc.pid, connections=conns),
+                "ingest": loadgen("closed", port, INGEST_PATH, args, proc.pid, connections=conns),
+            }
+            acked = row["ingest"]["all_ok"]
+            durable = ingested_total(port)
+            row["durable_ge_acknowledged"] = durable is not None and durable >= acked
+        row["shutdown"] = sub.get("shutdown")
+        rows.append(row)
+    for row in rows:
+        row["ingest_vs_single_noop"] = round(row["ingest"]["ok_rps"] / base, 3) if base else None
+    return rows
 
 
 def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | None]:
@@ -354,6 +395,17 @@ def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | No
             None if durable is None else durable >= r["durability"]["acknowledged_201"]
         ),
         "clean_shutdown": r.get("shutdown", {}).get("exit_status") == 0,
+        "workers_durable_and_clean": (
+            None
+            if "scaling" not in r
+            else all(
+                row.get("durable_ge_acknowledged", True)
+                and (row.get("shutdown") or {"exit_status": 0})["exit_status"] == 0
+                and row["ingest"]["non_2xx"] == 0
+                and row["ingest"]["errors"] == 0
+                for row in r["scaling"]
+            )
+        ),
     }
 
 
@@ -408,6 +460,20 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         f"shutdown                SIGTERM → exit {r['shutdown']['exit_status']} in "
         f"{r['shutdown']['seconds']} s  {mark(v['clean_shutdown'])}",
     ]
+    if "scaling" in r:
+        out += ["", "HTTP worker processes (http.workers), closed loop, same run:"]
+        for row in r["scaling"]:
+            n = row["workers"]
+            label = "1 (no workers)" if n == 1 else f"{n} workers"
+            out.append(_row(f"no-op   {label}", row["noop"]))
+            out.append(_row(f"ingest  {label}", row["ingest"]))
+            out.append(
+                f"{'':<6}ingest with {label} / single-process no-op: {row['ingest_vs_single_noop']}"
+            )
+        out.append(
+            f"workers: every 201 durable, no error, clean stop "
+            f"{mark(v['workers_durable_and_clean'])}"
+        )
     out.append(
         "(server/client/others: CPU cores used during the phase by the server under test,"
         " the load generator, and everything else)"
@@ -447,6 +513,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the informational open loop at half the measured ingest capacity, "
         "run when --rate exceeds 80%% of it",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also measure with 2..N HTTP worker processes (http.workers), each against "
+        "the single-process no-op of the same run",
     )
     p.add_argument("--skip-calibration", action="store_true", help="no client-ceiling phase")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")

@@ -156,6 +156,18 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # producers) are not affected.
     allowed_origins: tuple[str, ...] = ()
     tls: TlsConfig = TlsConfig()
+    # Front-end worker processes that accept HTTP on the one listening socket
+    # (api/workers.py): ``"auto"`` one per core, ``1`` none (the daemon serves
+    # HTTP itself). Restart-only; with ``[http.tls]`` the daemon serves alone.
+    workers: Literal["auto"] | PositiveInt = "auto"
+
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` means on this machine (1: none)."""
+        if self.tls.enabled:
+            return 1  # TLS (and client certificates) are terminated in the daemon only
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return self.workers
 
 
 # The most characters model.RdfPayload.data may hold at all (its msgspec
@@ -208,6 +220,16 @@ class AuditConfig(Struct, forbid_unknown_fields=True, frozen=True):
     enqueue_wait_s: PositiveFloat = 2.0
 
 
+class PrivacyConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # The metadata keys that name a data subject: ``knhkctl erase --subject ID``
+    # (and POST /api/v1/erasures) erases the observations where any of them
+    # equals ID (loop/erasure.py).
+    subject_fields: tuple[Annotated[str, Meta(min_length=1, max_length=128)], ...] = (
+        "patient_id",
+        "user_id",
+    )
+
+
 class KeysConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Empty: ``keys/signing.key`` inside the data directory, generated on first start.
     signing_key: str = ""
@@ -221,6 +243,18 @@ class ReceiptsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     checkpoint_every: PositiveInt = 1000
     # ... or this many seconds after the first receipt it does not cover yet.
     checkpoint_interval_s: PositiveFloat = 10.0
+
+
+class BackupConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # Scheduled backups go under this directory; empty: no schedule
+    # (``knhkctl backup`` still works).
+    dir: str = ""
+    # Seconds between scheduled backups.
+    interval_s: PositiveFloat = 3600.0
+    # A base every this many backups, incrementals in between.
+    base_every: PositiveInt = 24
+    # Backups kept; older ones are deleted, never a base a kept one needs.
+    keep: PositiveInt = 48
 
 
 class KnowledgeConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -297,6 +331,10 @@ class InvariantsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_estimated_ticks: NonNegativeInt = 8
     # Q4: hot-path p99 in ticks, warm-path p99 in ms.
     hot_path_max_ticks: PositiveFloat = 8.0
+    # Where this machine's floor (p99 ticks of a bare 64-byte store, measured
+    # at start-up) already exceeds hot_path_max_ticks, Q4 judges the hot path
+    # against floor x this instead.
+    hot_path_floor_tolerance: Annotated[float, Meta(ge=1)] = 1.5
     warm_path_max_ms: PositiveFloat = 100.0
     # Q5: resident memory, CPU, API tail latency, hot-path tick regression.
     max_memory_mb: PositiveFloat = 1024.0
@@ -539,6 +577,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     audit: AuditConfig = AuditConfig()
     keys: KeysConfig = KeysConfig()
     receipts: ReceiptsConfig = ReceiptsConfig()
+    backup: BackupConfig = BackupConfig()
     knowledge: KnowledgeConfig = KnowledgeConfig()
     ingest: IngestConfig = IngestConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
@@ -550,6 +589,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     governance: GovernanceConfig = GovernanceConfig()
     ring: RingConfig = RingConfig()
     auth: AuthConfig = AuthConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def auth_enabled(self) -> bool:
@@ -607,6 +647,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "KNHKD_DATA_DIR": ("storage", "data_dir"),
     "KNHKD_HTTP_BIND": ("http", "bind"),
+    "KNHKD_HTTP_WORKERS": ("http", "workers"),
     "KNHKD_ADMIN_SOCKET": ("admin", "socket"),
     "KNHKD_LOOP_INTERVAL_S": ("loop", "interval_s"),
     "KNHKD_LOG_LEVEL": ("telemetry", "log_level"),

@@ -139,6 +139,47 @@ class Observation(Struct, gc=False):
     rdf: RdfPayload | None = None
 
 
+# The one metadata key an erased observation keeps (loop/erasure.py): the id
+# of the receipt that erased it.
+ERASED_KEY = "knhk.erased"
+
+
+def is_erased(obs: Observation) -> bool:
+    """``obs`` is what erasure left of an observation (``erased``)."""
+    return obs.value is None and obs.rdf is None and list(obs.metadata) == [ERASED_KEY]
+
+
+def erased(obs: Observation, receipt_id: str) -> Observation:
+    """What is kept of an erased observation: its id, place in sequence,
+    sector, event type and ingest time; never its value, metadata, event
+    time or RDF (any of which may identify its subject)."""
+    return Observation(
+        id=obs.id,
+        seq=obs.seq,
+        event_type=obs.event_type,
+        sector=obs.sector,
+        value=None,
+        metadata={ERASED_KEY: receipt_id},
+        ingested_at_ns=obs.ingested_at_ns,
+    )
+
+
+class ErasureIn(Struct, forbid_unknown_fields=True):
+    """POST /api/v1/erasures: the data subject whose observations are erased."""
+
+    subject: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Erasure(Struct):
+    """What an erasure did (loop/erasure.py); never the subject itself."""
+
+    erased: int
+    observation_ids: list[str]
+    receipt_id: str
+    # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
+    scrubbed_pages: list[int] = []
+
+
 class KeyCount(Struct, frozen=True):
     """The observations of one (sector, event type) in a committed ring batch."""
 
@@ -428,6 +469,39 @@ class RuntimeFigures(Struct, frozen=True):
     warm_path_ms: float | None = None
     # Fraction (0..1) of recent observations that violated their sector's schema.
     schema_violation_rate: float | None = None
+    # This machine's floor for the hot path: p99 ticks of a bare 64-byte
+    # store, measured at start-up (Q4 judges against it when it exceeds the
+    # bound: validate/stages/s2_invariants.py).
+    hot_path_floor_ticks_p99: float | None = None
+    # p99 of HTTP request latency per route template, ms (p99_ms is over all).
+    request_p99_ms: dict[str, float] = {}
+    # p99 of one ingest commit (a group of requests, on the writer), ms.
+    commit_p99_ms: float | None = None
+    # Observations accepted (committed) and refused by their sector's SHACL
+    # shapes in the window (HTTP and ring), and samples behind each p99.
+    accepted: int = 0
+    schema_rejected: int = 0
+    request_samples: int = 0
+    ingest_samples: int = 0
+    hot_path_samples: int = 0
+    # Where tick_baseline_p99 comes from: "promotion" (the hot-path p99 when
+    # the last snapshot was promoted) or "start" (the first full window since
+    # start-up, before any promotion); "" when there is none.
+    tick_baseline_source: str = ""
+
+
+class FigureSamples(Struct, frozen=True):
+    """Raw samples for loop/figures.py to merge into its windows (a batch,
+    e.g. forwarded from another process): seconds per request by route
+    template, per ingest request and per commit; observations accepted and
+    SHACL-refused; ticks per record of timed ring batch appends."""
+
+    request_seconds: dict[str, list[float]] = {}
+    ingest_seconds: list[float] = []
+    commit_seconds: list[float] = []
+    accepted: int = 0
+    schema_rejected: int = 0
+    append_ticks: list[float] = []
 
 
 class ValidationReport(Struct):
@@ -663,6 +737,19 @@ ReceiptKind = Literal[
     # through which door, and what the daemon decided. ``inputs`` holds the
     # fields of ``AuditRecord``; ``outcome`` is approved (allowed) or rejected.
     "audit",
+    # ``knhkd migrate`` moved the store from one schema version to the next
+    # (inputs: from_version, to_version, the backup's name).
+    "schema_migrated",
+    # Observations of one data subject erased (loop/erasure.py): subject_ids
+    # are their ids; inputs say how many, which fields matched, by whom.
+    # Never the subject's identifier.
+    "observations_erased",
+    # A backup was taken (knhkd/loop/backup.py): ``inputs`` names the backup,
+    # its kind and parent, the checkpoint it covers and its manifest's SHA-256.
+    "backup_taken",
+    # The first receipt of a restored data directory (knhkd/datadir/backup.py):
+    # from which backup chain, to which receipt of the original log.
+    "restored",
 ]
 OutcomeStatus = Literal["approved", "rejected", "pending", "error"]
 
@@ -831,6 +918,9 @@ class Health(Struct):
     actors: dict[str, ActorStatus]
     # "off": no [[auth.issuers]], every HTTP caller is "anonymous".
     authentication: Literal["on", "off"] = "off"
+    # What the daemon measured about itself (invariants Q2, Q4, Q5); a
+    # figure absent or null was not measured.
+    figures: RuntimeFigures | None = None
 
 
 class Problem(Struct, omit_defaults=True):
@@ -869,6 +959,50 @@ class AuditRecord(Struct, frozen=True):
     sector: str = ""
     # Extra fields of one kind of event (a PHI read's justification and ids ...).
     detail: dict[str, str] = {}
+
+
+# The worker lane (api/workers.py): a front-end worker process hands the
+# daemon its accepted observations, audit records and answer counts, in one
+# message per round trip; the daemon answers each request of it in order.
+
+
+class LaneIngest(Struct, array_like=True):
+    """One HTTP request's decoded observations (``single``: one JSON object)."""
+
+    items: list[ObservationIn]
+    single: bool
+
+
+class LaneBatch(Struct, array_like=True):
+    """What a worker sends: ``id`` counts up from 1 on each connection; the
+    answer counts are deltas by class (success, client error, error)."""
+
+    id: int
+    requests: list[LaneIngest]
+    audits: list[AuditRecord]
+    answered: tuple[int, int, int]
+    # Ingest requests refused before the daemon saw them, by reason (deltas;
+    # knhk_ingest_rejected{reason}).
+    refused: dict[str, int] = {}
+    # Seconds per request the worker answered, by route template, since its
+    # last batch (the daemon's figures: loop/figures.py).
+    request_seconds: dict[str, list[float]] = {}
+
+
+class LaneResult(Struct, array_like=True, omit_defaults=True):
+    """One request's outcome: its ids once committed, or the problem (with
+    its extra headers) the daemon would have answered with."""
+
+    ids: list[str] | None = None
+    problem: Problem | None = None
+    headers: dict[str, str] = {}
+
+
+class LaneReply(Struct, array_like=True):
+    """The daemon's answer to the batch ``id``, once all of it is committed."""
+
+    id: int
+    results: list[LaneResult]
 
 
 class AuditEntry(Struct):
@@ -933,3 +1067,45 @@ def encode_json(obj: Any) -> bytes:
 
 
 _JSON = msgspec.json.Encoder()
+
+
+class BackupFile(Struct):
+    """One file of a backup, as its manifest lists it."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+BackupKind = Literal["base", "incremental"]
+
+
+class BackupManifest(Struct):
+    """``manifest.json`` of one backup (knhkd/receipts/backup.py).
+
+    A base holds a compact LMDB copy; an incremental holds the append-only
+    records added since its parent (receipts, tree nodes, checkpoints,
+    observations, patterns from ``from_*`` on) and a whole copy of the small
+    mutable state. Each names its parent, so a directory of backups is a
+    self-describing chain."""
+
+    format: str
+    id: str
+    kind: BackupKind
+    parent_id: str | None
+    schema_version: int
+    created_ns: int
+    origin: str
+    # The signed checkpoint the backup covers (issued just before the copy)
+    # and its size; the copy may hold receipts beyond it (``tree_size``).
+    checkpoint: str
+    checkpoint_size: int
+    # Receipts and observations in the store as copied, and where this
+    # backup's own range starts (0 for a base).
+    tree_size: int
+    observations_next: int
+    from_tree_size: int
+    from_observations: int
+    # The time of receipt ``tree_size - 1``.
+    last_receipt_ns: int
+    files: list[BackupFile]

@@ -11,6 +11,8 @@ Guarantees:
   -Wextra -Werror``; cffi checks the layouts declared below against the headers
   at compile time, so a drift between this file and ``knhk_ring.h`` or
   ``knhk_codec.h`` fails the build.
+- The module links OpenSSL's libcrypto (the codec's SHA-256 leaf digests);
+  building it needs its headers (Debian: libssl-dev, in .ci/run's list).
 
 Must never: declare anything here that the header does not define.
 """
@@ -127,6 +129,9 @@ CODEC_CDEF = """
 #define KNHK_CODEC_MAX_RECORD ...
 #define KNHK_CODEC_ARRAY_HEADER ...
 #define KNHK_CODEC_KEY_BYTES ...
+#define KNHK_CODEC_SALT_BYTES ...
+#define KNHK_CODEC_DIGEST_BYTES ...
+#define KNHK_CODEC_LEAF_BYTES ...
 enum knhk_rec_verdict {
     KNHK_REC_OK = 0, KNHK_REC_SECTOR = 1, KNHK_REC_FLAGS = 2, KNHK_REC_KIND = 3,
     KNHK_REC_LEN = 4, KNHK_REC_NONFINITE = 5, KNHK_REC_UTF8 = 6, KNHK_REC_REFUSED = 7
@@ -137,6 +142,7 @@ typedef struct knhk_codec_params {
     uint64_t first_seq;
     uint64_t ingested_at_ns;
     const uint16_t *random;
+    const uint8_t *salts;
     const char *const *event_name;
     const uint16_t *event_name_len;
     int64_t clock_ref_ns;
@@ -163,7 +169,10 @@ size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdic
                         uint32_t *positions);
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
-                          uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);
+                          uint8_t *keys, size_t keys_cap, uint8_t *leaves, size_t leaves_cap,
+                          uint8_t *digests, size_t digests_cap, knhk_codec_run *runs,
+                          size_t *nruns);
+int knhk_floor_ticks(size_t blocks, double *out);
 """
 
 # Portable: the shipped module must run on any x86-64 (or other) CPU.
@@ -185,6 +194,10 @@ def make_builder(module: str = "knhkd.hotpath._ring_cffi") -> cffi.FFI:
         sources=[_rel(HERE / "src" / "knhk_ring.c"), _rel(HERE / "src" / "knhk_codec.c")],
         include_dirs=[_rel(HERE / "include"), _rel(HERE / "src")],
         extra_compile_args=COMPILE_ARGS,
+        # The codec's leaf digests: SHA-256 from OpenSSL's libcrypto (headers:
+        # Debian's libssl-dev at build time; libssl3 at run time, which
+        # CPython's own hashlib/ssl already need).
+        libraries=["crypto"],
     )
     return ffi
 

@@ -88,6 +88,8 @@ def _actor() -> Principal:
     """Who the decision is recorded as: the socket, or the mapped peer."""
     peer = _PEER.get()
     return _ADMIN if _is_admin(peer) else peer
+
+
 _request_decoder = msgspec.json.Decoder(AdminRequest)
 _encoder = msgspec.json.Encoder()
 
@@ -119,6 +121,11 @@ COMMAND_PERMISSIONS: dict[str, Permission | None] = {
     "guards.relaxation": "GOVERN",
     # Administrator-only, as over HTTP (there is no HTTP route for it).
     "keys.rotate": "ALL",
+    # Administrator-only, as POST /api/v1/erasures.
+    "erase": "ALL",
+    # Administrator-only: it writes wherever the daemon may.
+    "backup.take": "ALL",
+    "backup.consistency": "READ_RECEIPTS",
 }
 # Commands that change nothing: allowed ones are not audited (too many).
 READ_ONLY_COMMANDS = frozenset(
@@ -138,6 +145,7 @@ READ_ONLY_COMMANDS = frozenset(
         "doctrines.list",
         "proposals.show",
         "proposals.validate",
+        "backup.consistency",
     }
 )
 
@@ -240,6 +248,12 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
     async def keys_rotate(args: dict[str, Any]) -> Any:
         return await daemon.rotate_key()
 
+    async def erase(args: dict[str, Any]) -> Any:
+        subject = args.get("subject")
+        if not isinstance(subject, str) or not 1 <= len(subject) <= 4096:
+            raise CommandError("subject must be a string of 1 to 4096 characters")
+        return await daemon.erase_subject(subject, _actor())
+
     async def receipts_prove(args: dict[str, Any]) -> Any:
         return await daemon.prove(_arg_int(args, "index", -1, 0, 2**63 - 1))
 
@@ -341,7 +355,18 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
             raise NotFound("the log is empty: no checkpoint to sign")
         return cp.text
 
+    async def backup_take(args: dict[str, Any]) -> Any:
+        kind = args.get("kind")
+        if kind is not None and not isinstance(kind, str):
+            raise CommandError("kind must be a string")
+        return await daemon.backup(_s(args, "out"), kind)
+
+    async def backup_consistency(args: dict[str, Any]) -> Any:
+        return await daemon.backup_consistency(_arg_int(args, "size", 0, 1, 2**63 - 1))
+
     return {
+        "backup.take": backup_take,
+        "backup.consistency": backup_consistency,
         "status": status,
         "health": health,
         "receipts.list": receipts_list,
@@ -351,6 +376,7 @@ def _commands(daemon: Daemon) -> dict[str, Callable[[dict[str, Any]], Awaitable[
         "cycle.run": cycle_run,
         "keys.export_public": keys_export_public,
         "keys.rotate": keys_rotate,
+        "erase": erase,
         "receipts.prove": receipts_prove,
         "receipts.export": receipts_export,
         "receipts.consistency": receipts_consistency,

@@ -104,6 +104,8 @@ ROUTE_PERMISSIONS: dict[str, Need] = {
     "receipts.inclusion_proof": "READ_RECEIPTS",
     "receipts.consistency_proof": "READ_RECEIPTS",
     "cycle.run_cycle": "EXECUTE_MAPE_K",
+    # Erasure destroys data: administrators only, as ``knhkctl erase``.
+    "privacy.erase": "ALL",
     # POST /api/v1/_noop (http.noop_endpoint, bench/ only): ingest's baseline.
     "bench.noop": "INGEST",
 }

@@ -48,7 +48,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from knhkd.api import activation, authn, openapi, server
+from knhkd.api import activation, authn, openapi, server, workers
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -57,6 +57,7 @@ from knhkd.api.routes import (
     health,
     observations,
     patterns,
+    privacy,
     proposals,
     receipts,
     snapshots,
@@ -97,6 +98,7 @@ BLUEPRINTS = (
     governance.bp,
     receipts.bp,
     cycle.bp,
+    privacy.bp,
     health.bp,
     openapi.bp,
 )
@@ -150,7 +152,13 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.after_request
     async def _count(response: Response) -> Response:
-        daemon.count_response(response.status_code)
+        started = g.get("started_ns")
+        rule = request.url_rule.rule if request.url_rule is not None else "-"
+        daemon.count_response(
+            response.status_code,
+            rule,
+            None if started is None else (time.perf_counter_ns() - started) / 1e9,
+        )
         if daemon.cfg.telemetry.access_log:
             access_line(response.status_code)
         return response
@@ -271,6 +279,16 @@ async def serve_http(
 ) -> None:
     """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
     app = create_app(daemon)
+    count = daemon.cfg.http.worker_count()
+    if count > 1:  # worker processes in front (api/workers.py)
+        try:
+            await workers.serve(
+                daemon, app, hypercorn_config(daemon), count, linger_s=LINGER_S,
+                task_status=task_status,
+            )  # fmt: skip
+        finally:
+            daemon.http_done.set()
+        return
     logged: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def handshake_failed(peer: str, reason: str) -> None:

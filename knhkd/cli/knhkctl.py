@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from knhkd import __version__
+from knhkd.cli import backup as backup_cli
 from knhkd.cli import progress
 from knhkd.model import SECTORS, AdminRequest, AdminResponse, RingLaneStatus, RingStatus
 
@@ -224,12 +225,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     ks.add_parser("export-public", help="print the public keyring (JSON)")
     ks.add_parser("rotate", help="make a new signing key (receipted by the outgoing key)")
+    er = sub.add_parser(
+        "erase",
+        help="erase the observations whose [privacy] subject_fields name a data subject "
+        "(crypto-shredding; receipted)",
+    )
+    er.add_argument("--subject", required=True, help="the subject's identifier")
     cm = sub.add_parser("completion", help="print a shell completion script (shtab)")
     cm.add_argument("shell", choices=("bash", "zsh", "tcsh"))
     fmt(cm)
     from knhkd.cli.smoke import add_parser as add_smoke
 
     fmt(add_smoke(sub))
+    backup_cli.add_parsers(sub)
     _with_globals(p)
     return p
 
@@ -556,6 +564,8 @@ def run(args: argparse.Namespace) -> int:
         _out(args, _require_daemon(args, "doctrines.list", {}))
     elif (group, action) == ("keys", "rotate"):
         _out(args, _require_daemon(args, "keys.rotate", {}))
+    elif group == "erase":
+        _out(args, _require_daemon(args, "erase", {"subject": args.subject}))
     elif (group, action) == ("receipts", "prove"):
         _write(args, _require_daemon(args, "receipts.prove", {"index": args.index}))
     elif (group, action) == ("receipts", "export"):
@@ -581,6 +591,8 @@ def run(args: argparse.Namespace) -> int:
         return _fsck(args)
     elif (group, action) == ("ring", "append"):
         return _ring_append(args)
+    elif group in ("backup", "restore"):
+        return backup_cli.run(args, lambda c, a, _: _require_daemon(args, c, a), CtlError)
     elif group == "ring":
         _out(args, _ring_status(args), _ring_table)
     return EXIT_OK

@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         help="write a new signing key file (mode 0600) for keys.signing_key or a credential",
     )
     keygen.add_argument("file", type=Path, help="must not exist")
+    mig = sub.add_parser(
+        "migrate",
+        help="migrate a stopped daemon's store to this release's schema "
+        "(backup first, then verify and receipt)",
+    )
+    _config_options(mig)
+    mig.add_argument("--dry-run", action="store_true", help="say what would be done; write nothing")
     return p
 
 
@@ -73,7 +80,7 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
     out: dict[tuple[str, str], Any] = {}
     if args.data_dir:
         out[("storage", "data_dir")] = args.data_dir
-    if args.http_bind:
+    if getattr(args, "http_bind", None):
         parse_bind(args.http_bind)
         out[("http", "bind")] = args.http_bind
     return out
@@ -131,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         found = locate(args.config or getattr(args, "file", None), os.environ)[0]
         return _fail(f"{found or 'embedded defaults'}: invalid configuration: {exc}")
     where = f"{path} (from {source})" if path else source
+    if args.command == "migrate":
+        return _migrate(cfg, dry_run=args.dry_run)
     if args.command == "check-config":
         print(f"{where}: ok (digest {cfg.digest()[:16]})")
         if unchecked:
@@ -167,6 +176,50 @@ def main(argv: list[str] | None = None) -> int:
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
             return 130
         raise
+
+
+def _migrate(cfg: Config, *, dry_run: bool) -> int:
+    """0 migrated (or nothing to do) and verified; 1 migrated but the
+    verification found inconsistencies (the backup is named); 2 refused."""
+    from knhkd.crypto.keys import KeyFileError
+    from knhkd.datadir.migrate import MigrationError, migrate
+    from knhkd.receipts import keyring
+    from knhkd.store.env import StoreError
+
+    try:
+        report = migrate(
+            cfg.data_dir,
+            lambda store: keyring.reconcile(store, cfg.signing_key_path),
+            dry_run=dry_run,
+            map_size=cfg.storage.map_size_mb * 1024 * 1024,
+        )
+    except (MigrationError, StoreError, KeyFileError, ConfigError, OSError) as exc:
+        return _fail(f"migrate: {exc}")
+    what = f"schema v{report.from_version} -> v{report.to_version}"
+    if report.from_version == report.to_version:
+        print(f"{cfg.data_dir}: already at schema v{report.to_version}; nothing to do")
+        return 0
+    if report.dry_run:
+        print(f"{cfg.data_dir}: would migrate {what}, after a backup in {report.backup}:")
+        for step in report.steps:
+            print(f"  {step}")
+        return 0
+    backup = f"{report.backup}" + (f" ({report.manifest.id})" if report.manifest else "")
+    print(f"{cfg.data_dir}: migrated {what}; backup {backup}")
+    for step in report.steps:
+        print(f"  {step}")
+    if report.fsck is not None and not report.fsck.ok:
+        for error in report.fsck.errors:
+            print(f"knhkd: migrate: verification: {error}", file=sys.stderr)
+        print(
+            f"knhkd: migrate: restore the backup: knhkctl restore --from {report.backup} "
+            f"--data-dir {cfg.data_dir} --force",
+            file=sys.stderr,
+        )
+        return 1
+    checked = report.fsck.checked if report.fsck else {}
+    print(f"  verified: fsck ok, {checked.get('receipts', 0)} receipts")
+    return 0
 
 
 if __name__ == "__main__":

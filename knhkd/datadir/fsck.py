@@ -2,7 +2,7 @@
 the first inconsistency with its location.
 
 Checks, in order (``errors`` keeps that order, capped at ``MAX_ERRORS``):
-  0. structure — every one of the 13 databases of store/schema.py: each key
+  0. structure — every one of the 15 databases of store/schema.py: each key
      and record decodes as its type (and a record keyed by its own id sits
      under that id); ``meta`` holds only the schema's keys, each decoding;
   1. keyring — every entry's id matches its key; the current key is in it;
@@ -14,8 +14,13 @@ Checks, in order (``errors`` keeps that order, capped at ``MAX_ERRORS``):
      interior node recomputed from its children; no node missing or extra;
   4. checkpoints — signed by a key of the keyring, the log's origin, and the
      root of the stored tree at their size;
-  5. observations — each batch receipt's count and SHA-256 over the stored
-     records of its sector and range; the observation counter;
+  5. observations — each batch receipt's count and SHA-256 over its sector's
+     observations in its range: over their leaf digests (``leaves_sha256``,
+     schema v2), each of which is recomputed from the salt and the stored
+     record, or is an erased observation's (no salt, the record anonymised:
+     loop/erasure.py); over the records themselves (``records_sha256``,
+     schema v1); every v2 observation has its leaf, and no leaf is stray;
+     the observation counter;
   6. snapshots — each id is the SHA-256 of its canonical N-Triples; the
      current snapshot and every parent exist;
   7. references — a proposal's parent snapshot, a validation's proposal and
@@ -50,7 +55,7 @@ import msgspec
 
 from knhkd.crypto.keys import KeyFileError, Verifier
 from knhkd.knowledge.rdf import content_id
-from knhkd.model import FsckReport, Observation, SnapshotRecord
+from knhkd.model import FsckReport, Observation, SnapshotRecord, is_erased
 from knhkd.receipts import canonical, integrity, merkle, tlog_checkpoint
 from knhkd.receipts.checkpoints import origin_of
 from knhkd.receipts.keyring import current_key_id, read_keyring
@@ -60,7 +65,7 @@ from knhkd.receipts.tree import MerkleTree, TreeError
 from knhkd.receipts.verify import verify_chain
 from knhkd.store import anchor
 from knhkd.store.env import SchemaVersionError, Store, StoreDamaged, StoreError, open_store
-from knhkd.store.schema import TABLES
+from knhkd.store.schema import LEAF_DIGEST_BYTES, LEAF_SALT_BYTES, TABLES
 
 MAX_ERRORS = 100
 DB_NAMES_IN_ORDER = tuple(t.name for t in TABLES)
@@ -342,9 +347,11 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
             continue  # reported with the receipts
         if body.kind != "observation_batch_committed":
             continue
+        salted = "leaves_sha256" in body.inputs
         try:
             first, last = int(body.inputs["first_seq"]), int(body.inputs["last_seq"])
-            count, want = int(body.inputs["count"]), body.inputs["records_sha256"]
+            count = int(body.inputs["count"])
+            want = body.inputs["leaves_sha256" if salted else "records_sha256"]
         except (KeyError, ValueError):
             found.add(f"receipts/{canonical.receipt_id(seq)}", "batch receipt lacks its inputs")
             continue
@@ -355,13 +362,19 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
                 found.add(f"observations/{obs_seq}", "missing")
                 continue
             try:
-                sector = _obs_decoder.decode(rec).sector
+                obs = _obs_decoder.decode(rec)
             except (msgspec.MsgspecError, ValueError):
                 found.add(f"observations/{obs_seq}", "not an observation record")
                 continue
-            if sector == body.sector:
+            if obs.sector != body.sector:
+                continue
+            n += 1
+            if not salted:
                 digest.update(rec)
-                n += 1
+                continue
+            leaf = _leaf(store, txn, obs_seq, obs, rec, found)
+            if leaf is not None:
+                digest.update(leaf)
         if n != count or digest.hexdigest() != want:
             found.add(
                 f"observations/{first}..{last}",
@@ -374,7 +387,42 @@ def _observations(store: Store, txn: lmdb.Transaction, found: _Findings) -> None
         found.add("observations", f"counter says {next_seq}, {stored} are stored")
     if covered != stored:
         found.add("observations", f"{stored} stored, {covered} covered by batch receipts")
+    salted_from = store.tables.salted_from.get(txn)
+    if salted_from is None:
+        # Schema v1 (before `knhkd migrate`): nothing is salted; from v2 on
+        # without the mark (a store created at v2 or later): everything.
+        version = store.tables.schema_version.get(txn)
+        salted_from = stored if version is not None and version < 2 else 0
+    leaves = store.tables.observation_leaves.count(txn)
+    if leaves != max(stored - salted_from, 0):
+        found.add(
+            "observation_leaves",
+            f"{leaves} leaves for the {max(stored - salted_from, 0)} observations "
+            f"from seq {salted_from} (schema v2)",
+        )
+    if store.tables.scrub.count(txn):
+        found.add("scrub", "holds records between transactions")
     found.count("observations", stored)
+
+
+def _leaf(
+    store: Store, txn: lmdb.Transaction, seq: int, obs: Observation, rec: bytes, found: _Findings
+) -> bytes | None:
+    """The leaf digest of observation ``seq``, checked against its record."""
+    leaf = store.tables.observation_leaves.get_raw(txn, seq)
+    where = f"observation_leaves/{seq}"
+    if leaf is None:
+        found.add(where, "missing")
+        return None
+    digest, salt = leaf[:LEAF_DIGEST_BYTES], leaf[LEAF_DIGEST_BYTES:]
+    if len(leaf) == LEAF_DIGEST_BYTES:
+        if not is_erased(obs):
+            found.add(where, "the salt is gone but the observation is not erased")
+    elif len(salt) != LEAF_SALT_BYTES:
+        found.add(where, f"{len(leaf)} bytes, not a digest and a salt")
+    elif hashlib.sha256(salt + rec).digest() != digest:
+        found.add(f"observations/{seq}", "does not hash to its leaf digest")
+    return digest
 
 
 def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
@@ -402,14 +450,21 @@ def _snapshots(store: Store, txn: lmdb.Transaction, found: _Findings) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def fsck_data_dir(data_dir: Path, progress: Callable[[str], None] | None = None) -> FsckReport:
+def fsck_data_dir(
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    older_schema: bool = False,
+) -> FsckReport:
     """fsck of ``data_dir``'s store, run in a forked child: LMDB checks some
     damage only with ``assert`` (a flipped page flag aborts the process), so
     a child that dies by a signal is itself a finding, and each database is
     then scanned in a child of its own to name the ones that abort.
     Raises ``StoreError`` when there is no store to check. ``progress`` is
-    called in the child (fsck's), whose fd 2 is /dev/null."""
-    report = _in_child(lambda: _open_and_fsck(data_dir, progress))
+    called in the child (fsck's), whose fd 2 is /dev/null. ``older_schema``:
+    a store of an older schema version is checked at its version (a restored
+    pre-migration backup) instead of refused; nothing is written either way."""
+    report = _in_child(lambda: _open_and_fsck(data_dir, progress, older_schema))
     if isinstance(report, FsckReport):
         return report
     if isinstance(report, _NoStore):
@@ -429,10 +484,10 @@ class _NoStore(msgspec.Struct):
 
 
 def _open_and_fsck(
-    data_dir: Path, progress: Callable[[str], None] | None = None
+    data_dir: Path, progress: Callable[[str], None] | None = None, older_schema: bool = False
 ) -> FsckReport | _NoStore:
     try:
-        store = open_store(data_dir, readonly=True, exclusive=False)
+        store = open_store(data_dir, readonly=True, exclusive=False, migrating=older_schema)
     except SchemaVersionError as exc:
         if exc.found is not None:
             return _NoStore(str(exc))  # another schema: not ours to judge

@@ -14,8 +14,11 @@ The work is in ``native/src/knhk_codec.c`` (a Python decoder cost ~4 µs a
 record and bounded the drain near 200,000 records/s): ``RingCodec.batch``
 validates a drained batch, ``RingBatch.encode`` writes each accepted record as
 the exact msgpack bytes ``msgspec`` writes for ``model.Observation`` (ids,
-sequence numbers and LMDB keys included), and ``RingBatch.inputs`` gives the
-accepted records as ``ObservationIn`` for the SHACL gate.
+sequence numbers and LMDB keys included) together with each record's leaf
+(SHA-256(salt || record) and its fresh 16-byte salt, the value
+``observation_leaves`` stores: hashed in C, so the drain does no per-record
+Python work), and ``RingBatch.inputs`` gives the accepted records as
+``ObservationIn`` for the SHACL gate.
 
 Guarantees:
 - Each record is accepted or refused on its own (a ring record has no request
@@ -31,6 +34,8 @@ Guarantees:
   is the producer's, the ingest time is ours.
 - A ``RingBatch`` owns a copy of its records: the consumer's buffer may be
   reused as soon as ``RingCodec.batch`` returns.
+- A leaf digest is byte-identical to ``hashlib.sha256(salt + record)``, what
+  the HTTP path computes and fsck recomputes (tests/native/test_codec.py).
 
 Must never: read the clock (the caller passes a ``TickClock`` and the ingest
 time), touch storage, import above layer 2.
@@ -38,6 +43,7 @@ time), touch storage, import above layer 2.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,6 +66,9 @@ from knhkd.model import (
 _MAX_RECORD: Final = int(lib.KNHK_CODEC_MAX_RECORD)
 _HEADER: Final = int(lib.KNHK_CODEC_ARRAY_HEADER)
 _KEY_BYTES: Final = int(lib.KNHK_CODEC_KEY_BYTES)
+_LEAF_BYTES: Final = int(lib.KNHK_CODEC_LEAF_BYTES)
+SALT_BYTES: Final = int(lib.KNHK_CODEC_SALT_BYTES)
+DIGEST_BYTES: Final = int(lib.KNHK_CODEC_DIGEST_BYTES)
 _REFUSED: Final = int(lib.KNHK_REC_REFUSED)
 
 # enum knhk_rec_verdict → the reason codes of records.InvalidRecord.
@@ -142,17 +151,22 @@ _one_decoder = msgspec.msgpack.Decoder(Observation)
 
 @dataclass(frozen=True)
 class Encoded:
-    """A batch's accepted records as stored: ``keys[i]`` → ``records[i]``.
+    """A batch's accepted records as stored: ``keys[i]`` → ``records[i]``,
+    and ``keys[i]`` → ``leaves[i]`` in ``observation_leaves``.
 
     ``records`` are zero-copy views (``msgspec.Raw``) into ``blob``, each the
     msgpack of one ``model.Observation``; ``runs`` give the records of one
-    sector as contiguous byte ranges of ``blob`` (for the receipts' digests).
+    sector as contiguous byte ranges of ``blob``. ``leaves[i]`` is record i's
+    leaf digest followed by its salt; ``digests`` the leaf digests alone, back
+    to back (``digests[32 * i : 32 * (i + 1)]``), for the receipts.
     """
 
     keys: list[bytes]
     records: list[msgspec.Raw]
     blob: bytes
     runs: list[SectorRun]
+    leaves: list[bytes]
+    digests: bytes
     counts: ObservationCounts | None = None
 
     def observations(self) -> list[Observation]:
@@ -161,6 +175,17 @@ class Encoded:
     def id_at(self, i: int) -> str:
         """The id of record ``i`` (decoded alone: the others stay bytes)."""
         return _one_decoder.decode(self.records[i]).id
+
+
+@dataclass(frozen=True)
+class _Out:
+    """What one knhk_codec_encode call wrote (keys, leaves, digests: stored shape only)."""
+
+    blob: bytes
+    keys: bytes
+    leaves: bytes
+    digests: bytes
+    runs: list[Any]
 
 
 class RingCodec:
@@ -244,49 +269,68 @@ class RingBatch:
             self.rejected.append(Rejection(i, seq, reason, messages.get(pos, reason)))
         self.accepted -= len(wanted)
 
-    def _encode(self, shape: int, first_seq: int, ingested_at_ns: int) -> tuple[bytes, Any, Any]:
+    def _encode(self, shape: int, first_seq: int, ingested_at_ns: int) -> _Out:
         n = self.count
         p = self._codec._params(self, shape)
         p.first_seq = first_seq
         p.ingested_at_ns = ingested_at_ns
         stored = shape == lib.KNHK_SHAPE_OBSERVATION
         keys: Any = ffi.NULL
-        keys_cap = 0
+        leaves: Any = ffi.NULL
+        digests: Any = ffi.NULL
+        keys_cap = leaves_cap = digests_cap = 0
         if stored:
-            # Kept referenced until the call returns: p.random points into it.
-            rnd = ffi.from_buffer("uint16_t[]", secrets.token_bytes(2 * max(self.accepted, 1)))
+            m = max(self.accepted, 1)
+            # Kept referenced until the call returns: p.random and p.salts point
+            # into them. One read of the kernel's CSPRNG for all the salts.
+            rnd = ffi.from_buffer("uint16_t[]", secrets.token_bytes(2 * m))
+            salts = ffi.from_buffer("uint8_t[]", os.urandom(SALT_BYTES * m))
             p.random = rnd
+            p.salts = salts
             keys_cap = _HEADER + n * _KEY_BYTES
             keys = _alloc("uint8_t[]", keys_cap)
+            leaves_cap = _HEADER + n * _LEAF_BYTES
+            leaves = _alloc("uint8_t[]", leaves_cap)
+            digests_cap = max(n, 1) * DIGEST_BYTES
+            digests = _alloc("uint8_t[]", digests_cap)
         out_cap = _HEADER + n * _MAX_RECORD
         out = _alloc("uint8_t[]", out_cap)
         runs = _alloc("knhk_codec_run[]", max(n, 1))
         nruns = ffi.new("size_t *")
         size = int(
             lib.knhk_codec_encode(
-                self._recs, n, self._verdict, p, out, out_cap, keys, keys_cap, runs, nruns
+                self._recs, n, self._verdict, p, out, out_cap, keys, keys_cap,
+                leaves, leaves_cap, digests, digests_cap, runs, nruns,
             )
-        )
+        )  # fmt: skip
+        if size == -2:
+            raise RuntimeError("knhk_codec_encode: libcrypto failed to compute SHA-256")
         if size < 0:  # the capacities above are the header's safe sizes
             raise AssertionError("knhk_codec_encode: output buffer too small")
         blob = ffi.buffer(out, size)[:]
-        key_blob = ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:] if stored else b""
-        return blob, key_blob, [runs[i] for i in range(nruns[0])]
+        if not stored:
+            return _Out(blob, b"", b"", b"", [runs[i] for i in range(nruns[0])])
+        return _Out(
+            blob,
+            ffi.buffer(keys, _HEADER + self.accepted * _KEY_BYTES)[:],
+            ffi.buffer(leaves, _HEADER + self.accepted * _LEAF_BYTES)[:],
+            ffi.buffer(digests, self.accepted * DIGEST_BYTES)[:],
+            [runs[i] for i in range(nruns[0])],
+        )
 
     def encode(self, first_seq: int, ingested_at_ns: int, evidence_sample: int = 0) -> Encoded:
         """The accepted records as stored observations, sequence numbers from
-        ``first_seq``, ids from ``ingested_at_ns`` and fresh random bits; with
-        ``evidence_sample`` > 0, also their ``ObservationCounts``."""
-        blob, key_blob, runs = self._encode(
-            int(lib.KNHK_SHAPE_OBSERVATION), first_seq, ingested_at_ns
-        )
+        ``first_seq``, ids from ``ingested_at_ns`` and fresh random bits, with
+        their leaves (fresh salts); with ``evidence_sample`` > 0, also their
+        ``ObservationCounts``."""
+        got = self._encode(int(lib.KNHK_SHAPE_OBSERVATION), first_seq, ingested_at_ns)
         out_runs: list[SectorRun] = []
         first = 0
-        for r in runs:
+        for r in got.runs:
             count = int(r.count)
             out_runs.append(SectorRun(SECTOR_BY_CODE[int(r.sector)], first, count, r.start, r.end))
             first += count
-        records = _raw_decoder.decode(blob)
+        records = _raw_decoder.decode(got.blob)
         counts = None
         if evidence_sample > 0 and records:
             counts = ObservationCounts(
@@ -295,7 +339,15 @@ class RingBatch:
                 first_seq + len(records) - 1,
                 self._key_counts(records, evidence_sample),
             )
-        return Encoded(_keys_decoder.decode(key_blob), records, blob, out_runs, counts)
+        return Encoded(
+            _keys_decoder.decode(got.keys),
+            records,
+            got.blob,
+            out_runs,
+            _keys_decoder.decode(got.leaves),
+            got.digests,
+            counts,
+        )
 
     def _key_counts(self, records: list[msgspec.Raw], sample: int) -> list[KeyCount]:
         n = self.count
@@ -329,5 +381,4 @@ class RingBatch:
 
     def inputs(self) -> list[ObservationIn]:
         """The accepted records as ``ObservationIn`` (for the SHACL gate)."""
-        blob, _, _ = self._encode(int(lib.KNHK_SHAPE_INPUT), 0, 0)
-        return _inputs_decoder.decode(blob)
+        return _inputs_decoder.decode(self._encode(int(lib.KNHK_SHAPE_INPUT), 0, 0).blob)

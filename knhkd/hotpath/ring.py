@@ -483,3 +483,14 @@ def ticks_now() -> int:
 
 def ticks_source() -> str:
     return str(ffi.string(lib.knhk_ticks_source()).decode())
+
+
+def floor_ticks(blocks: int) -> list[float]:
+    """This machine's hot-path floor: ticks per bare 64-byte store, one
+    figure per timed block of 64 (native/src/knhk_codec.h, knhk_floor_ticks;
+    the floor bench/ring.py measures). Blocks the calling thread: call it off
+    the event loop."""
+    out = ffi.new("double[]", blocks)
+    if lib.knhk_floor_ticks(blocks, out) != 0:
+        raise MemoryError("knhk_floor_ticks: no buffer")
+    return list(out)

@@ -62,6 +62,7 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
         shapes_digest=state.observation_shapes_digest,
         evidence_sample=lambda: state.settings().analyze.evidence_sample,
         batch_links=batch_links,
+        figures=state.figures,
     )
     ring_drain = None
     if opened.ring is not None:
@@ -73,6 +74,7 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
             ctx.metrics,
             # The same SHACL gate as HTTP ingest.
             shacl_gate=lambda: state.shapes_gate,
+            figures=state.figures,
         )
     return Actors(
         ingest=ingest,

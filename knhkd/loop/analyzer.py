@@ -135,7 +135,11 @@ class Analyzer:
         return detectors, floor
 
     async def run(self) -> None:
-        detectors, floor = self._rebuild()
+        # Off the event loop: with many observations in the windows (every one
+        # of a burst just stored) reading them back takes seconds, and the
+        # daemon serves meanwhile; what is committed in between waits in the
+        # inbox and is counted once (the floor).
+        detectors, floor = await trio.to_thread.run_sync(self._rebuild)
         self.detectors = detectors
         while True:
             try:

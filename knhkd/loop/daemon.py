@@ -20,6 +20,7 @@ import os
 import ssl
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -35,7 +36,9 @@ from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError, diff_ntriples
 from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
+from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
+from knhkd.loop.erasure import erase_job
 from knhkd.loop.ingest import Closed
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
@@ -46,11 +49,14 @@ from knhkd.loop.supervisor import Supervisor
 from knhkd.model import (
     AuditEntry,
     AuditRecord,
+    BackupManifest,
     ChainVerification,
     ConsistencyFile,
     CycleReport,
     DetectedPattern,
+    Erasure,
     ExportFile,
+    FigureSamples,
     Health,
     Observation,
     ObservationIn,
@@ -63,6 +69,7 @@ from knhkd.model import (
     ReceiptView,
     Relaxation,
     RingSummary,
+    RuntimeFigures,
     Snapshot,
     StatusReport,
     ValidationReport,
@@ -70,9 +77,11 @@ from knhkd.model import (
 from knhkd.monitor.decode import Decoded
 from knhkd.plan.proposals import make_proposal
 from knhkd.receipts import audit as audit_trail
-from knhkd.receipts import canonical, keyring, offline
+from knhkd.receipts import backup as backup_copy
+from knhkd.receipts import canonical, keyring, merkle, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
+from knhkd.store import scrub
 from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 from knhkd.telemetry.tracing import span
@@ -126,6 +135,7 @@ class Daemon:
         self.governance = prepared.governance
         self.queries = state.queries
         self.actors = actors
+        self.backups = Backups(state.ctx, actors.checkpointer)
         self.supervisor = supervisor
         self.metrics = metrics
         self.started_monotonic = time.monotonic()
@@ -279,6 +289,31 @@ class Daemon:
 
     def public_keyring(self) -> PublicKeyring:
         return self.queries.public_keyring()
+
+    async def erase_subject(self, subject: str, by: Principal) -> Erasure:
+        """Erase the observations whose ``[privacy] subject_fields`` name
+        ``subject`` (loop/erasure.py), then overwrite the pages LMDB freed."""
+        self.write_gate.check()
+        fields = self.cfg.privacy.subject_fields
+        result = await self.writer.submit(
+            erase_job(self.store, self.receipts, subject=subject, fields=fields, principal=by.name)
+        )
+        self.metrics.receipts_appended.labels("observations_erased").inc()
+        # Each job its own transaction: pages freed by one become reusable
+        # only transactions later (store/scrub.py).
+        for what, job in scrub.jobs(self.store):
+            pages = await self.writer.submit(job)
+            if what == "fill":
+                result.scrubbed_pages.append(pages)
+        # Never the subject: it is the personal data being erased.
+        log.info(
+            "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",
+            result.receipt_id,
+            by.name,
+            result.erased,
+            result.scrubbed_pages,
+        )
+        return result
 
     async def rotate_key(self) -> dict[str, str]:
         """knhkctl keys rotate: the protocol of receipts/keyring.py. Returns the
@@ -492,6 +527,25 @@ class Daemon:
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta
 
+    async def backup(self, out_root: str, kind: str | None) -> BackupManifest:
+        """A backup under ``out_root`` (loop/backup.py), receipted."""
+        if kind not in (None, "base", "incremental"):
+            raise Conflict(f"unknown backup kind {kind!r}")
+        return await self.backups.take(Path(out_root), kind)  # type: ignore[arg-type]
+
+    async def backup_consistency(self, size: int) -> dict[str, Any]:
+        """The latest checkpoint and a consistency proof from ``size`` to it,
+        for ``knhkctl backup verify``."""
+        try:
+            note, proof = await trio.to_thread.run_sync(
+                backup_copy.consistency_to_latest, self.store, size
+            )
+        except backup_copy.BackupError as exc:
+            raise Conflict(str(exc)) from None
+        except merkle.ProofError as exc:
+            raise Conflict(f"no consistency proof: {exc}") from None
+        return {"checkpoint": note, "proof": [p.hex() for p in proof]}
+
     async def issue_checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint of everything committed now (None when the log is
         empty or nothing was added since the last one)."""
@@ -502,14 +556,23 @@ class Daemon:
         (``knhk_ingest_rejected{reason}``: invalid, too_large)."""
         self.metrics.ingest_rejected.labels(reason).inc()
 
-    def count_response(self, status: int) -> None:
-        """Count an HTTP answer by class (success, client error, error)."""
+    def count_response(self, status: int, route: str = "", seconds: float | None = None) -> None:
+        """Count an HTTP answer by class (success, client error, error); one
+        the app answered (``seconds`` since it began) also feeds the figures
+        (route template, "-" for none)."""
+        if seconds is not None:
+            self._state.figures.record_request(route or "-", seconds)
         if status < 400:
             self.metrics.requests_success.inc()
         elif status < 500:
             self.metrics.requests_client_error.inc()
         else:
             self.metrics.requests_error.inc()
+
+    def merge_figures(self, samples: FigureSamples) -> None:
+        """Samples measured in another process (an HTTP worker) join the
+        figures the loop judges by."""
+        self._state.figures.merge(samples)
 
     def metrics_text(self) -> bytes:
         """The Prometheus exposition, with ``knhk_health_status`` refreshed."""
@@ -545,7 +608,15 @@ class Daemon:
             },
             actors=dict(self.supervisor.status),
             authentication="on" if self.cfg.auth_enabled else "off",
+            figures=self.figures(),
         )
+
+    def figures(self) -> RuntimeFigures:
+        """What the daemon measured about itself (loop/figures.py), also set
+        on the ``knhk_figure_*`` gauges."""
+        f = self._state.figures.snapshot()
+        self.metrics.set_figures(f)
+        return f
 
     def status(self) -> StatusReport:
         next_seq, head_hash = self.receipt_head()

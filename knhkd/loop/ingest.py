@@ -6,7 +6,14 @@ Guarantees:
   one LMDB transaction; an acknowledged observation survives ``kill -9``.
 - Requests queued while a commit is in flight share the next commit (group
   commit); one receipt per sector per commit records the sequence range, the
-  count and a SHA-256 digest of the exact stored records.
+  count and ``leaves_sha256``: SHA-256 over the leaf digests of its
+  observations, in order. An observation's leaf digest is SHA-256(salt ||
+  the exact stored record) with a fresh random 16-byte salt, stored with the
+  salt in ``observation_leaves`` in the same transaction: the receipt commits
+  to the content through the salt, so destroying content and salt (erasure:
+  loop/erasure.py) leaves a digest that still verifies and reveals nothing.
+  (Schema-v1 receipts, before ``observations.salted_from``, carry
+  ``records_sha256`` over the records themselves.)
 - Ids are assigned inside the committing transaction from a stored sequence:
   unique under any concurrency (store/ids.py).
 - Committed observations reach the analyzer *before* their submitters are
@@ -38,6 +45,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,11 +60,13 @@ from knhkd.errors import Invalid, KnhkdError, Unavailable
 from knhkd.hotpath.codec import RingBatch
 from knhkd.loop.batching import receive_batch
 from knhkd.loop.cycle import BatchLinks
+from knhkd.loop.figures import Figures
 from knhkd.loop.writer import CommitFailed, StoreWriter, WriterClosed
 from knhkd.model import Observation, ObservationCounts, ObservationIn, Outcome, Sector
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.ids import observation_ids, seq_key
+from knhkd.store.schema import LEAF_DIGEST_BYTES, LEAF_SALT_BYTES
 from knhkd.telemetry.metrics import Metrics
 from knhkd.telemetry.tracing import current_context
 
@@ -155,6 +165,7 @@ def commit_job(
     ring batches carry ``evidence_sample`` evidence ids per key to the analyzer."""
     tables = store.tables
     observations, next_seq = tables.observations, tables.observations_next
+    leaves_table = tables.observation_leaves
 
     def job(txn: lmdb.Transaction) -> tuple[list[Stored | None], dict[Sector, int]]:
         seq = start = next_seq.get(txn) or 0
@@ -162,13 +173,14 @@ def commit_job(
         out: list[Stored | None] = []
         groups: dict[Sector, _SectorGroup] = {}
         puts: list[Iterable[tuple[bytes, Any]]] = []
+        leaves: list[Iterable[tuple[bytes, bytes]]] = []
         for part in parts:
             if isinstance(part, RingBatch):
-                counts, part_puts = _ring_part(part, seq, now, groups, evidence_sample)
+                counts, part_puts = _ring_part(part, seq, now, groups, evidence_sample, leaves)
                 out.append(counts)
                 seq += len(part)
             else:
-                stored, part_puts = _http_part(part, seq, now, groups)
+                stored, part_puts = _http_part(part, seq, now, groups, leaves)
                 out.append(stored)
                 seq += len(stored)
             puts.append(part_puts)
@@ -177,6 +189,9 @@ def commit_job(
         stored_n = observations.put_appending(txn, itertools.chain.from_iterable(puts))
         if stored_n != seq - start:
             raise lmdb.Error(f"stored {stored_n} of {seq - start} observations")
+        stored_leaves = leaves_table.put_appending(txn, itertools.chain.from_iterable(leaves))
+        if stored_leaves != seq - start:
+            raise lmdb.Error(f"stored leaves for fewer than {seq - start} observations")
         next_seq.put(txn, seq)
         if extra_meta:
             tables.put_meta(txn, extra_meta)
@@ -186,7 +201,7 @@ def commit_job(
                 "count": str(group.count),
                 "first_seq": str(group.first_seq),
                 "last_seq": str(group.last_seq),
-                "records_sha256": group.digest.hexdigest(),
+                "leaves_sha256": group.digest.hexdigest(),
             }
             shapes = shapes_digest(sector)
             if shapes is not None:
@@ -206,11 +221,24 @@ def commit_job(
     return job
 
 
+def _salts(n: int) -> bytes:
+    # One read of the kernel's CSPRNG for the part, not one per observation.
+    return os.urandom(LEAF_SALT_BYTES * n)
+
+
 def _http_part(
-    items: list[ObservationIn], seq: int, now: int, groups: dict[Sector, _SectorGroup]
+    items: list[ObservationIn],
+    seq: int,
+    now: int,
+    groups: dict[Sector, _SectorGroup],
+    leaves: list[Iterable[tuple[bytes, bytes]]],
 ) -> tuple[list[Observation], list[tuple[bytes, bytes]]]:
     stored: list[Observation] = []
     puts: list[tuple[bytes, bytes]] = []
+    part_leaves: list[tuple[bytes, bytes]] = []
+    leaves.append(part_leaves)
+    salts = _salts(len(items))
+    sha256 = hashlib.sha256
     # One call for the batch: ids are ~7 µs each one at a time (store/ids.py).
     for item, obs_id in zip(items, observation_ids(now, seq, len(items)), strict=True):
         obs = Observation(
@@ -225,31 +253,42 @@ def _http_part(
             rdf=item.rdf,
         )
         record = _obs_encoder.encode(obs)
-        puts.append((seq_key(seq), record))
+        key = seq_key(seq)
+        puts.append((key, record))
         stored.append(obs)
+        i = LEAF_SALT_BYTES * len(stored)
+        salt = salts[i - LEAF_SALT_BYTES : i]
+        digest = sha256(salt + record).digest()
+        part_leaves.append((key, digest + salt))
         group = _SectorGroup.of(groups, obs.sector, obs_id, seq)
         group.last_id, group.last_seq = obs_id, seq
         group.count += 1
-        group.digest.update(record)
+        group.digest.update(digest)
         seq += 1
     return stored, puts
 
 
 def _ring_part(
-    batch: RingBatch, seq: int, now: int, groups: dict[Sector, _SectorGroup], evidence_sample: int
+    batch: RingBatch,
+    seq: int,
+    now: int,
+    groups: dict[Sector, _SectorGroup],
+    evidence_sample: int,
+    leaves: list[Iterable[tuple[bytes, bytes]]],
 ) -> tuple[ObservationCounts | None, Iterable[tuple[bytes, Any]]]:
-    # Encoded in C (the GIL released); the records stay zero-copy views of one
-    # buffer, each sector's run is hashed as one contiguous range, and no
-    # Observation object is made: the analyzer takes counts.
+    # Encoded and hashed in C (the GIL released): records and leaves come back
+    # ready to store, and no Observation object is made (the analyzer takes
+    # counts). Python's work is per sector run, never per record.
     encoded = batch.encode(seq, now, evidence_sample)
-    blob = memoryview(encoded.blob)
+    keys, digests = encoded.keys, encoded.digests
     for run in encoded.runs:
         first, last = run.first, run.first + run.count - 1
         group = _SectorGroup.of(groups, run.sector, encoded.id_at(first), seq + first)
         group.last_id, group.last_seq = encoded.id_at(last), seq + last
         group.count += run.count
-        group.digest.update(blob[run.start : run.end])
-    return encoded.counts, zip(encoded.keys, encoded.records, strict=True)
+        group.digest.update(digests[first * LEAF_DIGEST_BYTES : (last + 1) * LEAF_DIGEST_BYTES])
+    leaves.append(zip(keys, encoded.leaves, strict=True))
+    return encoded.counts, zip(keys, encoded.records, strict=True)
 
 
 def _items(req: _Request) -> int:
@@ -270,7 +309,9 @@ class Ingest:
         shapes_digest: Callable[[str], str | None] = lambda sector: None,
         evidence_sample: Callable[[], int] = lambda: 16,
         batch_links: BatchLinks | None = None,
+        figures: Figures | None = None,
     ) -> None:
+        self._figures = Figures() if figures is None else figures
         self._batch_links = BatchLinks() if batch_links is None else batch_links
         self._evidence_sample = evidence_sample
         self._shapes_digest = shapes_digest
@@ -294,6 +335,7 @@ class Ingest:
         if self._closed:
             raise Closed("knhkd is shutting down")
         request = _Request(items, extra_meta=extra_meta)
+        started = time.perf_counter()
         with trio.move_on_after(enqueue_timeout) as scope:
             try:
                 await self._send.send(request)
@@ -309,6 +351,7 @@ class Ingest:
             raise Overloaded("the commit did not complete in time; it may still commit")
         if request.error is not None:
             raise request.error
+        self._figures.record_ingest(time.perf_counter() - started)
         return request.ids
 
     def close(self) -> None:
@@ -330,8 +373,10 @@ class Ingest:
         started = time.perf_counter()
         committed = await self._commit_isolating(batch)
         if committed:
+            took = time.perf_counter() - started
             self._metrics.store_commit_batch_size.observe(committed)
-            self._metrics.ingest_latency_seconds.observe(time.perf_counter() - started)
+            self._metrics.ingest_latency_seconds.observe(took)
+            self._figures.record_commit(took, committed)
 
     async def _commit_isolating(self, batch: list[_Request]) -> int:
         """Commit ``batch``; if a job error (one of its items') fails it, commit

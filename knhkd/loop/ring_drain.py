@@ -63,6 +63,7 @@ from knhkd.errors import ReadOnly, StorageFull
 from knhkd.hotpath import tsc
 from knhkd.hotpath.codec import RingBatch, RingCodec
 from knhkd.hotpath.ring import OP_APPEND, OP_SNAPSHOT_READ, Consumer, Drained, ticks_source
+from knhkd.loop.figures import Figures
 from knhkd.loop.ingest import Closed, Ingest, Unstorable
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.writer import WriterClosed
@@ -104,7 +105,9 @@ class RingDrain:
         ingest: Ingest,
         metrics: Metrics,
         shacl_gate: Callable[[], ShapesGate | None] = lambda: None,
+        figures: Figures | None = None,
     ) -> None:
+        self._figures = figures
         self._config = config
         self._shacl_gate = shacl_gate
         self._consumer = consumer
@@ -385,6 +388,8 @@ class RingDrain:
                 self._metrics.append_ticks_append.observe(per_record)
                 if s.count >= _MIN_TIMED_RECORDS:
                     self.recent_append_ticks.append(per_record)
+                    if self._figures is not None:
+                        self._figures.record_append_ticks(per_record)
             elif s.op == OP_SNAPSHOT_READ:
                 self._metrics.append_ticks_snapshot_read.observe(per_record)
 

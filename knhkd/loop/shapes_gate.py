@@ -37,6 +37,8 @@ class ShapesGate:
         self._failures = failures
         self._inline_max = inline_max_items
         self._limiter = trio.CapacityLimiter(1)
+        # Told how many observations each refusal refused (loop/figures.py, Q2).
+        self.on_refused: Callable[[int], None] = lambda n: None
 
     async def check(self, items: Sequence[ObservationIn], *, single: bool = False) -> None:
         """Raise ``ShaclRejected`` when any item violates its sector's shapes."""
@@ -51,4 +53,5 @@ class ShapesGate:
             return
         for sector, n in refused.by_sector.items():
             self._failures[sector].inc(n)
+        self.on_refused(sum(refused.by_sector.values()))
         raise refused

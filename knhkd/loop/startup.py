@@ -49,6 +49,7 @@ from knhkd.hotpath.ring import Consumer, RingError
 from knhkd.knowledge.rdf import KnowledgeError
 from knhkd.knowledge.shacl import Shapes, ShapesError
 from knhkd.loop import knowledge_state as kn
+from knhkd.loop.backup import record_restore
 from knhkd.loop.governance_state import Governance
 from knhkd.loop.integrity import KeyringUnreadable, startup_check, trusted_keyring
 from knhkd.loop.shapes_gate import ShapesGate
@@ -222,6 +223,9 @@ async def prepare(
     or the map full fails the step ``storage``."""
     try:
         verifier = await _register_keys(cfg, opened)
+        if opened.writable:
+            # Before any other receipt: the restored log says where it came from.
+            await record_restore(cfg.data_dir, opened.writer, opened.receipts)
         gate = _shapes_gate(cfg, metrics, config) if cfg.ingest.shacl else None
         knowledge = await _load_knowledge(cfg, opened)
         metrics.snapshot_version.set(knowledge.current.version)

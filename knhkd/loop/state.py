@@ -73,6 +73,8 @@ class LoopState:
         self.governance: Governance = prepared.governance
         self.shapes_gate: ShapesGate | None = prepared.shapes_gate
         self.figures = figures
+        if self.shapes_gate is not None:
+            self.shapes_gate.on_refused = figures.record_schema_rejected
         self.queries = Queries(opened.store, opened.receipts)
         self._ring = opened.ring
         self._knowledge = prepared.knowledge
@@ -92,6 +94,8 @@ class LoopState:
 
     def set_knowledge(self, state: kn.KnowledgeState) -> None:
         self._knowledge = state
+        # Q5's tick baseline is the hot path as it was at the last promotion.
+        self.figures.promoted()
         if self._ring is not None:
             meta = state.current
             self._ring.publish_snapshot(meta.snapshot_id, meta.version, meta.promoted_at_ns)

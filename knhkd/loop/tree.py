@@ -30,9 +30,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from knhkd import __version__
+from knhkd.hotpath.ring import floor_ticks
 from knhkd.loop.actors import build_actors
 from knhkd.loop.daemon import Daemon
-from knhkd.loop.figures import Figures
+from knhkd.loop.figures import FLOOR_BLOCKS, Figures
 from knhkd.loop.sdnotify import notify, notifying, reloading, watchdog_interval_s
 from knhkd.loop.startup import open_data_dir, prepare
 from knhkd.loop.state import LoopState, Settings
@@ -129,6 +130,8 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
             async with trio.open_nursery() as writer_n:
                 writer_n.start_soon(sup.supervise, "receipt_writer", writer.run)
                 prepared = await prepare(cfg, opened, metrics, settings)
+                # This machine's hot-path floor, for Q4 (briefly, off the loop).
+                figures.set_floor(await trio.to_thread.run_sync(floor_ticks, FLOOR_BLOCKS))
                 state = LoopState(settings, opened, prepared, metrics, figures)
                 actors = build_actors(state, opened)
                 daemon = Daemon(state, opened, prepared, actors, supervisor=sup, metrics=metrics)
@@ -140,7 +143,10 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                         loop_n.start_soon(sup.supervise, "planner", actors.planner.run)
                         loop_n.start_soon(sup.supervise, "executor", actors.executor.run)
                         loop_n.start_soon(sup.supervise, "scheduler", actors.scheduler.run)
-                        loop_n.start_soon(sup.supervise, "checkpointer", actors.checkpointer.run)
+                        loop_n.start_soon(
+                            sup.supervise, "checkpointer", actors.checkpointer.run
+                        )
+                        loop_n.start_soon(sup.supervise, "backup", daemon.backups.run)
                     async with trio.open_nursery() as ingest_n:
                         ingest_n.start_soon(sup.supervise, "ingest", actors.ingest.run)
                         # Even read-only: its records are then counted as dropped.

@@ -12,7 +12,12 @@ Guarantees:
   readers hold the shared side of ``MapGate``; ``grow`` holds the exclusive side
   (PLATFORM_NOTES, LMDB: ``set_mapsize`` does not refuse an open transaction).
 - A store whose schema version is not ours is refused (``SchemaVersionError``),
-  never migrated silently; ``_check_schema`` is the only place that checks it.
+  never migrated silently: an older one names ``knhkd migrate``
+  (``SchemaVersionError.older``), a newer one is refused always. The version
+  is read before any database is opened or created (``_peek_schema``), so an
+  older store is refused as older, not as lacking the newer databases; only
+  ``open_store(migrating=True)`` (datadir/migrate.py) opens an older store,
+  creating the databases the current schema adds.
 - ``Store.tables`` (store/tables.py) is how the rest of knhkd reads and writes.
 - A store that cannot take a write for lack of room says so as ``StoreFull``
   with its cause: the map at its ceiling (``max_map_size``, which the running
@@ -41,6 +46,7 @@ import lmdb
 
 from knhkd.store.schema import (
     DB_NAMES,
+    META,
     META_OBS_NEXT,
     META_RECEIPT_HEAD,
     META_RING_CURSOR,
@@ -125,9 +131,16 @@ _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.
 class SchemaVersionError(StoreError):
     """The store's schema version is not ``SCHEMA_VERSION`` (or it has none)."""
 
-    def __init__(self, message: str, found: bytes | None) -> None:
+    def __init__(self, message: str, found: bytes | None, *, older: bool = False) -> None:
         super().__init__(message)
         self.found = found
+        # A version this knhkd migrates from (``knhkd migrate``).
+        self.older = older
+
+
+def found_version(found: bytes) -> int | None:
+    """A stored schema version as a number; None when it is not one."""
+    return int(found) if found.isdigit() else None
 
 
 class MapGate:
@@ -232,6 +245,12 @@ class Store:
             self._lock_fd = None
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold ``data_dir``'s lock (as a daemon does): the file descriptor, to be
+    handed to ``open_store(lock_fd=...)`` or closed. ``StoreError`` when held."""
+    return _lock_data_dir(data_dir)
+
+
 def _lock_data_dir(data_dir: Path) -> int:
     fd = os.open(data_dir / "knhkd.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -250,20 +269,28 @@ def open_store(
     readonly: bool = False,
     exclusive: bool = True,
     create: bool = True,
+    migrating: bool = False,
+    lock_fd: int | None = None,
 ) -> Store:
     """Open (creating when writable) the environment under ``data_dir``.
 
     With ``create`` off (a data directory that has held a chain: its anchor
     exists), a missing database or schema version is ``StoreDamaged`` and
     nothing is written: creating them would commit a transaction over the
-    older meta page, the last pointer to the state before the damage."""
+    older meta page, the last pointer to the state before the damage.
+
+    ``migrating``: open a store of an older schema version (not stamped or
+    checked: the migration writes the version), creating the databases the
+    current schema adds. ``lock_fd``: the data directory's lock, already held
+    (``lock_data_dir``); the store closes it."""
     path = data_dir / "lmdb"
     if readonly:
         if not (path / "data.mdb").exists():
             raise StoreError(f"no knhkd store under {data_dir}")
     else:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock_fd = _lock_data_dir(data_dir) if exclusive and not readonly else None
+    if lock_fd is None:
+        lock_fd = _lock_data_dir(data_dir) if exclusive and not readonly else None
     try:
         env = lmdb.open(
             str(path),
@@ -285,7 +312,9 @@ def open_store(
         kind = StoreDamaged if isinstance(exc, _DAMAGE) else StoreError
         raise kind(f"cannot open LMDB at {path}: {exc}") from None
     try:
-        dbs = _open_dbs(env, data_dir, readonly=readonly, create=create)
+        if not migrating:
+            _peek_schema(env)
+        dbs = _open_dbs(env, data_dir, readonly=readonly, create=create or migrating)
     except lmdb.Error as exc:
         # The first write (creating the databases) on a full disk, or a damaged
         # file; nothing of it committed.
@@ -302,7 +331,8 @@ def open_store(
         raise
     store = Store(env, dbs, max_map_size=max_map_size, lock_fd=lock_fd, readonly=readonly)
     try:
-        _check_schema(store, stamp=create)
+        if not migrating:
+            _check_schema(store, stamp=create)
     except lmdb.Error as exc:
         store.close()
         raise disk_full(path, exc) or StoreDamaged(
@@ -349,6 +379,59 @@ def _has_db(env: lmdb.Environment, txn: lmdb.Transaction, name: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def raw_env(data_dir: Path) -> Iterator[lmdb.Environment]:
+    """The environment under ``data_dir`` read-only, no database opened: for
+    reading the schema version of a store of any version and copying it
+    (datadir/migrate.py). The caller holds the data directory's lock."""
+    env = lmdb.open(str(data_dir / "lmdb"), readonly=True, max_dbs=len(DB_NAMES) + 2, lock=True)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+def read_version(env: lmdb.Environment) -> bytes | None:
+    """The stored schema version as stored; None without ``meta`` or a version.
+    Raises ``lmdb.Error`` on damage."""
+    try:
+        meta = env.open_db(META.name.encode(), create=False)
+    except lmdb.NotFoundError:
+        return None
+    with env.begin(buffers=False) as txn:
+        found: Any = txn.get(META_SCHEMA, db=meta)
+    return found  # type: ignore[no-any-return]
+
+
+def _peek_schema(env: lmdb.Environment) -> None:
+    """Refuse a store of another schema version before its databases are
+    opened (a newer schema's may be missing). A store without ``meta`` or a
+    version is left to ``_open_dbs`` and ``_check_schema`` to judge."""
+    try:
+        found = read_version(env)
+    except lmdb.Error:
+        return
+    if found is not None and found != str(SCHEMA_VERSION).encode():
+        raise _version_error(found)
+
+
+def _version_error(found: bytes) -> SchemaVersionError:
+    version = found_version(found)
+    shown = found.decode(errors="replace")
+    if version is not None and version < SCHEMA_VERSION:
+        return SchemaVersionError(
+            f"store schema version {shown} is older than this knhkd's {SCHEMA_VERSION}: "
+            "run `knhkd migrate` (it takes a backup first); refusing to open",
+            found,
+            older=True,
+        )
+    return SchemaVersionError(
+        f"store schema version {shown} is not {SCHEMA_VERSION} (a newer knhkd wrote it?); "
+        "refusing to open",
+        found,
+    )
+
+
 def _check_schema(store: Store, *, stamp: bool = True) -> None:
     """The one schema version check: a fresh writable store is stamped with
     ``SCHEMA_VERSION`` (when ``stamp``); any other version (or none, read-only
@@ -364,9 +447,5 @@ def _check_schema(store: Store, *, stamp: bool = True) -> None:
             slot.put(txn, SCHEMA_VERSION)
             return
         if found != expected:
-            raise SchemaVersionError(
-                f"store schema version {found.decode(errors='replace')} is not "
-                f"{SCHEMA_VERSION}; refusing to open",
-                found,
-            )
+            raise _version_error(found)
 

@@ -12,8 +12,16 @@ Guarantees:
   the exact stored bytes are what is hashed (receipts, Merkle nodes).
 
 Must never: change a name, a key layout or a value encoding without raising
-``SCHEMA_VERSION`` (and a store with another version is refused, not migrated:
-store/env.py); import anything above ``model``; perform I/O.
+``SCHEMA_VERSION`` and adding the step that migrates the previous version
+(datadir/migrate.py: a store of an older version is refused at start and
+migrated by ``knhkd migrate``; a newer one is always refused: store/env.py);
+import anything above ``model``; perform I/O.
+
+Versions:
+  1. the first schema.
+  2. ``observation_leaves`` (each observation's salted digest and its salt:
+     batch receipts commit to digests, so content can be erased),
+     ``observations.salted_from`` and the empty ``scrub`` database.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from knhkd.model import (
 )
 from knhkd.store.ids import key_seq, seq_key
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -149,6 +157,15 @@ KEYS = TableSpec("keys", UTF8_KEY, msgpack_of(PublicKeyEntry), lambda e: e.key_i
 RELAXATIONS = TableSpec("relaxations", UTF8_KEY, msgpack_of(Relaxation), lambda r: r.id)
 CYCLES = TableSpec("cycles", UTF8_KEY, msgpack_of(CycleReport), lambda c: c.id)
 META = TableSpec("meta", OPAQUE, RAW)
+# v2. seq -> SHA-256(salt || stored record) (32 bytes) followed by the 16-byte
+# salt; an erased observation keeps the digest alone (its salt is destroyed:
+# the digest then reveals nothing of the content it committed to).
+OBSERVATION_LEAVES = TableSpec("observation_leaves", U64, RAW)
+LEAF_DIGEST_BYTES = 32
+LEAF_SALT_BYTES = 16
+# v2. Always empty between transactions: filler written over freed pages and
+# deleted again, so erased content does not linger in the file (store/scrub.py).
+SCRUB = TableSpec("scrub", U64, RAW)
 
 # In creation order (the order of the original DB_NAMES).
 TABLES: tuple[TableSpec[Any, Any], ...] = (
@@ -165,6 +182,8 @@ TABLES: tuple[TableSpec[Any, Any], ...] = (
     RELAXATIONS,
     CYCLES,
     META,
+    OBSERVATION_LEAVES,
+    SCRUB,
 )
 DB_NAMES = tuple(t.name for t in TABLES)
 
@@ -196,6 +215,11 @@ RING_CURSOR = MetaSpec(b"ring.cursor", msgpack_of(RingCursor))
 DOCTRINES_DIGEST = MetaSpec(b"governance.doctrines_digest", TEXT)
 GUARDS_DIGEST = MetaSpec(b"governance.guards_digest", TEXT)
 
+# v2. The first observation sequence number whose batch receipt commits to
+# salted digests (``leaves_sha256``); those before it (schema v1) commit to
+# their content (``records_sha256``). Absent: 0.
+SALTED_FROM = MetaSpec(b"observations.salted_from", DECIMAL)
+
 # Declared by the first schema and never written; reserved so that no other
 # record takes the name.
 META_SNAPSHOT_HISTORY = b"snapshots.history"
@@ -214,6 +238,7 @@ META_KEYS: tuple[bytes, ...] = (
             RING_CURSOR,
             DOCTRINES_DIGEST,
             GUARDS_DIGEST,
+            SALTED_FROM,
         )
     ),
     META_SNAPSHOT_HISTORY,

@@ -51,6 +51,8 @@ _TABLE_ATTRS = (
     "relaxations",
     "cycles",
     "meta",
+    "observation_leaves",
+    "scrub",
 )
 
 
@@ -99,6 +101,12 @@ class Table(Generic[K, V]):
     ) -> bool:
         return bool(txn.put(self._key(key), value, db=self._db, overwrite=overwrite))
 
+    def clear(self, txn: lmdb.Transaction) -> int:
+        """Delete every record; returns how many there were."""
+        n = self.count(txn)
+        txn.drop(self._db, delete=False)
+        return n
+
     def add(self, txn: lmdb.Transaction, value: V, *, overwrite: bool = True) -> bool:
         """Put ``value`` under the key it names (the schema's ``key_of``)."""
         if self._key_of is None:
@@ -111,6 +119,35 @@ class Table(Generic[K, V]):
         were consumed."""
         consumed, _ = txn.cursor(db=self._db).putmulti(records, append=True)
         return int(consumed)
+
+    def put_many_raw(self, txn: lmdb.Transaction, records: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store encoded ``(key, value)`` pairs in any order, overwriting (a
+        restore applying a backup's segment). Returns how many were stored."""
+        consumed, _ = txn.cursor(db=self._db).putmulti(records)
+        return int(consumed)
+
+    def items_encoded(
+        self, txn: lmdb.Transaction, *, start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Keys and values exactly as stored, from the first key at or after
+        the encoded ``start`` (a backup copies records without decoding them)."""
+        cursor: Any = txn.cursor(db=self._db)
+        found = cursor.first() if start is None else cursor.set_range(start)
+        if found:
+            yield from cursor
+
+    def delete(self, txn: lmdb.Transaction, key: K) -> bool:
+        return bool(txn.delete(self._key(key), db=self._db))
+
+    def delete_from(self, txn: lmdb.Transaction, start: K) -> int:
+        """Delete every record whose key is at or after ``start`` (a restore
+        cutting the append-only databases at a point). Returns how many."""
+        cursor: Any = txn.cursor(db=self._db)
+        n = 0
+        if cursor.set_range(self._key(start)):
+            while cursor.delete():
+                n += 1
+        return n
 
     def items(self, txn: lmdb.Transaction, *, start: K | None = None) -> Iterator[tuple[K, V]]:
         """In key order, from the first key at or after ``start``."""
@@ -223,6 +260,8 @@ class Tables:
         self.relaxations = Table(s.RELAXATIONS, dbs)
         self.cycles = Table(s.CYCLES, dbs)
         self.meta = Table(s.META, dbs)
+        self.observation_leaves = Table(s.OBSERVATION_LEAVES, dbs)
+        self.scrub = Table(s.SCRUB, dbs)
 
         meta = dbs[s.META.name]
         self.schema_version = MetaSlot(s.SCHEMA_VERSION_SLOT, meta)
@@ -233,6 +272,7 @@ class Tables:
         self.keys_current = MetaSlot(s.KEYS_CURRENT, meta)
         self.snapshot_current = MetaSlot(s.SNAPSHOT_CURRENT, meta)
         self.ring_cursor = MetaSlot(s.RING_CURSOR, meta)
+        self.salted_from = MetaSlot(s.SALTED_FROM, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -241,6 +281,8 @@ class Tables:
         # Every database, in the schema's order, and every meta slot: for the
         # checks that must cover them all (fsck, the start-up check).
         self.all: tuple[Table[Any, Any], ...] = tuple(getattr(self, attr) for attr in _TABLE_ATTRS)
+        # The same by database name (what a backup's segment is keyed by).
+        self.by_name: Mapping[str, Table[Any, Any]] = {t.name: t for t in self.all}
         # Every key the schema declares for ``meta`` (some never written).
         self.meta_keys = _META_KEYS
         self.meta_slots: tuple[MetaSlot[Any], ...] = (
@@ -253,6 +295,7 @@ class Tables:
             self.snapshot_current,
             self.ring_cursor,
             *self.governance_digests.values(),
+            self.salted_from,
         )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:

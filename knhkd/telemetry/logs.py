@@ -94,13 +94,29 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler ``configure`` installs (found again by its type)."""
 
 
+class _Tagged(logging.Filter):
+    """Names the process a record comes from (``knhkd.http[worker 1]``)."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self._suffix = f"[{tag}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self._suffix):
+            record.name += self._suffix
+        return True
+
+
 def configure(
     cfg: TelemetryConfig,
     stream: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    tag: str = "",
 ) -> None:
     """Log records at ``cfg.log_level`` and above to ``stream`` (stderr) in
-    ``cfg.log_format``, with priority prefixes under journald."""
+    ``cfg.log_format``, with priority prefixes under journald; ``tag`` names
+    a process other than the daemon's own (an HTTP worker)."""
     stream = sys.stderr if stream is None else stream
     environ = os.environ if environ is None else environ
     formatter: logging.Formatter = (
@@ -110,6 +126,8 @@ def configure(
         formatter = JournaldFormatter(formatter)
     handler = _Handler(stream)
     handler.setFormatter(formatter)
+    if tag:
+        handler.addFilter(_Tagged(tag))
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)

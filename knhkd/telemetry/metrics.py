@@ -20,6 +20,8 @@ Must never: export a label whose values are unbounded (ids, free text).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import platform
 
 from prometheus_client import (
@@ -32,7 +34,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from knhkd.model import SECTORS
+from knhkd.model import SECTORS, RuntimeFigures
 
 # Seconds: 0.5 ms to 5 s, the spread of one cycle, validation or ingest commit.
 _SECONDS_BUCKETS = (
@@ -219,6 +221,43 @@ class Metrics:
             "until an operator acts and restarts).",
             registry=r,
         )
+        # The figures invariants Q2, Q4 and Q5 judge (loop/figures.py), as of
+        # the last /health or /metrics; a figure not measured has no series
+        # (the ratio: NaN), never a 0 that reads as "fine".
+        self.figure_latency = Gauge(
+            "knhk_figure_latency_p99_seconds",
+            "p99 over the figures' window: api (every HTTP request), ingest "
+            "(request to durable commit, HTTP and ring: Q4's warm path), commit.",
+            ["figure"],
+            registry=r,
+        )
+        self.figure_route_latency = Gauge(
+            "knhk_figure_route_latency_p99_seconds",
+            "p99 of HTTP request latency over the figures' window, per route template.",
+            ["http_route"],
+            registry=r,
+        )
+        self.figure_ticks = Gauge(
+            "knhk_figure_ticks_p99",
+            "Ticks per record, p99: hot_path (timed ring batch appends, Q4), floor "
+            "(a bare 64-byte store, measured at start-up), baseline (Q5's, at the "
+            "last promotion).",
+            ["figure"],
+            registry=r,
+        )
+        self.figure_schema_violation = Gauge(
+            "knhk_figure_schema_violation_ratio",
+            "Observations refused by their sector's SHACL shapes over those seen "
+            "in the figures' window (Q2); NaN when none were seen.",
+            registry=r,
+        )
+        self.figure_observations = Gauge(
+            "knhk_figure_observations",
+            "Observations accepted and SHACL-refused in the figures' window.",
+            ["outcome"],
+            registry=r,
+        )
+        self.figure_schema_violation.set(math.nan)
         for cause in WRITE_REFUSAL_CAUSES:
             self.storage_writes_refused.labels(cause).set(0)
         # Bound once: the drain observes these per sample batch.
@@ -233,6 +272,31 @@ class Metrics:
         self.requests_success = self.requests.labels("success")
         self.requests_client_error = self.requests.labels("client_error")
         self.requests_error = self.requests.labels("error")
+
+    def set_figures(self, f: RuntimeFigures) -> None:
+        def put(gauge: Gauge, label: str, value: float | None) -> None:
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(label)
+            else:
+                gauge.labels(label).set(value)
+
+        def secs(ms: float | None) -> float | None:
+            return None if ms is None else ms / 1000.0
+
+        put(self.figure_latency, "api", secs(f.p99_ms))
+        put(self.figure_latency, "ingest", secs(f.warm_path_ms))
+        put(self.figure_latency, "commit", secs(f.commit_p99_ms))
+        self.figure_route_latency.clear()
+        for route, ms in f.request_p99_ms.items():
+            self.figure_route_latency.labels(route).set(ms / 1000.0)
+        put(self.figure_ticks, "hot_path", f.hot_path_ticks_p99)
+        put(self.figure_ticks, "floor", f.hot_path_floor_ticks_p99)
+        put(self.figure_ticks, "baseline", f.tick_baseline_p99)
+        rate = f.schema_violation_rate
+        self.figure_schema_violation.set(math.nan if rate is None else rate)
+        self.figure_observations.labels("accepted").set(f.accepted)
+        self.figure_observations.labels("schema_rejected").set(f.schema_rejected)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

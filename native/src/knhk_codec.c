@@ -7,7 +7,10 @@
  */
 #include "knhk_codec.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
 
 static const char *const SECTOR_NAME[6] = {NULL,          "finance",   "healthcare",
                                            "manufacturing", "logistics", "generic"};
@@ -296,17 +299,41 @@ static uint8_t *put_id(uint8_t *o, uint64_t ms, uint64_t seq, uint16_t rnd) {
     return o + 26;
 }
 
+/* SHA-256(salt || rec[0..len)) into dig: the leaf digest of a stored record. */
+static int leaf_digest(EVP_MD_CTX *ctx, const EVP_MD *md, const uint8_t *salt,
+                       const uint8_t *rec, size_t len, uint8_t *dig) {
+    return EVP_DigestInit_ex2(ctx, md, NULL) == 1 &&
+           EVP_DigestUpdate(ctx, salt, KNHK_CODEC_SALT_BYTES) == 1 &&
+           EVP_DigestUpdate(ctx, rec, len) == 1 && EVP_DigestFinal_ex(ctx, dig, NULL) == 1;
+}
+
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
-                          uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns) {
+                          uint8_t *keys, size_t keys_cap, uint8_t *leaves, size_t leaves_cap,
+                          uint8_t *digests, size_t digests_cap, knhk_codec_run *runs,
+                          size_t *nruns) {
     int stored = p->shape == KNHK_SHAPE_OBSERVATION;
     if (out_cap < KNHK_CODEC_ARRAY_HEADER + n * (size_t)KNHK_CODEC_MAX_RECORD) return -1;
     if (stored && (keys == NULL || keys_cap < KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_KEY_BYTES))
         return -1;
+    if (stored &&
+        (leaves == NULL || leaves_cap < KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_LEAF_BYTES ||
+         digests == NULL || digests_cap < n * KNHK_CODEC_DIGEST_BYTES))
+        return -1;
+    /* Fetched once per call, not per record: an implicit fetch per digest
+     * (EVP_sha256() with OpenSSL 3) costs a lookup under a lock each time. */
+    EVP_MD *md = NULL;
+    EVP_MD_CTX *ctx = NULL;
+    if (stored) {
+        md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        ctx = EVP_MD_CTX_new();
+        if (md == NULL || ctx == NULL) goto crypto_failed;
+    }
     size_t accepted = 0;
     for (size_t i = 0; i < n; i++) accepted += verdict[i] == KNHK_REC_OK;
     uint8_t *o = put_array_header(out, accepted);
     uint8_t *k = stored ? put_array_header(keys, accepted) : NULL;
+    uint8_t *l = stored ? put_array_header(leaves, accepted) : NULL;
     uint64_t ms = p->ingested_at_ns / 1000000u;
     uint64_t seq = p->first_seq;
     size_t nr = 0;
@@ -314,6 +341,7 @@ int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verd
     for (size_t i = 0; i < n; i++) {
         const knhk_record *r = &recs[i];
         if (verdict[i] != KNHK_REC_OK) continue;
+        uint8_t *rec = o;
         uint64_t start = (uint64_t)(o - out);
         if (nr > 0 && runs[nr - 1].sector == r->sector) {
             runs[nr - 1].count++;
@@ -352,13 +380,27 @@ int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verd
             *k++ = 0xc4;
             *k++ = 8;
             k = put_be64(k, seq);
+            const uint8_t *salt = p->salts + j * KNHK_CODEC_SALT_BYTES;
+            uint8_t *dig = digests + j * KNHK_CODEC_DIGEST_BYTES;
+            if (!leaf_digest(ctx, md, salt, rec, (size_t)(o - rec), dig)) goto crypto_failed;
+            *l++ = 0xc4;
+            *l++ = KNHK_CODEC_DIGEST_BYTES + KNHK_CODEC_SALT_BYTES;
+            memcpy(l, dig, KNHK_CODEC_DIGEST_BYTES);
+            memcpy(l + KNHK_CODEC_DIGEST_BYTES, salt, KNHK_CODEC_SALT_BYTES);
+            l += KNHK_CODEC_DIGEST_BYTES + KNHK_CODEC_SALT_BYTES;
             seq++;
         }
         runs[nr - 1].end = (uint64_t)(o - out);
         j++;
     }
+    EVP_MD_CTX_free(ctx);
+    EVP_MD_free(md);
     *nruns = nr;
     return (int64_t)(o - out);
+crypto_failed:
+    EVP_MD_CTX_free(ctx);
+    EVP_MD_free(md);
+    return -2;
 }
 
 size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdict,
@@ -387,4 +429,35 @@ size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdic
     }
     for (size_t g = 0; g < ng; g++) slots[groups[g].sector * 65536u + groups[g].event] = 0;
     return ng;
+}
+
+/* Not inlined, so that the timed loop is this one whatever the caller. */
+__attribute__((noinline)) static void floor_stores(knhk_record *slots, size_t head,
+                                                   const knhk_record *recs) {
+    for (size_t i = 0; i < 64; i++) memcpy(&slots[(head + i) & 4095u], &recs[i], sizeof recs[i]);
+}
+
+int knhk_floor_ticks(size_t blocks, double *out) {
+    knhk_record *slots = aligned_alloc(64, 4096u * sizeof(knhk_record));
+    if (slots == NULL) return -1;
+    knhk_record recs[64];
+    memset(recs, 0, sizeof recs);
+    for (size_t i = 0; i < 64; i++) {
+        recs[i].seq = i;
+        recs[i].sector = KNHK_SECTOR_GENERIC;
+        recs[i].kind = KNHK_VALUE_I64;
+        recs[i].len = 1;
+        recs[i].payload.i64[0] = (int64_t)i;
+    }
+    size_t head = 0;
+    /* Warm up: fault the pages in, train the branches (untimed). */
+    for (size_t b = 0; b < 128; b++, head += 64) floor_stores(slots, head, recs);
+    for (size_t b = 0; b < blocks; b++, head += 64) {
+        uint64_t t0 = knhk_ticks_begin();
+        floor_stores(slots, head, recs);
+        uint64_t t1 = knhk_ticks_end();
+        out[b] = (double)(t1 - t0) / 64.0;
+    }
+    free(slots);
+    return 0;
 }

@@ -22,10 +22,19 @@
  *     32..255 bytes, timestamp32/64/96 for event_time), as one msgpack array.
  *     Observation ids are the text knhkd.store.ids.observation_ids gives for
  *     the same time, sequence and random bits.
- *   - Nothing here allocates, reads a clock or a random source, or touches
- *     Python: the caller passes the time, the clock parameters and the random
- *     bits, and the output buffers with their sizes (too small: -1, nothing
- *     promised about the buffers' contents).
+ *   - For KNHK_SHAPE_OBSERVATION it also writes each record's leaf (schema
+ *     v2, README "Privacy and erasure"): SHA-256(salt || the record's exact
+ *     bytes) followed by the salt, byte-identical to what knhkd/loop/ingest.py
+ *     computes in Python for an HTTP observation and what fsck recomputes.
+ *     SHA-256 is OpenSSL's libcrypto (EVP, the algorithm fetched once per
+ *     call): hashing here, with the GIL released, is what keeps the drain from
+ *     paying one hashlib call per record.
+ *   - Nothing here reads a clock or a random source, or touches Python: the
+ *     caller passes the time, the clock parameters, the random bits and the
+ *     salts, and the output buffers with their sizes (too small: -1, nothing
+ *     promised about the buffers' contents).  The only allocation is
+ *     libcrypto's digest context, freed before knhk_codec_encode returns
+ *     (it failing: -2).
  */
 #ifndef KNHK_CODEC_H
 #define KNHK_CODEC_H
@@ -59,12 +68,18 @@ enum knhk_codec_shape {
 #define KNHK_CODEC_ARRAY_HEADER 5u
 /* Bytes per key in the keys array (bin8 header, length, 8-byte big-endian seq). */
 #define KNHK_CODEC_KEY_BYTES 10u
+/* A leaf's salt and digest (knhkd.store.schema LEAF_SALT_BYTES, LEAF_DIGEST_BYTES). */
+#define KNHK_CODEC_SALT_BYTES 16u
+#define KNHK_CODEC_DIGEST_BYTES 32u
+/* Bytes per leaf in the leaves array (bin8 header, length, digest, salt). */
+#define KNHK_CODEC_LEAF_BYTES (2u + KNHK_CODEC_DIGEST_BYTES + KNHK_CODEC_SALT_BYTES)
 
 typedef struct knhk_codec_params {
     int shape;                 /* enum knhk_codec_shape */
     uint64_t first_seq;        /* observation sequence of the first accepted record */
     uint64_t ingested_at_ns;   /* Unix ns; the id's time is its milliseconds */
     const uint16_t *random;    /* 16 random bits per accepted record (OBSERVATION) */
+    const uint8_t *salts;      /* KNHK_CODEC_SALT_BYTES per accepted record (OBSERVATION) */
     /* Event code -> event type, 65536 entries each; a NULL name is "ring.<code>". */
     const char *const *event_name;
     const uint16_t *event_name_len;
@@ -104,14 +119,21 @@ size_t knhk_codec_check(const knhk_record *recs, size_t n, uint8_t *verdict);
 /* Encode the records whose verdict is KNHK_REC_OK, in order, as one msgpack
  * array into out (its header takes KNHK_CODEC_ARRAY_HEADER bytes), and, for
  * KNHK_SHAPE_OBSERVATION, their LMDB keys (big-endian sequence numbers) as a
- * msgpack array of bin8 into keys (may be NULL for KNHK_SHAPE_INPUT).  runs
- * (n entries) receives the sector runs, *nruns their number.  Returns the
- * bytes written to out, or -1 if out_cap or keys_cap is too small (safe sizes:
- * KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_MAX_RECORD, and
- * KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_KEY_BYTES). */
+ * msgpack array of bin8 into keys, their leaves (digest || salt, the value
+ * stored in observation_leaves) as a msgpack array of bin8 into leaves, and
+ * their digests alone, back to back, into digests (what a receipt's
+ * leaves_sha256 hashes); keys, leaves and digests may be NULL for
+ * KNHK_SHAPE_INPUT.  runs (n entries) receives the sector runs, *nruns their
+ * number.  Returns the bytes written to out, -1 if a capacity is too small
+ * (safe sizes: KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_MAX_RECORD,
+ * KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_KEY_BYTES,
+ * KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_LEAF_BYTES and
+ * n * KNHK_CODEC_DIGEST_BYTES), or -2 if libcrypto fails. */
 int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verdict,
                           const knhk_codec_params *p, uint8_t *out, size_t out_cap,
-                          uint8_t *keys, size_t keys_cap, knhk_codec_run *runs, size_t *nruns);
+                          uint8_t *keys, size_t keys_cap, uint8_t *leaves, size_t leaves_cap,
+                          uint8_t *digests, size_t digests_cap, knhk_codec_run *runs,
+                          size_t *nruns);
 
 /* Group the records whose verdict is KNHK_REC_OK by (sector, event code), in
  * order of each key's first record: groups[g] and, in
@@ -122,5 +144,14 @@ int64_t knhk_codec_encode(const knhk_record *recs, size_t n, const uint8_t *verd
 size_t knhk_codec_group(const knhk_record *recs, size_t n, const uint8_t *verdict,
                         uint32_t sample, uint32_t *slots, knhk_codec_key *groups,
                         uint32_t *positions);
+
+/* The hot path's floor on this machine, as bench/ring.py measures it: for each
+ * of ``blocks`` samples, 64 bare 64-byte stores (memcpy of caller records into
+ * the next slots of a private 4096-slot buffer) timed between
+ * knhk_ticks_begin() and knhk_ticks_end(), divided by 64, written to out[i].
+ * No ring append can cost less on this machine.  Returns -1 when the buffer
+ * cannot be allocated (out untouched), else 0.  Blocks the calling thread for
+ * about blocks x 64 stores: call it off the event loop. */
+int knhk_floor_ticks(size_t blocks, double *out);
 
 #endif /* KNHK_CODEC_H */

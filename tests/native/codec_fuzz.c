@@ -64,15 +64,23 @@ int main(int argc, char **argv) {
         size_t keys_cap = KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_KEY_BYTES;
         uint8_t *out = malloc(out_cap);
         uint8_t *keys = malloc(keys_cap);
+        size_t leaves_cap = KNHK_CODEC_ARRAY_HEADER + n * KNHK_CODEC_LEAF_BYTES;
+        size_t digests_cap = n * KNHK_CODEC_DIGEST_BYTES;
+        uint8_t *leaves = malloc(leaves_cap);
+        uint8_t *digests = malloc(digests_cap ? digests_cap : 1);
+        uint8_t *salts = malloc(n * KNHK_CODEC_SALT_BYTES);
         knhk_codec_run *runs = malloc(n * sizeof *runs);
         knhk_codec_key *groups = malloc(n * sizeof *groups);
         uint32_t sample = (uint32_t)(1 + next() % 20);
         uint32_t *positions = malloc(n * sample * sizeof *positions);
-        if (!recs || !verdict || !rnd || !out || !keys || !runs || !groups || !positions) return 2;
+        if (!recs || !verdict || !rnd || !out || !keys || !leaves || !digests || !salts || !runs ||
+            !groups || !positions)
+            return 2;
         for (size_t i = 0; i < n; i++) {
             make(&recs[i]);
             if (next() % 8 == 0) recs[i].event = next() % 2 ? 7 : 65535;
             rnd[i] = (uint16_t)next();
+            for (unsigned b = 0; b < KNHK_CODEC_SALT_BYTES; b++) salts[i * KNHK_CODEC_SALT_BYTES + b] = (uint8_t)next();
         }
         size_t ok = knhk_codec_check(recs, n, verdict);
         knhk_codec_params p;
@@ -80,6 +88,7 @@ int main(int argc, char **argv) {
         p.first_seq = next();
         p.ingested_at_ns = next() >> 1;
         p.random = rnd;
+        p.salts = salts;
         p.event_name = names;
         p.event_name_len = lens;
         p.clock_ref_ns = (int64_t)(next() >> 2);
@@ -90,7 +99,8 @@ int main(int argc, char **argv) {
             p.shape = shape;
             size_t nruns = 0;
             int64_t size = knhk_codec_encode(recs, n, verdict, &p, out, out_cap, keys, keys_cap,
-                                             runs, &nruns);
+                                             leaves, leaves_cap, digests, digests_cap, runs,
+                                             &nruns);
             if (size < (int64_t)KNHK_CODEC_ARRAY_HEADER || (size_t)size > out_cap) {
                 fprintf(stderr, "round %u: encode returned %lld (cap %zu)\n", round,
                         (long long)size, out_cap);
@@ -116,6 +126,7 @@ int main(int argc, char **argv) {
                 return 1;
             }
         free(recs); free(verdict); free(rnd); free(out); free(keys); free(runs);
+        free(leaves); free(digests); free(salts);
         free(groups); free(positions);
     }
     return 0;

@@ -11,6 +11,7 @@ receipts when ring batches and HTTP items share one commit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import time
@@ -24,12 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from knhkd.hotpath import tsc
-from knhkd.hotpath.codec import RingCodec
+from knhkd.hotpath import codec, tsc
+from knhkd.hotpath.codec import Encoded, RingCodec
 from knhkd.hotpath.records import RECORD, pack_record
 from knhkd.hotpath.ring import ticks_now
 from knhkd.model import KeyCount, Observation, ObservationCounts, ObservationIn
 from knhkd.store.ids import seq_key
+from knhkd.store.schema import LEAF_DIGEST_BYTES, LEAF_SALT_BYTES
 from tests.native.reference_decode import reference_decode
 
 EVENT_CODES = {"7": "named.seven", "65535": "plc:last/code-x"}
@@ -89,6 +91,7 @@ def _check_against_reference(
 
     enc = batch.encode(first_seq, now)
     assert enc.keys == [seq_key(first_seq + i) for i in range(len(want.items))]
+    _check_leaves(enc)
     stored = enc.observations()
     for i, (item, rec, obs) in enumerate(zip(want.items, enc.records, stored, strict=True)):
         ulid = ULID.from_str(obs.id)
@@ -112,6 +115,44 @@ def _check_against_reference(
     )
     for r in enc.runs:
         assert {o.sector for o in stored[r.first : r.first + r.count]} == {r.sector}
+
+
+def _check_leaves(enc: Encoded) -> None:
+    """Each leaf is what the Python path (loop/ingest.py's HTTP part, fsck)
+    computes: SHA-256(salt || the stored record), then the salt."""
+    assert len(enc.leaves) == len(enc.records)
+    assert len(enc.digests) == LEAF_DIGEST_BYTES * len(enc.records)
+    salts = set()
+    for i, (leaf, rec) in enumerate(zip(enc.leaves, enc.records, strict=True)):
+        assert len(leaf) == LEAF_DIGEST_BYTES + LEAF_SALT_BYTES
+        digest, salt = leaf[:LEAF_DIGEST_BYTES], leaf[LEAF_DIGEST_BYTES:]
+        assert digest == hashlib.sha256(salt + bytes(rec)).digest()
+        assert enc.digests[i * LEAF_DIGEST_BYTES : (i + 1) * LEAF_DIGEST_BYTES] == digest
+        salts.add(salt)
+    assert len(salts) == len(enc.records)  # fresh per record
+
+
+def test_the_codec_leaf_constants_are_the_stores() -> None:
+    assert (codec.SALT_BYTES, codec.DIGEST_BYTES) == (LEAF_SALT_BYTES, LEAF_DIGEST_BYTES)
+
+
+def test_leaf_digests_are_the_python_paths_over_every_record_size() -> None:
+    # Records of 100+ sizes from under 128 to over 320 bytes (SHA-256's
+    # 64-byte block boundaries fall everywhere), in runs of several sectors,
+    # a refused one in the middle.
+    clock = tsc.TickClock(tsc.TickRate(2_000_000_000, "override"))
+    names = {str(c): "e." + "x" * c for c in range(0, 250, 7)}
+    recs = [
+        pack_record(1 + i % 5, 7 * (i % 36), "t" * (i % 41) if i % 2 else [i] * (i % 6), i)
+        for i in range(300)
+    ]
+    recs[150] = RECORD.pack(1, 0, 9, 1, 1, 1, 0, bytes(40))  # unknown sector
+    batch = RingCodec(names).batch(b"".join(recs), len(recs), clock)
+    enc = batch.encode(5, time.time_ns())
+    assert len(enc.records) == 299
+    sizes = {len(r) for r in enc.records}
+    assert min(sizes) < 128 and max(sizes) > 320 and len(sizes) > 100
+    _check_leaves(enc)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -333,7 +374,7 @@ def test_any_record_is_checked_encoded_and_grouped_without_memory_errors(tmp_pat
          "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror",
          f"-I{NATIVE / 'include'}", f"-I{NATIVE / 'src'}",
          str(Path(__file__).parent / "codec_fuzz.c"), str(NATIVE / "src" / "knhk_codec.c"),
-         "-o", str(exe)],
+         "-lcrypto", "-o", str(exe)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr

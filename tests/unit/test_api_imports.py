@@ -30,6 +30,9 @@ ALLOWED = {
     # The request span (W3C trace context in, one server span per request)
     # wraps every route, so it belongs to the edge that sees the headers.
     "knhkd.telemetry.tracing",
+    # An HTTP worker process (api/worker.py) logs as the daemon does: the
+    # same format and journald priorities on the stderr they share.
+    "knhkd.telemetry",
 }
 
 

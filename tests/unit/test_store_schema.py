@@ -232,7 +232,8 @@ def test_observations_append_pre_encoded_records_and_iterate_newest_first(
 
 # (slot, value, the bytes as stored)
 META_ROWS: list[tuple[str, Any, bytes]] = [
-    ("schema_version", 1, b"1"),
+    ("schema_version", 2, b"2"),
+    ("salted_from", 7, b"7"),
     ("observations_next", 42, b"42"),
     ("receipt_head", ReceiptHead(3, "ab" * 32, 17), msgspec.msgpack.encode([3, "ab" * 32, 17])),
     ("log_origin", "knhkd.example/log", b"knhkd.example/log"),
@@ -291,11 +292,12 @@ def test_the_schema_declares_every_database_once() -> None:
 
 def test_a_foreign_schema_version_is_a_schema_version_error(tmp_path: Path) -> None:
     store = open_store(tmp_path, map_size=MB, max_map_size=4 * MB)
-    _write(store, lambda txn: store.tables.schema_version.put_raw(txn, b"2"))
+    _write(store, lambda txn: store.tables.schema_version.put_raw(txn, b"3"))
     store.close()
-    with pytest.raises(SchemaVersionError, match="schema version 2 is not 1") as caught:
+    with pytest.raises(SchemaVersionError, match="schema version 3 is not 2") as caught:
         open_store(tmp_path, map_size=MB, max_map_size=4 * MB)
-    assert caught.value.found == b"2"
+    assert caught.value.found == b"3"
+    assert not caught.value.older
     assert isinstance(caught.value, StoreError)
     # Refused, not rewritten: it still says 2.
     ro = tmp_path / "lmdb"

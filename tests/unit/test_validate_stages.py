@@ -291,6 +291,25 @@ def test_q4_q5_runtime_bounds(onto: Graph, shapes: Shapes, inputs: ValidationInp
     assert not report.passed
 
 
+def test_q4_judges_against_the_floor_only_where_it_exceeds_the_bound(
+    onto: Graph, shapes: Shapes, inputs: ValidationInputs
+) -> None:
+    def q4(**figures: float) -> tuple[str, str]:
+        f = msgspec.structs.replace(GOOD, **figures)
+        return _q(_run(onto, shapes, _proposal(Delta(add=_policy(1))),
+                       _with(inputs, figures=f)), "Q4")
+
+    # Floor below the bound of 8: the bound judges, 11 ticks fail.
+    verdict, why = q4(hot_path_ticks_p99=11, hot_path_floor_ticks_p99=5)
+    assert verdict == "failed" and "11 ticks > 8 ticks" in why and "floor p99 5" in why
+    # Floor of 10 above the bound: 11 <= 10 x 1.5 passes, naming bound and floor.
+    verdict, why = q4(hot_path_ticks_p99=11, hot_path_floor_ticks_p99=10)
+    assert verdict == "passed" and "11 ticks <= 15 ticks" in why
+    assert "bound 8 ticks" in why and "floor p99 10 ticks" in why
+    verdict, why = q4(hot_path_ticks_p99=16, hot_path_floor_ticks_p99=10)
+    assert verdict == "failed" and "16 ticks > 15 ticks" in why
+
+
 def test_unmeasured_figures_are_never_passed(
     onto: Graph, shapes: Shapes, inputs: ValidationInputs
 ) -> None:

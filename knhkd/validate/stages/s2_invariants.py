@@ -17,7 +17,11 @@
   rate is at most ``max_schema_violation_rate``.
 - Q3 hot-path bound: ``estimated_ticks <= max_estimated_ticks`` (8).
 - Q4 SLO compliance: hot-path p99 <= ``hot_path_max_ticks`` and warm-path p99
-  <= ``warm_path_max_ms``.
+  <= ``warm_path_max_ms``. Where the machine's floor (p99 of a bare 64-byte
+  store, ``hot_path_floor_ticks_p99``) already exceeds ``hot_path_max_ticks``,
+  no implementation could meet it there: the hot path is judged against
+  ``floor x hot_path_floor_tolerance`` instead, and the verdict states the
+  bound, the floor and the limit used.
 - Q5 performance bounds: RSS <= ``max_memory_mb``, CPU <= ``max_cpu_percent``,
   API p99 <= ``max_tail_ms``, and hot-path p99 at most
   ``max_tick_regression`` above its baseline.
@@ -61,13 +65,15 @@ class _Judgement:
     unmeasured: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def bound(self, what: str, value: float | None, limit: float, unit: str = "") -> None:
+    def bound(self, what: str, value: float | None, limit: float, unit: str = "",
+              why: str = "") -> None:
+        tail = f" ({why})" if why else ""
         if value is None:
-            self.unmeasured.append(f"{what} not measured")
+            self.unmeasured.append(f"{what} not measured{tail}")
         elif value > limit:
-            self.problems.append(f"{what} {value:g}{unit} > {limit:g}{unit}")
+            self.problems.append(f"{what} {value:g}{unit} > {limit:g}{unit}{tail}")
         else:
-            self.notes.append(f"{what} {value:g}{unit} <= {limit:g}{unit}")
+            self.notes.append(f"{what} {value:g}{unit} <= {limit:g}{unit}{tail}")
 
     def verdict(self) -> SubVerdict:
         if self.problems:
@@ -186,9 +192,22 @@ def _q3(ctx: ValidationContext, cfg: InvariantsConfig) -> SubVerdict:
     return j.verdict()
 
 
+def hot_path_limit(cfg: InvariantsConfig, floor: float | None) -> tuple[float, str]:
+    """The hot-path limit Q4 applies, and how it was chosen (for the verdict)."""
+    bound = cfg.hot_path_max_ticks
+    if floor is None:
+        return bound, "floor not measured"
+    if floor <= bound:
+        return bound, f"floor p99 {floor:g} ticks"
+    limit = floor * cfg.hot_path_floor_tolerance
+    return limit, (f"bound {bound:g} ticks is below this machine's floor p99 {floor:g} "
+                   f"ticks: limit floor x {cfg.hot_path_floor_tolerance:g}")
+
+
 def _q4(cfg: InvariantsConfig, f: RuntimeFigures) -> SubVerdict:
     j = _Judgement("Q4")
-    j.bound("hot-path p99", f.hot_path_ticks_p99, cfg.hot_path_max_ticks, " ticks")
+    limit, why = hot_path_limit(cfg, f.hot_path_floor_ticks_p99)
+    j.bound("hot-path p99", f.hot_path_ticks_p99, limit, " ticks", why)
     j.bound("warm-path p99", f.warm_path_ms, cfg.warm_path_max_ms, " ms")
     return j.verdict()
 
@@ -203,7 +222,9 @@ def _q5(cfg: InvariantsConfig, f: RuntimeFigures) -> SubVerdict:
     else:
         rise = (f.hot_path_ticks_p99 - f.tick_baseline_p99) / f.tick_baseline_p99
         j.bound("hot-path tick regression", round(rise * 100, 3),
-                cfg.max_tick_regression * 100, " %")
+                cfg.max_tick_regression * 100, " %",
+                f"baseline {f.tick_baseline_p99:g} ticks, taken at "
+                f"{f.tick_baseline_source or 'an unnamed point'}")
     return j.verdict()
 
 

@@ -1,0 +1,100 @@
+"""Erasure of a data subject's observations by crypto-shredding (GDPR Art. 17).
+
+An observation stored under schema v2 is committed to by its leaf digest,
+SHA-256(salt || record), kept in ``observation_leaves`` with its salt
+(loop/ingest.py). Erasing it, in one write transaction:
+- replaces its record with what ``model.erased`` keeps (id, seq, sector,
+  event type, ingest time, and the erasing receipt's id) — value, metadata,
+  event time and RDF are gone;
+- keeps its leaf digest and destroys its salt: the batch receipt, the Merkle
+  tree and every checkpoint still verify from the digests (fsck checks an
+  unsalted leaf only against the erased form), and without the salt the
+  digest cannot be tested against a guess of the content;
+- appends an ``observations_erased`` receipt: the erased ids, how many, which
+  configured fields matched, who asked. Never the subject's identifier.
+Then ``scrub.ROUNDS`` rounds of ``store/scrub.py`` overwrite the pages LMDB
+freed (older copies of the records), each in its own transaction.
+
+Observations stored under schema v1 (before ``observations.salted_from``)
+are committed to by a hash over their content itself: erasing one would
+break its batch receipt, so a request matching any is refused as a whole
+(409 ``erasure-refused``), nothing erased, and the README says so.
+
+Matching is an exact comparison of each ``[privacy] subject_fields`` metadata
+value with the subject; the scan reads every observation (O(n) in the store).
+
+Must never: write the subject's identifier to a receipt, a log line or an
+error; erase part of a request's matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lmdb
+
+from knhkd.errors import Conflict
+from knhkd.model import Erasure, Observation, Outcome, erased
+from knhkd.receipts import canonical
+from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.store.env import Store
+from knhkd.store.schema import LEAF_DIGEST_BYTES
+
+
+class ErasureRefused(Conflict):
+    problem = "erasure-refused"
+    title = "Erasure refused"
+
+
+def erase_job(
+    store: Store,
+    receipts: ReceiptLog,
+    *,
+    subject: str,
+    fields: Sequence[str],
+    principal: str,
+) -> Callable[[lmdb.Transaction], Erasure]:
+    t = store.tables
+
+    def job(txn: lmdb.Transaction) -> Erasure:
+        salted_from = t.salted_from.get(txn) or 0
+        matches: list[Observation] = []
+        matched_fields: set[str] = set()
+        for obs in t.observations.values(txn):
+            hit = [f for f in fields if obs.metadata.get(f) == subject]
+            if hit:
+                matches.append(obs)
+                matched_fields.update(hit)
+        legacy = [o for o in matches if o.seq < salted_from]
+        if legacy:
+            raise ErasureRefused(
+                f"{len(legacy)} of the {len(matches)} matching observations were stored "
+                f"under schema v1 (before seq {salted_from}): their receipts commit to their "
+                "content, so erasing them would break those receipts; nothing was erased"
+            )
+        # An erased record keeps no subject field: it never matches again.
+        todo = matches
+        receipt_id = canonical.receipt_id(receipts.head(txn).next_seq)
+        for obs in todo:
+            leaf = t.observation_leaves.get_raw(txn, obs.seq)
+            if leaf is None:
+                raise ErasureRefused(f"observation {obs.id} has no leaf digest; nothing erased")
+            t.observations.put(txn, obs.seq, erased(obs, receipt_id))
+            # The digest stays (receipts verify from it), the salt goes.
+            t.observation_leaves.put_raw(txn, obs.seq, leaf[:LEAF_DIGEST_BYTES])
+        receipts.append(
+            txn,
+            Draft(
+                kind="observations_erased",
+                outcome=Outcome("approved"),
+                subject_ids=[o.id for o in todo],
+                inputs={
+                    "count": str(len(todo)),
+                    "fields": ",".join(sorted(matched_fields)),
+                    "requested_by": principal,
+                },
+            ),
+        )
+        return Erasure(len(todo), [o.id for o in todo], receipt_id)
+
+    return job

@@ -1,0 +1,272 @@
+"""Taking a backup of an open store: a base (a compact LMDB copy) or an
+incremental (the append-only records since the parent, and the mutable state
+whole), each with a manifest naming the signed checkpoint it covers.
+
+Shared by the daemon (loop/backup.py, over the admin socket and on schedule)
+and by tools that work on a stopped daemon's data directory
+(datadir/backup.py: ``backup_data_dir``, the pre-migration backup).
+
+Guarantees:
+- One read transaction per backup: the copy (py-lmdb ``Environment.copy``
+  with ``compact=True`` and that transaction) or the segment, and the
+  manifest's checkpoint, tree size and observation counter all describe the
+  same committed state. Writers keep committing meanwhile (LMDB readers never
+  block the writer).
+- The covered checkpoint is the latest signed one in that transaction: every
+  receipt it signs, and every observation those receipts commit to, is in
+  the backup.
+- Files are written into a temporary directory beside the target and renamed
+  into place with the manifest last, so a backup directory that has a
+  ``manifest.json`` is complete; the manifest lists each file's size and
+  SHA-256.
+- An incremental's segment holds, for the append-only databases (``APPEND``),
+  every record from the parent's high-water mark on, and for every other
+  database (``MUTABLE``) all its records: applying base + segments in order
+  rebuilds the store as of the last one.
+
+Must never: hold the read transaction across an await (callers run it in a
+worker thread); write into the store; back up a secret key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from knhkd.model import BackupFile, BackupKind, BackupManifest
+from knhkd.receipts import canonical, keyring, merkle, tlog_checkpoint
+from knhkd.receipts.log import read_head
+from knhkd.receipts.tree import MerkleTree
+from knhkd.store.env import Store
+from knhkd.store.ids import seq_of
+from knhkd.store.schema import SCHEMA_VERSION
+
+FORMAT = "knhkd-backup-v1"
+MANIFEST = "manifest.json"
+DATA_FILE = "data.mdb"
+SEGMENT_FILE = "segment.msgpack"
+KEYRING_FILE = "public.json"
+
+# Databases that only ever grow at their end, and how a record's key says
+# where it stands: (receipts, observations) high-water marks of the parent.
+APPEND = ("receipts", "merkle", "checkpoints", "observations", "observation_leaves")
+# Everything else is copied whole in each incremental (small: knowledge,
+# proposals, governance, keys, meta...).
+MUTABLE = (
+    "patterns",
+    "proposals",
+    "proposal_deltas",
+    "validations",
+    "snapshots",
+    "keys",
+    "relaxations",
+    "cycles",
+    "meta",
+)
+
+
+class BackupError(Exception):
+    """A backup could not be taken or read; the message says why."""
+
+
+class Segment(msgspec.Struct):
+    """``segment.msgpack``: database name -> raw (key, value) records."""
+
+    tables: dict[str, list[tuple[bytes, bytes]]]
+
+
+_manifest_decoder = msgspec.json.Decoder(BackupManifest)
+_segment_decoder = msgspec.msgpack.Decoder(Segment)
+
+
+def encode_manifest(m: BackupManifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(m), indent=2) + b"\n"
+
+
+def decode_manifest(data: bytes, where: Path) -> BackupManifest:
+    try:
+        m = _manifest_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BackupError(f"{where}: not a knhkd backup manifest: {exc}") from None
+    if m.format != FORMAT:
+        raise BackupError(f"{where}: unknown backup format {m.format!r}")
+    return m
+
+
+def decode_segment(data: bytes, where: Path) -> Segment:
+    try:
+        return _segment_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BackupError(f"{where}: not a backup segment: {exc}") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _node_after(key: bytes, size: int) -> bool:
+    """A tree node (1-byte level, 8-byte index) that covers a leaf at or after ``size``."""
+    level, index = key[0], int.from_bytes(key[1:], "big")
+    return (index + 1) << level > size
+
+
+def _segment(store: Store, txn: lmdb.Transaction, parent: BackupManifest) -> Segment:
+    t = store.tables.by_name
+    tables: dict[str, list[tuple[bytes, bytes]]] = {}
+    # A seek, not a scan: keys are big-endian, so the new records are at the end.
+    for name, start in (
+        ("receipts", parent.tree_size),
+        # Checkpoints sign sizes that only grow; one equal to the parent's
+        # tree size may have been signed after the parent's copy.
+        ("checkpoints", parent.tree_size),
+        ("observations", parent.observations_next),
+        ("observation_leaves", parent.observations_next),
+    ):
+        tables[name] = list(t[name].items_encoded(txn, start=start.to_bytes(8, "big")))
+    # An erasure since the parent rewrote older observations in place (content
+    # and salt destroyed, loop/erasure.py): the segment carries their erased
+    # forms, or base + segments would bring the erased content back.
+    for raw_receipt in [v for _, v in tables["receipts"]]:
+        body = canonical.decode_record(raw_receipt).body
+        if body.kind != "observations_erased":
+            continue
+        for obs_id in body.subject_ids:
+            seq = seq_of(obs_id)
+            if seq >= parent.observations_next:
+                continue  # already in the segment, erased
+            for name in ("observations", "observation_leaves"):
+                value = t[name].get_raw(txn, seq)
+                if value is not None:
+                    tables[name].append((seq.to_bytes(8, "big"), bytes(value)))
+    # Tree nodes are ordered by level, then index: seek within each level.
+    nodes: list[tuple[bytes, bytes]] = []
+    for level in range(64):
+        first = bytes([level]) + (parent.tree_size >> level).to_bytes(8, "big")
+        level_rows = []
+        for key, value in t["merkle"].items_encoded(txn, start=first):
+            if key[0] != level:
+                break
+            if _node_after(key, parent.tree_size):
+                level_rows.append((key, value))
+        nodes.extend(level_rows)
+    tables["merkle"] = nodes
+    for name in MUTABLE:
+        tables[name] = list(t[name].items_encoded(txn))
+    return Segment(tables)
+
+
+def _state(store: Store, txn: lmdb.Transaction) -> tuple[tlog_checkpoint.Checkpoint, int, int, int]:
+    """(latest checkpoint, tree size, observations next, last receipt time)."""
+    t = store.tables
+    last = t.checkpoints.last(txn)
+    if last is None:
+        raise BackupError("the log has no signed checkpoint yet: nothing a backup could cover")
+    cp = tlog_checkpoint.parse(last[1])[0]
+    size = t.tree_size.get(txn) or 0
+    head = read_head(store, txn)
+    return cp, size, t.observations_next.get(txn) or 0, head.timestamp_ns
+
+
+def take(
+    store: Store,
+    out_root: Path,
+    kind: BackupKind,
+    parent: BackupManifest | None = None,
+    *,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> BackupManifest:
+    """Write one backup under ``out_root/<id>``; blocking (run it in a thread)."""
+    if kind == "incremental" and parent is None:
+        raise BackupError("an incremental backup needs a parent")
+    out_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created = clock_ns()
+    backup_id = f"{created:020d}-{kind}"
+    final = out_root / backup_id
+    tmp = out_root / f".{backup_id}.tmp"
+    tmp.mkdir(mode=0o700)
+    try:
+        with store.reader() as txn:
+            cp, size, obs_next, last_ns = _state(store, txn)
+            # The store's own version: a pre-migration backup is of the older one.
+            version = store.tables.schema_version.get(txn) or SCHEMA_VERSION
+            origin = store.tables.log_origin.get(txn) or cp.origin
+            ring = keyring.read_keyring(store, txn)
+            if parent is None:
+                # One transaction: the copy is the state this manifest names.
+                store.env.copy(str(tmp), compact=True, txn=txn)
+            else:
+                if parent.origin != origin or parent.tree_size > size:
+                    raise BackupError(f"{parent.id} is not a backup of this log")
+                segment = _segment(store, txn, parent)
+        if parent is not None:
+            (tmp / SEGMENT_FILE).write_bytes(msgspec.msgpack.encode(segment))
+        (tmp / KEYRING_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(ring), indent=2))
+        names = [DATA_FILE if parent is None else SEGMENT_FILE, KEYRING_FILE]
+        files = [BackupFile(n, (tmp / n).stat().st_size, sha256_file(tmp / n)) for n in names]
+        manifest = BackupManifest(
+            format=FORMAT,
+            id=backup_id,
+            kind=kind,
+            parent_id=None if parent is None else parent.id,
+            schema_version=version,
+            created_ns=created,
+            origin=origin,
+            checkpoint=cp.text,
+            checkpoint_size=cp.size,
+            tree_size=size,
+            observations_next=obs_next,
+            from_tree_size=0 if parent is None else parent.tree_size,
+            from_observations=0 if parent is None else parent.observations_next,
+            last_receipt_ns=last_ns,
+            files=files,
+        )
+        for n in names:
+            _fsync(tmp / n)
+        (tmp / MANIFEST).write_bytes(encode_manifest(manifest))
+        _fsync(tmp / MANIFEST)
+        os.replace(tmp, final)
+        _fsync(out_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+# Files and directories alike: open read-only, fsync, close.
+_fsync = keyring._fsync_dir
+
+
+def consistency_to_latest(store: Store, size: int) -> tuple[str, list[bytes]]:
+    """The latest signed checkpoint and an RFC 9162 consistency proof from the
+    tree of ``size`` leaves to it: what a backup of ``size`` is checked with."""
+    with store.reader() as txn:
+        last = store.tables.checkpoints.last(txn)
+        if last is None:
+            raise BackupError("the live log has no signed checkpoint")
+        cp = tlog_checkpoint.parse(last[1])[0]
+        if cp.size < size:
+            raise BackupError(
+                f"the live log's latest checkpoint ({cp.size}) is older than the backup's ({size})"
+            )
+        proof = merkle.consistency_proof(MerkleTree(store).perfect(txn), size, cp.size)
+    return cp.text, proof
+
+
+def receipt_hash_at(store: Store, txn: lmdb.Transaction, seq: int) -> tuple[str, int]:
+    """(hash, time) of stored receipt ``seq``: the chain head after it."""
+    raw = store.tables.receipts.get_raw(txn, seq)
+    if raw is None:
+        raise BackupError(f"receipt {seq} is not stored")
+    body = canonical.decode_record(raw).body
+    return canonical.receipt_hash(body), body.timestamp_ns

@@ -1,0 +1,281 @@
+"""Multi-core HTTP (``http.workers = 2``): the real daemon with two worker
+processes on its listening socket, real LMDB, real tokens.
+
+- ``kill -9`` of the daemon under load from many connections: every
+  acknowledged observation is stored once, and the workers die with it;
+- ``kill -9`` of one worker under load: it is restarted, and no acknowledged
+  observation is lost or stored twice;
+- a read, a governance write, an auth failure and a bad body through the
+  workers answer as the daemon alone does, and /metrics and the audit trail
+  count what the workers did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import lmdb
+import msgspec
+import pytest
+
+from tests.integration.conftest import RunningDaemon, wait_for_log
+
+pytestmark = pytest.mark.integration
+
+OBS = {"event_type": "line.tick", "value": {"n": 0}, "sector": "manufacturing", "metadata": {}}
+
+
+def _with_workers(make_daemon: Any, n: int = 2, **kw: Any) -> RunningDaemon:
+    d: RunningDaemon = make_daemon(start=False, **kw)
+    d.env["KNHKD_HTTP_WORKERS"] = str(n)
+    d.start()
+    wait_for_log(d, f"HTTP served by {n} worker processes")
+    return d
+
+
+def _workers_of(d: RunningDaemon) -> list[int]:
+    assert d.proc is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == d.proc.pid and b"knhkd.api.worker" in cmd:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _hammer(d: RunningDaemon, acked: list[tuple[str, str]], stop: threading.Event, w: int) -> None:
+    """Post single observations and batches, each with a value of its own,
+    until stopped; record (id, tag) of everything acknowledged with 201."""
+    n = 0
+    headers = d.headers("producer")
+    while not stop.is_set() and n < 5000:
+        # A new connection now and then: the kernel spreads them over workers.
+        with httpx.Client(base_url=d.base, timeout=10.0, headers=headers) as c:
+            for _ in range(20):
+                if stop.is_set():
+                    return
+                n += 1
+                tags = [f"{w}.{n}.{i}" for i in range(3 if n % 4 == 0 else 1)]
+                body: Any = [{**OBS, "value": {"tag": t}} for t in tags]
+                if len(tags) == 1:
+                    body = body[0]
+                try:
+                    r = c.post("/api/v1/observations", json=body)
+                except httpx.HTTPError:
+                    break  # the server side died mid-request: never acknowledged
+                if r.status_code == 201:
+                    data = r.json()
+                    ids = [data["id"]] if len(tags) == 1 else data["ids"]
+                    acked.extend(zip(ids, tags, strict=True))
+
+
+def _load(
+    d: RunningDaemon, threads: int = 8
+) -> tuple[list[tuple[str, str]], threading.Event, list[threading.Thread]]:
+    acked: list[tuple[str, str]] = []
+    stop = threading.Event()
+    ts = [threading.Thread(target=_hammer, args=(d, acked, stop, i)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    return acked, stop, ts
+
+
+def _stored_tags(d: RunningDaemon) -> Counter[str]:
+    """Every stored observation's tag, read from the LMDB file (daemon stopped)."""
+    env = lmdb.open(str(d.data_dir / "lmdb"), max_dbs=16, readonly=True, lock=False)
+    tags: Counter[str] = Counter()
+    try:
+        db = env.open_db(b"observations", create=False)
+        with env.begin(db=db) as txn:
+            for _, raw in txn.cursor():
+                tag = msgspec.msgpack.decode(raw)["value"].get("tag")
+                if tag is not None:
+                    tags[tag] += 1
+    finally:
+        env.close()
+    return tags
+
+
+def _check(d: RunningDaemon, acked: list[tuple[str, str]]) -> None:
+    assert len(acked) > 30, "the load should have had time to get acknowledgements"
+    tags = _stored_tags(d)
+    lost = [t for _, t in acked if tags[t] == 0]
+    twice = [t for t, n in tags.items() if n > 1]
+    assert not lost, f"acknowledged observations lost: {lost[:5]}"
+    assert not twice, f"observations stored twice: {twice[:5]}"
+    assert len({i for i, _ in acked}) == len(acked), "ids must be unique"
+
+
+def _gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def test_kill9_of_the_daemon_loses_nothing_acknowledged_and_takes_the_workers(
+    make_daemon: Any,
+) -> None:
+    d = _with_workers(make_daemon, auth=True)
+    workers = _workers_of(d)
+    assert len(workers) == 2
+    acked, stop, threads = _load(d)
+    time.sleep(2.0)
+    d.kill9()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert _gone(workers), "the workers outlived the daemon"
+    snapshot = list(acked)
+    _check(d, snapshot)
+    d.start()
+    res = d.ctl("receipts", "verify-chain", "--format", "json")
+    assert res.returncode == 0, res.stdout
+    d.stop()
+
+
+def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost_or_doubled(
+    make_daemon: Any,
+) -> None:
+    d = _with_workers(make_daemon, auth=True)
+    victim = _workers_of(d)[0]
+    acked, stop, threads = _load(d)
+    time.sleep(1.0)
+    os.kill(victim, signal.SIGKILL)
+    wait_for_log(d, "HTTP worker")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = _workers_of(d)
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the killed worker was not restarted:\n{d.log()}")
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    with d.client("operator") as c:
+        metrics = c.get("/metrics").text
+        figures = c.get("/health").json()["figures"]
+    assert 'knhk_actor_restarts_total{actor="http_worker"} 1.0' in metrics
+    # The workers' request timings reach the figures the loop judges by.
+    assert figures["request_p99_ms"].get("/api/v1/observations", 0) > 0, figures
+    assert d.stop() == 0
+    _check(d, list(acked))
+
+
+def _answers(d: RunningDaemon) -> list[tuple[int, Any]]:
+    out: list[tuple[int, Any]] = []
+    with d.client() as admin, httpx.Client(base_url=d.base, timeout=30.0) as nobody:
+        r = admin.post("/api/v1/observations", json=OBS)
+        out.append((r.status_code, sorted(r.json())))
+        obs_id = r.json()["id"]
+        r = admin.get(f"/api/v1/observations/{obs_id}")
+        out.append((r.status_code, r.json()["value"]))
+        r = admin.get("/api/v1/snapshots/current")
+        out.append((r.status_code, sorted(r.json())))
+        # A governance write (ΔΣ proposal), refused for its missing fields.
+        r = admin.post("/api/v1/proposals", json={"sector": "finance"})
+        out.append((r.status_code, r.json()["type"]))
+        # Authentication failures, on a forwarded route and on the worker's own.
+        for method, path in (
+            ("GET", "/api/v1/snapshots/current"),
+            ("POST", "/api/v1/observations"),
+        ):
+            r = nobody.request(method, path, json=OBS)
+            out.append((r.status_code, (r.json()["type"], r.headers.get("www-authenticate"))))
+        r = admin.post("/api/v1/observations", json={"event_type": "x"})
+        out.append((r.status_code, r.json()))
+        r = admin.post(
+            "/api/v1/observations", content=b"{}", headers={"Content-Type": "text/plain"}
+        )
+        out.append((r.status_code, r.json()["type"]))
+        r = admin.get("/api/v1/nowhere")
+        out.append((r.status_code, r.json()["type"]))
+        r = admin.post("/api/v1/observations", json=OBS, headers={"Host": "evil.example"})
+        out.append((r.status_code, r.json()["type"]))
+    return out
+
+
+def _counted(d: RunningDaemon) -> dict[str, float]:
+    with d.client() as c:
+        text = c.get("/metrics").text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(("knhk_requests_total", "knhk_observations_ingested_total")):
+            key, value = line.rsplit(" ", 1)
+            found[key] = float(value)
+    return found
+
+
+def _eventually(what: Any, want: Any, timeout: float = 10.0) -> Any:
+    """``what()`` once it equals ``want`` (a worker's counts and audit records
+    reach the daemon with its next lane message, just after its answer)."""
+    deadline = time.monotonic() + timeout
+    while (got := what()) != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return got
+
+
+def _audits(d: RunningDaemon) -> list[tuple[str, str, str]]:
+    listed = d.ctl("audit", "list", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    return sorted(
+        (e["route"], e["decision"], e["reason"])
+        for e in json.loads(listed.stdout)
+        if not e["route"].startswith("admin ")
+    )
+
+
+def _settled(counts: dict[str, float]) -> dict[str, float]:
+    # Each look at /metrics is itself a success counted after it answered.
+    return {k: v for k, v in counts.items() if 'status="success"' not in k}
+
+
+def test_every_route_answers_through_workers_as_without_them(make_daemon: Any) -> None:
+    alone: RunningDaemon = make_daemon(auth=True)
+    through = _with_workers(make_daemon, auth=True)
+    before = [_settled(_counted(d)) for d in (alone, through)]
+    assert _answers(through) == _answers(alone)
+    # The workers' answers and ingests are counted in the daemon's /metrics,
+    # and their decisions are in its audit trail.
+    want = {k: v - before[0][k] for k, v in _settled(_counted(alone)).items()}
+    assert any(want.values())
+
+    def grown() -> dict[str, float]:
+        return {k: v - before[1][k] for k, v in _settled(_counted(through)).items()}
+
+    assert _eventually(grown, want) == want
+    # Audit records are queued for the auditor's group commit, not awaited:
+    # the daemon alone's trail is read once it has stopped changing.
+    want_audits = _audits(alone)
+    while (again := _eventually(lambda: _audits(alone), None, timeout=1.0)) != want_audits:
+        want_audits = again
+    assert want_audits
+    assert _eventually(lambda: _audits(through), want_audits) == want_audits
+    assert through.stop() == 0
