@@ -257,8 +257,9 @@ class WorkerFront(Daemon):
             self._lane.time_request(route or "-", seconds)
         self._lane.count(status)
 
-    def count_refused(self, reason: str) -> None:
-        self._lane.count_refused(reason)
+    def count_refused(self, reason: str, n: int = 1) -> None:
+        for _ in range(n):
+            self._lane.count_refused(reason)
 
 
 ASGI = Callable[..., Awaitable[None]]

@@ -94,17 +94,6 @@ async def _ingest_one(daemon: Daemon, req: LaneIngest, results: list[LaneResult]
         results[i] = LaneResult(problem=problem, headers=headers)
 
 
-def count_answers(daemon: Daemon, answered: tuple[int, int, int]) -> None:
-    ok, client, error = answered
-    metrics = daemon.metrics
-    if ok:
-        metrics.requests_success.inc(ok)
-    if client:
-        metrics.requests_client_error.inc(client)
-    if error:
-        metrics.requests_error.inc(error)
-
-
 async def serve_lane(
     daemon: Daemon, on_hello: Callable[[], None], stream: trio.SocketStream
 ) -> None:
@@ -131,9 +120,9 @@ async def serve_lane(
                     on_hello()
                 for record in batch.audits:
                     await daemon.audit(record)
-                count_answers(daemon, batch.answered)
+                daemon.count_answers(*batch.answered)
                 for reason, n in batch.refused.items():
-                    daemon.metrics.ingest_rejected.labels(reason).inc(n)
+                    daemon.count_refused(reason, n)
                 if batch.request_seconds:
                     daemon.merge_figures(FigureSamples(request_seconds=batch.request_seconds))
                 batches.start_soon(answer, batch)

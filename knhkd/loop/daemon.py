@@ -559,10 +559,10 @@ class Daemon:
         empty or nothing was added since the last one)."""
         return await self.actors.checkpointer.issue()
 
-    def count_refused(self, reason: str) -> None:
-        """Count an ingest request refused before the loop saw it
+    def count_refused(self, reason: str, n: int = 1) -> None:
+        """Count ingest requests refused before the loop saw them
         (``knhk_ingest_rejected{reason}``: invalid, too_large)."""
-        self.metrics.ingest_rejected.labels(reason).inc()
+        self.metrics.ingest_rejected.labels(reason).inc(n)
 
     def count_response(self, status: int, route: str = "", seconds: float | None = None) -> None:
         """Count an HTTP answer by class (success, client error, error); one
@@ -571,11 +571,20 @@ class Daemon:
         if seconds is not None:
             self._state.figures.record_request(route or "-", seconds)
         if status < 400:
-            self.metrics.requests_success.inc()
+            self.count_answers(1, 0, 0)
         elif status < 500:
-            self.metrics.requests_client_error.inc()
+            self.count_answers(0, 1, 0)
         else:
-            self.metrics.requests_error.inc()
+            self.count_answers(0, 0, 1)
+
+    def count_answers(self, ok: int, client_error: int, error: int) -> None:
+        """Count HTTP answers by class (an HTTP worker's, in one go)."""
+        if ok:
+            self.metrics.requests_success.inc(ok)
+        if client_error:
+            self.metrics.requests_client_error.inc(client_error)
+        if error:
+            self.metrics.requests_error.inc(error)
 
     def merge_figures(self, samples: FigureSamples) -> None:
         """Samples measured in another process (an HTTP worker) join the
