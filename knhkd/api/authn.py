@@ -56,7 +56,7 @@ from quart_trio import QuartTrio
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
-from knhkd.api.routes.base import daemon
+from knhkd.api.routes.base import front
 from knhkd.auth.jwks import IssuerKeys
 from knhkd.auth.ratelimit import RateLimiter
 from knhkd.auth.roles import anonymous
@@ -142,7 +142,7 @@ async def on_decision(
         access.log(level, "%s %s by %s from %s: %s", decision, route, who, peer or "-", reason)
     if decision == "allow" and read:
         return
-    await daemon().audit(
+    await front().audit(
         AuditRecord(
             event="authn" if principal is None else "authz",
             principal=who,
@@ -239,8 +239,8 @@ STATE_KEY = "KNHKD_AUTH"
 def _state(app: QuartTrio) -> AuthState:
     """The state for the configuration in force; rebuilt when a reload
     changed ``[auth]``."""
-    cfg = daemon().cfg.auth
-    tls = daemon().cfg.http.tls
+    cfg = front().cfg.auth
+    tls = front().cfg.http.tls
     state: AuthState = app.config[STATE_KEY]
     if state.cfg is not cfg or state.tls is not tls:
         if state.cfg == cfg and state.tls == tls:  # a reload that left them as they were

@@ -36,7 +36,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from knhkd.api.problems import HostNotAllowed, OriginNotAllowed
-from knhkd.api.routes.base import daemon
+from knhkd.api.routes.base import front
 from knhkd.api.routes.doc import JSON, doc_of
 from knhkd.config import HttpConfig, is_loopback, parse_bind
 from knhkd.errors import KnhkdError, UnsupportedMediaType
@@ -115,7 +115,7 @@ async def guard() -> None:
 
 
 def _check(headers: Headers, has_body: bool) -> None:
-    cfg = daemon().cfg.http
+    cfg = front().cfg.http
     check_host(headers.get("Host", ""), cfg)
     check_origin(request.method, headers.get("Origin"), cfg)
     doc = doc_of(current_app.view_functions.get(request.endpoint or ""))

@@ -39,7 +39,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -49,6 +49,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from knhkd.api import activation, authn, openapi, server, workers
+from knhkd.api.context import DAEMON_KEY, Front
 from knhkd.api.guards import guard
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
@@ -62,10 +63,8 @@ from knhkd.api.routes import (
     receipts,
     snapshots,
 )
-from knhkd.api.routes.base import DAEMON_KEY
 from knhkd.config import Config
 from knhkd.errors import KnhkdError
-from knhkd.loop.daemon import Daemon
 from knhkd.model import Principal
 from knhkd.telemetry.tracing import (
     SERVER,
@@ -76,6 +75,9 @@ from knhkd.telemetry.tracing import (
     start_span,
     use_span,
 )
+
+if TYPE_CHECKING:  # a worker process imports this module, never the loop
+    from knhkd.loop.daemon import Daemon
 
 log = logging.getLogger("knhkd.http")
 # The access log: one info line per request (``[telemetry] access_log``).
@@ -116,7 +118,7 @@ def route_app(cfg: Config) -> QuartTrio:
     return app
 
 
-def create_app(daemon: Daemon) -> QuartTrio:
+def create_app(daemon: Front) -> QuartTrio:
     app = route_app(daemon.cfg)
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
     app.config[DAEMON_KEY] = daemon
@@ -254,7 +256,7 @@ def access_line(status: int) -> None:
     )
 
 
-def hypercorn_config(daemon: Daemon) -> HypercornConfig:
+def hypercorn_config(daemon: Front) -> HypercornConfig:
     cfg = daemon.cfg.http
     hc = HypercornConfig()
     inherited = activation.take("http")

@@ -34,7 +34,7 @@ from quart_trio import QuartTrio
 
 from knhkd.api.authn import PUBLIC, ROUTE_PERMISSIONS
 from knhkd.api.problems import PROBLEM_JSON
-from knhkd.api.routes.base import JSON, daemon
+from knhkd.api.routes.base import JSON, front
 from knhkd.api.routes.doc import Answer, RouteDoc, doc_of, documented
 from knhkd.config import Config
 from knhkd.errors import PROBLEM_PREFIX
@@ -236,7 +236,7 @@ def encode(doc: dict[str, Any]) -> bytes:
     )
 )
 async def openapi_json() -> Response:
-    cfg = daemon().cfg
+    cfg = front().cfg
     cached = current_app.config.get(CACHE_KEY)
     if cached is None or cached[0] is not cfg:
         # Built once per configuration: a reload (SIGHUP) may change the limits.

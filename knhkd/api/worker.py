@@ -50,7 +50,6 @@ from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import PROBLEM_JSON, Draining, for_status
 from knhkd.config import Config
 from knhkd.errors import KnhkdError, Unavailable
-from knhkd.loop.daemon import Daemon
 from knhkd.model import (
     AuditRecord,
     LaneBatch,
@@ -222,10 +221,9 @@ class LaneClient:
             raise
 
 
-class WorkerFront(Daemon):
-    """What the shared app reaches of "the daemon" in a worker: its
-    configuration, the draining flag, and the lane. No store, no actors:
-    ``Daemon.__init__`` is deliberately not run, and a route that needs more
+class WorkerFront:
+    """The worker's ``Front`` (api/context.py): the daemon's configuration, the
+    draining flag, and the lane. No store, no actors: a route that needs more
     is forwarded to the daemon rather than served here (``Router``)."""
 
     def __init__(self, cfg: Config, lane: LaneClient) -> None:

@@ -48,7 +48,7 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -59,9 +59,11 @@ from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import problem_for
 from knhkd.config import parse_bind
 from knhkd.errors import KnhkdError
-from knhkd.loop.daemon import Daemon
 from knhkd.model import FigureSamples, LaneBatch, LaneIngest, LaneReply, LaneResult
 from knhkd.monitor.decode import Decoded
+
+if TYPE_CHECKING:  # a worker process imports this module, never the loop
+    from knhkd.loop.daemon import Daemon
 
 log = logging.getLogger("knhkd.workers")
 

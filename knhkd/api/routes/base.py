@@ -1,8 +1,9 @@
 """What every route module shares: the daemon of the running app, JSON
 answers, query parameters and the raw body.
 
-Guarantees: ``daemon()`` is the ``Daemon`` ``create_app`` was given (a
-``TypeError`` otherwise, never a wrong object); a bad query parameter is 400
+Guarantees: ``front()`` is the ``Front`` ``create_app`` was given, and
+``daemon()`` the ``Daemon`` (a ``TypeError`` otherwise, never a wrong object;
+api/context.py); a bad query parameter is 400
 ``invalid-parameter`` naming it.
 """
 
@@ -17,6 +18,7 @@ from quart import Response, request
 from knhkd.api.context import DAEMON_KEY as DAEMON_KEY  # noqa: PLC0414
 from knhkd.api.context import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.context import daemon as daemon  # noqa: PLC0414
+from knhkd.api.context import front as front  # noqa: PLC0414
 from knhkd.api.problems import InvalidParameter, InvalidRequestBody, MalformedJson
 from knhkd.errors import PrincipalMismatch
 from knhkd.model import FieldError, Principal, encode_json

@@ -15,7 +15,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from knhkd.api.phi import check_phi_read
-from knhkd.api.routes.base import body, current_principal, daemon, json
+from knhkd.api.routes.base import body, current_principal, daemon, front, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.errors import Invalid, Malformed, PayloadTooLarge
 from knhkd.model import IngestAccepted, IngestBatchAccepted, Observation, ObservationIn
@@ -47,7 +47,7 @@ bp = Blueprint("observations", __name__)
     )
 )
 async def ingest() -> Response:
-    d = daemon()
+    d = front()  # served by the worker processes too (api/worker.py)
     d.check_accepting()
     try:
         decoded = decode_body(
