@@ -35,6 +35,7 @@ or send a success status for data that was not committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -51,6 +52,7 @@ from werkzeug.exceptions import HTTPException
 from knhkd.api import activation, authn, openapi, server, workers
 from knhkd.api.context import DAEMON_KEY, Front
 from knhkd.api.guards import guard
+from knhkd.api.pool import Pool, started
 from knhkd.api.problems import problem_response
 from knhkd.api.routes import (
     cycle,
@@ -279,17 +281,26 @@ def hypercorn_config(daemon: Front) -> HypercornConfig:
 
 
 async def serve_http(
-    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    daemon: Daemon,
+    *,
+    pool: Pool | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until the daemon asks to shut down; Hypercorn drains in-flight requests."""
+    """Serve until the daemon asks to shut down; Hypercorn drains in-flight
+    requests. ``pool``: the worker processes api/pool.py ``started`` began before
+    the daemon's start-up (else, with ``http.workers`` > 1, started here)."""
     app = create_app(daemon)
-    count = daemon.cfg.http.worker_count()
-    if count > 1:  # worker processes in front (api/workers.py)
+    if pool is not None or daemon.cfg.http.worker_count() > 1:
+        # Worker processes in front (api/workers.py).
         try:
-            await workers.serve(
-                daemon, app, hypercorn_config(daemon), count, linger_s=LINGER_S,
-                task_status=task_status,
-            )  # fmt: skip
+            async with contextlib.AsyncExitStack() as stack:
+                if pool is None:
+                    pool = await stack.enter_async_context(started(daemon.cfg))
+                assert pool is not None
+                await workers.serve(
+                    daemon, app, hypercorn_config(daemon), pool, linger_s=LINGER_S,
+                    task_status=task_status,
+                )  # fmt: skip
         finally:
             daemon.http_done.set()
         return

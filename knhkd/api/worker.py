@@ -131,6 +131,8 @@ class LaneClient:
         self._samples = 0
         self.wake = trio.Event()
         self.lost = False
+        # Set when the daemon answers the hello: it serves from then on.
+        self.welcomed = trio.Event()
 
     def _poke(self) -> None:
         self.wake.set()
@@ -178,6 +180,8 @@ class LaneClient:
         async def replies(reader: FrameReader) -> None:
             while True:
                 reply = await reader.read(_replies)
+                if reply.id == 0:
+                    self.welcomed.set()
                 for slot, result in zip(in_flight.pop(reply.id), reply.results, strict=True):
                     slot.result = result
                     slot.done.set()
@@ -359,12 +363,14 @@ async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.F
     hc = hypercorn_config(front)
     hc.bind = [f"fd://{fd}"]
     stop = trio.Event()
+    go = trio.Event()  # welcomed by the daemon, or told to stop first
 
     async def signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
             async for _ in received:
                 front.draining = True
                 stop.set()
+                go.set()
                 return
 
     served = trio.Event()
@@ -385,12 +391,22 @@ async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.F
         finally:
             served.set()
 
+    async def welcome() -> None:
+        await lane.welcomed.wait()
+        go.set()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_parent, stdin)
         nursery.start_soon(signals)
-        await nursery.start(serve)
         nursery.start_soon(lane.run)
-        await served.wait()
+        nursery.start_soon(welcome)
+        # Accept only once the daemon answers the hello (it is serving: the
+        # worker may start while the daemon itself starts up, api/workers.py);
+        # connections meanwhile wait in the listening socket's backlog.
+        await go.wait()
+        if not stop.is_set():
+            await nursery.start(serve)
+            await served.wait()
         # server.serve returns once drained; then the last counts and audits go.
         with trio.move_on_after(cfg.http.graceful_timeout_s + LINGER_S + 1.0):
             while not lane.lost and (lane.pending or lane.audits or any(lane.answered)):

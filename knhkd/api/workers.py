@@ -21,15 +21,15 @@ directory (``mkdtemp``, 0700):
 - ``http.sock``: the daemon's own app (every route), to which a worker
   forwards each request it does not serve itself.
 
-Supervision: a worker that exits is started again after a backoff (doubling
-from ``RESTART_INITIAL_S`` to ``supervisor.backoff_max_s``, back to the start
-once a worker has lived ``RESTART_RESET_S``), counted in
-``knhk_actor_restarts_total{actor="http_worker"}``. On shutdown each worker
-gets SIGTERM and drains its connections (api/server.py) while the lane and
-the ingest intake still run; one still alive after ``graceful_timeout_s``
-+ ``LINGER_S`` is killed. A worker dies with the daemon: the daemon holds
-the other end of its stdin pipe, which the kernel closes however the daemon
-dies (api/worker.py).
+The processes, the listening socket and the lane's socket are api/pool.py's
+(``started``: before the daemon's own start-up, so that a worker's import
+overlaps it; its supervision, restarts and stop). ``serve`` answers a
+worker's hello on the lane only once the daemon serves (its ``http.sock``
+is up and every use case runs): the worker accepts from then on, and a
+connection that comes sooner waits in the listening socket's backlog. On
+shutdown each worker gets SIGTERM and drains its connections
+(api/server.py) while the lane and the ingest intake still run; one still
+alive after ``graceful_timeout_s`` + ``LINGER_S`` is killed.
 
 Must never: resend a batch, answer a lane request before its commit, or let
 a worker outlive the daemon.
@@ -37,17 +37,9 @@ a worker outlive the daemon.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -56,6 +48,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from knhkd.api import server
 from knhkd.api.lane import FrameReader, frame
+from knhkd.api.pool import Pool
 from knhkd.api.problems import problem_for
 from knhkd.config import parse_bind
 from knhkd.errors import KnhkdError
@@ -67,23 +60,10 @@ if TYPE_CHECKING:  # a worker process imports this module, never the loop
 
 log = logging.getLogger("knhkd.workers")
 
-RESTART_INITIAL_S = 0.1
-RESTART_RESET_S = 10.0
 # How long start-up waits for every worker to say hello before it goes on.
 START_TIMEOUT_S = 60.0
 
 _batches = msgspec.msgpack.Decoder(LaneBatch)
-
-
-def _listening_socket(bind: str, backlog: int) -> socket.socket:
-    host, port = parse_bind(bind)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.set_inheritable(True)
-    return sock
 
 
 async def _ingest_one(daemon: Daemon, req: LaneIngest, results: list[LaneResult], i: int) -> None:
@@ -132,161 +112,55 @@ async def serve_lane(
         pass  # the worker is gone: nothing it had in flight was answered 201
 
 
-class _Pool:
-    """The worker processes, their restarts and their stop."""
-
-    def __init__(self, daemon: Daemon, count: int, fd: int, runtime: Path) -> None:
-        self.daemon = daemon
-        self.count = count
-        self.fd = fd
-        self.runtime = runtime
-        self.live: dict[int, trio.Process] = {}
-        self.stopping = False
-        self.hellos = 0
-        self.all_ready = trio.Event()
-        self.all_gone = trio.Event()
-        self.config = msgspec.json.encode(daemon.cfg) + b"\n"
-
-    def hello(self) -> None:
-        self.hellos += 1
-        if self.hellos >= self.count:
-            self.all_ready.set()
-
-    def _command(self, index: int) -> list[str]:
-        return [
-            sys.executable, "-m", "knhkd.api.worker",
-            "--fd", str(self.fd),
-            "--runtime", str(self.runtime),
-            "--index", str(index),
-        ]  # fmt: skip
-
-    async def keep(self, index: int) -> None:
-        delay = RESTART_INITIAL_S
-        cap = self.daemon.cfg.supervisor.backoff_max_s
-        while not self.stopping:
-            started = trio.current_time()
-            proc = await trio.lowlevel.open_process(
-                self._command(index), stdin=subprocess.PIPE, pass_fds=(self.fd,)
-            )
-            self.live[index] = proc
-            try:
-                assert proc.stdin is not None
-                with contextlib.suppress(trio.BrokenResourceError):
-                    # The configuration in force, then the pipe stays open:
-                    # its end tells the worker the daemon is gone.
-                    await proc.stdin.send_all(self.config)
-                status = await proc.wait()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _reap(proc)  # and close its stdin: no fd kept per restart
-                del self.live[index]
-                if not self.live and self.stopping:
-                    self.all_gone.set()
-            if self.stopping:
-                return
-            log.warning("HTTP worker %d exited with status %s: restarting", index, status)
-            self.daemon.metrics.actor_restarts.labels("http_worker").inc()
-            if trio.current_time() - started > RESTART_RESET_S:
-                delay = RESTART_INITIAL_S
-            await trio.sleep(delay)
-            delay = min(delay * 2, cap)
-
-    async def stop(self, timeout: float) -> None:
-        self.stopping = True
-        if not self.live:
-            return
-        for proc in list(self.live.values()):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(timeout):
-            await self.all_gone.wait()
-        for proc in list(self.live.values()):
-            log.warning("HTTP worker pid %d did not drain in time: killed", proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await self.all_gone.wait()
-
-
-async def _reap(proc: trio.Process) -> None:
-    with trio.move_on_after(1.0):
-        await proc.wait()
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
-    if proc.stdin is not None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await proc.stdin.aclose()
-
-
 async def serve(
     daemon: Daemon,
     app: Any,
     hc: HypercornConfig,
-    count: int,
+    pool: Pool,
     *,
     linger_s: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``http.bind`` through ``count`` worker processes until the daemon
+    """Serve ``http.bind`` through ``pool``'s worker processes until the daemon
     asks to shut down; returns once they are gone and forwarded requests done."""
     cfg = daemon.cfg.http
-    runtime = Path(tempfile.mkdtemp(prefix="knhkd-front-"))
-    # A socket systemd passed (api/activation.py, taken by hypercorn_config
-    # as an fd:// bind) is what the workers share; else http.bind, bound here.
-    passed = [int(b.removeprefix("fd://")) for b in hc.bind if b.startswith("fd://")]
-    if passed:
-        sock = socket.socket(fileno=passed[0])
-        sock.set_inheritable(True)
-        if len(passed) > 1:
-            log.warning("workers serve the first of the %d HTTP sockets passed", len(passed))
-    else:
-        sock = _listening_socket(cfg.bind, hc.backlog)
+    pool.attach(daemon)
     inner = HypercornConfig()
     for key in ("graceful_timeout", "keep_alive_timeout", "h11_max_incomplete_size", "errorlog"):
         setattr(inner, key, getattr(hc, key))
     inner.accesslog = None
-    inner.bind = [f"unix:{runtime / 'http.sock'}"]
-    lane = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await lane.bind(str(runtime / "lane.sock"))
-        lane.listen(256)
-        pool = _Pool(daemon, count, sock.fileno(), runtime)
-        stop_inner = trio.Event()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    server.serve,
-                    app,
-                    inner,
-                    max_connections=cfg.max_connections,
-                    max_body_bytes=cfg.max_body_bytes,
-                    max_inflight_body_bytes=lambda: daemon.cfg.http.max_inflight_body_bytes,
-                    linger_s=linger_s,
-                    on_refused=daemon.count_response,
-                    shutdown_trigger=stop_inner.wait,
-                )
+    inner.bind = [f"unix:{pool.runtime / 'http.sock'}"]
+    stop_inner = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(
+                server.serve,
+                app,
+                inner,
+                max_connections=cfg.max_connections,
+                max_body_bytes=cfg.max_body_bytes,
+                max_inflight_body_bytes=lambda: daemon.cfg.http.max_inflight_body_bytes,
+                linger_s=linger_s,
+                on_refused=daemon.count_response,
+                shutdown_trigger=stop_inner.wait,
             )
-            async with trio.open_nursery() as front:
-                front.start_soon(
-                    trio.serve_listeners,
-                    partial(serve_lane, daemon, pool.hello),
-                    [trio.SocketListener(lane)],
-                )
-                for index in range(count):
-                    front.start_soon(pool.keep, index)
-                with trio.move_on_after(START_TIMEOUT_S):
-                    await pool.all_ready.wait()
-                host, _ = parse_bind(cfg.bind)
-                shown = f"[{host}]" if ":" in host else host
-                daemon.http_bound = [f"http://{shown}:{sock.getsockname()[1]}"]
-                log.info("HTTP served by %d worker processes", count)
-                task_status.started()
-                await daemon.shutdown_requested.wait()
-                # The workers drain while the lane and the ingest intake run.
-                await pool.stop(cfg.graceful_timeout_s + linger_s)
-                front.cancel_scope.cancel()
-            stop_inner.set()  # the daemon's own server drains, then returns
-    finally:
-        sock.close()
-        lane.close()
-        shutil.rmtree(runtime, ignore_errors=True)
+        )
+        async with trio.open_nursery() as front:
+            # Only now is a worker's hello answered: it starts accepting then.
+            front.start_soon(
+                trio.serve_listeners,
+                partial(serve_lane, daemon, pool.hello),
+                [trio.SocketListener(pool.lane)],
+            )
+            with trio.move_on_after(START_TIMEOUT_S):
+                await pool.all_ready.wait()
+            host, _ = parse_bind(cfg.bind)
+            shown = f"[{host}]" if ":" in host else host
+            daemon.http_bound = [f"http://{shown}:{pool.sock.getsockname()[1]}"]
+            log.info("HTTP served by %d worker processes", pool.count)
+            task_status.started()
+            await daemon.shutdown_requested.wait()
+            # The workers drain while the lane and the ingest intake run.
+            await pool.stop(cfg.graceful_timeout_s + linger_s)
+            front.cancel_scope.cancel()
+        stop_inner.set()  # the daemon's own server drains, then returns

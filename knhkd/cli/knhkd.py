@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,17 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("knhkd").debug(
         "configuration %s, digest %s, conf tree %s", where, cfg.digest()[:16], DEFAULT_CONF
     )
-    from knhkd.api.admin import serve_admin
-    from knhkd.api.http import serve_http
-    from knhkd.loop.startup import StartupError
-    from knhkd.loop.state import Settings
-    from knhkd.loop.supervisor import ActorFailed
-    from knhkd.loop.tree import run_daemon
-
-    settings = Settings(cfg, path=path, env=os.environ, overrides=overrides)
     try:
-        return trio.run(run_daemon, settings, [serve_admin, serve_http])
+        return trio.run(_run, cfg, path, overrides)
     except BaseException as exc:  # classify, then re-raise what we do not know
+        from knhkd.loop.startup import StartupError
+        from knhkd.loop.supervisor import ActorFailed
+
         leaves = _leaves(exc)
         for leaf in leaves:
             if isinstance(leaf, StartupError):
@@ -176,6 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
             return 130
         raise
+
+
+async def _run(cfg: Config, path: Path | None, overrides: dict[tuple[str, str], Any]) -> int:
+    """The HTTP worker processes first (with ``http.workers`` > 1), then the
+    daemon's imports and start-up: a worker's import (~0.4 s) overlaps them
+    rather than following them (api/pool.py)."""
+    from knhkd.api.pool import started
+
+    async with started(cfg) as pool:
+        from knhkd.api.admin import serve_admin
+        from knhkd.api.http import serve_http
+        from knhkd.loop.state import Settings
+        from knhkd.loop.tree import run_daemon
+
+        settings = Settings(cfg, path=path, env=os.environ, overrides=overrides)
+        return await run_daemon(settings, [serve_admin, partial(serve_http, pool=pool)])
 
 
 def _migrate(cfg: Config, *, dry_run: bool) -> int:
