@@ -29,16 +29,20 @@ or a socket behind when ``started`` is left.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 import trio
@@ -55,6 +59,7 @@ RESTART_INITIAL_S = 0.1
 RESTART_RESET_S = 10.0
 # Hypercorn's default listen backlog (hypercorn.config.Config.backlog).
 BACKLOG = 100
+LANE_BACKLOG = 256
 
 
 def _listening_socket(bind: str, backlog: int) -> socket.socket:
@@ -66,6 +71,97 @@ def _listening_socket(bind: str, backlog: int) -> socket.socket:
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
+
+
+class Forked:
+    """A worker ``prefork`` forked, as the pool sees a process: its pid, exit
+    status, the write end of its stdin pipe; waited for through a pidfd."""
+
+    def __init__(self, pid: int, stdin_fd: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin: trio.lowlevel.FdStream | None = trio.lowlevel.FdStream(stdin_fd)
+        self._pidfd = os.pidfd_open(pid)
+
+    async def wait(self) -> int:
+        while self.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                os.close(self._pidfd)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:  # else the pid may be another's
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+Process = trio.Process | Forked
+
+
+@dataclass
+class Prefork:
+    """What ``prefork`` made, handed to ``started``."""
+
+    sock: socket.socket
+    passed: list[socket.socket]
+    lane: socket.socket
+    runtime: Path
+    # (pid, write end of its stdin pipe) per worker, in index order.
+    children: list[tuple[int, int]]
+
+    def close(self) -> None:
+        for s in self.passed:
+            s.close()
+        self.sock.close()
+        self.lane.close()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+Child = Callable[[Config, int, Path, int, int], NoReturn]
+
+
+def prefork(cfg: Config, child: Child) -> Prefork | None:
+    """Before the daemon's start-up, with the HTTP edge imported and no thread
+    running: bind the sockets and fork the workers, each running ``child``
+    (api/worker.py ``run_forked``: the edge's imports are shared, not
+    repeated; restarts start a fresh ``python -m knhkd.api.worker``). None
+    when there are no workers, no pidfd to wait for a forked one with, or a
+    thread already runs (``started`` then starts them)."""
+    count = cfg.http.worker_count()
+    if count <= 1 or not hasattr(os, "pidfd_open") or threading.active_count() > 1:
+        return None  # (a thread's locks would be held forever in a child)
+    made = _bind(cfg)
+    lane = made.lane
+    sock = made.sock
+    # Objects made so far are never collected in a child: its collections
+    # then do not write to (and copy) the pages it shares with the daemon.
+    gc.freeze()
+    try:
+        for index in range(count):
+            read, write = os.pipe()  # close-on-exec: a restarted worker holds none
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                with contextlib.suppress(BaseException):
+                    os.close(write)
+                    for _, other in made.children:
+                        os.close(other)  # else it outlives the daemon with its sibling
+                    lane.close()
+                child(cfg, sock.fileno(), made.runtime, index, read)
+            os.close(read)
+            made.children.append((pid, write))
+    except BaseException:
+        for _, write in made.children:
+            os.close(write)  # the end of its stdin: the worker exits
+        made.close()
+        raise
+    finally:
+        gc.unfreeze()
+    return made
 
 
 class Pool:
@@ -83,7 +179,7 @@ class Pool:
         self.runtime = runtime
         self.daemon: Daemon | None = None
         self.unreported_restarts = 0
-        self.live: dict[int, trio.Process] = {}
+        self.live: dict[int, Process] = {}
         self.stopping = False
         self.hellos = 0
         self.all_ready = trio.Event()
@@ -111,7 +207,7 @@ class Pool:
             "--index", str(index),
         ]  # fmt: skip
 
-    async def spawn(self, index: int) -> trio.Process:
+    async def spawn(self, index: int) -> Process:
         proc = await trio.lowlevel.open_process(
             self._command(index), stdin=subprocess.PIPE, pass_fds=(self.fd,)
         )
@@ -126,7 +222,7 @@ class Pool:
                 proc.send_signal(signal.SIGTERM)
         return proc
 
-    async def keep(self, index: int, proc: trio.Process) -> None:
+    async def keep(self, index: int, proc: Process) -> None:
         """Supervise worker ``index`` (``proc``, from ``spawn``) until stopped."""
         delay = RESTART_INITIAL_S
         while True:
@@ -170,7 +266,7 @@ class Pool:
         await self.all_gone.wait()
 
 
-async def _reap(proc: trio.Process) -> None:
+async def _reap(proc: Process) -> None:
     if proc.returncode is None and proc.stdin is not None:
         # Not exited (the pool is cancelled: start-up failed): the end of its
         # stdin makes it exit at once, as when the daemon dies.
@@ -186,47 +282,69 @@ async def _reap(proc: trio.Process) -> None:
             await proc.stdin.aclose()
 
 
+def _http_socket(cfg: Config, passed: list[socket.socket]) -> socket.socket:
+    """A socket systemd passed (api/activation.py) is what the workers share;
+    else ``http.bind``, bound here."""
+    if passed:
+        log.info("serving the %d HTTP socket(s) systemd passed", len(passed))
+        if len(passed) > 1:
+            log.warning("workers serve the first of the %d HTTP sockets passed", len(passed))
+        sock = passed[0]
+    else:
+        sock = _listening_socket(cfg.http.bind, BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind(cfg: Config) -> Prefork:
+    """The sockets and the private directory, no worker yet."""
+    runtime = Path(tempfile.mkdtemp(prefix="knhkd-front-"))
+    passed = activation.take("http")
+    lane = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock = _http_socket(cfg, passed)
+        lane.bind(str(runtime / "lane.sock"))
+        lane.listen(LANE_BACKLOG)
+    except BaseException:
+        for s in (*passed, lane):
+            s.close()
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
+    return Prefork(sock, passed, lane, runtime, [])
+
+
 @contextlib.asynccontextmanager
-async def started(cfg: Config) -> AsyncIterator[Pool | None]:
-    """The worker processes ``cfg`` asks for (None: ``http.workers`` = 1),
-    started before the daemon's own start-up so that their import overlaps
-    it; each accepts only once the daemon answers its hello on the lane
-    (``serve``), and connections meanwhile wait in the listening socket's
-    backlog. Leaving the block stops any still running (their stdin ends)
-    and removes the sockets and the private directory."""
+async def started(cfg: Config, made: Prefork | None = None) -> AsyncIterator[Pool | None]:
+    """The worker processes ``cfg`` asks for (None: ``http.workers`` = 1):
+    those ``prefork`` made, else started here, before the daemon's own
+    start-up so that they start beside it; each accepts only once the daemon
+    answers its hello on the lane (api/workers.py ``serve``), and connections
+    meanwhile wait in the listening socket's backlog. Leaving the block stops
+    any still running (their stdin ends) and removes the sockets and the
+    private directory."""
     if cfg.http.worker_count() <= 1:
         yield None
         return
-    runtime = Path(tempfile.mkdtemp(prefix="knhkd-front-"))
-    # A socket systemd passed (api/activation.py) is what the workers share;
-    # else http.bind, bound here.
-    passed = activation.take("http")
-    lane = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock: socket.socket | None = None
+    made = _bind(cfg) if made is None else made
+    adopted: list[Forked] = []
     try:
-        if passed:
-            sock = passed[0]
-            log.info("serving the %d HTTP socket(s) systemd passed", len(passed))
-            if len(passed) > 1:
-                log.warning("workers serve the first of the %d HTTP sockets passed", len(passed))
-            sock.set_inheritable(True)
-        else:
-            sock = _listening_socket(cfg.http.bind, BACKLOG)
-        await lane.bind(str(runtime / "lane.sock"))
-        lane.listen(256)
-        pool = Pool(cfg, sock, lane, runtime)
+        for pid, write in made.children:
+            adopted.append(Forked(pid, write))
+        pool = Pool(cfg, made.sock, trio.socket.from_stdlib_socket(made.lane), made.runtime)
         async with trio.open_nursery() as nursery:
             # Started before the block runs: the daemon's start-up that
             # follows holds the event loop (store open, integrity check).
             for index in range(pool.count):
-                nursery.start_soon(pool.keep, index, await pool.spawn(index))
+                if index < len(adopted):
+                    proc: Process = adopted[index]
+                    pool.live[index] = proc
+                else:
+                    proc = await pool.spawn(index)
+                nursery.start_soon(pool.keep, index, proc)
             yield pool
             pool.stopping = True
             nursery.cancel_scope.cancel()
     finally:
-        for s in passed:
-            s.close()
-        if sock is not None:
-            sock.close()
-        lane.close()
-        shutil.rmtree(runtime, ignore_errors=True)
+        for _, write in made.children[len(adopted) :]:
+            os.close(write)  # not adopted: the end of its stdin, it exits
+        made.close()

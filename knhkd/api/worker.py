@@ -31,14 +31,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import h11
 import msgspec
@@ -76,6 +79,7 @@ MAX_SAMPLES_PER_BATCH = 4096
 # Lane batches a worker has sent and not had answered, at most: enough to keep
 # the daemon's group commit fed while a reply travels back.
 LANE_IN_FLIGHT = 4
+PR_SET_NAME = 15  # prctl(2)
 
 _replies = msgspec.msgpack.Decoder(LaneReply)
 
@@ -415,6 +419,41 @@ async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.F
     return 0
 
 
+def _serve(cfg: Config, fd: int, runtime: Path, index: int, stdin_fd: int) -> int:
+    # The daemon's log format and journald priorities (the same stderr),
+    # and its tracing: requests a worker serves are traced where they run.
+    logs.configure(cfg.telemetry, tag=f"worker {index}")
+    setup_tracing(cfg.telemetry)
+    stdin = trio.lowlevel.FdStream(stdin_fd)
+    return trio.run(run_worker, cfg, fd, runtime, stdin)
+
+
+def _name(name: str) -> None:
+    """The process's name (``ps -e``, ``top``, /proc/PID/comm; 15 bytes at
+    most): a forked worker's command line is the daemon's."""
+    libc = ctypes.util.find_library("c")
+    prctl = getattr(ctypes.CDLL(libc), "prctl", None) if libc else None
+    if prctl is not None:
+        prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def run_forked(cfg: Config, fd: int, runtime: Path, index: int, stdin_fd: int) -> NoReturn:
+    """A worker forked by ``knhkd run`` before its start-up (api/pool.py
+    ``prefork``): ``main`` without the interpreter's start and imports, which
+    it shares with the daemon. Never returns into the daemon's code."""
+    status = 1
+    try:
+        _name(f"knhkd-worker-{index}")
+        status = _serve(cfg, fd, runtime, index, stdin_fd)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="knhkd.api.worker")
     p.add_argument("--fd", type=int, required=True)
@@ -422,12 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     args = p.parse_args(argv)
     cfg = msgspec.json.decode(sys.stdin.buffer.readline(), type=Config)
-    # The daemon's log format and journald priorities (the same stderr),
-    # and its tracing: requests a worker serves are traced where they run.
-    logs.configure(cfg.telemetry, tag=f"worker {args.index}")
-    setup_tracing(cfg.telemetry)
-    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    return trio.run(run_worker, cfg, args.fd, args.runtime, stdin)
+    return _serve(cfg, args.fd, args.runtime, args.index, os.dup(sys.stdin.fileno()))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from knhkd import __version__
+from knhkd.api.pool import Prefork, started
 from knhkd.config import DEFAULT_CONF, Config, ConfigError, load, locate, parse_bind
 from knhkd.telemetry import logs
 
@@ -154,8 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("knhkd").debug(
         "configuration %s, digest %s, conf tree %s", where, cfg.digest()[:16], DEFAULT_CONF
     )
+    from knhkd.api.pool import prefork
+    from knhkd.api.worker import run_forked  # the edge: the workers share it
+
     try:
-        return trio.run(_run, cfg, path, overrides)
+        # The HTTP workers (http.workers > 1), forked now: they share the
+        # imports so far, and start while the daemon starts (api/pool.py).
+        made = prefork(cfg, run_forked)
+        return trio.run(_run, cfg, path, overrides, made)
     except BaseException as exc:  # classify, then re-raise what we do not know
         from knhkd.loop.startup import StartupError
         from knhkd.loop.supervisor import ActorFailed
@@ -174,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-async def _run(cfg: Config, path: Path | None, overrides: dict[tuple[str, str], Any]) -> int:
-    """The HTTP worker processes first (with ``http.workers`` > 1), then the
-    daemon's imports and start-up: a worker's import (~0.4 s) overlaps them
-    rather than following them (api/pool.py)."""
-    from knhkd.api.pool import started
-
-    async with started(cfg) as pool:
+async def _run(
+    cfg: Config, path: Path | None, overrides: dict[tuple[str, str], Any], made: Prefork | None
+) -> int:
+    """The HTTP worker processes first (with ``http.workers`` > 1: those
+    ``prefork`` made, else started now), then the daemon's imports and
+    start-up, which the workers' own start overlaps (api/pool.py)."""
+    async with started(cfg, made) as pool:
         from knhkd.api.admin import serve_admin
         from knhkd.api.http import serve_http
         from knhkd.loop.state import Settings

@@ -150,11 +150,17 @@ def _post_raw(port: int, body: bytes) -> socket.socket:
     return conn
 
 
-def test_restart_under_load_refuses_no_connection(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+# With workers (api/pool.py) the passed socket is theirs, taken before the
+# daemon's own start-up: connections made meanwhile wait and are answered.
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_restart_under_load_refuses_no_connection(  # type: ignore[no-untyped-def]
+    make_daemon, tmp_path: Path, workers: str
+) -> None:
     d: RunningDaemon = make_daemon(start=False)
     d.data_dir.mkdir(mode=0o700)
     http, admin = _listening(d.port, d.data_dir / "admin.sock")
     copies = _activated(d, [http, admin], "http:admin")
+    d.env["KNHKD_HTTP_WORKERS"] = workers
     stop = threading.Event()
     lock = threading.Lock()
     ids: list[str] = []

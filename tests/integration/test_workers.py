@@ -53,7 +53,9 @@ def _workers_of(d: RunningDaemon) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == d.proc.pid and b"knhkd.api.worker" in cmd:
+        # Started as ``python -m knhkd.api.worker``, or forked and named (api/pool.py).
+        named = stat.split(" (", 1)[1].startswith("knhkd-worker-")
+        if ppid == d.proc.pid and (b"knhkd.api.worker" in cmd or named):
             found.append(int(entry.name))
     return sorted(found)
 

@@ -91,16 +91,20 @@ def test_requests_during_start_up_wait_and_get_right_answers(make_daemon: Any) -
             assert c.get(f"/api/v1/observations/{json.loads(a.body)['id']}").status_code == 200
 
 
-def _workers_under(root: str) -> list[int]:
-    """Worker processes whose private directory is under ``root``."""
+def _workers_with(tmpdir: str) -> list[int]:
+    """Worker processes (forked and named, or ``python -m knhkd.api.worker``)
+    of a daemon started with ``TMPDIR=tmpdir``."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
+                comm = (entry / "comm").read_text()
                 cmd = (entry / "cmdline").read_bytes()
+                env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"knhkd.api.worker" in cmd and root.encode() in cmd:
+            worker = comm.startswith("knhkd-worker-") or b"knhkd.api.worker" in cmd
+            if worker and f"TMPDIR={tmpdir}".encode() in env:
                 found.append(int(entry.name))
     return found
 
@@ -117,9 +121,10 @@ def test_a_failed_start_up_takes_its_workers_and_leaves_nothing(
     assert second.proc is not None
     assert second.proc.wait(timeout=60) == 2, second.log()
     assert "cannot start: storage" in second.log(), second.log()
+    assert "[worker 0]" in second.log(), "the workers should have started: " + second.log()
     deadline = time.monotonic() + 10
-    while _workers_under(str(private)) and time.monotonic() < deadline:
+    while _workers_with(str(private)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _workers_under(str(private)) == [], "workers outlived a failed start-up"
+    assert _workers_with(str(private)) == [], "workers outlived a failed start-up"
     assert list(private.iterdir()) == [], "the private directory was left behind"
     assert first.client().get("/ready").status_code == 200
