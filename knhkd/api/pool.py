@@ -2,15 +2,17 @@
 listening socket they share, the lane's socket, their private directory,
 their start, supervision and stop. api/workers.py serves the daemon's side.
 
-``started`` runs before the daemon's own start-up (cli/knhkd.py), so that a
-worker's import (~0.4 s) overlaps the daemon's rather than following it: it
-binds ``http.bind`` (or takes the socket systemd passed, api/activation.py),
-binds the lane's socket in a private directory (``mkdtemp``, 0700), and
-starts the workers. A worker connects to the lane at once and says hello,
-and accepts on the listening socket only once the daemon answers
-(api/workers.py ``serve``); until then connections wait in the socket's
-backlog. Light to import (no Quart, no Hypercorn, no loop): the command line
-imports it first.
+The workers start before the daemon's own start-up, and beside it:
+``prefork`` (cli/knhkd.py, before ``trio.run``, once the HTTP edge is
+imported and while no thread runs) binds ``http.bind`` (or takes the socket
+systemd passed, api/activation.py), binds the lane's socket in a private
+directory (``mkdtemp``, 0700), and forks the workers, which share the
+daemon's imports rather than repeating them (~0.4 s of CPU each, on the
+daemon's cores); ``started`` adopts them, or, without ``prefork``, does the
+same with ``python -m knhkd.api.worker`` processes. A worker connects to the
+lane at once and says hello, and accepts on the listening socket only once
+the daemon answers (api/workers.py ``serve``); until then connections wait
+in the socket's backlog. Light to import (no Quart, no Hypercorn, no loop).
 
 Supervision: a worker that exits is started again after a backoff (doubling
 from ``RESTART_INITIAL_S`` to ``supervisor.backoff_max_s``, back to the start
@@ -22,8 +24,10 @@ the daemon holds the other end of its stdin pipe, which the kernel closes
 however the daemon dies (api/worker.py); leaving ``started`` (start-up
 failed) closes it too.
 
-Must never: let a worker outlive the daemon, or leave the private directory
-or a socket behind when ``started`` is left.
+Must never: let a worker outlive the daemon (a forked worker holds no
+other worker's stdin pipe), let a forked child return into the daemon's
+code, or leave the private directory or a socket behind when ``started`` is
+left.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ directory (``mkdtemp``, 0700):
   forwards each request it does not serve itself.
 
 The processes, the listening socket and the lane's socket are api/pool.py's
-(``started``: before the daemon's own start-up, so that a worker's import
-overlaps it; its supervision, restarts and stop). ``serve`` answers a
+(made before the daemon's own start-up, so that the workers start beside
+it; their supervision, restarts and stop). ``serve`` answers a
 worker's hello on the lane only once the daemon serves (its ``http.sock``
 is up and every use case runs): the worker accepts from then on, and a
 connection that comes sooner waits in the listening socket's backlog. On
