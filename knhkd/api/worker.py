@@ -44,7 +44,7 @@ import h11
 import msgspec
 import trio
 
-from knhkd.api import server
+from knhkd.api import balance, server
 from knhkd.api.http import LINGER_S, create_app, hypercorn_config
 from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import PROBLEM_JSON, Draining, for_status
@@ -354,8 +354,11 @@ async def _watch_parent(stdin: trio.lowlevel.FdStream) -> None:
     os._exit(1)
 
 
-async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.FdStream) -> int:
+async def run_worker(
+    cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.FdStream, index: int = 0
+) -> int:
     lane = LaneClient(runtime / "lane.sock")
+    shares = balance.Shares(runtime / balance.FILE, index)
     front = WorkerFront(cfg, lane)
     app = Router(create_app(front), runtime / "http.sock", cfg)
     hc = hypercorn_config(front)
@@ -382,6 +385,7 @@ async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.F
                 linger_s=LINGER_S,
                 on_refused=front.count_response,
                 shutdown_trigger=stop.wait,
+                balance=shares,
                 task_status=task_status,
             )
         finally:
@@ -413,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(cfg.telemetry, tag=f"worker {args.index}")
     setup_tracing(cfg.telemetry)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    return trio.run(run_worker, cfg, args.fd, args.runtime, stdin)
+    return trio.run(run_worker, cfg, args.fd, args.runtime, stdin, args.index)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ directory (``mkdtemp``, 0700):
   a request whose reply did not reach its worker was never answered 201.
 - ``http.sock``: the daemon's own app (every route), to which a worker
   forwards each request it does not serve itself.
+- ``connections``: each worker's count of open connections, by which the
+  workers take turns to accept (api/balance.py).
 
 Supervision: a worker that exits is started again after a backoff (doubling
 from ``RESTART_INITIAL_S`` to ``supervisor.backoff_max_s``, back to the start
@@ -54,7 +56,7 @@ import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from knhkd.api import server
+from knhkd.api import balance, server
 from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import problem_for
 from knhkd.config import parse_bind
@@ -144,6 +146,7 @@ class _Pool:
         self.all_ready = trio.Event()
         self.all_gone = trio.Event()
         self.config = msgspec.json.encode(daemon.cfg) + b"\n"
+        self.shares = balance.create(runtime, count)
 
     def hello(self) -> None:
         self.hellos += 1
@@ -177,6 +180,7 @@ class _Pool:
             finally:
                 with trio.CancelScope(shield=True):
                     await _reap(proc)  # and close its stdin: no fd kept per restart
+                balance.mark_gone(self.shares, index)
                 del self.live[index]
                 if not self.live and self.stopping:
                     self.all_gone.set()
