@@ -16,8 +16,9 @@ One run, in this order:
 6. cross-check: the daemon's ``knhk_observations_ingested_total`` is at least the
    number of 201s it sent; then SIGTERM, and the daemon must exit 0;
 7. with ``--workers N``: a daemon with 2..N HTTP worker processes each
-   (``http.workers``), closed-loop no-op and ingest again, each ingest figure
-   against the single-process no-op of step 3, the same checks (every 201
+   (``http.workers``), closed-loop no-op and ingest and the open loop of step 5
+   again, each ingest figure against the single-process no-op of step 3 (target
+   ≥ 1.4 for the best N; the open-loop p99 target as in step 5), the same checks (every 201
    durable, no error, SIGTERM → exit 0). Steps 2–6 run with ``http.workers = 1``.
 
 Guarantees: the load generator runs in its own process (the daemon gets one core,
@@ -358,7 +359,9 @@ def scaling(args: argparse.Namespace, report: dict[str, Any]) -> list[dict[str, 
     """Closed-loop no-op and durable ingest with 1..N worker processes, each
     against the single-process no-op measured above in this run."""
     base = report["noop"]["ok_rps"]
-    rows = [{"workers": 1, "noop": report["noop"], "ingest": report["ingest"]}]
+    rows = [
+        {"workers": 1, "noop": report["noop"], "ingest": report["ingest"], "open": report["open"]}
+    ]
     for n in range(2, args.workers + 1):
         sub: dict[str, Any] = {}
         with daemon(args, sub, workers=n) as (port, proc):
@@ -367,8 +370,12 @@ def scaling(args: argparse.Namespace, report: dict[str, Any]) -> list[dict[str, 
                 "workers": n,
                 "noop": loadgen("closed", port, NOOP_PATH, args, proc.pid, connections=conns),
                 "ingest": loadgen("closed", port, INGEST_PATH, args, proc.pid, connections=conns),
-            }
-            acked = row["ingest"]["all_ok"]
+                "open": loadgen(
+                    "open", port, INGEST_PATH, args, proc.pid,
+                    rate=args.rate, connections=args.open_connections,
+                ),
+            }  # fmt: skip
+            acked = row["ingest"]["all_ok"] + row["open"]["all_ok"]
             durable = ingested_total(port)
             row["durable_ge_acknowledged"] = durable is not None and durable >= acked
         row["shutdown"] = sub.get("shutdown")
@@ -401,12 +408,29 @@ def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | No
             else all(
                 row.get("durable_ge_acknowledged", True)
                 and (row.get("shutdown") or {"exit_status": 0})["exit_status"] == 0
-                and row["ingest"]["non_2xx"] == 0
-                and row["ingest"]["errors"] == 0
+                and all(
+                    row[k]["non_2xx"] == 0 and row[k]["errors"] == 0 for k in ("ingest", "open")
+                )
                 for row in r["scaling"]
             )
         ),
+        "workers_ratio": (
+            None
+            if "scaling" not in r
+            else max(row["ingest_vs_single_noop"] or 0.0 for row in r["scaling"])
+            >= args.min_workers_ratio
+        ),
+        "workers_open_p99": (
+            None
+            if "scaling" not in r
+            else min(_p99(row["open"]) for row in r["scaling"]) <= args.max_p99_ms
+        ),
     }
+
+
+def _p99(phase: dict[str, Any]) -> float:
+    p99 = phase["latency_ms"]["p99"]
+    return float("inf") if p99 is None else float(p99)
 
 
 def _row(name: str, s: dict[str, Any]) -> str:
@@ -467,9 +491,15 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
             label = "1 (no workers)" if n == 1 else f"{n} workers"
             out.append(_row(f"no-op   {label}", row["noop"]))
             out.append(_row(f"ingest  {label}", row["ingest"]))
+            out.append(_row(f"open    {label} {args.rate:,.0f}/s", row["open"]))
             out.append(
                 f"{'':<6}ingest with {label} / single-process no-op: {row['ingest_vs_single_noop']}"
             )
+        out.append(
+            f"workers: best ingest / single-process no-op (target ≥ {args.min_workers_ratio}) "
+            f"{mark(v['workers_ratio'])}; best open-loop p99 at {args.rate:,.0f}/s "
+            f"(target ≤ {args.max_p99_ms} ms) {mark(v['workers_open_p99'])}"
+        )
         out.append(
             f"workers: every 201 durable, no error, clean stop "
             f"{mark(v['workers_durable_and_clean'])}"
@@ -513,6 +543,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the informational open loop at half the measured ingest capacity, "
         "run when --rate exceeds 80%% of it",
+    )
+    p.add_argument(
+        "--min-workers-ratio",
+        type=float,
+        default=1.4,
+        help="target: ingest with the best worker count / single-process no-op",
     )
     p.add_argument(
         "--workers",

@@ -6,7 +6,8 @@ The workers start before the daemon's own start-up, and beside it:
 ``prefork`` (cli/knhkd.py, before ``trio.run``, once the HTTP edge is
 imported and while no thread runs) binds ``http.bind`` (or takes the socket
 systemd passed, api/activation.py), binds the lane's socket in a private
-directory (``mkdtemp``, 0700), and forks the workers, which share the
+directory (``mkdtemp``, 0700) and the workers' ``connections`` slots there
+(api/balance.py), and forks the workers, which share the
 daemon's imports rather than repeating them (~0.4 s of CPU each, on the
 daemon's cores); ``started`` adopts them, or, without ``prefork``, does the
 same with ``python -m knhkd.api.worker`` processes. A worker connects to the
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, NoReturn
 import msgspec
 import trio
 
-from knhkd.api import activation
+from knhkd.api import activation, balance
 from knhkd.config import Config, parse_bind
 
 if TYPE_CHECKING:  # the command line imports this module before the loop
@@ -181,6 +182,7 @@ class Pool:
         self.fd = sock.fileno()
         self.lane = lane
         self.runtime = runtime
+        self.shares = runtime / balance.FILE  # made by _bind
         self.daemon: Daemon | None = None
         self.unreported_restarts = 0
         self.live: dict[int, Process] = {}
@@ -236,6 +238,7 @@ class Pool:
             finally:
                 with trio.CancelScope(shield=True):
                     await _reap(proc)  # and close its stdin: no fd kept per restart
+                balance.mark_gone(self.shares, index)
                 del self.live[index]
                 if not self.live and self.stopping:
                     self.all_gone.set()
@@ -309,6 +312,7 @@ def _bind(cfg: Config) -> Prefork:
         sock = _http_socket(cfg, passed)
         lane.bind(str(runtime / "lane.sock"))
         lane.listen(LANE_BACKLOG)
+        balance.create(runtime, cfg.http.worker_count())  # before any worker opens it
     except BaseException:
         for s in (*passed, lane):
             s.close()

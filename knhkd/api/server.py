@@ -45,6 +45,10 @@ listeners, one ``TCPServer`` per connection) with four differences:
   73 MiB at start, 200 MiB under 1,000 slow 1 MB uploads, 167 MiB a minute
   after they closed; 83 MiB after a trim). No wake-up while nothing is freed.
 
+- **Shared sockets balanced** (``balance`` given): processes accepting on
+  one socket each wait for their turn before ``accept`` and count the
+  connections they hold (api/balance.py).
+
 - **TLS done here** (``tls`` given): each accepted connection is wrapped in
   a ``trio.SSLStream`` of the context ``tls()`` returns *at accept time* (so
   a reloaded certificate serves new connections, never cuts old ones), and
@@ -83,7 +87,7 @@ import math
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h11
 import trio
@@ -477,20 +481,38 @@ class Slots:
         self.lingering = trio.Semaphore(max_connections)
 
 
-class _Limited(trio.abc.Listener[trio.SocketStream]):
-    """A listener that takes a connection slot before each ``accept``."""
+class Balance(Protocol):
+    """Processes sharing one listening socket, each taking its share of the
+    connections (api/balance.py ``Shares``)."""
 
-    def __init__(self, inner: trio.SocketListener, slots: Slots) -> None:
+    async def turn(self) -> None: ...
+    def opened(self) -> None: ...
+    def closed(self) -> None: ...
+
+
+class _Limited(trio.abc.Listener[trio.SocketStream]):
+    """A listener that takes a connection slot (and, sharing the socket with
+    other processes, its turn) before each ``accept``."""
+
+    def __init__(
+        self, inner: trio.SocketListener, slots: Slots, balance: Balance | None = None
+    ) -> None:
         self.inner = inner
         self.slots = slots
+        self.balance = balance
 
     async def accept(self) -> trio.SocketStream:
         await self.slots.open.acquire()
         try:
-            return await self.inner.accept()
+            if self.balance is not None:
+                await self.balance.turn()
+            stream = await self.inner.accept()
         except BaseException:
             self.slots.open.release()
             raise
+        if self.balance is not None:
+            self.balance.opened()
+        return stream
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -508,6 +530,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     tls: Callable[[], ssl.SSLContext] | None = None,
     on_handshake_failed: Callable[[str, str], None] | None = None,
+    balance: Balance | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until ``shutdown_trigger`` returns, then drain (above)."""
@@ -559,6 +582,8 @@ async def serve(
             connections.discard(conn)
             conn.release()
             edge.connection_closed()
+            if balance is not None:
+                balance.closed()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -569,7 +594,7 @@ async def serve(
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
             inner = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-            listeners.append(_Limited(inner, slots))
+            listeners.append(_Limited(inner, slots, balance))
             scheme = "https" if tls is not None else "http"
             binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
         try:

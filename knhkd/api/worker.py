@@ -47,7 +47,7 @@ import h11
 import msgspec
 import trio
 
-from knhkd.api import server
+from knhkd.api import balance, server
 from knhkd.api.http import LINGER_S, create_app, hypercorn_config
 from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import PROBLEM_JSON, Draining, for_status
@@ -360,8 +360,11 @@ async def _watch_parent(stdin: trio.lowlevel.FdStream) -> None:
     os._exit(1)
 
 
-async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.FdStream) -> int:
+async def run_worker(
+    cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.FdStream, index: int = 0
+) -> int:
     lane = LaneClient(runtime / "lane.sock")
+    shares = balance.Shares(runtime / balance.FILE, index)
     front = WorkerFront(cfg, lane)
     app = Router(create_app(front), runtime / "http.sock", cfg)
     hc = hypercorn_config(front)
@@ -390,6 +393,7 @@ async def run_worker(cfg: Config, fd: int, runtime: Path, stdin: trio.lowlevel.F
                 linger_s=LINGER_S,
                 on_refused=front.count_response,
                 shutdown_trigger=stop.wait,
+                balance=shares,
                 task_status=task_status,
             )
         finally:
@@ -425,7 +429,7 @@ def _serve(cfg: Config, fd: int, runtime: Path, index: int, stdin_fd: int) -> in
     logs.configure(cfg.telemetry, tag=f"worker {index}")
     setup_tracing(cfg.telemetry)
     stdin = trio.lowlevel.FdStream(stdin_fd)
-    return trio.run(run_worker, cfg, fd, runtime, stdin)
+    return trio.run(run_worker, cfg, fd, runtime, stdin, index)
 
 
 def _name(name: str) -> None:

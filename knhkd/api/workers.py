@@ -20,6 +20,8 @@ directory (``mkdtemp``, 0700):
   a request whose reply did not reach its worker was never answered 201.
 - ``http.sock``: the daemon's own app (every route), to which a worker
   forwards each request it does not serve itself.
+- ``connections``: each worker's count of open connections, by which the
+  workers take turns to accept (api/balance.py).
 
 The processes, the listening socket and the lane's socket are api/pool.py's
 (made before the daemon's own start-up, so that the workers start beside

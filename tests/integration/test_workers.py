@@ -12,9 +12,11 @@ processes on its listening socket, real LMDB, real tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -281,3 +283,44 @@ def test_every_route_answers_through_workers_as_without_them(make_daemon: Any) -
     assert want_audits
     assert _eventually(lambda: _audits(through), want_audits) == want_audits
     assert through.stop() == 0
+
+
+def _established_per_worker(d: RunningDaemon, port: int) -> dict[int, int]:
+    """Established TCP connections to ``port`` each worker holds (by socket inode)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    held: dict[int, int] = {}
+    for pid in _workers_of(d):
+        links = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(fd))
+        held[pid] = sum(1 for t in links if t.startswith("socket:[") and t[8:-1] in inodes)
+    return held
+
+
+def test_connections_are_spread_evenly_over_the_workers(make_daemon: Any) -> None:
+    # Unbalanced, the kernel handed one worker 15 or all 16 of a client's
+    # connections now and then (api/balance.py).
+    d = _with_workers(make_daemon)
+    port = int(d.base.rsplit(":", 1)[1])
+    socks = []
+    try:
+        # All at once, as a load generator opens its pool.
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10.0) for _ in range(16)]
+        for s in socks:
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        for s in socks:
+            assert s.recv(4096).startswith(b"HTTP/1.1 200"), "no answer"
+        held = _established_per_worker(d, port)
+        assert sum(held.values()) == 16, held
+        assert max(held.values()) - min(held.values()) <= 2, held
+    finally:
+        for s in socks:
+            s.close()
+    assert d.stop() == 0
