@@ -403,10 +403,28 @@ async def run_worker(
         await lane.welcomed.wait()
         go.set()
 
+    lost: list[BaseException] = []
+
+    async def keep_lane() -> None:
+        # Without its lane a worker can answer nothing but 503: it exits (one
+        # line, not a traceback) and the daemon, if it is still there,
+        # starts another; LaneClient.run has answered whoever waited.
+        try:
+            await lane.run()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            lost.extend(group.exceptions)
+        if not lost:
+            return
+        log.warning(
+            "HTTP worker %d (pid %d): the lane to the daemon is gone (%s): exiting",
+            index, os.getpid(), "; ".join(str(e) or type(e).__name__ for e in lost),
+        )  # fmt: skip
+        nursery.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_parent, stdin)
         nursery.start_soon(signals)
-        nursery.start_soon(lane.run)
+        nursery.start_soon(keep_lane)
         nursery.start_soon(welcome)
         # Accept only once the daemon answers the hello (it is serving: the
         # worker may start while the daemon itself starts up, api/workers.py);
@@ -420,7 +438,7 @@ async def run_worker(
             while not lane.lost and (lane.pending or lane.audits or any(lane.answered)):
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    return 0
+    return 1 if lost else 0
 
 
 def _serve(cfg: Config, fd: int, runtime: Path, index: int, stdin_fd: int) -> int:

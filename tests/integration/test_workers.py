@@ -154,6 +154,8 @@ def test_kill9_of_the_daemon_loses_nothing_acknowledged_and_takes_the_workers(
     for t in threads:
         t.join(timeout=30)
     assert _gone(workers), "the workers outlived the daemon"
+    # A worker that lost its daemon says so in a line, not a traceback.
+    assert "Traceback" not in d.log(), d.log()
     snapshot = list(acked)
     _check(d, snapshot)
     d.start()
@@ -324,3 +326,28 @@ def test_connections_are_spread_evenly_over_the_workers(make_daemon: Any) -> Non
         for s in socks:
             s.close()
     assert d.stop() == 0
+
+
+def test_a_start_removes_the_private_directories_of_daemons_that_are_gone(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    gone = tmp / "knhkd-front-999999999-x1"  # past any pid_max: no such process
+    alive = tmp / f"knhkd-front-{os.getpid()}-x2"
+    foreign = tmp / "knhkd-front-x3"
+    for leftover in (gone, alive, foreign):
+        leftover.mkdir()
+        (leftover / "lane.sock").write_bytes(b"")
+    d: RunningDaemon = make_daemon(start=False)
+    d.env["TMPDIR"] = str(tmp)
+    d.env["KNHKD_HTTP_WORKERS"] = "2"
+    d.start()
+    wait_for_log(d, "HTTP served by 2 worker processes")
+    assert not gone.exists()
+    assert alive.exists() and foreign.exists()
+    assert d.proc is not None
+    own = [p for p in tmp.iterdir() if p.name.startswith(f"knhkd-front-{d.proc.pid}-")]
+    assert len(own) == 1, sorted(tmp.iterdir())
+    assert d.stop() == 0
+    assert not own[0].exists()
