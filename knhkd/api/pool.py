@@ -6,7 +6,8 @@ The workers start before the daemon's own start-up, and beside it:
 ``prefork`` (cli/knhkd.py, before ``trio.run``, once the HTTP edge is
 imported and while no thread runs) binds ``http.bind`` (or takes the socket
 systemd passed, api/activation.py), binds the lane's socket in a private
-directory (``mkdtemp``, 0700) and the workers' ``connections`` slots there
+directory (``mkdtemp``, 0700, named with the daemon's pid: a start removes
+those of daemons that are gone) and the workers' ``connections`` slots there
 (api/balance.py), and forks the workers, which share the
 daemon's imports rather than repeating them (~0.4 s of CPU each, on the
 daemon's cores); ``started`` adopts them, or, without ``prefork``, does the
@@ -303,9 +304,28 @@ def _http_socket(cfg: Config, passed: list[socket.socket]) -> socket.socket:
     return sock
 
 
+RUNTIME_PREFIX = "knhkd-front-"
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the private directories of daemons that are gone (``kill -9``
+    leaves its own behind): ours, named with a pid no process has."""
+    for entry in parent.glob(f"{RUNTIME_PREFIX}*-*"):
+        pid = entry.name.removeprefix(RUNTIME_PREFIX).partition("-")[0]
+        try:
+            if not pid.isdigit() or entry.lstat().st_uid != os.getuid() or not entry.is_dir():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # alive (not ours to signal), or vanished meanwhile
+
+
 def _bind(cfg: Config) -> Prefork:
     """The sockets and the private directory, no worker yet."""
-    runtime = Path(tempfile.mkdtemp(prefix="knhkd-front-"))
+    _sweep(Path(tempfile.gettempdir()))
+    runtime = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-"))
     passed = activation.take("http")
     lane = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
