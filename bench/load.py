@@ -12,8 +12,9 @@ Single requests or batches: when the daemon accepts ``[http] workers`` (multi-co
 ingest) the observations go one per request and the daemon runs ``--workers``
 front-end processes; otherwise one Python event loop cannot take 1,000–5,000
 requests/s, so they go ``--batch`` per request (the observation rate is kept:
-the request rate is divided). ``--batch N`` forces N either way. The report
-names which was used.
+the request rate is divided). ``--batch N`` forces N either way;
+``--spike-batch N`` only in the spike (single requests where the workers can
+take them, batches where they cannot). The report names which was used.
 
 Every request's latency runs from its intended send time (no coordinated
 omission; see bench/openloop.py). Thresholds, per phase and stream: p95 < 100 ms,
@@ -105,7 +106,7 @@ def plan(args: argparse.Namespace, workers: bool) -> dict[str, Any]:
     """Durations, rates and obs per request of each phase."""
     auto = 1 if workers else None
     batch_base = args.batch or auto or args.fallback_batch_baseline
-    batch_spike = args.batch or auto or args.fallback_batch_spike
+    batch_spike = args.spike_batch or args.batch or auto or args.fallback_batch_spike
     return {
         "baseline": {
             "duration_s": round(600 * args.scale, 3),
@@ -449,6 +450,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ring-rate", type=float, default=5000.0, help="ring records/s beside the spike (0: none)"
     )
     openloop.add_common_args(p, "obs per request (0: 1 with workers, else the fallback sizes)")
+    p.add_argument(
+        "--spike-batch",
+        type=int,
+        default=0,
+        help="obs per request in the spike only (the workers' capacity is below 5,000 req/s "
+        "on a small box: single requests at baseline, batches in the spike)",
+    )
     p.add_argument("--fallback-batch-baseline", type=int, default=10)
     p.add_argument("--fallback-batch-spike", type=int, default=50)
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured s before each phase")
