@@ -238,6 +238,14 @@ def daemon_command(args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-c", "import sys; from knhkd.cli.knhkd import main; sys.exit(main())"]
 
 
+def daemon_env() -> dict[str, str]:
+    """This environment without what would configure the daemon under test
+    behind the bench's back (``KNHKD_*``) or make it talk to systemd."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith("KNHKD_") and k != "NOTIFY_SOCKET"
+    }
+
+
 @contextlib.contextmanager
 def daemon(
     args: argparse.Namespace, report: dict[str, Any], workers: int = 1
@@ -256,14 +264,11 @@ def daemon(
             "--data-dir", str(data_dir),
             "--http-bind", f"127.0.0.1:{port}",
         ]  # fmt: skip
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("KNHKD_") and k != "NOTIFY_SOCKET"
-        }
         log_path = tmpdir / "daemon.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=daemon_env(), stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 _wait_ready(proc, port, args.start_timeout, log_path)
                 report["daemon"] = {"command": shlex.join(cmd), "pid": proc.pid}

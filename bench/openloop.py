@@ -346,15 +346,10 @@ def start_daemon(
             "--http-bind",
             f"127.0.0.1:{port}",
         ]
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("KNHKD_") and k != "NOTIFY_SOCKET"
-        }
         log_path = tmpdir / "daemon.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                cmd, cwd=ingest.REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                cmd, cwd=ingest.REPO, env=ingest.daemon_env(), stdout=log, stderr=subprocess.STDOUT
             )
             try:
                 ingest._wait_ready(proc, port, start_timeout, log_path)
