@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any, Final, Literal
 
 import trio
@@ -55,6 +56,8 @@ from quart import Response, after_this_request, g, request
 from quart_trio import QuartTrio
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from knhkd.api.context import Front
+from knhkd.api.guards import body_expected
 from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.routes.base import front
 from knhkd.auth.jwks import IssuerKeys
@@ -62,7 +65,7 @@ from knhkd.auth.ratelimit import RateLimiter
 from knhkd.auth.roles import anonymous
 from knhkd.auth.tls import client_principal
 from knhkd.auth.tokens import REALM, UNKNOWN_KEY, KeyNeeded, Verifier, refused
-from knhkd.config import AuthConfig, TlsConfig
+from knhkd.config import AuthConfig, Config, TlsConfig
 from knhkd.errors import Forbidden, TooManyRequests, Unauthorized
 from knhkd.model import AuditRecord, Permission, Principal
 
@@ -114,6 +117,7 @@ _QUIET: frozenset[Need] = frozenset({"INGEST", PUBLIC})
 
 
 async def on_decision(
+    to: Front,
     principal: Principal | None,
     route: str,
     decision: Literal["allow", "deny"],
@@ -125,7 +129,7 @@ async def on_decision(
 
     ``principal`` is None when no one was authenticated; ``route`` is
     ``METHOD /rule``; ``reason`` a fixed text (never a token). Logged to
-    ``knhkd.access``, and appended to the audit trail (``Daemon.audit``:
+    ``knhkd.access``, and appended to ``to``'s audit trail (``Front.audit``:
     queued for the auditor's group commit, no fsync of its own) unless it is
     an allowed read (GET): those are too many to receipt each, and a read of
     healthcare observations is audited by its route with its justification.
@@ -142,7 +146,7 @@ async def on_decision(
         access.log(level, "%s %s by %s from %s: %s", decision, route, who, peer or "-", reason)
     if decision == "allow" and read:
         return
-    await front().audit(
+    await to.audit(
         AuditRecord(
             event="authn" if principal is None else "authz",
             principal=who,
@@ -236,27 +240,96 @@ class AuthState:
 STATE_KEY = "KNHKD_AUTH"
 
 
-def _state(app: QuartTrio) -> AuthState:
-    """The state for the configuration in force; rebuilt when a reload
-    changed ``[auth]``."""
-    cfg = front().cfg.auth
-    tls = front().cfg.http.tls
-    state: AuthState = app.config[STATE_KEY]
-    if state.cfg is not cfg or state.tls is not tls:
-        if state.cfg == cfg and state.tls == tls:  # a reload that left them as they were
-            state.cfg = cfg
+def state_of(holder: MutableMapping[str, Any], cfg: Config) -> AuthState:
+    """The state for the configuration in force, kept in ``holder`` under
+    ``STATE_KEY`` (the app's config; api/edge.py's own mapping); rebuilt when
+    a reload changed ``[auth]`` or ``[http.tls]``."""
+    auth, tls = cfg.auth, cfg.http.tls
+    state = holder.get(STATE_KEY)
+    if not isinstance(state, AuthState):
+        state = AuthState(auth, tls)
+        holder[STATE_KEY] = state
+    elif state.cfg is not auth or state.tls is not tls:
+        if state.cfg == auth and state.tls == tls:  # a reload that left them as they were
+            state.cfg = auth
             state.tls = tls
         else:
-            state = AuthState(cfg, tls)
-            app.config[STATE_KEY] = state
+            state = AuthState(auth, tls)
+            holder[STATE_KEY] = state
             log.info("authentication configuration reloaded")
     return state
+
+
+async def authenticate_request(
+    state: AuthState, to: Front, route: str, authorization: str | None, tls: Any, peer: str
+) -> Principal:
+    """Who sent a request to ``route`` (``METHOD /rule``): its principal, or
+    ``Unauthorized`` once the refusal is decided (``on_decision``)."""
+    try:
+        return await state.authenticate(authorization, tls)
+    except Unauthorized as exc:
+        await on_decision(to, None, route, "deny", exc.detail, peer=peer)
+        raise
+
+
+async def permit(
+    state: AuthState, to: Front, principal: Principal, need: Permission | None, route: str,
+    peer: str,
+) -> None:
+    """Whether ``principal`` may call ``route`` now: its rate limit (429
+    ``TooManyRequests``), then the permission the route needs (403
+    ``Forbidden``; None: the route declares none), each decided through
+    ``on_decision``, as is the allowance."""
+    wait = state.limiter.take(principal, time.monotonic())
+    if wait > 0:
+        await on_decision(to, principal, route, "deny", "rate limited", peer=peer)
+        raise TooManyRequests(
+            f"{principal.name} is over its rate limit", retry_after=max(1, int(wait + 0.999))
+        )
+    if need is None or not principal.may(need):
+        why = f"needs {need}" if need else "no permission is declared for this route"
+        await on_decision(to, principal, route, "deny", why, peer=peer)
+        raise _forbidden(principal, route, why, state.cfg)
+    await on_decision(to, principal, route, "allow", need, peer=peer)
 
 
 def install(app: QuartTrio, cfg: AuthConfig, tls: TlsConfig | None = None) -> None:
     """Register the hook (after the edge checks, before any route)."""
     state = AuthState(cfg, tls)
     app.config[STATE_KEY] = state
+    _log_posture(state)
+
+    @app.before_request
+    async def _authorize() -> None:
+        endpoint = request.endpoint
+        if endpoint is None:  # no such route: Quart answers 404 or 405
+            return
+        need = ROUTE_PERMISSIONS.get(endpoint)
+        if need == PUBLIC:
+            return
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        route = f"{request.method} {rule}"
+        peer = request.remote_addr or ""
+        to = front()
+        state = state_of(app.config, to.cfg)
+        try:
+            principal = await authenticate_request(
+                state,
+                to,
+                route,
+                request.headers.get("Authorization"),
+                request.scope.get("extensions", {}).get("tls"),
+                peer,
+            )
+            g.principal = principal
+            await permit(state, to, principal, need, route, peer)
+        except REFUSALS:
+            _close_if_body_unread()
+            raise
+
+
+def _log_posture(state: AuthState) -> None:
+    cfg = state.cfg
     if state.tls.client_principals:
         log.info(
             "client certificates map to principals (%d entries, client_cert = %s)",
@@ -276,40 +349,9 @@ def install(app: QuartTrio, cfg: AuthConfig, tls: TlsConfig | None = None) -> No
             ", ".join(cfg.anonymous_permissions) or "no permission",
         )
 
-    @app.before_request
-    async def _authorize() -> None:
-        endpoint = request.endpoint
-        if endpoint is None:  # no such route: Quart answers 404 or 405
-            return
-        need = ROUTE_PERMISSIONS.get(endpoint)
-        if need == PUBLIC:
-            return
-        rule = request.url_rule.rule if request.url_rule is not None else request.path
-        route = f"{request.method} {rule}"
-        peer = request.remote_addr or ""
-        state = _state(app)
-        try:
-            principal = await state.authenticate(
-                request.headers.get("Authorization"), request.scope.get("extensions", {}).get("tls")
-            )
-        except Unauthorized as exc:
-            await on_decision(None, route, "deny", exc.detail, peer=peer)
-            _close_if_body_unread()
-            raise
-        g.principal = principal
-        wait = state.limiter.take(principal, time.monotonic())
-        if wait > 0:
-            await on_decision(principal, route, "deny", "rate limited", peer=peer)
-            _close_if_body_unread()
-            raise TooManyRequests(
-                f"{principal.name} is over its rate limit", retry_after=max(1, int(wait + 0.999))
-            )
-        if need is None or not principal.may(need):
-            why = f"needs {need}" if need else "no permission is declared for this route"
-            await on_decision(principal, route, "deny", why, peer=peer)
-            _close_if_body_unread()
-            raise _forbidden(principal, route, why, state.cfg)
-        await on_decision(principal, route, "allow", need, peer=peer)
+
+# What the door refuses a request with (a refused request's body is never read).
+REFUSALS = (Unauthorized, TooManyRequests, Forbidden)
 
 
 def _close_if_body_unread() -> None:
@@ -317,7 +359,8 @@ def _close_if_body_unread() -> None:
     close``. Left unread on a keep-alive connection, Hypercorn (0.18, h11)
     now and then never answers the connection's next request (measured: 1 in
     ~6 POSTs refused before their body was read)."""
-    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+    headers = request.headers
+    if body_expected(headers.get("Content-Length"), headers.get("Transfer-Encoding")):
 
         @after_this_request
         async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugResponse:

@@ -32,12 +32,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from quart import Response, after_this_request, current_app, request
-from werkzeug.datastructures import Headers
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.utils import get_content_length
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from knhkd.api.problems import HostNotAllowed, OriginNotAllowed
 from knhkd.api.routes.base import front
-from knhkd.api.routes.doc import JSON, doc_of
+from knhkd.api.routes.doc import JSON, RouteDoc, doc_of
 from knhkd.config import HttpConfig, is_loopback, parse_bind
 from knhkd.errors import KnhkdError, UnsupportedMediaType
 
@@ -100,12 +101,28 @@ async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugRe
     return response
 
 
+def body_expected(content_length: str | None, transfer_encoding: str | None) -> bool:
+    """Whether a request with these headers has a body to read (Werkzeug's
+    reading of ``Content-Length``, as the app's ``request.content_length``)."""
+    return bool(get_content_length(content_length, transfer_encoding)) or (
+        transfer_encoding is not None
+    )
+
+
 async def guard() -> None:
     """The app's ``before_request`` hook."""
     headers = request.headers
-    has_body = bool(request.content_length) or "Transfer-Encoding" in headers
+    has_body = body_expected(headers.get("Content-Length"), headers.get("Transfer-Encoding"))
     try:
-        _check(headers, has_body)
+        check(
+            front().cfg.http,
+            request.method,
+            headers.get("Host", ""),
+            headers.get("Origin"),
+            headers.get("Content-Type"),
+            doc_of(current_app.view_functions.get(request.endpoint or "")),
+            has_body,
+        )
     except KnhkdError:
         if has_body:
             # The body is never read: the connection cannot carry another
@@ -114,21 +131,29 @@ async def guard() -> None:
         raise
 
 
-def _check(headers: Headers, has_body: bool) -> None:
-    cfg = front().cfg.http
-    check_host(headers.get("Host", ""), cfg)
-    check_origin(request.method, headers.get("Origin"), cfg)
-    doc = doc_of(current_app.view_functions.get(request.endpoint or ""))
+def check(
+    cfg: HttpConfig,
+    method: str,
+    host: str,
+    origin: str | None,
+    content_type: str | None,
+    doc: RouteDoc | None,
+    has_body: bool,
+) -> None:
+    """Every check of this module, in order, on a request's raw header values
+    (the app's hook and api/edge.py both call it)."""
+    check_host(host, cfg)
+    check_origin(method, origin, cfg)
     if doc is None or doc.body is None or not has_body:
         return
-    mimetype = request.mimetype
-    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    parsed, params = parse_options_header(content_type or "")
+    mimetype = parsed.lower()
+    charset = params.get("charset", "utf-8").lower()
     if (is_json(mimetype) or mimetype in doc.extra_media) and charset in ("utf-8", "utf8"):
         return
     accepted = ", ".join(("application/json", "application/*+json", *doc.extra_media))
-    got = headers.get("Content-Type")
     raise UnsupportedMediaType(
-        f"the body must be {accepted} (UTF-8); got {got!r}" if got
+        f"the body must be {accepted} (UTF-8); got {content_type!r}" if content_type
         else f"a body needs a Content-Type: {accepted}",
         title="Unsupported media type",
     )

@@ -26,8 +26,8 @@ Guarantees:
   warning once per peer address and reason (the last ``TLS_PEERS_LOGGED``
   remembered).
 - With ``[telemetry] access_log`` every request the app answers is one info
-  line on ``knhkd.http.access`` (``access_line``): never its path's query, headers
-  or body, so never a token.
+  line on ``knhkd.http.access``, and every request is a server span when
+  tracing is on (api/access.py).
 
 Must never: open LMDB transactions itself or reach past the ``Daemon`` facade,
 or send a success status for data that was not committed.
@@ -39,18 +39,18 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from opentelemetry import trace
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from knhkd.api import activation, authn, openapi, server, workers
+from knhkd.api.access import log_access, traced
 from knhkd.api.context import DAEMON_KEY, Front
+from knhkd.api.edge import BODY_TIMEOUT_S, Edge
 from knhkd.api.guards import guard
 from knhkd.api.pool import Pool, started
 from knhkd.api.problems import problem_response
@@ -67,24 +67,14 @@ from knhkd.api.routes import (
 )
 from knhkd.config import Config
 from knhkd.errors import KnhkdError
-from knhkd.model import Principal
 from knhkd.telemetry.tracing import (
-    SERVER,
     annotate,
-    enabled,
-    error_status,
-    extract,
-    start_span,
-    use_span,
 )
 
 if TYPE_CHECKING:  # a worker process imports this module, never the loop
     from knhkd.loop.daemon import Daemon
 
 log = logging.getLogger("knhkd.http")
-# The access log: one info line per request (``[telemetry] access_log``).
-# Not ``knhkd.access``, which is authorization's decision log (api/authn.py).
-access = logging.getLogger("knhkd.http.access")
 
 # How long a closing connection reads and drops what its client still sends,
 # so that the close does not reset a response the client has not read yet.
@@ -123,6 +113,7 @@ def route_app(cfg: Config) -> QuartTrio:
 def create_app(daemon: Front) -> QuartTrio:
     app = route_app(daemon.cfg)
     app.config["MAX_CONTENT_LENGTH"] = daemon.cfg.http.max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     app.config[DAEMON_KEY] = daemon
 
     @app.before_request
@@ -164,7 +155,13 @@ def create_app(daemon: Front) -> QuartTrio:
             None if started is None else (time.perf_counter_ns() - started) / 1e9,
         )
         if daemon.cfg.telemetry.access_log:
-            access_line(response.status_code)
+            log_access(
+                request.method,
+                rule,
+                response.status_code,
+                0.0 if started is None else (time.perf_counter_ns() - started) / 1e9,
+                g.get("principal"),
+            )
         return response
 
     # Who is asking and may they (api/authn.py): after the edge's checks.
@@ -179,83 +176,6 @@ async def _route_attribute() -> None:
     rule = request.url_rule
     if rule is not None:
         annotate({"http.route": rule.rule})
-
-
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
-
-
-def traced(inner: ASGIApp) -> ASGIApp:
-    """One ``knhk.http.request`` server span per request, child of the caller's
-    span when the request carries W3C ``traceparent``/``tracestate``, current
-    while every hook and the route run (so the spans and links they make are
-    in the caller's trace). With tracing off: one attribute test per request."""
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or not enabled():
-            await inner(scope, receive, send)
-            return
-        carrier = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in scope.get("headers", ())
-            if k in (b"traceparent", b"tracestate")
-        }
-        s = start_span(
-            "knhk.http.request",
-            {"http.request.method": str(scope.get("method", ""))},
-            parent=extract(carrier),
-            kind=SERVER,
-        )
-
-        async def send_status(message: Any) -> None:
-            if message.get("type") == "http.response.start":
-                code = int(message.get("status", 0))
-                s.set_attribute("http.response.status_code", code)
-                if code >= 500:
-                    s.set_status(error_status(f"HTTP {code}"))
-            await send(message)
-
-        try:
-            with use_span(s):
-                await inner(scope, receive, send_status)
-        finally:
-            s.end()
-
-    return app
-
-
-def access_line(status: int) -> None:
-    """The access log's line for the request in context: method, route
-    template (never the path: it may carry ids a template does not), status,
-    duration, the principal once authentication has resolved one, and the
-    trace id of the current span when tracing is on."""
-    if not access.isEnabledFor(logging.INFO):
-        return
-    started = g.get("started_ns")
-    duration_s = (time.perf_counter_ns() - started) / 1e9 if started is not None else 0.0
-    rule = request.url_rule.rule if request.url_rule is not None else "-"
-    principal = g.get("principal")
-    name = principal.name if isinstance(principal, Principal) else "-"
-    ctx = trace.get_current_span().get_span_context()
-    trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"
-    access.info(
-        "%s %s %d %.1fms principal=%s trace=%s",
-        request.method,
-        rule,
-        status,
-        duration_s * 1000.0,
-        name,
-        trace_id,
-        extra={
-            "fields": {
-                "method": request.method,
-                "route": rule,
-                "status": status,
-                "duration_s": round(duration_s, 6),
-                "principal": None if name == "-" else name,
-                "trace_id": None if trace_id == "-" else trace_id,
-            }
-        },
-    )
 
 
 def hypercorn_config(daemon: Front) -> HypercornConfig:
@@ -317,11 +237,14 @@ async def serve_http(
         log.warning("TLS handshake from %s refused: %s", peer or "-", reason)
 
     tls = daemon.tls_context if daemon.cfg.http.tls.enabled else None
+    # The producers' routes without the framework (api/edge.py), sharing the
+    # app's authentication state.
+    edge = Edge(daemon, app, app.config)
     try:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
                 lambda task_status: server.serve(
-                    app,
+                    edge,
                     hypercorn_config(daemon),
                     max_connections=daemon.cfg.http.max_connections,
                     max_body_bytes=daemon.cfg.http.max_body_bytes,

@@ -2,9 +2,9 @@
 supervised by api/workers.py; not a command of its own).
 
 It accepts HTTP on the listening socket the daemon hands it and runs the
-daemon's own app (api/http.py ``create_app``: the same guards, the same
-authentication and authorization, the same problem documents) in front of a
-``WorkerFront`` in place of the daemon:
+daemon's own producers' path (api/edge.py: the same guards, the same
+authentication and authorization, the same problem documents as the app)
+in front of a ``WorkerFront`` in place of the daemon:
 
 - ``POST /api/v1/observations`` (and the bench's ``POST /api/v1/_noop``)
   are served here: decoded and bounded here (monitor/decode.py), then handed
@@ -13,7 +13,7 @@ authentication and authorization, the same problem documents) in front of a
   ids the daemon sends once it has committed them (fsynced, with their
   receipts), or with the problem it answered.
 - Every other request is forwarded whole, as it came, to the daemon's app on
-  its private Unix socket, and its answer streamed back.
+  its private Unix socket, and its answer streamed back (``Forwarder``).
 - Audit records of its authentication decisions and counts of its answers
   go to the daemon with the next batch (the daemon's /metrics and audit
   trail include them).
@@ -38,7 +38,6 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,7 +47,8 @@ import msgspec
 import trio
 
 from knhkd.api import balance, server
-from knhkd.api.http import LINGER_S, create_app, hypercorn_config
+from knhkd.api.edge import Edge
+from knhkd.api.http import LINGER_S, hypercorn_config
 from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import PROBLEM_JSON, Draining, for_status
 from knhkd.config import Config
@@ -68,8 +68,6 @@ from knhkd.telemetry.tracing import setup_tracing
 
 log = logging.getLogger("knhkd.worker")
 
-INGEST = ("POST", "/api/v1/observations")
-NOOP = ("POST", "/api/v1/_noop")
 # Hop-by-hop headers (RFC 9110 §7.6.1): the forwarded request is its own message.
 HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 
@@ -232,7 +230,7 @@ class LaneClient:
 class WorkerFront:
     """The worker's ``Front`` (api/context.py): the daemon's configuration, the
     draining flag, and the lane. No store, no actors: a route that needs more
-    is forwarded to the daemon rather than served here (``Router``)."""
+    is forwarded to the daemon rather than served here (``Forwarder``)."""
 
     def __init__(self, cfg: Config, lane: LaneClient) -> None:
         self._cfg = cfg
@@ -268,23 +266,28 @@ class WorkerFront:
             self._lane.count_refused(reason)
 
 
-ASGI = Callable[..., Awaitable[None]]
+class Forwarder:
+    """ASGI: every request to the daemon's app on its private socket (the
+    worker's own routes are api/edge.py's, in front of this)."""
 
-
-class Router:
-    """ASGI: the routes served here to the app, every other request forwarded."""
-
-    def __init__(self, app: ASGI, inner: Path, cfg: Config) -> None:
-        self.app = app
+    def __init__(self, inner: Path, cfg: Config) -> None:
         self.inner = str(inner)
         self.max_body = cfg.http.max_body_bytes
-        self.here = {INGEST, NOOP} if cfg.http.noop_endpoint else {INGEST}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.here:
-            await self.app(scope, receive, send)
-            return
-        await self._forward(scope, receive, send)
+        if scope["type"] == "http":
+            await self._forward(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            # Nothing to start or stop: the daemon's app has its own lifespan.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:  # no websocket routes: refuse the handshake
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _forward(self, scope: Any, receive: Any, send: Any) -> None:
         body = bytearray()
@@ -366,7 +369,7 @@ async def run_worker(
     lane = LaneClient(runtime / "lane.sock")
     shares = balance.Shares(runtime / balance.FILE, index)
     front = WorkerFront(cfg, lane)
-    app = Router(create_app(front), runtime / "http.sock", cfg)
+    app = Edge(front, Forwarder(runtime / "http.sock", cfg), {})
     hc = hypercorn_config(front)
     hc.bind = [f"fd://{fd}"]
     stop = trio.Event()

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
+from knhkd.api.context import Front
 from knhkd.api.phi import check_phi_read
 from knhkd.api.routes.base import body, current_principal, daemon, front, json
 from knhkd.api.routes.doc import Answer, RouteDoc, documented
 from knhkd.errors import Invalid, Malformed, PayloadTooLarge
 from knhkd.model import IngestAccepted, IngestBatchAccepted, Observation, ObservationIn
-from knhkd.monitor.decode import NDJSON_TYPES, decode_body
+from knhkd.monitor.decode import NDJSON_TYPES, Decoded, decode_body
 
 bp = Blueprint("observations", __name__)
 
@@ -49,20 +50,28 @@ bp = Blueprint("observations", __name__)
 async def ingest() -> Response:
     d = front()  # served by the worker processes too (api/worker.py)
     d.check_accepting()
+    decoded = decode(d, await body(), request.mimetype)
+    return json(await accept(d, decoded), 201)
+
+
+def decode(d: Front, raw: bytes, mimetype: str) -> Decoded:
+    """The route's reading of a body (this view's and api/edge.py's): bounded
+    by the configuration, each refusal counted by its reason."""
     try:
-        decoded = decode_body(
-            await body(),
-            request.mimetype,
-            max_items=d.cfg.http.max_batch_items,
-            limits=d.cfg.limits,
+        return decode_body(
+            raw, mimetype, max_items=d.cfg.http.max_batch_items, limits=d.cfg.limits
         )
     except (Invalid, Malformed, PayloadTooLarge) as exc:
         d.count_refused("too_large" if isinstance(exc, PayloadTooLarge) else "invalid")
         raise
+
+
+async def accept(d: Front, decoded: Decoded) -> IngestAccepted | IngestBatchAccepted:
+    """The 201's document, once ``d`` has durably committed ``decoded``."""
     ids = await d.ingest(decoded)
     if decoded.single:
-        return json(IngestAccepted(id=ids[0]), 201)
-    return json(IngestBatchAccepted(ids=ids, count=len(ids)), 201)
+        return IngestAccepted(id=ids[0])
+    return IngestBatchAccepted(ids=ids, count=len(ids))
 
 
 @bp.get("/api/v1/observations/<obs_id>")
