@@ -61,7 +61,7 @@ from knhkd.api.guards import body_expected
 from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.routes.base import front
 from knhkd.auth.jwks import IssuerKeys
-from knhkd.auth.ratelimit import RateLimiter
+from knhkd.auth.ratelimit import RateLimiter, SharedBuckets
 from knhkd.auth.roles import anonymous
 from knhkd.auth.tls import client_principal
 from knhkd.auth.tokens import REALM, UNKNOWN_KEY, KeyNeeded, Verifier, refused
@@ -175,7 +175,9 @@ def bearer(header: str | None) -> str:
 class AuthState:
     """The verifier, key sets and buckets of one ``[auth]`` configuration."""
 
-    def __init__(self, cfg: AuthConfig, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self, cfg: AuthConfig, tls: TlsConfig | None = None, buckets: SharedBuckets | None = None
+    ) -> None:
         self.cfg = cfg
         self.tls = tls if tls is not None else TlsConfig()
         # Authentication is on (config.Config.auth_enabled's rule).
@@ -186,7 +188,7 @@ class AuthState:
             if keys.cfg.jwks_file:  # a small local file: read it now
                 keys.refresh(now)
         self.verifier = Verifier(cfg, self.keys)
-        self.limiter = RateLimiter(cfg.rate_limit)
+        self.limiter = RateLimiter(cfg.rate_limit, buckets)
         self.anonymous = anonymous(cfg)
         self._locks = {issuer: trio.Lock() for issuer in self.keys}
 
@@ -238,6 +240,9 @@ class AuthState:
 
 
 STATE_KEY = "KNHKD_AUTH"
+# Where a holder keeps the rate-limit buckets its daemon's processes share
+# (``share_buckets``); without it, the process's own.
+BUCKETS_KEY = "KNHKD_RATE_BUCKETS"
 
 
 def state_of(holder: MutableMapping[str, Any], cfg: Config) -> AuthState:
@@ -247,17 +252,26 @@ def state_of(holder: MutableMapping[str, Any], cfg: Config) -> AuthState:
     auth, tls = cfg.auth, cfg.http.tls
     state = holder.get(STATE_KEY)
     if not isinstance(state, AuthState):
-        state = AuthState(auth, tls)
+        state = AuthState(auth, tls, holder.get(BUCKETS_KEY))
         holder[STATE_KEY] = state
     elif state.cfg is not auth or state.tls is not tls:
         if state.cfg == auth and state.tls == tls:  # a reload that left them as they were
             state.cfg = auth
             state.tls = tls
         else:
-            state = AuthState(auth, tls)
+            state = AuthState(auth, tls, holder.get(BUCKETS_KEY))
             holder[STATE_KEY] = state
             log.info("authentication configuration reloaded")
     return state
+
+
+def share_buckets(holder: MutableMapping[str, Any], buckets: SharedBuckets) -> None:
+    """Rate-limit ``holder``'s requests from ``buckets`` from now on (a
+    daemon with HTTP workers: one table for all its processes)."""
+    holder[BUCKETS_KEY] = buckets
+    state = holder.get(STATE_KEY)
+    if isinstance(state, AuthState):
+        state.limiter = RateLimiter(state.cfg.rate_limit, buckets)
 
 
 async def authenticate_request(

@@ -65,11 +65,11 @@ from knhkd.api.routes import (
     receipts,
     snapshots,
 )
+from knhkd.auth.ratelimit import FILE as BUCKETS_FILE
+from knhkd.auth.ratelimit import SharedBuckets
 from knhkd.config import Config
 from knhkd.errors import KnhkdError
-from knhkd.telemetry.tracing import (
-    annotate,
-)
+from knhkd.telemetry.tracing import annotate
 
 if TYPE_CHECKING:  # a worker process imports this module, never the loop
     from knhkd.loop.daemon import Daemon
@@ -217,6 +217,8 @@ async def serve_http(
                 if pool is None:
                     pool = await stack.enter_async_context(started(daemon.cfg))
                 assert pool is not None
+                # The forwarded requests' rate limit is the workers' one.
+                authn.share_buckets(app.config, SharedBuckets(pool.runtime / BUCKETS_FILE))
                 await workers.serve(
                     daemon, app, hypercorn_config(daemon), pool, linger_s=LINGER_S,
                     task_status=task_status,

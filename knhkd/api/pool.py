@@ -54,6 +54,8 @@ import msgspec
 import trio
 
 from knhkd.api import activation, balance
+from knhkd.auth.ratelimit import FILE as BUCKETS_FILE
+from knhkd.auth.ratelimit import SharedBuckets
 from knhkd.config import Config, parse_bind
 
 if TYPE_CHECKING:  # the command line imports this module before the loop
@@ -333,6 +335,8 @@ def _bind(cfg: Config) -> Prefork:
         lane.bind(str(runtime / "lane.sock"))
         lane.listen(LANE_BACKLOG)
         balance.create(runtime, cfg.http.worker_count())  # before any worker opens it
+        # One rate limit for the daemon and its workers (auth/ratelimit.py).
+        SharedBuckets.create(runtime / BUCKETS_FILE, cfg.auth.rate_limit.max_principals)
     except BaseException:
         for s in (*passed, lane):
             s.close()

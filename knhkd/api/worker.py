@@ -46,11 +46,13 @@ import h11
 import msgspec
 import trio
 
-from knhkd.api import balance, server
+from knhkd.api import authn, balance, server
 from knhkd.api.edge import Edge
 from knhkd.api.http import LINGER_S, hypercorn_config
 from knhkd.api.lane import FrameReader, frame
 from knhkd.api.problems import PROBLEM_JSON, Draining, for_status
+from knhkd.auth.ratelimit import FILE as BUCKETS_FILE
+from knhkd.auth.ratelimit import SharedBuckets
 from knhkd.config import Config
 from knhkd.errors import KnhkdError, Unavailable
 from knhkd.model import (
@@ -369,7 +371,9 @@ async def run_worker(
     lane = LaneClient(runtime / "lane.sock")
     shares = balance.Shares(runtime / balance.FILE, index)
     front = WorkerFront(cfg, lane)
-    app = Edge(front, Forwarder(runtime / "http.sock", cfg), {})
+    # The daemon's rate-limit buckets: a principal's limit holds across workers.
+    shared = SharedBuckets(runtime / BUCKETS_FILE)
+    app = Edge(front, Forwarder(runtime / "http.sock", cfg), {authn.BUCKETS_KEY: shared})
     hc = hypercorn_config(front)
     hc.bind = [f"fd://{fd}"]
     stop = trio.Event()

@@ -21,8 +21,7 @@ Left out, each where it is (timing, not behaviour): whether the connection
 is kept after a 404/405 with a body (the daemon alone sometimes closes it
 unannounced; a worker reads the body before forwarding), a request pipelined
 behind one refused before its body was read, the audit trail's order, times,
-peers and folding, and the log lines' durations and trace ids. The rate
-limit is met on one connection: each worker keeps its own buckets. The peer
+peers and folding, and the log lines' durations and trace ids. The peer
 of a request on the private socket is ``<local>``, not 127.0.0.1: peers are
 left out of the audit records and log lines compared.
 """
@@ -263,9 +262,8 @@ def _run(d: RunningDaemon, uds: str | None = None) -> dict[str, Any]:
     )
     out["lacks INGEST"] = k.post(json=OBS, role="observer")
     limited = k.token("producer", sub=LIMITED)
-    # One connection: each worker process keeps its own buckets (api/authn.py
-    # makes a RateLimiter per app), so over several connections a principal
-    # gets up to one burst per worker; one connection meets one bucket.
+    # On one connection (the workers' shared buckets are
+    # test_workers.py's test_a_principals_rate_limit_holds_across_the_workers).
     out["rate limited"] = k.one(
         lambda c: [c.post(INGEST, json=OBS, headers=limited) for _ in range(3)]
     )
@@ -420,9 +418,13 @@ def _through(
 
 
 def test_the_lean_path_answers_and_leaves_traces_as_the_quart_app(make_daemon: Any) -> None:
+    # The Quart app's own route first: what the others must match. On a
+    # daemon of its own: the daemon's app and its workers share one table of
+    # rate-limit buckets, and each path must meet the limited principal new.
+    behind = _with_workers(make_daemon, extra_config=EXTRA, auth=True)
+    quart = _through(behind, _private_socket(behind), lane=False, want=None)
+    assert behind.stop() == 0
     through = _with_workers(make_daemon, extra_config=EXTRA, auth=True)
-    # The Quart app's own route first: what the others must match.
-    quart = _through(through, _private_socket(through), lane=False, want=None)
     alone: RunningDaemon = make_daemon(EXTRA, auth=True)
     got = {
         "the daemon alone": _through(alone, None, lane=False, want=quart),

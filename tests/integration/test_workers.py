@@ -328,6 +328,60 @@ def test_connections_are_spread_evenly_over_the_workers(make_daemon: Any) -> Non
     assert d.stop() == 0
 
 
+LIMITED = "https://idp.test/realms/knhkd#limited"
+BURST = 6
+
+
+def test_a_principals_rate_limit_holds_across_the_workers(make_daemon: Any) -> None:
+    # One bucket table for the daemon and its workers (auth/ratelimit.py):
+    # with a table per process, each worker would give the principal a burst.
+    d = _with_workers(
+        make_daemon,
+        extra_config=f"""
+[auth.rate_limit]
+rate_per_s = 0.0
+
+[[auth.rate_limit.overrides]]
+subject = "{LIMITED}"
+rate_per_s = 0.001
+burst = {BURST}
+""",
+        auth=True,
+    )
+    assert d.issuer is not None
+    port = int(d.base.rsplit(":", 1)[1])
+    token = d.issuer.token("producer", sub="limited")
+    request = (
+        b"POST /api/v1/observations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {token}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(json.dumps(OBS))
+        + json.dumps(OBS).encode()
+    )
+    socks = []
+    try:
+        # Connections held open together, so both workers take some.
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10.0) for _ in range(16)]
+        statuses = []
+        for s in socks:
+            s.sendall(request)
+            statuses.append(int(s.recv(65536).split(b" ", 2)[1]))
+        held = _established_per_worker(d, port)
+        assert len(held) == 2 and min(held.values()) > 0, held
+        assert Counter(statuses) == {201: BURST, 429: 16 - BURST}, statuses
+    finally:
+        for s in socks:
+            s.close()
+    # The daemon's own app (a route a worker forwards) takes from the same bucket.
+    with d.as_principal("limited", "producer") as c:
+        r = c.get("/api/v1/snapshots/current")
+        assert r.status_code == 429, r.text
+        assert r.headers["retry-after"]
+    # Nobody else is limited.
+    with d.client("producer") as c:
+        assert c.post("/api/v1/observations", json=OBS).status_code == 201
+    assert d.stop() == 0
+
+
 def test_a_start_removes_the_private_directories_of_daemons_that_are_gone(
     make_daemon: Any, tmp_path: Path
 ) -> None:
