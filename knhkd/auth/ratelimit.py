@@ -75,9 +75,10 @@ class SharedBuckets:
         return path
 
     def take(self, name: str, now: float, rate: float, burst: float) -> float:
-        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") | 1
+        hashed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+        key = hashed | 1  # never 0, which marks a free slot
         mask = self._slots - 1
-        start = key & mask
+        start = (hashed >> 1) & mask  # not from the forced bit: every slot can start
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
             victim, victim_last = -1, 0.0
@@ -98,10 +99,6 @@ class SharedBuckets:
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
         return wait[1]
-
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._fd)
 
 
 def _refill(

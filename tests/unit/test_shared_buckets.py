@@ -71,3 +71,12 @@ def test_processes_taking_at_once_never_take_more_than_the_burst(tmp_path: Path)
         assert p.exitcode == 0
     assert total == 500
     assert os.stat(path).st_size == 16 * SLOT.size
+
+
+def test_max_principals_buckets_are_kept(tmp_path: Path) -> None:
+    # Twice as many slots as principals: none is dropped while that many are
+    # active, so none gets its burst back early.
+    t = SharedBuckets(_table(tmp_path, max_principals=1000))
+    names = [f"https://idp.example#user-{i}" for i in range(1000)]
+    assert all(t.take(n, 10.0, rate=0.001, burst=1.0) == 0.0 for n in names)
+    assert all(t.take(n, 11.0, rate=0.001, burst=1.0) > 0 for n in names)
