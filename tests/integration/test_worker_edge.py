@@ -3,9 +3,9 @@
 Quart) with the Quart app's route, three ways: a single-process daemon
 (``http.workers = 1``: the edge in front of the daemon's app), a daemon with
 two workers (``http.workers = 2``: the edge in each worker, in front of the
-lane), and that same daemon's Quart app itself, reached on its private
-socket (api/workers.py ``http.sock``, where a worker forwards what it does
-not serve: the route runs there through Quart's hooks and view).
+lane), and the Quart app itself of another such daemon, reached on its
+private socket (api/workers.py ``http.sock``, where a worker forwards what it
+does not serve: the route runs there through Quart's hooks and view).
 
 Black box: the same requests, over real HTTP (httpx, and a raw socket where
 httpx cannot say it), to real daemons on the same configuration; per
@@ -14,8 +14,7 @@ replaced), the headers a client acts on (content-type, retry-after,
 www-authenticate, allow, connection: close) and whether the connection still
 carries a next request. Then, what the requests left behind: the audit
 trail, the request / ingest / refusal counters of /metrics, and the access
-and authorization log lines. It holds a worker's own path for these routes to
-the Quart app's answers, whatever that path is made of.
+and authorization log lines.
 
 Left out, each where it is (timing, not behaviour): whether the connection
 is kept after a 404/405 with a body (the daemon alone sometimes closes it
