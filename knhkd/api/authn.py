@@ -52,12 +52,11 @@ from collections.abc import MutableMapping
 from typing import Any, Final, Literal
 
 import trio
-from quart import Response, after_this_request, g, request
+from quart import g, request
 from quart_trio import QuartTrio
-from werkzeug.wrappers import Response as WerkzeugResponse
 
 from knhkd.api.context import Front
-from knhkd.api.guards import body_expected
+from knhkd.api.guards import close_if_body_unread
 from knhkd.api.routes.base import current_principal as current_principal  # noqa: PLC0414
 from knhkd.api.routes.base import front
 from knhkd.auth.jwks import IssuerKeys
@@ -338,7 +337,7 @@ def install(app: QuartTrio, cfg: AuthConfig, tls: TlsConfig | None = None) -> No
             g.principal = principal
             await permit(state, to, principal, need, route, peer)
         except REFUSALS:
-            _close_if_body_unread()
+            close_if_body_unread()
             raise
 
 
@@ -366,20 +365,6 @@ def _log_posture(state: AuthState) -> None:
 
 # What the door refuses a request with (a refused request's body is never read).
 REFUSALS = (Unauthorized, TooManyRequests, Forbidden)
-
-
-def _close_if_body_unread() -> None:
-    """A refused request's body is never read: answer with ``Connection:
-    close``. Left unread on a keep-alive connection, Hypercorn (0.18, h11)
-    now and then never answers the connection's next request (measured: 1 in
-    ~6 POSTs refused before their body was read)."""
-    headers = request.headers
-    if body_expected(headers.get("Content-Length"), headers.get("Transfer-Encoding")):
-
-        @after_this_request
-        async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugResponse:
-            response.headers["Connection"] = "close"
-            return response
 
 
 def _forbidden(principal: Principal, route: str, why: str, cfg: AuthConfig) -> Forbidden:

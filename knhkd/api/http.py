@@ -149,18 +149,11 @@ def create_app(daemon: Front) -> QuartTrio:
     async def _count(response: Response) -> Response:
         started = g.get("started_ns")
         rule = request.url_rule.rule if request.url_rule is not None else "-"
-        daemon.count_response(
-            response.status_code,
-            rule,
-            None if started is None else (time.perf_counter_ns() - started) / 1e9,
-        )
+        seconds = None if started is None else (time.perf_counter_ns() - started) / 1e9
+        daemon.count_response(response.status_code, rule, seconds)
         if daemon.cfg.telemetry.access_log:
             log_access(
-                request.method,
-                rule,
-                response.status_code,
-                0.0 if started is None else (time.perf_counter_ns() - started) / 1e9,
-                g.get("principal"),
+                request.method, rule, response.status_code, seconds or 0.0, g.get("principal")
             )
         return response
 
