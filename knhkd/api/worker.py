@@ -73,7 +73,11 @@ log = logging.getLogger("knhkd.worker")
 # Hop-by-hop headers (RFC 9110 §7.6.1): the forwarded request is its own message.
 HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade"})
 
-HOP_OUT = HOP - {b"connection"}
+# Of the daemon's answer, not the client's: its framing and hop-by-hop
+# headers, and the Date and Server headers its Hypercorn added (the worker's
+# adds its own; RFC 9110 §6.6.1: one Date per message). Its "Connection:
+# close" is the client's too (413, refusals).
+HOP_OUT = (HOP - {b"connection"}) | {b"date", b"server"}
 # Request timings one lane batch carries at most (the rest are dropped).
 MAX_SAMPLES_PER_BATCH = 4096
 # Lane batches a worker has sent and not had answered, at most: enough to keep
@@ -326,8 +330,6 @@ class Forwarder:
                     conn.receive_data(await stream.receive_some(65536))
                     continue
                 if isinstance(event, h11.Response):
-                    # The daemon's "Connection: close" is the client's too (413,
-                    # refusals); the framing is the worker's own.
                     kept = [(k, v) for k, v in event.headers if k.lower() not in HOP_OUT]
                     await send(
                         {"type": "http.response.start", "status": event.status_code,

@@ -204,7 +204,9 @@ def _answers(d: RunningDaemon) -> list[tuple[int, Any]]:
         r = admin.get(f"/api/v1/observations/{obs_id}")
         out.append((r.status_code, r.json()["value"]))
         r = admin.get("/api/v1/snapshots/current")
-        out.append((r.status_code, sorted(r.json())))
+        # One Date and one Server header (RFC 9110 §6.6.1), the worker's own.
+        once = [len(r.headers.get_list(h)) for h in ("date", "server")]
+        out.append((r.status_code, (sorted(r.json()), once)))
         # A governance write (ΔΣ proposal), refused for its missing fields.
         r = admin.post("/api/v1/proposals", json={"sector": "finance"})
         out.append((r.status_code, r.json()["type"]))
