@@ -133,6 +133,15 @@ def create_app(daemon: Front) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
+        if exc.code in (404, 405) and request.content_length != 0:
+            # Routing refused it before any hook or view read its body: read
+            # and drop the body (bounded like any body: max_body_bytes,
+            # BODY_TIMEOUT_S) so that the connection carries the client's next
+            # request, as a worker does, which reads every body it forwards.
+            # A body over the bounds is left unread (api/server.py then says
+            # ``Connection: close``).
+            with contextlib.suppress(HTTPException):
+                await request.get_data(cache=False)
         response = problem_response(exc)
         if exc.code == 413:
             # The rest of the body was never read: the connection cannot carry

@@ -2,7 +2,7 @@
 into Hypercorn's internals.
 
 ``serve`` does what ``hypercorn.trio.serve`` does (lifespan, plain-HTTP
-listeners, one ``TCPServer`` per connection) with four differences:
+listeners, one ``TCPServer`` per connection) with these differences:
 
 - **At most ``max_connections`` connections served**, and as many more
   closing (lingering, below). A slot is taken before ``accept``: past the
@@ -30,12 +30,17 @@ listeners, one ``TCPServer`` per connection) with four differences:
   accepting at once instead: new connections wait in the kernel's backlog for
   the next instance, and a connection accepted but not yet served is kept
   until its request arrives (answered 503 ``draining``, never closed unheard).
-- **Lingering close.** A connection answered before its request body was
-  read whole is closed by shutting down its write side and then reading, and
-  dropping, what the client still sends (at most ``linger_s`` seconds and
-  ``linger_bytes`` bytes, in a slot of its own) until its EOF: closing a
-  TCP socket with unread data sends a reset, which can destroy a response the
-  client has not read yet (an early 413 or 503 while it is still uploading).
+- **Lingering close.** A connection the server closes after an answer
+  (``Connection: close``), while the client has not closed its side, is
+  closed by shutting down its write side and then reading, and dropping,
+  what the client still sends (at most ``linger_s`` seconds and
+  ``linger_bytes`` bytes, in a slot of its own) until its EOF: closing a TCP
+  socket with unread data sends a reset, which can destroy a response the
+  client has not read yet (an early 413 or 503 while it is still uploading;
+  a refusal with the client's next request pipelined behind it).
+- **Closes announced.** An answer started while the client is still sending
+  its request's body says ``Connection: close`` (``_AnnouncedClose``):
+  Hypercorn closes such a connection after the answer, and would say nothing.
 
 - **Memory given back.** Once request bodies of at least
   ``TRIM_AFTER_BYTES`` have been released or ``TRIM_AFTER_CONNECTIONS``
@@ -205,7 +210,7 @@ class Edge:
         if self.draining and message["type"] == "http.response.start":
             # The connection is closed after this response: say so, so that a
             # keep-alive client does not send its next request into the close.
-            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            message = with_close(message)
         await send(message)
 
     async def _refuse(self, exc: KnhkdError, receive: Any, send: Any) -> None:
@@ -233,9 +238,46 @@ class Edge:
 _CLOSE = (b"connection", b"close")
 
 
+def with_close(start: Message) -> Message:
+    """``start`` (an ``http.response.start``) saying ``Connection: close``, once."""
+    headers = start.get("headers", [])
+    if any(k.lower() == b"connection" and v.lower() == b"close" for k, v in headers):
+        return start
+    return {**start, "headers": [*headers, _CLOSE]}
+
+
 async def _discard(receive: Callable[[], Awaitable[Message]]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class _AnnouncedClose:
+    """The app, whose answers say ``Connection: close`` whenever Hypercorn
+    will close the connection after them because the client is still sending
+    the request's body (``still_sending`` at the answer's start). Hypercorn
+    0.18 recycles a connection only when both sides of the exchange are done
+    and otherwise closes it without a word, so a keep-alive client would send
+    its next request into the close (RFC 9112 §9.6: a server that closes
+    says so in its answer). Every route, hook and error of every app is
+    covered here, whichever of them answered before the body was read."""
+
+    def __init__(self, app: ASGIApp, still_sending: Callable[[], bool]) -> None:
+        self.app = app
+        self.still_sending = still_sending
+
+    async def __call__(
+        self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send, sync_spawn, call_soon)
+            return
+
+        async def announced(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.still_sending():
+                message = with_close(message)
+            await send(message)
+
+        await self.app(scope, receive, announced, sync_spawn, call_soon)
 
 
 class _TlsScope:
@@ -287,7 +329,13 @@ class Connection(TCPServer):
         on_handshake_failed: Callable[[str, str], None] | None = None,
         handing_over: bool = False,
     ) -> None:
-        super().__init__(cast(AppWrapper, app), config, context, state, cast(Any, stream))
+        super().__init__(
+            cast(AppWrapper, _AnnouncedClose(app, self._still_sending)),
+            config,
+            context,
+            state,
+            cast(Any, stream),
+        )
         self._peer = peer
         self._handing_over = handing_over
         self._on_handshake_failed = on_handshake_failed
@@ -302,6 +350,7 @@ class Connection(TCPServer):
         self._wake = trio.Event()
         self._closing = False  # write side shut, lingering
         self._done = False  # the reader has stopped
+        self._eof = False  # the client has closed its side (or the socket broke)
         self._read_scope: trio.CancelScope | None = None
 
     def release(self) -> None:
@@ -359,7 +408,20 @@ class Connection(TCPServer):
             self._served = self._served or not event.idle
             self._wake.set()
             return
+        if isinstance(event, ConnectionClosed) and self._answering():
+            # h11 refused bytes the client pipelined behind a request whose
+            # answer says "Connection: close" (their state MUST_CLOSE, then
+            # ERROR) while that answer is still going out; Hypercorn would
+            # close the connection under it and the client would get no
+            # answer at all (measured: 2 in 5 refusals with a request
+            # pipelined behind them). The answer's own end closes it.
+            return
         await super().protocol_send(event)
+
+    def _answering(self) -> bool:
+        """Whether an HTTP/1.1 answer has started and not ended."""
+        connection = getattr(self.protocol.protocol, "connection", None)
+        return isinstance(connection, h11.Connection) and connection.our_state is h11.SEND_BODY
 
     async def _idle_timeout(self) -> None:
         # Started once, from the connection's own task (TCPServer.run), and
@@ -385,12 +447,11 @@ class Connection(TCPServer):
             with trio.CancelScope(shield=True):
                 await self._initiate_server_close()
 
-    def _body_unread(self) -> bool:
-        """Whether the client may still be sending the request just answered."""
+    def _still_sending(self) -> bool:
+        """Whether the HTTP/1.1 client is still sending its request's body (an
+        HTTP/2 stream has no ``Connection`` header and is never this)."""
         connection = getattr(self.protocol.protocol, "connection", None)
-        if not isinstance(connection, h11.Connection):
-            return True  # not HTTP/1.1: linger to be safe
-        return connection.their_state is h11.SEND_BODY
+        return isinstance(connection, h11.Connection) and connection.their_state is h11.SEND_BODY
 
     async def _initiate_server_close(self) -> None:
         # Idle (or timed out): nothing of the client's is unread, no linger.
@@ -406,9 +467,9 @@ class Connection(TCPServer):
         # which Quart cancels as soon as its answer is out: shielded, or the
         # close is lost half-way and the connection stays open.
         with trio.CancelScope(shield=True):
-            if not self._body_unread() or not self._start_lingering():
-                # Nothing of the client's left to read, or too many lingering
-                # already: close now.
+            if self._eof or not self._start_lingering():
+                # The client has closed its side (nothing more can come), or
+                # too many lingering already: close now.
                 await self.stream.aclose()
                 return
             if self._read_scope is not None:
@@ -434,10 +495,14 @@ class Connection(TCPServer):
                     try:
                         data = await self.stream.receive_some(MAX_RECV)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._eof = True
                         break
                     finally:
                         self._read_scope = None
-                if scope.cancelled_caught or not data:
+                if scope.cancelled_caught:
+                    break
+                if not data:
+                    self._eof = True
                     break
                 if self._closing:
                     dropped += len(data)

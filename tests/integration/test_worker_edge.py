@@ -16,11 +16,8 @@ carries a next request. Then, what the requests left behind: the audit
 trail, the request / ingest / refusal counters of /metrics, and the access
 and authorization log lines.
 
-Left out, each where it is (timing, not behaviour): whether the connection
-is kept after a 404/405 with a body (the daemon alone sometimes closes it
-unannounced; a worker reads the body before forwarding), a request pipelined
-behind one refused before its body was read, the audit trail's order, times,
-peers and folding, and the log lines' durations and trace ids. The peer
+Left out (timing, not behaviour): the audit trail's order, times, peers and
+folding, and the log lines' durations and trace ids. The peer
 of a request on the private socket is ``<local>``, not 127.0.0.1: peers are
 left out of the audit records and log lines compared.
 """
@@ -272,15 +269,11 @@ def _run(d: RunningDaemon, uds: str | None = None) -> dict[str, Any]:
     out["noop text/plain"] = k.post(NOOP, content=one, headers={"content-type": "text/plain"})
     # Neighbours of the route (forwarded by a worker; here for completeness).
     out["GET"] = k.one(lambda c: [c.get(INGEST, headers=k.token("administrator"))])
-    # A 405 or 404 with a body: the daemon alone answers before it reads the
-    # body, and then now and then closes the connection without saying so (no
-    # ``Connection: close``); a worker reads the whole body before it forwards
-    # the request, so its connection is always kept. Timing, in the daemon's
-    # own path (routes a worker forwards): the answers are compared, not
-    # whether the connection was kept.
-    put = k.one(lambda c: [c.put(INGEST, json=OBS, headers=k.token("administrator"))])
-    out["PUT"] = put["answers"]
-    out["trailing slash"] = k.post(INGEST + "/", json=OBS)["answers"]
+    # A 405 or 404 with a body: the daemon reads and drops the body before it
+    # answers (api/http.py), as a worker reads every body it forwards, so the
+    # connection is kept in every mode.
+    out["PUT"] = k.one(lambda c: [c.put(INGEST, json=OBS, headers=k.token("administrator"))])
+    out["trailing slash"] = k.post(INGEST + "/", json=OBS)
     # Pipelined requests on one connection: a refusal that read the body keeps
     # it, the next request is answered; HTTP/1.0 ends with the answer.
     auth = f"Authorization: Bearer {k.issuer.token('producer')}\r\n".encode()
@@ -292,8 +285,15 @@ def _run(d: RunningDaemon, uds: str | None = None) -> dict[str, Any]:
         + head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(one) + one,
         uds,
     )  # fmt: skip
-    # Not here: a request refused before its body was read, with a request
-    # pipelined behind it (both modes mostly close with no answer at all).
+    # A request refused before its body was read, with a request pipelined
+    # behind it: the refusal is answered (``Connection: close``), the next
+    # request is not (api/server.py).
+    out["raw refused, pipelined"] = _raw(
+        d,
+        head + b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(one) + one
+        + head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(one) + one,
+        uds,
+    )  # fmt: skip
     out["raw http/1.0"] = _raw(
         d,
         b"POST " + INGEST.encode() + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n" + auth
@@ -430,6 +430,12 @@ def test_the_lean_path_answers_and_leaves_traces_as_the_quart_app(make_daemon: A
         "a worker": _through(through, None, lane=True, want=quart),
     }
     assert quart[1] and quart[2] and quart[3]
+    # What every path must match, held on its own where a mistake would be shared.
+    refused = quart[0]["raw refused, pipelined"]
+    assert [(status, json.loads(rest)[1]["connection"]) for status, rest in refused] == [
+        ("415 ", "close")
+    ]
+    assert quart[0]["PUT"]["kept"] and quart[0]["trailing slash"]["kept"]
     for who, (seen, delta, audits, logged) in got.items():
         differ = {case: (quart[0][case], seen.get(case)) for case in quart[0]
                   if quart[0][case] != seen.get(case)}  # fmt: skip
