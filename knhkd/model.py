@@ -451,6 +451,20 @@ class StageResult(Struct):
     sub_verdicts: list[SubVerdict] = []
 
 
+class TickBaseline(Struct, frozen=True):
+    """Q5's tick baseline as taken when a snapshot became current (promoted,
+    or rolled back to), stored with it so that a restart, an upgrade above
+    all, is judged against it rather than against its own first figures:
+    the hot path's p99 (TSC ticks per record of timed ring batch appends),
+    this machine's floor p99 then (a baseline is only comparable on a
+    machine with about that floor), the snapshot and when."""
+
+    p99_ticks: float
+    floor_p99_ticks: float | None
+    snapshot_id: str
+    taken_at_ns: int
+
+
 class RuntimeFigures(Struct, frozen=True):
     """What the daemon measured about itself, for invariants Q2, Q4 and Q5.
 
@@ -485,9 +499,12 @@ class RuntimeFigures(Struct, frozen=True):
     ingest_samples: int = 0
     hot_path_samples: int = 0
     # Where tick_baseline_p99 comes from: "promotion" (the hot-path p99 when
-    # the last snapshot was promoted) or "start" (the first full window since
-    # start-up, before any promotion); "" when there is none.
+    # the current snapshot was made current, kept across restarts: see
+    # tick_baseline) or "start" (the first full window since start-up, with
+    # no usable stored baseline); "" when there is none.
     tick_baseline_source: str = ""
+    # The promotion's baseline in full, when the source is "promotion".
+    tick_baseline: TickBaseline | None = None
 
 
 class FigureSamples(Struct, frozen=True):

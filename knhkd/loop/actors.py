@@ -87,6 +87,7 @@ def build_actors(state: LoopState, opened: Opened) -> Actors:
             to_exec_recv,
             inputs=state.validation_inputs,
             before_cycle=state.advance_relaxations,
+            take_baseline=state.figures.take_baseline,
         ),
         scheduler=CycleScheduler(to_analyzer_send, lambda: state.settings().loop.interval_s),
         checkpointer=Checkpointer(ctx),

@@ -517,15 +517,18 @@ class Daemon:
     async def rollback(self, by: Principal) -> Snapshot:
         """Make the current snapshot's parent current; the receipt names ``by``."""
         state = self.knowledge
+        parent_id = state.current.parent_id
+        baseline = None if parent_id is None else self._state.figures.take_baseline(parent_id)
         parent, _ = await self.writer.submit(
             kn.rollback_job(
                 self.store,
                 self.receipts,
                 expect_current=state.current.snapshot_id,
                 principal=by.name,
+                baseline=baseline,
             )
         )
-        self._state.set_knowledge(kn.state_of(parent, state.shapes))
+        self._state.set_knowledge(kn.state_of(parent, state.shapes), baseline)
         self.metrics.snapshots_rolled_back.inc()
         self.metrics.snapshot_version.set(parent.meta.version)
         return parent.meta

@@ -43,6 +43,7 @@ from knhkd.model import (
     ProposalIn,
     SignedReceipt,
     Snapshot,
+    TickBaseline,
     ValidationReport,
 )
 from knhkd.plan.proposals import make_proposal
@@ -206,14 +207,16 @@ class Executor:
     def __init__(
         self,
         ctx: LoopContext,
-        set_knowledge: Callable[[KnowledgeState], None],
+        set_knowledge: Callable[[KnowledgeState, TickBaseline | None], None],
         pipeline: Pipeline,
         inbox: trio.MemoryReceiveChannel[Cycle],
         *,
         inputs: Callable[[], ValidationInputs] = ValidationInputs,
         before_cycle: Callable[[], Awaitable[None]] | None = None,
+        take_baseline: Callable[[str], TickBaseline | None] = lambda snapshot_id: None,
     ) -> None:
         self._ctx = ctx
+        self._take_baseline = take_baseline
         self._inputs = inputs
         self._before_cycle = before_cycle
         self._set_knowledge = set_knowledge
@@ -326,6 +329,8 @@ class Executor:
                     time.time_ns(),
                 )
             )
+            # Q5's baseline is the hot path as it is when the snapshot changes.
+            baseline = self._take_baseline(record.meta.snapshot_id)
             signed = await self._ctx.writer.submit(
                 install_job(
                     self._ctx.store,
@@ -333,6 +338,7 @@ class Executor:
                     record,
                     expect_current=state.current.snapshot_id,
                     principal=principal,
+                    baseline=baseline,
                 )
             )
         except (KnowledgeError, SnapshotConflict) as exc:
@@ -342,7 +348,7 @@ class Executor:
             return False, canonical.receipt_id(refused.body.seq)
         self.last_promoted = record.meta
         fresh = state_of(record, state.shapes)
-        self._set_knowledge(fresh)
+        self._set_knowledge(fresh, baseline)
         # The new snapshot's SHACL baselines, off the next proposal's path.
         await trio.to_thread.run_sync(
             lambda: self._pipeline.warm(fresh.graph, fresh.shapes, self._inputs())

@@ -21,9 +21,13 @@ Guarantees:
   (a short window would judge start-up, not the steady state); a p99 needs at
   least ``MIN_SAMPLES`` samples.
 - Recording a sample is O(1); windows are bounded in count and age.
-- The tick baseline (Q5's regression) is the hot-path p99 at the last
-  promotion; before the first promotion since start-up, the first hot-path
-  p99 measured, and ``tick_baseline_source`` says which.
+- The tick baseline (Q5's regression) is the hot-path p99 when the current
+  snapshot was made current (``take_baseline``, stored with the snapshot
+  change and ``restore``d at start-up, so that a restart or an upgrade is
+  judged against it, not against itself). With none stored, or one taken on
+  a machine whose hot-path floor differs by more than the floor tolerance,
+  it is the first hot-path p99 measured since start-up; ``tick_baseline_source``
+  says which.
 
 Must never: block, or report a figure from a window with no samples.
 """
@@ -36,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from knhkd.model import FigureSamples, RuntimeFigures
+from knhkd.model import FigureSamples, RuntimeFigures, TickBaseline
 
 CPU_WINDOW_S = 60.0
 CPU_MIN_WINDOW_S = 10.0
@@ -133,6 +137,7 @@ class Figures:
         self.floor_ticks_p99: float | None = None
         self.tick_baseline_p99: float | None = None
         self.tick_baseline_source = ""
+        self.tick_baseline: TickBaseline | None = None
 
     def start(self) -> None:
         """Begin the CPU window (call when the daemon is ready)."""
@@ -189,12 +194,42 @@ class Figures:
     def set_floor(self, samples: list[float]) -> None:
         self.floor_ticks_p99 = p99(samples)
 
-    def promoted(self) -> None:
-        """A snapshot was promoted: the hot path's p99 now is Q5's baseline
-        (kept as it was when nothing is measured now)."""
+    def take_baseline(self, snapshot_id: str) -> TickBaseline | None:
+        """Q5's baseline for ``snapshot_id`` becoming current now: the hot
+        path's p99 now (None when it is not measured: the baseline in force
+        stays). Taken before the change is committed, stored with it, then
+        ``adopt``ed."""
         now = self.append_ticks.p99()
-        if now is not None:
-            self.tick_baseline_p99, self.tick_baseline_source = now, "promotion"
+        if now is None:
+            return None
+        return TickBaseline(now, self.floor_ticks_p99, snapshot_id, time.time_ns())
+
+    def adopt(self, baseline: TickBaseline) -> None:
+        self.tick_baseline = baseline
+        self.tick_baseline_p99, self.tick_baseline_source = baseline.p99_ticks, "promotion"
+
+    def restore(self, stored: TickBaseline | None, floor_tolerance: float) -> str:
+        """Adopt the baseline stored with the current snapshot, if it is
+        comparable here (call after ``set_floor``, before any ticks are
+        recorded). Returns what was done, for the log."""
+        if stored is None:
+            return "none stored: the first hot-path p99 measured will be the baseline"
+        was, here = stored.floor_p99_ticks, self.floor_ticks_p99
+        if was is not None and here is not None and was > 0 and here > 0:
+            ratio = max(was, here) / min(was, here)
+            if ratio > floor_tolerance:
+                return (
+                    f"the stored one ({stored.p99_ticks:g} ticks, snapshot "
+                    f"{stored.snapshot_id[:16]}) was taken where the hot-path floor p99 was "
+                    f"{was:g} ticks; here it is {here:g} (x{ratio:.2f} > "
+                    f"{floor_tolerance:g}): not used; the first hot-path p99 measured "
+                    "will be the baseline"
+                )
+        self.adopt(stored)
+        return (
+            f"{stored.p99_ticks:g} ticks, stored when snapshot {stored.snapshot_id[:16]} "
+            "became current"
+        )
 
     # ------------------------------------------------------------------ #
     # Reading
@@ -251,6 +286,7 @@ class Figures:
             ingest_samples=ingest_n,
             hot_path_samples=hot_n,
             tick_baseline_source=self.tick_baseline_source,
+            tick_baseline=self.tick_baseline,
         )
 
 

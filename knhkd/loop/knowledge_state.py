@@ -34,7 +34,7 @@ from knhkd.knowledge.rdf import (
     sector_schema,
 )
 from knhkd.knowledge.shacl import Shapes
-from knhkd.model import Outcome, SignedReceipt, Snapshot, SnapshotRecord
+from knhkd.model import Outcome, SignedReceipt, Snapshot, SnapshotRecord, TickBaseline
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
 from knhkd.store.writer import Job
@@ -122,9 +122,11 @@ def install_job(
     *,
     expect_current: str | None,
     principal: str = "",
+    baseline: TickBaseline | None = None,
 ) -> Job[SignedReceipt]:
     """Return a job that makes ``record`` current, as a promotion from
-    ``expect_current``; its receipt names ``principal`` (who asked) if given."""
+    ``expect_current``; its receipt names ``principal`` (who asked) if given.
+    ``baseline``: Q5's, taken for this change, stored with it."""
 
     def job(txn: lmdb.Transaction) -> SignedReceipt:
         current = current_id(store, txn)
@@ -146,17 +148,37 @@ def install_job(
             )
         store.tables.snapshots.put(txn, new_id, record)
         store.tables.snapshot_current.put(txn, new_id)
+        _store_baseline(store, txn, baseline, new_id)
         detail = "genesis" if record.meta.parent_id is None else "promoted"
         return receipts.append(txn, _receipt("snapshot_promoted", record, detail, principal))
 
     return job
 
 
+def _store_baseline(
+    store: Store, txn: lmdb.Transaction, baseline: TickBaseline | None, made_current: str
+) -> None:
+    if baseline is None:
+        return  # not measured now: the stored one stays in force
+    if baseline.snapshot_id != made_current:
+        raise SnapshotConflict(
+            f"a Q5 baseline taken for {baseline.snapshot_id[:16]} cannot be stored with "
+            f"{made_current[:16]} becoming current"
+        )
+    store.tables.tick_baseline.put(txn, baseline)
+
+
 def rollback_job(
-    store: Store, receipts: ReceiptLog, *, expect_current: str, principal: str = ""
+    store: Store,
+    receipts: ReceiptLog,
+    *,
+    expect_current: str,
+    principal: str = "",
+    baseline: TickBaseline | None = None,
 ) -> Job[tuple[SnapshotRecord, SignedReceipt]]:
     """Return a job that makes the current snapshot's parent current again;
-    its receipt names ``principal`` (who asked) if given."""
+    its receipt names ``principal`` (who asked) if given. ``baseline``: Q5's,
+    taken for the parent becoming current, stored with it."""
 
     def job(txn: lmdb.Transaction) -> tuple[SnapshotRecord, SignedReceipt]:
         current = current_id(store, txn)
@@ -171,6 +193,7 @@ def rollback_job(
         if parent is None:
             raise SnapshotConflict(f"parent snapshot {rec.meta.parent_id} is missing")
         store.tables.snapshot_current.put(txn, rec.meta.parent_id)
+        _store_baseline(store, txn, baseline, rec.meta.parent_id)
         signed = receipts.append(
             txn,
             Draft(

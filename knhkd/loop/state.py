@@ -30,7 +30,7 @@ from knhkd.loop.governance_state import Governance
 from knhkd.loop.queries import Queries
 from knhkd.loop.shapes_gate import ShapesGate
 from knhkd.loop.startup import Opened, Prepared
-from knhkd.model import Snapshot
+from knhkd.model import Snapshot, TickBaseline
 from knhkd.telemetry.metrics import Metrics
 from knhkd.validate.types import ValidationInputs
 
@@ -92,10 +92,12 @@ class LoopState:
     def knowledge(self) -> kn.KnowledgeState:
         return self._knowledge
 
-    def set_knowledge(self, state: kn.KnowledgeState) -> None:
+    def set_knowledge(self, state: kn.KnowledgeState, baseline: TickBaseline | None = None) -> None:
+        """Make ``state`` current; ``baseline``: Q5's, stored with the change
+        (``Figures.take_baseline``), or None to keep the one in force."""
         self._knowledge = state
-        # Q5's tick baseline is the hot path as it was at the last promotion.
-        self.figures.promoted()
+        if baseline is not None:
+            self.figures.adopt(baseline)
         if self._ring is not None:
             meta = state.current
             self._ring.publish_snapshot(meta.snapshot_id, meta.version, meta.promoted_at_ns)

@@ -132,6 +132,10 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                 prepared = await prepare(cfg, opened, metrics, settings)
                 # This machine's hot-path floor, for Q4 (briefly, off the loop).
                 figures.set_floor(await trio.to_thread.run_sync(floor_ticks, FLOOR_BLOCKS))
+                with opened.store.reader() as txn:
+                    stored = opened.store.tables.tick_baseline.get(txn)
+                tolerance = cfg.validate.invariants.hot_path_floor_tolerance
+                log.info("Q5 tick baseline: %s", figures.restore(stored, tolerance))
                 state = LoopState(settings, opened, prepared, metrics, figures)
                 actors = build_actors(state, opened)
                 daemon = Daemon(state, opened, prepared, actors, supervisor=sup, metrics=metrics)

@@ -42,6 +42,7 @@ from knhkd.model import (
     Relaxation,
     RingCursor,
     SnapshotRecord,
+    TickBaseline,
     ValidationReport,
 )
 from knhkd.store.ids import key_seq, seq_key
@@ -234,6 +235,12 @@ RETENTION_RECEIPTS_FROM = MetaSpec(b"retention.receipts_from", DECIMAL)
 # before any record is read. Absent: observations were never sealed.
 STORAGE_KEY_CHECK = MetaSpec(b"storage.key_check", RAW)
 
+# model.TickBaseline: Q5's baseline, written in the transaction that makes
+# its snapshot current (loop/knowledge_state.py). A key added to v2 without
+# a migration: absent means none was taken (the daemon then takes its first
+# figures since start-up).
+TICK_BASELINE = MetaSpec(b"figures.tick_baseline", msgpack_of(TickBaseline))
+
 # Declared by the first schema and never written; reserved so that no other
 # record takes the name.
 META_SNAPSHOT_HISTORY = b"snapshots.history"
@@ -256,6 +263,7 @@ META_KEYS: tuple[bytes, ...] = (
             RETAINED_FROM,
             RETENTION_RECEIPTS_FROM,
             STORAGE_KEY_CHECK,
+            TICK_BASELINE,
         )
     ),
     META_SNAPSHOT_HISTORY,

@@ -306,6 +306,7 @@ class Tables:
         self.retained_from = MetaSlot(s.RETAINED_FROM, meta)
         self.retention_receipts_from = MetaSlot(s.RETENTION_RECEIPTS_FROM, meta)
         self.storage_key_check = MetaSlot(s.STORAGE_KEY_CHECK, meta)
+        self.tick_baseline = MetaSlot(s.TICK_BASELINE, meta)
         # By set name, as governance names them in receipts.
         self.governance_digests: Mapping[str, MetaSlot[str]] = {
             "doctrines": MetaSlot(s.DOCTRINES_DIGEST, meta),
@@ -332,6 +333,7 @@ class Tables:
             self.retained_from,
             self.retention_receipts_from,
             self.storage_key_check,
+            self.tick_baseline,
         )
 
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
+import msgspec
 import pytest
 
 from knhkd.hotpath.records import SECTOR_CODES
 from knhkd.hotpath.ring import Producer
+from knhkd.store.schema import TICK_BASELINE
 from tests.integration.conftest import RunningDaemon
 from tests.integration.test_ingest_shacl import VALID
 from tests.integration.test_proposals import policy
@@ -132,3 +135,84 @@ def test_figures_are_measured_shown_and_judged(make_daemon: Any, tmp_path: Path)
         assert stage["verdict"] == "failed"
         verdict, why = _subs(stage)["Q2"]
         assert verdict == "failed" and "schema-violation rate" in why and "> 0.05" in why
+
+
+def _current(c: Any) -> str:
+    current: str = c.get("/api/v1/snapshots/current").json()["snapshot_id"]
+    return current
+
+
+def _restart(d: RunningDaemon) -> None:
+    assert d.stop() == 0
+    d.start()
+
+
+def test_q5s_baseline_is_kept_from_the_last_snapshot_change_across_restarts(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    """Q5's baseline is the hot path as it was when the current snapshot was
+    made current, promoted or rolled back to; it is stored with that change,
+    so a restart (an upgrade above all) is judged against it, not against
+    its own first figures; one taken where this machine's floor was far
+    from today's is not used, and the log says why."""
+    ring = tmp_path / "obs.ring"
+    # Unmeasured figures warn only: this test is about the baseline.
+    d: RunningDaemon = make_daemon(
+        CONFIG.format(ring=ring).replace('unmeasured = "reject"\n', ""), auth=True
+    )
+    with d.client() as c, Producer(ring) as p:
+        _append(p, TICK, 22)
+        assert c.get("/health").json()["figures"]["tick_baseline_source"] == "start"
+        assert _promote(c, "van.first").status_code == 200
+        promoted = _current(c)
+        f = c.get("/health").json()["figures"]
+        assert f["tick_baseline_source"] == "promotion"
+        assert f["tick_baseline"]["snapshot_id"] == promoted
+        baseline = f["tick_baseline"]
+        assert baseline["p99_ticks"] == f["tick_baseline_p99"] > 0
+        assert baseline["floor_p99_ticks"] == f["hot_path_floor_ticks_p99"]
+
+    _restart(d)
+    assert "Q5 tick baseline: " in d.log() and f"snapshot {promoted[:16]}" in d.log()
+    with d.client() as c, Producer(ring) as p:
+        f = c.get("/health").json()["figures"]
+        # Nothing measured since the restart, and the baseline is the promotion's.
+        assert f["hot_path_ticks_p99"] is None
+        assert f["tick_baseline"] == baseline and f["tick_baseline_source"] == "promotion"
+        _append(p, TICK, 22)
+        dry = c.post("/api/v1/proposals/validate", json=policy("van.second"))
+        assert dry.status_code == 200, dry.text
+        stage = next(s for s in dry.json()["stages"] if s["stage"] == 2)
+        _, why = _subs(stage)["Q5"]
+        assert f"baseline {baseline['p99_ticks']:g} ticks" in why
+        assert f"snapshot {promoted[:16]} made current" in why
+
+        # A rollback is a snapshot change too: its baseline is taken then.
+        r = c.post("/api/v1/snapshots/rollback")
+        assert r.status_code == 200, r.text
+        parent = _current(c)
+        assert parent != promoted
+        f = c.get("/health").json()["figures"]
+        assert f["tick_baseline"]["snapshot_id"] == parent
+
+    # A baseline taken where the floor was ten times today's is not comparable.
+    assert d.stop() == 0
+    env = lmdb.open(str(d.data_dir / "lmdb"), max_dbs=32, map_size=0)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin(write=True, db=meta) as txn:
+            stored = TICK_BASELINE.value.decode(txn.get(TICK_BASELINE.key))
+            assert stored.snapshot_id == parent
+            assert stored.floor_p99_ticks is not None
+            far = msgspec.structs.replace(stored, floor_p99_ticks=stored.floor_p99_ticks * 10)
+            txn.put(TICK_BASELINE.key, TICK_BASELINE.value.encode(far))
+    finally:
+        env.close()
+    d.start()
+    assert "not used; the first hot-path p99 measured will be the baseline" in d.log()
+    with d.client() as c, Producer(ring) as p:
+        f = c.get("/health").json()["figures"]
+        assert f["tick_baseline"] is None and f["tick_baseline_p99"] is None
+        _append(p, TICK, 22)
+        f = c.get("/health").json()["figures"]
+        assert f["tick_baseline_source"] == "start" and f["tick_baseline_p99"] > 0

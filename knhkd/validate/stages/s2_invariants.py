@@ -221,10 +221,12 @@ def _q5(cfg: InvariantsConfig, f: RuntimeFigures) -> SubVerdict:
         j.unmeasured.append("tick regression not measured (needs hot-path p99 and a baseline)")
     else:
         rise = (f.hot_path_ticks_p99 - f.tick_baseline_p99) / f.tick_baseline_p99
+        taken = f.tick_baseline_source or "an unnamed point"
+        if f.tick_baseline is not None:
+            taken = f"promotion (snapshot {f.tick_baseline.snapshot_id[:16]} made current)"
         j.bound("hot-path tick regression", round(rise * 100, 3),
                 cfg.max_tick_regression * 100, " %",
-                f"baseline {f.tick_baseline_p99:g} ticks, taken at "
-                f"{f.tick_baseline_source or 'an unnamed point'}")
+                f"baseline {f.tick_baseline_p99:g} ticks, taken at {taken}")
     return j.verdict()
 
 
