@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,7 @@ def restore(
         )
         try:
             for m in chain[1:]:
-                path = root / m.id / rb.SEGMENT_FILE
-                _apply(store, rb.decode_segment(path.read_bytes(), path))
+                _apply(store, rb.read_segment(root / m.id, [f.name for f in m.files]))
             result = _truncate(store, covering, base, point)
             result.schema_version = version
             with store.reader() as txn:
@@ -283,15 +283,32 @@ def schema_of(chain: list[BackupManifest]) -> int:
     return version
 
 
-def _apply(store: Store, segment: rb.Segment) -> None:
+# Chunks applied per write transaction: LMDB holds a transaction's dirty
+# pages in memory until it commits, and the store being rebuilt is staging
+# that nothing reads (a failure removes it whole), so a segment need not be
+# one transaction.
+CHUNKS_PER_TXN = 16
+
+
+def _apply(store: Store, chunks: Iterable[rb.SegmentChunk]) -> None:
     tables = store.tables.by_name
+    cleared: set[str] = set()
+    left = iter(chunks)
+    more = True
+    while more:
+        more = False
+        with store.env.begin(write=True) as txn:
+            for chunk in itertools.islice(left, CHUNKS_PER_TXN):
+                more = True
+                name = chunk.table
+                if name not in tables:
+                    raise BackupError(f"the segment names no database of this schema: {name!r}")
+                if name in rb.MUTABLE and name not in cleared:
+                    # Copied whole in each incremental: its first chunk replaces it.
+                    tables[name].clear(txn)
+                    cleared.add(name)
+                tables[name].put_many_raw(txn, chunk.rows)
     with store.env.begin(write=True) as txn:
-        for name, rows in segment.tables.items():
-            if name not in tables:
-                raise BackupError(f"the segment names no database of this schema: {name!r}")
-            if name in rb.MUTABLE:
-                tables[name].clear(txn)
-            tables[name].put_many_raw(txn, rows)
         # Retention after the parent deleted observations an incremental
         # cannot name: the segment's ``meta`` says up to where.
         below = store.tables.retained_from.get(txn) or 0

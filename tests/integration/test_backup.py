@@ -4,12 +4,14 @@ writers ingest, verify, restore, point-in-time restore, damage and forks."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from tests.integration.conftest import RunningDaemon, free_port, run_ctl
@@ -181,7 +183,7 @@ def test_backup_under_ingest_restore_pitr_and_damage(make_daemon: Any, tmp_path:
         assert p.stop() == 0
 
     # One flipped byte in the incremental's segment: verify names it.
-    seg = manifests[-1] / "segment.msgpack"
+    seg = manifests[-1] / "segment.frames"
     data = bytearray(seg.read_bytes())
     data[len(data) // 2] ^= 0xFF
     seg.write_bytes(bytes(data))
@@ -262,3 +264,67 @@ def test_an_erasure_after_the_base_stays_erased_in_a_restore(
     assert ERASED.encode() not in (new / "lmdb" / "data.mdb").read_bytes()
     fsck = run_ctl(new, "fsck")
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_an_incremental_is_framed_in_chunks_and_an_earlier_releases_still_restores(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    """An incremental's segment is written and read a chunk at a time
+    (``segment.frames``), so a long one never sits whole in memory; one an
+    earlier release wrote (``segment.msgpack``, one message) still restores
+    to the same store."""
+    from knhkd.receipts import backup as rb
+
+    d: RunningDaemon = make_daemon(ORIGIN)
+    out = tmp_path / "backups"
+    batch = [{**OBS, "value": {"n": n}} for n in range(500)]
+
+    def ingest(requests: int) -> None:
+        with httpx.Client(base_url=d.base, timeout=30.0) as c:
+            for _ in range(requests):
+                assert c.post("/api/v1/observations", json=batch).status_code == 201
+
+    ingest(2)
+    assert d.ctl("backup", "--out", str(out), "--kind", "base").returncode == 0
+    ingest(20)  # 10,000 observations: three chunks of observations at most 4,096 each
+    incr = d.ctl("backup", "--out", str(out), "--kind", "incremental")
+    assert incr.returncode == 0, incr.stderr
+    (inc_dir,) = [p for p in out.iterdir() if p.name.endswith("-incremental")]
+    assert (inc_dir / rb.SEGMENT_FRAMES).exists() and not (inc_dir / rb.SEGMENT_FILE).exists()
+    chunks = list(rb.read_segment(inc_dir, [rb.SEGMENT_FRAMES]))
+    rows = [len(c.rows) for c in chunks if c.table == "observations"]
+    assert sum(rows) == 10_000 and len(rows) == 3 and max(rows) <= rb.CHUNK_ROWS
+    assert {c.table for c in chunks} == set(rb.MUTABLE) | set(rb.APPEND)
+
+    # The same incremental as an earlier release wrote it: one Segment message.
+    old = tmp_path / "old-backups"
+    shutil.copytree(out, old)
+    merged: dict[str, list[tuple[bytes, bytes]]] = {}
+    for c in chunks:
+        merged.setdefault(c.table, []).extend(c.rows)
+    old_inc = old / inc_dir.name
+    (old_inc / rb.SEGMENT_FRAMES).unlink()
+    (old_inc / rb.SEGMENT_FILE).write_bytes(msgspec.msgpack.encode(rb.Segment(merged)))
+    manifest = json.loads((old_inc / rb.MANIFEST).read_text())
+    for f in manifest["files"]:
+        if f["name"] == rb.SEGMENT_FRAMES:
+            seg = old_inc / rb.SEGMENT_FILE
+            f.update(name=rb.SEGMENT_FILE, size=seg.stat().st_size, sha256=rb.sha256_file(seg))
+    (old_inc / rb.MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+    want = json.loads(d.ctl("status", "--format", "json").stdout)["observations"]
+    assert want == 11_000
+    for source in (out, old):
+        new = tmp_path / f"restored-{source.name}"
+        res = run_ctl(d.data_dir, "restore", "--from", str(source), "--data-dir", str(new),
+                      "--signing-key", str(d.data_dir / "keys" / "signing.key"))  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        fsck = run_ctl(new, "fsck")
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        r = _restored(d, new)
+        r.start()
+        try:
+            st = json.loads(r.ctl("status", "--format", "json").stdout)
+            assert st["observations"] == want, source
+        finally:
+            assert r.stop() == 0
