@@ -54,7 +54,7 @@ from knhkd.api.pool import Pool
 from knhkd.api.problems import problem_for
 from knhkd.config import parse_bind
 from knhkd.errors import KnhkdError
-from knhkd.model import FigureSamples, LaneBatch, LaneIngest, LaneReply, LaneResult
+from knhkd.model import FigureSamples, LaneBatch, LaneReply, LaneResult
 from knhkd.monitor.decode import Decoded
 
 if TYPE_CHECKING:  # a worker process imports this module, never the loop
@@ -68,14 +68,17 @@ START_TIMEOUT_S = 60.0
 _batches = msgspec.msgpack.Decoder(LaneBatch)
 
 
-async def _ingest_one(daemon: Daemon, req: LaneIngest, results: list[LaneResult], i: int) -> None:
-    try:
-        results[i] = LaneResult(ids=await daemon.ingest(Decoded(req.items, req.single)))
-    except Exception as exc:  # answered as the daemon's own route would
-        if not isinstance(exc, KnhkdError) or type(exc).problem == KnhkdError.problem:
-            log.exception("internal error in a worker's POST /api/v1/observations")
-        problem, headers = problem_for(exc)
-        results[i] = LaneResult(problem=problem, headers=headers)
+def _result(outcome: list[str] | Exception) -> LaneResult:
+    if not isinstance(outcome, Exception):
+        return LaneResult(ids=outcome)
+    # Answered as the daemon's own route would.
+    if not isinstance(outcome, KnhkdError) or type(outcome).problem == KnhkdError.problem:
+        log.error(
+            "internal error in a worker's POST /api/v1/observations",
+            exc_info=(type(outcome), outcome, outcome.__traceback__),
+        )
+    problem, headers = problem_for(outcome)
+    return LaneResult(problem=problem, headers=headers)
 
 
 async def serve_lane(
@@ -87,12 +90,10 @@ async def serve_lane(
     sending = trio.Lock()
 
     async def answer(batch: LaneBatch) -> None:
-        results = [LaneResult() for _ in batch.requests]
-        # Concurrently, so that they share the ingest actor's group commit
+        # Queued together, so that they share the ingest actor's group commit
         # (with each other and with the other workers' requests).
-        async with trio.open_nursery() as nursery:
-            for i, req in enumerate(batch.requests):
-                nursery.start_soon(_ingest_one, daemon, req, results, i)
+        outcomes = await daemon.ingest_many([Decoded(r.items, r.single) for r in batch.requests])
+        results = [_result(outcome) for outcome in outcomes]
         async with sending:
             await stream.send_all(frame(LaneReply(batch.id, results)))
 

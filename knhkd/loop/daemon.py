@@ -19,6 +19,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from knhkd.loop.actors import Actors
 from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
 from knhkd.loop.erasure import erase_job
-from knhkd.loop.ingest import Closed
+from knhkd.loop.ingest import Closed, Items
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
 from knhkd.loop.queries import NotFound as NotFound  # noqa: PLC0414 (its old home)
@@ -426,15 +427,41 @@ class Daemon:
         Raises ``Overloaded`` when the queue stays full, ``Closed`` or
         ``WriterClosed`` while stopping, ``CommitFailed`` when storage fails;
         nothing of a refused request is stored."""
-        self.write_gate.check()
-        if self._state.shapes_gate is not None:
-            await self._state.shapes_gate.check(decoded.items, single=decoded.single)
-        cfg = self.cfg.http
-        return await self.actors.ingest.submit(
-            decoded.items,
-            enqueue_timeout=cfg.enqueue_timeout_s,
-            commit_timeout=cfg.commit_timeout_s,
-        )
+        (result,) = await self.ingest_many([decoded])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def ingest_many(self, batch: Sequence[Decoded]) -> list[list[str] | Exception]:
+        """``ingest`` for each request of ``batch`` (a worker's lane batch),
+        each stored or refused on its own, queued together so that they share
+        a group commit: per request, its ids or what ``ingest`` would raise."""
+        try:
+            self.write_gate.check()
+        except KnhkdError as exc:
+            return [exc] * len(batch)
+        out: list[list[str] | Exception] = []
+        passed: list[Items] = []
+        at: list[int] = []
+        gate = self._state.shapes_gate
+        for decoded in batch:
+            try:
+                if gate is not None:
+                    await gate.check(decoded.items, single=decoded.single)
+            except Exception as exc:  # answered for this request alone
+                out.append(exc)
+                continue
+            at.append(len(out))
+            out.append([])
+            passed.append(decoded.items)
+        if passed:
+            cfg = self.cfg.http
+            stored = await self.actors.ingest.submit_many(
+                passed, enqueue_timeout=cfg.enqueue_timeout_s, commit_timeout=cfg.commit_timeout_s
+            )
+            for i, result in zip(at, stored, strict=True):
+                out[i] = result
+        return out
 
     async def run_cycle(self, by: Principal) -> CycleReport:
         """One cycle now; its ``cycle_completed`` receipt names ``by``."""

@@ -20,6 +20,8 @@ Guarantees:
   woken, so a cycle requested after an acknowledgement sees them.
 - A full intake is explicit back-pressure: ``Overloaded`` after
   ``enqueue_timeout``; the daemon stopping: ``Closed``.
+- ``submit_many`` (a worker's lane batch) queues several requests from one
+  task; each is stored or refused on its own, exactly as through ``submit``.
 - Fault isolation: when storing a group of requests fails for a reason of the
   items themselves (the job raised, not the store), the group is split in
   halves and each half committed again, down to the single request at fault:
@@ -103,16 +105,51 @@ class Closed(Unavailable):
 Items = list[ObservationIn] | RingBatch
 
 
+class _Countdown:
+    """One submitter's wake-up for all the requests it queued: ``wait``
+    returns once each has been answered. The submitter holds one count of its
+    own until it has queued them all (``release``), so requests answered
+    while it still queues cannot wake it early."""
+
+    __slots__ = ("_event", "_left")
+
+    def __init__(self) -> None:
+        self._left = 1
+        self._event = trio.Event()
+
+    def add(self) -> None:
+        self._left += 1
+
+    def drop(self) -> None:
+        """Take back an ``add`` whose request was not queued after all."""
+        self._left -= 1
+
+    def answered(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._event.set()
+
+    release = answered
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 @dataclass(eq=False)
 class _Request:
     items: Items
-    done: trio.Event = field(default_factory=trio.Event)
+    done: _Countdown
     ids: list[str] = field(default_factory=list)
     error: Exception | None = None
+    answered: bool = False
     extra_meta: Mapping[bytes, bytes] | None = None
     # The submitter's span (the HTTP request's), for the commit and the
     # next cycle to link to; None when tracing is off.
     link: SpanContext | None = field(default_factory=current_context)
+
+    def answer(self) -> None:
+        self.answered = True
+        self.done.answered()
 
 
 _obs_encoder = msgspec.msgpack.Encoder()
@@ -332,27 +369,70 @@ class Ingest:
         commit_timeout: float,
         extra_meta: Mapping[bytes, bytes] | None = None,
     ) -> list[str]:
+        """Queue one request; its ids once it is committed (module docstring)."""
+        request = _Request(items, _Countdown(), extra_meta=extra_meta)
+        (result,) = await self._submit([request], enqueue_timeout, commit_timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def submit_many(
+        self, batch: Sequence[Items], *, enqueue_timeout: float, commit_timeout: float
+    ) -> list[list[str] | Exception]:
+        """Queue several requests at once (a worker's lane batch), each stored
+        or refused on its own as if submitted alone; per request, its ids or
+        the exception ``submit`` would have raised. One task and one wake-up
+        for all of them: no task, cancel scopes and event per request."""
+        done = _Countdown()
+        return await self._submit(
+            [_Request(items, done) for items in batch], enqueue_timeout, commit_timeout
+        )
+
+    async def _submit(
+        self, requests: list[_Request], enqueue_timeout: float, commit_timeout: float
+    ) -> list[list[str] | Exception]:
+        unqueued: Exception = Closed("knhkd is shutting down")
         if self._closed:
-            raise Closed("knhkd is shutting down")
-        request = _Request(items, extra_meta=extra_meta)
+            return [unqueued] * len(requests)
+        done = requests[0].done
         started = time.perf_counter()
+        queued = 0
         with trio.move_on_after(enqueue_timeout) as scope:
             try:
-                await self._send.send(request)
+                for request in requests:
+                    done.add()
+                    try:
+                        try:
+                            # No checkpoint while the intake has room.
+                            self._send.send_nowait(request)
+                        except trio.WouldBlock:
+                            await self._send.send(request)
+                    except BaseException:  # closed, or cancelled at the deadline: not queued
+                        done.drop()
+                        raise
+                    queued += 1
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise Closed("knhkd is shutting down") from None
+                pass
         if scope.cancelled_caught:
-            self._metrics.rejected_overloaded.inc()
-            raise Overloaded("the ingest queue is full")
-        with trio.move_on_after(commit_timeout) as scope:
-            await request.done.wait()
-        if scope.cancelled_caught:
-            self._metrics.rejected_commit_timeout.inc()
-            raise Overloaded("the commit did not complete in time; it may still commit")
-        if request.error is not None:
-            raise request.error
-        self._figures.record_ingest(time.perf_counter() - started)
-        return request.ids
+            unqueued = Overloaded("the ingest queue is full")
+            self._metrics.rejected_overloaded.inc(len(requests) - queued)
+        done.release()
+        with trio.move_on_after(commit_timeout):
+            await done.wait()
+        took = time.perf_counter() - started
+        out: list[list[str] | Exception] = []
+        for i, request in enumerate(requests):
+            if i >= queued:
+                out.append(unqueued)
+            elif not request.answered:
+                self._metrics.rejected_commit_timeout.inc()
+                out.append(Overloaded("the commit did not complete in time; it may still commit"))
+            elif request.error is not None:
+                out.append(request.error)
+            else:
+                self._figures.record_ingest(took)
+                out.append(request.ids)
+        return out
 
     def close(self) -> None:
         """Stop taking requests; the actor commits what is queued, then returns."""
@@ -367,7 +447,7 @@ class Ingest:
     def _fail(batch: list[_Request], exc: Exception) -> None:
         for req in batch:
             req.error = exc
-            req.done.set()
+            req.answer()
 
     async def _commit(self, batch: list[_Request], count: int) -> None:
         started = time.perf_counter()
@@ -476,7 +556,7 @@ class Ingest:
             # The ring drain needs no ids (its records are known by position).
             if isinstance(part, list):
                 req.ids = [o.id for o in part]
-            req.done.set()
+            req.answer()
         return sum(len(req.items) for req in batch)
 
 

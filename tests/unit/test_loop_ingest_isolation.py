@@ -82,3 +82,62 @@ def test_a_poison_request_fails_alone_and_its_group_commits(store: Store, tmp_pa
         metrics.registry.get_sample_value("knhk_ingest_rejected_total", {"reason": "unstorable"})
         == 2
     )
+
+
+def _ingest(store: Store, tmp_path: Path, capacity: int) -> tuple[Ingest, Metrics]:
+    metrics = Metrics()
+    writer = StoreWriter(store, metrics)
+    receipts = ReceiptLog(store, load_or_create(tmp_path / "key", 1), lambda: 1)
+    to_analyzer, _from_ingest = trio.open_memory_channel[Any](64)
+    return Ingest(store, writer, receipts, metrics, to_analyzer, capacity=capacity), metrics
+
+
+def test_a_batch_is_answered_request_by_request(store: Store, tmp_path: Path) -> None:
+    """``submit_many`` (a worker's lane batch): each request stored or refused
+    on its own, as if submitted alone, in one task."""
+    ingest, _ = _ingest(store, tmp_path, 64)
+    requests = [obs(1), obs(2**70), obs(3), obs(4), obs([-(2**70)])]
+
+    async def main() -> list[Any]:
+        async with trio.open_nursery() as actor:
+            actor.start_soon(ingest.run)
+            got = await ingest.submit_many(requests, enqueue_timeout=5, commit_timeout=5)
+            ingest.close()
+        return got
+
+    got = trio.run(main)
+    assert [type(g).__name__ for g in got] == ["list", "Unstorable", "list", "list", "Unstorable"]
+    with store.reader() as txn:
+        stored = {o.id: o.value for _, o in store.tables.observations.items(txn)}
+    assert stored == {got[0][0]: 1, got[2][0]: 3, got[3][0]: 4}
+
+
+def test_a_batch_past_a_full_intake_is_refused_for_what_did_not_fit(
+    store: Store, tmp_path: Path
+) -> None:
+    """Room for two: the three that never got in are ``Overloaded`` (queue
+    full); the two queued time out waiting for a commit that comes later
+    ("it may still commit"), and then does."""
+    ingest, metrics = _ingest(store, tmp_path, 2)
+    batch = [obs(n) for n in range(5)]
+
+    async def main() -> list[Any]:
+        got = await ingest.submit_many(batch, enqueue_timeout=0.05, commit_timeout=0.05)
+        async with trio.open_nursery() as actor:
+            actor.start_soon(ingest.run)
+            ingest.close()
+        return got
+
+    got = trio.run(main)
+    assert [str(g) for g in got] == [
+        "the commit did not complete in time; it may still commit",
+        "the commit did not complete in time; it may still commit",
+        "the ingest queue is full",
+        "the ingest queue is full",
+        "the ingest queue is full",
+    ]
+    sample = metrics.registry.get_sample_value
+    assert sample("knhk_ingest_rejected_total", {"reason": "overloaded"}) == 3
+    assert sample("knhk_ingest_rejected_total", {"reason": "commit_timeout"}) == 2
+    with store.reader() as txn:
+        assert sorted(o.value for _, o in store.tables.observations.items(txn)) == [0, 1]
