@@ -11,13 +11,14 @@ directory (``mkdtemp``, 0700):
 - ``lane.sock``: the worker lane (api/lane.py, model.py ``Lane*``). A worker
   sends batches of decoded, bounded observations (one entry per HTTP
   request), the audit records of its authentication decisions and counts of
-  its answers; each request of a batch goes through ``Daemon.ingest`` (the
-  write gate, the sector shapes gate, the group commit) exactly as a request
-  served by the daemon would, and the reply carries its ids only once its
-  observations and their receipts are fsynced, else the problem the daemon
-  would have answered. A batch is processed once: nothing is ever resent,
-  so a worker that dies or loses the lane never duplicates an observation;
-  a request whose reply did not reach its worker was never answered 201.
+  its answers; the requests of a batch go through ``Daemon.ingest_many``
+  together (the write gate, the sector shapes gate, the group commit), each
+  exactly as a request served by the daemon would, and the reply carries
+  each one's ids only once its observations and their receipts are fsynced,
+  else the problem the daemon would have answered. A batch is processed
+  once: nothing is ever resent, so a worker that dies or loses the lane
+  never duplicates an observation; a request whose reply did not reach its
+  worker was never answered 201.
 - ``http.sock``: the daemon's own app (every route), to which a worker
   forwards each request it does not serve itself.
 - ``connections``: each worker's count of open connections, by which the
