@@ -451,8 +451,15 @@ class TelemetryConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # "text": ``LEVEL logger: message``; "json": one JSON object a line (log
     # shippers). Under journald either gets the ``<N>`` priority prefix.
     log_format: Literal["text", "json"] = "text"
-    # One line per HTTP request (logger ``knhkd.access``, info).
+    # One line per HTTP request (logger ``knhkd.http.access``, info).
     access_log: bool = True
+    # At most this many access lines a second per process (0: no limit); the
+    # lines over it are counted, and the count logged with the next line.
+    # An answer from 500 on is always logged. The default keeps a daemon and
+    # two workers (300/s) under journald's default rate limit (10,000 lines
+    # in 30 s per service), past which journald drops every line of the
+    # service, errors included, until the interval ends.
+    access_log_max_per_s: NonNegativeFloat = 100.0
 
 
 # Same rule as model.EventType (this layer may not import it); the ring decoder

@@ -11,7 +11,11 @@ Guarantees:
 - ``log_access``: one info line on ``knhkd.http.access`` (``[telemetry]
   access_log``): method, route template (never the path: it may carry ids a
   template does not), status, duration, the principal once authentication
-  resolved one, and the current span's trace id when tracing is on.
+  resolved one, and the current span's trace id when tracing is on. At most
+  ``access_log_max_per_s`` lines a second in this process (a token bucket
+  of one second's worth): the requests over it are not logged but counted,
+  and the next line logged is preceded by one saying how many and since
+  when; an answer from 500 on is logged whatever the budget.
 
 Must never: log a request's query, headers or body (so never a token).
 """
@@ -19,6 +23,8 @@ Must never: log a request's query, headers or body (so never a token).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,13 +39,58 @@ access = logging.getLogger("knhkd.http.access")
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
+class _Budget:
+    """Lines this process may log now: ``rate`` a second, at most one
+    second's worth saved up."""
+
+    __slots__ = ("at", "skipped", "skipped_from", "tokens")
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self.tokens = math.inf  # full, whatever the first rate
+        self.skipped = 0
+        self.skipped_from = 0.0
+
+    def take(self, rate: float) -> bool:
+        now = time.monotonic()
+        self.tokens = min(rate, self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        if not self.skipped:
+            self.skipped_from = now
+        self.skipped += 1
+        return False
+
+
+_budget = _Budget()
+
+
 def log_access(
-    method: str, rule: str, status: int, duration_s: float, principal: object
+    method: str,
+    rule: str,
+    status: int,
+    duration_s: float,
+    principal: object,
+    max_per_s: float = 0.0,
 ) -> None:
     """The access log's line for one answered request (``rule``: its route
-    template, ``-`` when none matched)."""
+    template, ``-`` when none matched), within ``max_per_s`` lines a second
+    (0: no limit; module docstring)."""
     if not access.isEnabledFor(logging.INFO):
         return
+    if max_per_s > 0 and status < 500 and not _budget.take(max_per_s):
+        return
+    if _budget.skipped:
+        access.info(
+            "%d requests not logged in the last %.1f s (telemetry.access_log_max_per_s = %g)",
+            _budget.skipped,
+            time.monotonic() - _budget.skipped_from,
+            max_per_s,
+            extra={"fields": {"not_logged": _budget.skipped}},
+        )
+        _budget.skipped = 0
     name = principal.name if isinstance(principal, Principal) else "-"
     ctx = trace.get_current_span().get_span_context()
     trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else "-"

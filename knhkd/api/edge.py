@@ -190,7 +190,9 @@ class Edge:
         seconds = (time.perf_counter_ns() - started) / 1e9
         front.count_response(status, route.rule, seconds)
         if cfg.telemetry.access_log:
-            log_access("POST", route.rule, status, seconds, principal)
+            log_access(
+                "POST", route.rule, status, seconds, principal, cfg.telemetry.access_log_max_per_s
+            )
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -160,9 +160,15 @@ def create_app(daemon: Front) -> QuartTrio:
         rule = request.url_rule.rule if request.url_rule is not None else "-"
         seconds = None if started is None else (time.perf_counter_ns() - started) / 1e9
         daemon.count_response(response.status_code, rule, seconds)
-        if daemon.cfg.telemetry.access_log:
+        telemetry = daemon.cfg.telemetry
+        if telemetry.access_log:
             log_access(
-                request.method, rule, response.status_code, seconds or 0.0, g.get("principal")
+                request.method,
+                rule,
+                response.status_code,
+                seconds or 0.0,
+                g.get("principal"),
+                telemetry.access_log_max_per_s,
             )
         return response
 

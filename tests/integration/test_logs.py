@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -110,3 +111,32 @@ def test_json_lines_and_the_access_log_switch(make_daemon: Any) -> None:
     assert not [r for r in access if r["route"] == "/api/v1/snapshots/current"], access
     # Authentication off is a warning, and says so in its level.
     assert any(r["level"] == "warning" and r["logger"] == "knhkd.auth" for r in records)
+
+
+def test_the_access_log_keeps_to_its_budget_and_counts_what_it_left_out(
+    make_daemon: Any,
+) -> None:
+    """``access_log_max_per_s``: past it, requests are counted instead of
+    logged, and the next line logged is preceded by how many were not."""
+    d: RunningDaemon = make_daemon(
+        '[telemetry]\nlog_format = "json"\naccess_log_max_per_s = 5.0\n'
+    )
+    with d.client(None) as c:
+        time.sleep(1.2)  # a full second's budget again
+        assert c.get("/health").status_code == 200  # says what start-up left out, if anything
+        for _ in range(40):
+            assert c.get("/api/v1/snapshots/current").status_code == 200
+        time.sleep(0.5)
+        assert c.post("/api/v1/observations", json=OBS).status_code == 201
+    assert d.stop() == 0
+    access = [
+        r
+        for r in (json.loads(line) for line in d.log().splitlines() if line.strip())
+        if r["logger"] == "knhkd.http.access"
+    ]
+    logged = [r for r in access if r.get("route") == "/api/v1/snapshots/current"]
+    post = next(i for i, r in enumerate(access) if r.get("route") == "/api/v1/observations")
+    summary = access[post - 1]
+    assert "requests not logged in the last" in summary["msg"], summary
+    assert 4 <= len(logged) < 40  # the second's budget less /health's line
+    assert len(logged) + summary["not_logged"] == 40, (len(logged), summary)
