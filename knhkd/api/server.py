@@ -351,6 +351,7 @@ class Connection(TCPServer):
         self._closing = False  # write side shut, lingering
         self._done = False  # the reader has stopped
         self._eof = False  # the client has closed its side (or the socket broke)
+        self._discarding = False  # the answer going out is the last: drop what comes
         self._read_scope: trio.CancelScope | None = None
 
     def release(self) -> None:
@@ -414,7 +415,10 @@ class Connection(TCPServer):
             # ERROR) while that answer is still going out; Hypercorn would
             # close the connection under it and the client would get no
             # answer at all (measured: 2 in 5 refusals with a request
-            # pipelined behind them). The answer's own end closes it.
+            # pipelined behind them). The answer's own end closes it; until
+            # then what the client sends is dropped as a lingering close drops
+            # it (within linger_bytes), never buffered by h11.
+            self._discarding = True
             return
         await super().protocol_send(event)
 
@@ -504,7 +508,7 @@ class Connection(TCPServer):
                 if not data:
                     self._eof = True
                     break
-                if self._closing:
+                if self._closing or self._discarding:
                     dropped += len(data)
                     if dropped > self._linger_bytes:
                         break
