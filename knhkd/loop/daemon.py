@@ -39,7 +39,7 @@ from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
 from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
-from knhkd.loop.erasure import erase_job
+from knhkd.loop.erasure import erase_job, matching
 from knhkd.loop.ingest import Closed, Items
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
@@ -299,8 +299,23 @@ class Daemon:
         ``subject`` (loop/erasure.py), then overwrite the pages LMDB freed."""
         self.write_gate.check()
         fields = self.cfg.privacy.subject_fields
+
+        def scan() -> tuple[list[int], int]:
+            with self.store.reader() as txn:
+                return matching(self.store, txn, subject, fields)
+
+        # The O(n) look for matches off the writer: ingest goes on meanwhile.
+        candidates, scanned_to = await trio.to_thread.run_sync(scan)
         result = await self.writer.submit(
-            erase_job(self.store, self.receipts, subject=subject, fields=fields, principal=by.name)
+            erase_job(
+                self.store,
+                self.receipts,
+                subject=subject,
+                fields=fields,
+                principal=by.name,
+                candidates=candidates,
+                scanned_to=scanned_to,
+            )
         )
         self.metrics.receipts_appended.labels("observations_erased").inc()
         # Each job its own transaction: pages freed by one become reusable

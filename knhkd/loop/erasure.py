@@ -21,7 +21,19 @@ break its batch receipt, so a request matching any is refused as a whole
 (409 ``erasure-refused``), nothing erased, and the README says so.
 
 Matching is an exact comparison of each ``[privacy] subject_fields`` metadata
-value with the subject; the scan reads every observation (O(n) in the store).
+value with the subject. Finding the matches reads every observation (O(n) in
+the store), so it is done in two steps, and the one writer is held only for
+the second:
+1. ``matching`` in a read transaction, off the event loop and off the writer
+   (ingest goes on): the sequence numbers that match, and the store's
+   observation count at that snapshot. A record is decoded only when its
+   plaintext holds the subject's UTF-8 bytes (a necessary condition for a
+   metadata string equal to it).
+2. ``erase_job`` in the write transaction: each of those records read again
+   and matched again, then the records stored since the snapshot matched.
+   Records before the snapshot never come to match later (observations are
+   only appended, erased or deleted by retention), so this erases exactly
+   what one scan inside the write transaction would have.
 
 Must never: write the subject's identifier to a receipt, a log line or an
 error; erase part of a request's matches.
@@ -38,12 +50,32 @@ from knhkd.model import Erasure, Observation, Outcome, erased
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store.env import Store
-from knhkd.store.schema import LEAF_DIGEST_BYTES
+from knhkd.store.schema import LEAF_DIGEST_BYTES, OBSERVATIONS
 
 
 class ErasureRefused(Conflict):
     problem = "erasure-refused"
     title = "Erasure refused"
+
+
+def _hit(obs: Observation, subject: str, fields: Sequence[str]) -> list[str]:
+    return [f for f in fields if obs.metadata.get(f) == subject]
+
+
+def matching(
+    store: Store, txn: lmdb.Transaction, subject: str, fields: Sequence[str], start: int = 0
+) -> tuple[list[int], int]:
+    """The sequence numbers from ``start`` on whose observation matches, and
+    the store's observation count in ``txn`` (where a later look resumes)."""
+    t = store.tables
+    needle = subject.encode()
+    decode = OBSERVATIONS.value.decode
+    found: list[int] = []
+    for seq, raw in t.observations.items_raw(txn, start=start):
+        plain = t.observations.open_raw(raw)
+        if needle in plain and _hit(decode(plain), subject, fields):
+            found.append(seq)
+    return found, t.observations_next.get(txn) or 0
 
 
 def erase_job(
@@ -53,16 +85,24 @@ def erase_job(
     subject: str,
     fields: Sequence[str],
     principal: str,
+    candidates: Sequence[int] = (),
+    scanned_to: int = 0,
 ) -> Callable[[lmdb.Transaction], Erasure]:
+    """The write job of an erasure: ``candidates`` and ``scanned_to`` are
+    ``matching``'s answer in an earlier read transaction (module docstring);
+    the defaults scan the whole store here."""
     t = store.tables
 
     def job(txn: lmdb.Transaction) -> Erasure:
         salted_from = t.salted_from.get(txn) or 0
         matches: list[Observation] = []
         matched_fields: set[str] = set()
-        for obs in t.observations.values(txn):
-            hit = [f for f in fields if obs.metadata.get(f) == subject]
-            if hit:
+        since, _ = matching(store, txn, subject, fields, scanned_to)
+        for seq in (*candidates, *since):
+            obs = t.observations.get(txn, seq)
+            # Gone (retention), or erased meanwhile: no longer a match.
+            hit = [] if obs is None else _hit(obs, subject, fields)
+            if obs is not None and hit:
                 matches.append(obs)
                 matched_fields.update(hit)
         legacy = [o for o in matches if o.seq < salted_from]
