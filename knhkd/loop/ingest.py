@@ -392,7 +392,7 @@ class Ingest:
         self, requests: list[_Request], enqueue_timeout: float, commit_timeout: float
     ) -> list[list[str] | Exception]:
         unqueued: Exception = Closed("knhkd is shutting down")
-        if self._closed:
+        if self._closed or not requests:
             return [unqueued] * len(requests)
         done = requests[0].done
         started = time.perf_counter()
