@@ -68,9 +68,10 @@ KEYRING_FILE = "public.json"
 CHUNK_ROWS = 4096
 CHUNK_BYTES = 4 * 1024 * 1024
 _FRAME_HEAD = struct.Struct(">I")
-# A frame longer than this is damage, not a chunk (CHUNK_BYTES, plus the
-# keys and framing of CHUNK_ROWS rows, plus one row of LMDB's largest value).
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+# A frame is at most about CHUNK_BYTES, or one row when a single value is
+# larger (a big snapshot); a length past this is damage (the manifest's
+# SHA-256 has then usually said so already), not a reason to allocate it.
+MAX_FRAME_BYTES = 1 << 30
 
 # Databases that only ever grow at their end, and how a record's key says
 # where it stands: (receipts, observations) high-water marks of the parent.
@@ -189,6 +190,8 @@ class _SegmentWriter:
 
     def _write(self, name: str, rows: list[tuple[bytes, bytes]]) -> None:
         body = _chunk_encoder.encode(SegmentChunk(name, rows))
+        if len(body) > MAX_FRAME_BYTES:
+            raise BackupError(f"a record of {name!r} is too large for a segment frame")
         self.fh.write(_FRAME_HEAD.pack(len(body)))
         self.fh.write(body)
 
