@@ -39,7 +39,7 @@ from knhkd.loop import knowledge_state as kn
 from knhkd.loop.actors import Actors
 from knhkd.loop.backup import Backups
 from knhkd.loop.cycle import Cycle
-from knhkd.loop.erasure import erase_job, matching
+from knhkd.loop.erasure import erase_job, matching, scrub_free_pages
 from knhkd.loop.ingest import Closed, Items
 from knhkd.loop.knowledge_state import SnapshotConflict
 from knhkd.loop.planner import proposal_draft, sign_job, store_proposals_job
@@ -84,7 +84,6 @@ from knhkd.receipts import backup as backup_copy
 from knhkd.receipts import canonical, keyring, merkle, offline
 from knhkd.receipts.log import verify_store
 from knhkd.receipts.tlog_checkpoint import Checkpoint
-from knhkd.store import scrub
 from knhkd.telemetry import logs
 from knhkd.telemetry.metrics import WRITE_REFUSAL_CAUSES, Metrics
 from knhkd.telemetry.tracing import span
@@ -318,12 +317,7 @@ class Daemon:
             )
         )
         self.metrics.receipts_appended.labels("observations_erased").inc()
-        # Each job its own transaction: pages freed by one become reusable
-        # only transactions later (store/scrub.py).
-        for what, job in scrub.jobs(self.store):
-            pages = await self.writer.submit(job)
-            if what == "fill":
-                result.scrubbed_pages.append(pages)
+        result.scrubbed_pages = await scrub_free_pages(self.writer, self.store)
         # Never the subject: it is the personal data being erased.
         log.info(
             "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",

@@ -12,8 +12,10 @@ SHA-256(salt || record), kept in ``observation_leaves`` with its salt
   digest cannot be tested against a guess of the content;
 - appends an ``observations_erased`` receipt: the erased ids, how many, which
   configured fields matched, who asked. Never the subject's identifier.
-Then ``scrub.ROUNDS`` rounds of ``store/scrub.py`` overwrite the pages LMDB
-freed (older copies of the records), each in its own transaction.
+Then ``scrub_free_pages``: ``scrub.ROUNDS`` rounds of ``store/scrub.py``
+overwrite the pages LMDB freed (older copies of the records), each job in
+its own transaction, a round's fills bounded (``scrub.FILL_PAGES``) so that
+ingest goes on between them.
 
 Observations stored under schema v1 (before ``observations.salted_from``)
 are committed to by a hash over their content itself: erasing one would
@@ -46,9 +48,11 @@ from collections.abc import Callable, Sequence
 import lmdb
 
 from knhkd.errors import Conflict
+from knhkd.loop.writer import StoreWriter
 from knhkd.model import Erasure, Observation, Outcome, erased
 from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
+from knhkd.store import scrub
 from knhkd.store.env import Store
 from knhkd.store.schema import LEAF_DIGEST_BYTES, OBSERVATIONS
 
@@ -138,3 +142,24 @@ def erase_job(
         return Erasure(len(todo), [o.id for o in todo], receipt_id)
 
     return job
+
+
+async def scrub_free_pages(writer: StoreWriter, store: Store) -> list[int]:
+    """``scrub.ROUNDS`` rounds over the free list, each job committed alone
+    (pages one frees become reusable only transactions later: store/scrub.py);
+    a round fills until it has written as many pages as were free when it
+    began, or none are left. Returns the pages each round overwrote."""
+    overwritten: list[int] = []
+    for _ in range(scrub.ROUNDS):
+        for _ in range(2):
+            await writer.submit(scrub.tick_job(store))
+        written, target = 0, None
+        while True:
+            n, free = await writer.submit(scrub.fill_job(store, written))
+            target = free if target is None else target
+            written += n
+            if n == 0 or written >= target:
+                break
+        await writer.submit(scrub.clear_job(store))
+        overwritten.append(written)
+    return overwritten

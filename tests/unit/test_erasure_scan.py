@@ -14,11 +14,12 @@ import pytest
 import trio
 
 from knhkd.crypto.keys import load_or_create
-from knhkd.loop.erasure import erase_job, matching
+from knhkd.loop.erasure import erase_job, matching, scrub_free_pages
 from knhkd.loop.ingest import commit_job
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import ObservationIn
 from knhkd.receipts.log import ReceiptLog
+from knhkd.store import scrub
 from knhkd.store.env import MB, Store, open_store
 from knhkd.telemetry.metrics import Metrics
 
@@ -81,3 +82,43 @@ def test_matches_found_before_and_stored_after_the_scan_are_erased(
     erased = sorted(seq for seq, o in records.items() if "knhk.erased" in o.metadata)
     assert erased == [0, 2, 4, 6, 8]
     assert records[3].value == SUBJECT and records[1].metadata == {"user_id": "other"}
+
+
+def test_a_large_free_list_is_overwritten_a_bounded_fill_at_a_time(tmp_path: Path) -> None:
+    """More free pages than one fill may write: each round takes several
+    fills (transactions), together as many pages as were free, and leaves
+    ``scrub`` empty."""
+    store = open_store(tmp_path, map_size=64 * MB, max_map_size=64 * MB)
+    writer = StoreWriter(store, Metrics())
+
+    def churn(txn: Any) -> None:
+        # ~3 fills' worth of pages written, then freed (clear_job).
+        big = b"x" * 3000
+        for i in range(3 * scrub.FILL_PAGES):
+            store.tables.scrub.put_raw(txn, i, big)
+
+    async def main() -> tuple[int, list[int], int]:
+        async with trio.open_nursery() as n:
+            n.start_soon(writer.run)
+            await writer.submit(churn)
+            await writer.submit(scrub.clear_job(store))
+            for _ in range(2):
+                await writer.submit(scrub.tick_job(store))
+            with store.reader() as txn:
+                free = scrub.free_pages(store, txn)
+            before = store.env.info()["last_txnid"]
+            rounds = await scrub_free_pages(writer, store)
+            commits = store.env.info()["last_txnid"] - before
+            writer.close()
+        return free, rounds, commits
+
+    try:
+        free, rounds, commits = trio.run(main)
+        with store.reader() as txn:
+            assert store.tables.scrub.count(txn) == 0
+    finally:
+        store.close()
+    assert free > 2 * scrub.FILL_PAGES
+    assert len(rounds) == scrub.ROUNDS and all(r >= free for r in rounds), (free, rounds)
+    # Per round: two ticks, at least three bounded fills, one clear.
+    assert commits >= scrub.ROUNDS * (2 + 3 + 1), commits
