@@ -432,8 +432,14 @@ def table(r: dict[str, Any], v: dict[str, bool]) -> str:
         )
     cpu = [s["cpu_cores"] for s in r.get("samples", []) if s.get("cpu_cores") is not None]
     rss = [s["rss_mb"] for s in r.get("samples", []) if s.get("rss_mb") is not None]
+    anon = [s["rss_anon_mb"] for s in r.get("samples", []) if s.get("rss_anon_mb") is not None]
     if cpu:
-        lines.append(f"daemon CPU max {max(cpu):.2f} cores; RSS max {max(rss):.1f} MB")
+        # RSS counts the pages of LMDB's mapped file a process has touched
+        # (page cache, given back under pressure); anonymous is its own memory.
+        lines.append(
+            f"daemon CPU max {max(cpu):.2f} cores; RSS max {max(rss):.1f} MB"
+            + (f", anonymous max {max(anon):.1f} MB (the rest: the mapped store)" if anon else "")
+        )
     if "durability" in r:
         lines.append(f"durability: {r['durability']}")
     return "\n".join(lines)
