@@ -6,7 +6,6 @@ twice; a subject's identifier in a value, not a subject field, is no match."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.timeout(30)
 
 SUBJECT = "user-0815"
 FIELDS = ("patient_id", "user_id")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(tmp_path, map_size=8 * MB, max_map_size=8 * MB)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def obs(user: str | None, value: Any = 1) -> ObservationIn:

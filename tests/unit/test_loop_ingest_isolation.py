@@ -8,7 +8,6 @@ for whatever item-specific fault decoding does not foresee."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,10 @@ from knhkd.loop.ingest import Ingest, Unstorable
 from knhkd.loop.writer import StoreWriter
 from knhkd.model import ObservationIn
 from knhkd.receipts.log import ReceiptLog
-from knhkd.store.env import MB, Store, open_store
+from knhkd.store.env import Store
 from knhkd.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = open_store(tmp_path, map_size=8 * MB, max_map_size=8 * MB)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def obs(value: Any) -> list[ObservationIn]:
