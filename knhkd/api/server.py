@@ -38,9 +38,10 @@ listeners, one ``TCPServer`` per connection) with these differences:
   socket with unread data sends a reset, which can destroy a response the
   client has not read yet (an early 413 or 503 while it is still uploading;
   a refusal with the client's next request pipelined behind it).
-- **Closes announced.** An answer started while the client is still sending
-  its request's body says ``Connection: close`` (``_AnnouncedClose``):
-  Hypercorn closes such a connection after the answer, and would say nothing.
+- **Closes announced.** An answer started while the server drains, or while
+  the client is still sending its request's body, says ``Connection:
+  close`` (``_AnnouncedClose``): Hypercorn closes such a connection after
+  the answer, and would say nothing.
 
 - **Memory given back.** Once request bodies of at least
   ``TRIM_AFTER_BYTES`` have been released or ``TRIM_AFTER_CONNECTIONS``
@@ -191,7 +192,7 @@ class Edge:
         self.held += need
         self.in_flight += 1
         try:
-            await self.app(scope, receive, partial(self._send, send), sync_spawn, call_soon)
+            await self.app(scope, receive, send, sync_spawn, call_soon)
         finally:
             self.held -= need
             self.in_flight -= 1
@@ -205,13 +206,6 @@ class Edge:
         self.closed += 1
         if self.closed >= TRIM_AFTER_CONNECTIONS:
             self.freed.set()
-
-    async def _send(self, send: Callable[[Message], Awaitable[None]], message: Message) -> None:
-        if self.draining and message["type"] == "http.response.start":
-            # The connection is closed after this response: say so, so that a
-            # keep-alive client does not send its next request into the close.
-            message = with_close(message)
-        await send(message)
 
     async def _refuse(self, exc: KnhkdError, receive: Any, send: Any) -> None:
         problem, extra = problem_for(exc)
@@ -253,17 +247,18 @@ async def _discard(receive: Callable[[], Awaitable[Message]]) -> None:
 
 class _AnnouncedClose:
     """The app, whose answers say ``Connection: close`` whenever Hypercorn
-    will close the connection after them because the client is still sending
-    the request's body (``still_sending`` at the answer's start). Hypercorn
-    0.18 recycles a connection only when both sides of the exchange are done
-    and otherwise closes it without a word, so a keep-alive client would send
-    its next request into the close (RFC 9112 §9.6: a server that closes
-    says so in its answer). Every route, hook and error of every app is
-    covered here, whichever of them answered before the body was read."""
+    will close the connection after them (``closes_after`` at the answer's
+    start): the server is draining, or the client is still sending the
+    request's body. Hypercorn 0.18 recycles a connection only when both
+    sides of the exchange are done and the server is not terminating, and
+    otherwise closes it without a word, so a keep-alive client would send its
+    next request into the close (RFC 9112 §9.6: a server that closes says so
+    in its answer). Every route, hook and error of every app is covered
+    here, whichever of them answered."""
 
-    def __init__(self, app: ASGIApp, still_sending: Callable[[], bool]) -> None:
+    def __init__(self, app: ASGIApp, closes_after: Callable[[], bool]) -> None:
         self.app = app
-        self.still_sending = still_sending
+        self.closes_after = closes_after
 
     async def __call__(
         self, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
@@ -273,7 +268,7 @@ class _AnnouncedClose:
             return
 
         async def announced(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.still_sending():
+            if message["type"] == "http.response.start" and self.closes_after():
                 message = with_close(message)
             await send(message)
 
@@ -330,7 +325,7 @@ class Connection(TCPServer):
         handing_over: bool = False,
     ) -> None:
         super().__init__(
-            cast(AppWrapper, _AnnouncedClose(app, self._still_sending)),
+            cast(AppWrapper, _AnnouncedClose(app, self._closes_after)),
             config,
             context,
             state,
@@ -451,11 +446,14 @@ class Connection(TCPServer):
             with trio.CancelScope(shield=True):
                 await self._initiate_server_close()
 
-    def _still_sending(self) -> bool:
-        """Whether the HTTP/1.1 client is still sending its request's body (an
-        HTTP/2 stream has no ``Connection`` header and is never this)."""
+    def _closes_after(self) -> bool:
+        """Whether Hypercorn closes this HTTP/1.1 connection after the answer
+        now starting: the server is draining, or the client is still sending
+        its request's body (an HTTP/2 stream has no ``Connection`` header)."""
         connection = getattr(self.protocol.protocol, "connection", None)
-        return isinstance(connection, h11.Connection) and connection.their_state is h11.SEND_BODY
+        if not isinstance(connection, h11.Connection):
+            return False
+        return self.context.terminated.is_set() or connection.their_state is h11.SEND_BODY
 
     async def _initiate_server_close(self) -> None:
         # Idle (or timed out): nothing of the client's is unread, no linger.

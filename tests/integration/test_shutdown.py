@@ -79,10 +79,12 @@ def test_writers_during_drain_get_answers_not_resets(make_daemon: Any) -> None:
             answer = read_until_eof(late)
         assert b"urn:knhkd:problem:draining" in answer
         assert b"connection: close" in answer.lower()
-        # The request in flight at SIGTERM completes.
+        # The request in flight at SIGTERM completes, and its answer says the
+        # connection closes after it.
         early.sendall(OBSERVATION[half:])
         answer = read_until_eof(early)
         assert answer.startswith((b"HTTP/1.1 201", b"HTTP/1.1 503")), answer
+        assert b"connection: close" in answer.lower(), answer
         if answer.startswith(b"HTTP/1.1 503"):
             assert b"draining" in answer
         # The idle keep-alive connection was closed, not reset.
