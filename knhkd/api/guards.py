@@ -103,11 +103,11 @@ async def _close(response: Response | WerkzeugResponse) -> Response | WerkzeugRe
 
 def close_if_body_unread() -> None:
     """A request refused before its body was read (here, or by api/authn.py's
-    hook) is answered with ``Connection: close``: the connection cannot carry
-    another request (it would wait on the unread bytes). Left unread on a
-    keep-alive connection, Hypercorn (0.18, h11) now and then never answers
-    the connection's next request (measured: 1 in ~6 POSTs refused before
-    their body was read)."""
+    hook) is answered with ``Connection: close``, always: whether its body
+    had arrived whole by the time of the answer is timing (when it had not,
+    Hypercorn closes the connection, and api/server.py announces it), so a
+    refused client is told the same thing every time, and a refused body is
+    never read."""
     headers = request.headers
     if body_expected(headers.get("Content-Length"), headers.get("Transfer-Encoding")):
         after_this_request(_close)
