@@ -459,8 +459,9 @@ class TickBaseline(Struct, frozen=True):
     this machine's floor p99 then (a baseline is only comparable on a
     machine with about that floor), the snapshot and when."""
 
-    p99_ticks: float
-    floor_p99_ticks: float | None
+    # Positive, or the record is damaged (NaN fails ``gt`` too).
+    p99_ticks: Annotated[float, Meta(gt=0)]
+    floor_p99_ticks: Annotated[float, Meta(gt=0)] | None
     snapshot_id: str
     taken_at_ns: int
 

@@ -200,9 +200,12 @@ class Figures:
         stays). Taken before the change is committed, stored with it, then
         ``adopt``ed."""
         now = self.append_ticks.p99()
-        if now is None:
-            return None
-        return TickBaseline(now, self.floor_ticks_p99, snapshot_id, time.time_ns())
+        if now is None or not now > 0:
+            return None  # nothing a regression could be judged against
+        floor = self.floor_ticks_p99
+        return TickBaseline(
+            now, floor if floor is not None and floor > 0 else None, snapshot_id, time.time_ns()
+        )
 
     def adopt(self, baseline: TickBaseline) -> None:
         self.tick_baseline = baseline

@@ -27,6 +27,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
 import trio
 
 from knhkd import __version__
@@ -35,7 +36,7 @@ from knhkd.loop.actors import build_actors
 from knhkd.loop.daemon import Daemon
 from knhkd.loop.figures import FLOOR_BLOCKS, Figures
 from knhkd.loop.sdnotify import notify, notifying, reloading, watchdog_interval_s
-from knhkd.loop.startup import open_data_dir, prepare
+from knhkd.loop.startup import Opened, open_data_dir, prepare
 from knhkd.loop.state import LoopState, Settings
 from knhkd.loop.supervisor import Supervisor
 from knhkd.model import Health
@@ -106,6 +107,26 @@ async def _report(daemon: Daemon, watchdog: float | None, status: str) -> None:
 Server = Callable[..., Awaitable[None]]
 
 
+def _restore_baseline(opened: Opened, figures: Figures, tolerance: float) -> None:
+    """Q5's baseline as stored with the current snapshot (loop/figures.py).
+    A figure, not state anything depends on: one a failing disk damaged is
+    named in the log and not used, and the start goes on."""
+    slot = opened.store.tables.tick_baseline
+    with opened.store.reader() as txn:
+        raw = slot.get_raw(txn)
+        raw = None if raw is None else bytes(raw)
+    try:
+        stored = None if raw is None else slot.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.warning(
+            "Q5 tick baseline: the stored one is unreadable (%s): not used; the first "
+            "hot-path p99 measured will be the baseline (knhkctl fsck names the record)",
+            exc,
+        )
+        return
+    log.info("Q5 tick baseline: %s", figures.restore(stored, tolerance))
+
+
 async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
     """Start up, run until shutdown, stop; ``servers`` (admin socket, HTTP)
     are started in order with ``nursery.start(server, daemon)`` once the
@@ -132,10 +153,7 @@ async def run_daemon(settings: Settings, servers: Sequence[Server]) -> int:
                 prepared = await prepare(cfg, opened, metrics, settings)
                 # This machine's hot-path floor, for Q4 (briefly, off the loop).
                 figures.set_floor(await trio.to_thread.run_sync(floor_ticks, FLOOR_BLOCKS))
-                with opened.store.reader() as txn:
-                    stored = opened.store.tables.tick_baseline.get(txn)
-                tolerance = cfg.validate.invariants.hot_path_floor_tolerance
-                log.info("Q5 tick baseline: %s", figures.restore(stored, tolerance))
+                _restore_baseline(opened, figures, cfg.validate.invariants.hot_path_floor_tolerance)
                 state = LoopState(settings, opened, prepared, metrics, figures)
                 actors = build_actors(state, opened)
                 daemon = Daemon(state, opened, prepared, actors, supervisor=sup, metrics=metrics)

@@ -216,3 +216,26 @@ def test_q5s_baseline_is_kept_from_the_last_snapshot_change_across_restarts(
         _append(p, TICK, 22)
         f = c.get("/health").json()["figures"]
         assert f["tick_baseline_source"] == "start" and f["tick_baseline_p99"] > 0
+
+
+def test_a_damaged_stored_baseline_is_reported_and_the_daemon_starts(make_daemon: Any) -> None:
+    """Q5's stored baseline is a figure, not state the store depends on: one
+    a failing disk damaged is named in the log and not used, and the daemon
+    starts and serves as without one (``knhkctl fsck`` names it too)."""
+    d: RunningDaemon = make_daemon()
+    assert d.stop() == 0
+    env = lmdb.open(str(d.data_dir / "lmdb"), max_dbs=32, map_size=0)
+    try:
+        meta = env.open_db(b"meta", create=False)
+        with env.begin(write=True, db=meta) as txn:
+            txn.put(TICK_BASELINE.key, b"\xc1damaged")
+    finally:
+        env.close()
+    d.start()
+    assert "Q5 tick baseline: the stored one is unreadable" in d.log(), d.log()
+    with d.client(None) as c:
+        f = c.get("/health").json()["figures"]
+        assert f["tick_baseline"] is None and f["tick_baseline_source"] == ""
+        assert c.post("/api/v1/observations", json=VALID).status_code == 201
+    fsck = d.ctl("fsck")
+    assert fsck.returncode != 0 and "figures.tick_baseline" in fsck.stdout + fsck.stderr
