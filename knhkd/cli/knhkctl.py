@@ -274,13 +274,19 @@ def call(
     """One request over the admin socket. Raises ConnectionError if nobody answers.
     ``busy``: a long command; on a terminal a bar counts the time and the
     bytes of the answer while the daemon works."""
+    try:
+        request = msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n"
+    except UnicodeEncodeError:
+        # An argument's bytes were not UTF-8 (Python keeps them as lone
+        # surrogates): the daemon's protocol is UTF-8 JSON.
+        raise CtlError(f"{cmd}: an argument is not valid UTF-8 text") from None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
         # A refused peer is answered at once and disconnected: the answer may
         # already wait in our buffer even when sending fails; read it.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(msgspec.json.encode(AdminRequest(cmd=cmd, args=args)) + b"\n")
+            sock.sendall(request)
         buf = b""
         show = busy is not None and progress.enabled()
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ erased value nowhere in the LMDB file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -223,3 +224,14 @@ def test_erasure_shreds_a_subject_and_everything_still_verifies(
     assert _in_file(mdb, SUBJECT, USER) == []
     assert d.stop() == 0
     assert _in_file(mdb, SUBJECT, USER) == []
+
+
+def test_a_subject_that_is_not_utf8_gets_one_line_and_exit_2(make_daemon: Any) -> None:
+    """An argument whose bytes are not UTF-8 (the daemon's protocol is UTF-8
+    JSON) is refused by knhkctl in one line, exit 2, not a traceback; the
+    daemon is never asked."""
+    d: RunningDaemon = make_daemon()
+    r = d.ctl("erase", "--subject", os.fsdecode(b"user-\xff\xfe"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "not valid UTF-8" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
