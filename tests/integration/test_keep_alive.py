@@ -49,7 +49,7 @@ class _Conn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def read_answers(self, n: int, quiet_s: float = 0.5) -> list[tuple[int, bool]]:
+    def read_answers(self, n: int, quiet_s: float = 5.0) -> list[tuple[int, bool]]:
         """Read until ``n`` whole answers are in (or the daemon closes, or is
         quiet for ``quiet_s`` after the last byte): [(status, says close)]."""
         deadline = time.monotonic() + 15.0
