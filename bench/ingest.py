@@ -6,20 +6,29 @@ One run, in this order:
 2. the real daemon (``knhkd run``) on a fresh temporary data directory, bound to
    127.0.0.1 on a free port, with ``[http] noop_endpoint = true``; ready when
    ``GET /ready`` answers 200;
-3. closed loop on ``POST /api/v1/_noop`` (same stack, no work) → 200;
-4. closed loop on ``POST /api/v1/observations`` (one observation per request,
-   durable before the 201) → 201; the ratio ingest/no-op (target ≥ 0.90);
-5. open loop at a fixed 1,000 obs/s on the same endpoint, latency measured from
-   each request's intended send time (target p99 ≤ 10 ms); when that rate is
-   over 80 % of the measured ingest capacity, also (for information, no target)
-   an open loop at half the capacity, which shows latency without the queueing;
+3. open loop at a fixed 1,000 obs/s on ``POST /api/v1/observations`` (one
+   observation per request, durable before the 201), on the fresh store,
+   latency measured from each request's intended send time (target p99 ≤ 10 ms);
+4. closed loop on ``POST /api/v1/_noop`` (same stack, no work) → 200, then on
+   the ingest route → 201, at each level of ``--connections`` (default 16, 32,
+   64, 128), the two routes alternating so that drift touches both alike;
+5. each route's capacity is its best level; the ratio of the capacities
+   ingest/no-op (target ≥ 0.90), and the ratio at each level for information.
+   Why a sweep: a closed loop of N connections measures N / latency (Little's
+   law). Ingest answers after a group commit, so at a low N every request waits
+   for one while the CPU idles (16 connections: ~0.8 of a core idle on a 2-vCPU
+   machine), and the figure is the commit's latency, not what the daemon can
+   take; the no-op has no such wait and is at its best at a low N. When 1,000/s
+   is over 80 % of the ingest capacity, also (for information, no target) an
+   open loop at half the capacity, which shows latency without the queueing;
 6. cross-check: the daemon's ``knhk_observations_ingested_total`` is at least the
    number of 201s it sent; then SIGTERM, and the daemon must exit 0;
 7. with ``--workers N``: a daemon with 2..N HTTP worker processes each
-   (``http.workers``), closed-loop no-op and ingest and the open loop of step 5
-   again, each ingest figure against the single-process no-op of step 3 (target
-   ≥ 1.4 for the best N; the open-loop p99 target as in step 5), the same checks (every 201
-   durable, no error, SIGTERM → exit 0). Steps 2–6 run with ``http.workers = 1``.
+   (``http.workers``), the open loop of step 3 and the sweep of step 4 again,
+   each ingest capacity against the single-process no-op capacity of step 5
+   (target ≥ 1.4 for the best N; the open-loop p99 target as in step 3), the
+   same checks (every 201 durable, no error, SIGTERM → exit 0). Steps 2–6 run
+   with ``http.workers = 1``.
 
 Guarantees: the load generator runs in its own process (the daemon gets one core,
 the generator the other); every phase is bounded in time; traffic goes to
@@ -59,7 +68,7 @@ BODY = '{"event_type":"bench.tick","value":{"n":1},"sector":"generic","metadata"
 NOOP_PATH = "/api/v1/_noop"
 IDLE_BUSY = 0.10  # above this CPU use by others, figures are not comparable
 NOISY = 0.25  # cores used by other processes during a phase that make it suspect
-PHASES = ("client_ceiling", "noop", "ingest", "open", "open_sustainable")
+PHASES = ("client_ceiling", "open", "open_sustainable")
 INGEST_PATH = "/api/v1/observations"
 
 
@@ -333,16 +342,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with trivial_server() as (port, pid):
             report["client_ceiling"] = loadgen(
                 "closed", port, NOOP_PATH, args, pid, duration=min(args.duration, 3.0),
-                connections=args.connections,
+                connections=max(args.connections),
             )  # fmt: skip
     with daemon(args, report) as (port, proc):
-        conns = args.connections
-        report["noop"] = loadgen("closed", port, NOOP_PATH, args, proc.pid, connections=conns)
-        report["ingest"] = loadgen("closed", port, INGEST_PATH, args, proc.pid, connections=conns)
+        # The open loop first, on a fresh store, as in earlier runs: after the
+        # sweep the store holds ~10x more observations.
         report["open"] = loadgen(
             "open", port, INGEST_PATH, args, proc.pid,
             rate=args.rate, connections=args.open_connections,
         )  # fmt: skip
+        report.update(closed_sweep(port, proc.pid, args))
         capacity = report["ingest"]["ok_rps"]
         if args.sustainable and capacity and args.rate > 0.8 * capacity:
             # The fixed rate overloads this machine, so its latency is queueing
@@ -351,8 +360,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "open", port, INGEST_PATH, args, proc.pid,
                 rate=round(capacity / 2, 1), connections=args.open_connections,
             )  # fmt: skip
-        acked = sum(report[k]["all_ok"] for k in ("ingest", "open", "open_sustainable")
-                    if k in report)  # fmt: skip
+        acked = _acknowledged(report["sweep"]) + sum(
+            report[k]["all_ok"] for k in ("open", "open_sustainable") if k in report
+        )
         durable = ingested_total(port)
         report["durability"] = {"acknowledged_201": acked, "ingested_total_metric": durable}
     if args.workers > 1:
@@ -360,27 +370,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def closed_sweep(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Closed-loop no-op and ingest at each of ``args.connections``, the two
+    routes alternating at each level so that drift touches both alike.
+
+    A closed loop of N connections measures N / latency (Little's law), not
+    what the server can do: a server that commits in groups answers each
+    request after a commit, so at low N its CPU idles while every request
+    waits for one. Each route's capacity is its best figure over the same
+    levels; ``noop`` and ``ingest`` are those best phases (each names its
+    ``connections``), ``sweep`` holds them all."""
+    sweep: list[dict[str, Any]] = []
+    for conns in args.connections:
+        noop = loadgen("closed", port, NOOP_PATH, args, pid, connections=conns)
+        ingest = loadgen("closed", port, INGEST_PATH, args, pid, connections=conns)
+        noop["connections"] = ingest["connections"] = conns
+        sweep.append({"connections": conns, "noop": noop, "ingest": ingest})
+    return {
+        "sweep": sweep,
+        "noop": max((level["noop"] for level in sweep), key=lambda p: p["ok_rps"]),
+        "ingest": max((level["ingest"] for level in sweep), key=lambda p: p["ok_rps"]),
+    }
+
+
+def _acknowledged(sweep: list[dict[str, Any]]) -> int:
+    return sum(int(level["ingest"]["all_ok"]) for level in sweep)
+
+
+def _sweep_clean(sweep: list[dict[str, Any]]) -> bool:
+    return all(
+        p["non_2xx"] == 0 and p["errors"] == 0 and p["unanswered"] == 0
+        for level in sweep
+        for p in (level["noop"], level["ingest"])
+    )
+
+
 def scaling(args: argparse.Namespace, report: dict[str, Any]) -> list[dict[str, Any]]:
     """Closed-loop no-op and durable ingest with 1..N worker processes, each
-    against the single-process no-op measured above in this run."""
+    capacity against the single-process no-op capacity measured above in this
+    run."""
     base = report["noop"]["ok_rps"]
     rows = [
-        {"workers": 1, "noop": report["noop"], "ingest": report["ingest"], "open": report["open"]}
-    ]
+        {
+            "workers": 1, "sweep": report["sweep"], "noop": report["noop"],
+            "ingest": report["ingest"], "open": report["open"],
+        }
+    ]  # fmt: skip
     for n in range(2, args.workers + 1):
         sub: dict[str, Any] = {}
         with daemon(args, sub, workers=n) as (port, proc):
-            conns = args.connections
-            row = {
-                "workers": n,
-                "noop": loadgen("closed", port, NOOP_PATH, args, proc.pid, connections=conns),
-                "ingest": loadgen("closed", port, INGEST_PATH, args, proc.pid, connections=conns),
-                "open": loadgen(
-                    "open", port, INGEST_PATH, args, proc.pid,
-                    rate=args.rate, connections=args.open_connections,
-                ),
-            }  # fmt: skip
-            acked = row["ingest"]["all_ok"] + row["open"]["all_ok"]
+            row: dict[str, Any] = {"workers": n}
+            row["open"] = loadgen(
+                "open", port, INGEST_PATH, args, proc.pid,
+                rate=args.rate, connections=args.open_connections,
+            )  # fmt: skip
+            row.update(closed_sweep(port, proc.pid, args))
+            acked = _acknowledged(row["sweep"]) + row["open"]["all_ok"]
             durable = ingested_total(port)
             row["durable_ge_acknowledged"] = durable is not None and durable >= acked
         row["shutdown"] = sub.get("shutdown")
@@ -396,8 +441,9 @@ def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | No
     r["ratio_ingest_noop"] = round(ratio, 3)
     p99 = opn["latency_ms"]["p99"]
     durable = r["durability"]["ingested_total_metric"]
-    clean = all(p["non_2xx"] == 0 and p["errors"] == 0 and p["unanswered"] == 0
-                for p in (noop, ingest, opn))  # fmt: skip
+    clean = _sweep_clean(r["sweep"]) and (
+        opn["non_2xx"] == 0 and opn["errors"] == 0 and opn["unanswered"] == 0
+    )
     return {
         "ratio": ratio >= args.min_ratio,
         "open_p99": p99 is not None and p99 <= args.max_p99_ms,
@@ -413,9 +459,9 @@ def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | No
             else all(
                 row.get("durable_ge_acknowledged", True)
                 and (row.get("shutdown") or {"exit_status": 0})["exit_status"] == 0
-                and all(
-                    row[k]["non_2xx"] == 0 and row[k]["errors"] == 0 for k in ("ingest", "open")
-                )
+                and _sweep_clean(row["sweep"])
+                and row["open"]["non_2xx"] == 0
+                and row["open"]["errors"] == 0
                 for row in r["scaling"]
             )
         ),
@@ -453,12 +499,26 @@ def _row(name: str, s: dict[str, Any]) -> str:
     )
 
 
+def _sweep_rows(sweep: list[dict[str, Any]], label: str) -> list[str]:
+    out = []
+    for level in sweep:
+        n, noop, ingest = level["connections"], level["noop"], level["ingest"]
+        out.append(_row(f"no-op   {label}{n:>4} connections", noop))
+        out.append(_row(f"ingest  {label}{n:>4} connections", ingest))
+        if noop["ok_rps"]:
+            out.append(
+                f"{'':<8}ingest/no-op at {n} connections: {ingest['ok_rps'] / noop['ok_rps']:.3f}"
+            )
+    return out
+
+
 def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace) -> str:
     def mark(ok: bool | None) -> str:
         return {True: "PASS", False: "FAIL", None: "n/a"}[ok]
 
+    levels = ",".join(str(n) for n in args.connections)
     out = [
-        f"knhkd ingest bench: {r['cpus']} CPUs, loopback, {args.connections} connections "
+        f"knhkd ingest bench: {r['cpus']} CPUs, loopback, closed loop at {levels} connections "
         f"(open loop {args.open_connections}), {args.duration:g} s per phase "
         f"+ {args.warmup:g} s warm-up; CPU busy before start {r['cpu_busy_before']:.0%}",
         f"{'phase':<38}{'ok/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
@@ -466,8 +526,7 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
     ]
     if "client_ceiling" in r:
         out.append(_row("client ceiling (trivial server)", r["client_ceiling"]))
-    out.append(_row(f"no-op   POST {NOOP_PATH}", r["noop"]))
-    out.append(_row(f"ingest  POST {INGEST_PATH}", r["ingest"]))
+    out += _sweep_rows(r["sweep"], "")
     opn = r["open"]
     out.append(_row(f"open    {args.rate:,.0f}/s POST {INGEST_PATH}", opn))
     lag = opn["send_lag_ms"]
@@ -476,8 +535,11 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         out.append(_row(f"open    {half['target_rate']:,.0f}/s (½ capacity, info)", half))
     out += [
         "",
-        f"ratio ingest/no-op      {r['ratio_ingest_noop']:.3f}  (target ≥ {args.min_ratio})  "
-        f"{mark(v['ratio'])}",
+        f"capacity (best level)   no-op {r['noop']['ok_rps']:,.0f}/s at "
+        f"{r['noop']['connections']}, ingest {r['ingest']['ok_rps']:,.0f}/s at "
+        f"{r['ingest']['connections']} connections",
+        f"ratio ingest/no-op      {r['ratio_ingest_noop']:.3f} of capacities  "
+        f"(target ≥ {args.min_ratio})  {mark(v['ratio'])}",
         f"open-loop p99           {opn['latency_ms']['p99']} ms  (target ≤ {args.max_p99_ms} ms)"
         f"  {mark(v['open_p99'])}; rate held {mark(v['open_rate_held'])}; "
         f"generator send lag p50 {lag['p50']} ms p99 {lag['p99']} ms; "
@@ -494,11 +556,12 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         for row in r["scaling"]:
             n = row["workers"]
             label = "1 (no workers)" if n == 1 else f"{n} workers"
-            out.append(_row(f"no-op   {label}", row["noop"]))
-            out.append(_row(f"ingest  {label}", row["ingest"]))
-            out.append(_row(f"open    {label} {args.rate:,.0f}/s", row["open"]))
+            if n > 1:  # the single-process sweep is printed above
+                out += _sweep_rows(row["sweep"], f"{label} ")
+                out.append(_row(f"open    {label} {args.rate:,.0f}/s", row["open"]))
             out.append(
-                f"{'':<6}ingest with {label} / single-process no-op: {row['ingest_vs_single_noop']}"
+                f"{'':<6}ingest capacity with {label} / single-process no-op capacity: "
+                f"{row['ingest_vs_single_noop']}"
             )
         out.append(
             f"workers: best ingest / single-process no-op (target ≥ {args.min_workers_ratio}) "
@@ -513,7 +576,11 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
         "(server/client/others: CPU cores used during the phase by the server under test,"
         " the load generator, and everything else)"
     )
-    noisy = [k for k in PHASES if r.get(k, {}).get("cpu", {}).get("others_cores", 0) > NOISY]
+    phases = {k: r[k] for k in PHASES if k in r}
+    for level in r["sweep"]:
+        for route in ("noop", "ingest"):
+            phases[f"{route} at {level['connections']}"] = level[route]
+    noisy = [k for k, p in phases.items() if p.get("cpu", {}).get("others_cores", 0) > NOISY]
     if noisy:
         out.append(
             f"WARNING: other processes used > {NOISY} core during {', '.join(noisy)}; "
@@ -527,11 +594,29 @@ def table(r: dict[str, Any], v: dict[str, bool | None], args: argparse.Namespace
     return "\n".join(out)
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(x) for x in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if not levels or not all(0 < n <= 1024 for n in levels):
+        raise argparse.ArgumentTypeError("each level must be in [1, 1024]")
+    return levels
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/ingest.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per phase")
-    p.add_argument("--connections", type=int, default=16, help="closed-loop connections")
+    p.add_argument(
+        "--connections",
+        type=_levels,
+        default=(16, 32, 64, 128),
+        help="closed-loop connections, one level or a comma-separated sweep "
+        "(default 16,32,64,128); each route's capacity is its best level",
+    )
     p.add_argument("--open-connections", type=int, default=64, help="open-loop pool size")
     p.add_argument("--rate", type=float, default=1000.0, help="open-loop requests per second")
     p.add_argument("--min-ratio", type=float, default=0.90, help="target ingest/no-op ratio")
