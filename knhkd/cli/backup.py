@@ -49,6 +49,11 @@ def add_parsers(sub: Any) -> None:
     # option on every command): given, or the configuration's.
     rs.add_argument("--force", action="store_true", help="replace the store of a non-empty dir")
     rs.add_argument("--signing-key", help="copy this signing key into DATA_DIR/keys/")
+    rs.add_argument(
+        "--storage-key",
+        help="the storage key, when observations are sealed at rest and one a later backup "
+        "erased must be erased again",
+    )
 
 
 def _at_ns(text: str) -> int:
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace, call: Call, fail: type[Exception]) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from knhkd.crypto.sealing import load_key
     from knhkd.datadir.backup import Point, restore
 
     point = Point(receipt=args.receipt, at_ns=None if args.at is None else _at_ns(args.at))
@@ -96,10 +102,16 @@ def _restore(args: argparse.Namespace) -> int:
         point,
         force=args.force,
         signing_key=Path(args.signing_key) if args.signing_key else None,
+        storage_key=load_key(Path(args.storage_key)) if args.storage_key else None,
+    )
+    again = (
+        f"; erased again {len(r.erased_again)} observations ({', '.join(r.erasures_reapplied)})"
+        if r.erased_again
+        else ""
     )
     print(
         f"restored {args.data_dir} from {r.backup_id} ({r.point}): receipts 0..{r.tree_size - 1}, "
-        f"{r.observations} observations{_older(r.schema_version, args.data_dir)}"
+        f"{r.observations} observations{again}{_older(r.schema_version, args.data_dir)}"
     )
     return EXIT_OK
 
@@ -140,8 +152,13 @@ def _verify(args: argparse.Namespace, call: Call) -> int:
     with tempfile.TemporaryDirectory(prefix="knhkd-backup-verify-") as tmp:
         target = Path(tmp) / "data"
         later = [m for m in backups if m.id > chosen.id]
-        db.restore(root, target, db.Point(receipt=chosen.tree_size - 1) if later else db.Point())
         key = load_key(Path(args.storage_key)) if args.storage_key else None
+        db.restore(
+            root,
+            target,
+            db.Point(receipt=chosen.tree_size - 1) if later else db.Point(),
+            storage_key=key,
+        )
         report = fsck_data_dir(target, older_schema=older, storage_key=key)
         if not report.ok:
             print(f"backup {chosen.id}: NOT VERIFIED: fsck: {report.errors[0]}")

@@ -9,8 +9,9 @@ Guarantees:
   ``knhkd.lock`` is taken for the whole restore) nor into a non-empty one
   unless ``force``; with ``force`` only the store, the anchor and the
   restore marker are replaced.
-- Every file of every backup used is checked against its manifest's size
-  and SHA-256 before anything is written.
+- Every file of every backup used, and of every later one (read for its
+  erasures), is checked against its manifest's size and SHA-256 before
+  anything is written.
 - A point the backups do not cover is refused: a receipt at or beyond the
   chosen chain's last backup, a time after the last backup was taken or
   before the first receipt.
@@ -21,6 +22,12 @@ Guarantees:
   after it in that backup is of a kind that changes no mutable state
   (``TAIL_KINDS``); patterns those receipts record are removed with them.
   A refused point names the admissible ones around it.
+- An erasure is never undone by a restore: observations the restored point
+  holds that an ``observations_erased`` receipt of any later backup in the
+  directory erased are erased again in the restored store (the receipt that
+  did is named in the ``restored`` receipt), or the restore is refused (a
+  sealed record without the storage key). An erasure after the last backup
+  is recorded in no backup: the README says so.
 - The restored directory has the anchor of its latest checkpoint and a
   marker (``restored.json``) from which the daemon's first receipt records
   the restore (loop/backup.py).
@@ -49,12 +56,16 @@ from typing import Any
 import lmdb
 import msgspec
 
-from knhkd.model import BackupManifest, ReceiptHead
+from knhkd.crypto import sealing
+from knhkd.model import BackupManifest, ReceiptHead, erased, is_erased
 from knhkd.receipts import backup as rb
 from knhkd.receipts import canonical, tlog_checkpoint
 from knhkd.receipts.backup import BackupError
-from knhkd.store import anchor
+from knhkd.store import anchor, schema
 from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store
+from knhkd.store.ids import seq_of
+from knhkd.store.schema import LEAF_DIGEST_BYTES
+from knhkd.store.tables import Table
 
 MARKER = "restored.json"
 # Where the store is rebuilt before it is renamed to ``lmdb``.
@@ -76,6 +87,10 @@ class Restored(msgspec.Struct):
     point: str  # "end", "receipt N" or "at <ns>"
     # Below this release's: restored as it was; ``knhkd migrate`` comes next.
     schema_version: int = SCHEMA_VERSION
+    # Erased again (``_erase_again``): the observations, and the receipts of
+    # later backups that had erased them.
+    erased_again: list[str] = []
+    erasures_reapplied: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -204,14 +219,25 @@ def restore(
     *,
     force: bool = False,
     signing_key: Path | None = None,
+    storage_key: bytes | None = None,
 ) -> Restored:
-    """Rebuild ``data_dir`` from the backups under ``root`` as of ``point``."""
+    """Rebuild ``data_dir`` from the backups under ``root`` as of ``point``.
+    ``storage_key`` opens sealed observations, which a restore must rewrite
+    only to erase them again (``_erase_again``)."""
     backups = load_backups(root)
     covering = _covering(backups, point)
     chain = chain_of(backups, covering)
     problems = [p for m in chain for p in check_files(root, m)]
     if problems:
         raise BackupError(f"backup damaged: {problems[0]}")
+    newer = backups[backups.index(covering) + 1 :]
+    problems = [p for m in newer for p in check_files(root, m)]
+    if problems:
+        raise BackupError(
+            f"backup damaged: {problems[0]}; a later backup is read for the erasures it "
+            f"records (move it out of {root} to restore without them)"
+        )
+    later = _erased_later(root, newer, covering.tree_size)
     version = schema_of(chain)
     with _locked_target(data_dir, force):
         # Built aside and renamed into place last: until then the directory
@@ -237,6 +263,7 @@ def restore(
                 _apply(store, rb.read_segment(root / m.id, [f.name for f in m.files]))
             result = _truncate(store, covering, base, point)
             result.schema_version = version
+            _erase_again(store, later, result, storage_key)
             with store.reader() as txn:
                 last = store.tables.checkpoints.last(txn)
             # Segments and the cut rewrote records in place (erased forms
@@ -263,6 +290,103 @@ def restore(
         os.replace(staging / "lmdb", data_dir / "lmdb")
         staging.rmdir()
     return result
+
+
+def _erased_later(root: Path, later: list[BackupManifest], since: int) -> dict[int, str]:
+    """The observations (by sequence number) that an ``observations_erased``
+    receipt at or after receipt ``since`` in one of the ``later`` backups
+    erased, each with the id of the first such receipt.
+
+    Every later backup is read, whatever its chain: an erasure any of them
+    records is one a restore from this directory must not undo."""
+    found: dict[int, str] = {}
+    kind = b"observations_erased"
+    for m in later:
+        for seq, raw in _receipts_of(root, m, since):
+            # A byte test first: the kind is in every receipt's plain msgpack.
+            if kind in raw:
+                body = _kind_and_body(raw)
+                if body.kind == "observations_erased":
+                    for obs_id in body.subject_ids:
+                        found.setdefault(seq_of(obs_id), canonical.receipt_id(seq))
+    return found
+
+
+def _receipts_of(root: Path, m: BackupManifest, since: int) -> Iterator[tuple[int, bytes]]:
+    """Receipts ``since`` onwards that backup ``m`` holds itself: an
+    incremental's segment, or a base's store (opened read-only, in place)."""
+    if m.parent_id is not None:
+        for chunk in rb.read_segment(root / m.id, [f.name for f in m.files]):
+            if chunk.table == schema.RECEIPTS.name:
+                for key, raw in chunk.rows:
+                    seq = int.from_bytes(key, "big")
+                    if seq >= since:
+                        yield seq, bytes(raw)
+        return
+    path = root / m.id / rb.DATA_FILE
+    try:
+        env = lmdb.open(
+            str(path), subdir=False, readonly=True, lock=False, max_dbs=len(schema.DB_NAMES) + 2
+        )
+    except lmdb.Error as exc:
+        raise BackupError(f"{path}: not a store: {exc}") from None
+    try:
+        try:
+            db = env.open_db(schema.RECEIPTS.name.encode(), create=False)
+        except lmdb.Error as exc:
+            raise BackupError(f"{path}: no receipts: {exc}") from None
+        receipts = Table(schema.RECEIPTS, {schema.RECEIPTS.name: db})
+        with env.begin(buffers=False) as txn:
+            yield from receipts.items_raw(txn, start=since)
+    finally:
+        env.close()
+
+
+def _erase_again(
+    store: Store, later: dict[int, str], result: Restored, storage_key: bytes | None
+) -> None:
+    """Erase again, in the restored store, the observations it holds that a
+    later backup records as erased (``_erased_later``), as loop/erasure.py
+    did: the record reduced to ``model.erased``, the salt destroyed, the leaf
+    digest kept (so every receipt and checkpoint still verifies). Each erased
+    record names the ``restored`` receipt, which the restored daemon appends
+    before any other (loop/backup.py) and which names these observations and
+    the erasures re-applied. The caller compacts the store afterwards, so no
+    freed page keeps an earlier copy."""
+    if not later:
+        return
+    t = store.tables
+    if storage_key is not None:
+        sealer = sealing.Sealer(storage_key)
+        t.observations.seal_with(sealer.seal, sealer.open)
+    by = canonical.receipt_id(result.tree_size)
+    done: list[str] = []
+    sources: set[str] = set()
+    with store.env.begin(write=True) as txn:
+        for seq in sorted(later):
+            raw = t.observations.get_raw(txn, seq)
+            if raw is None:
+                continue  # after the point, or deleted by retention
+            if storage_key is None and sealing.is_sealed(raw):
+                raise BackupError(
+                    f"observation {seq} was erased after this point (receipt {later[seq]}) and "
+                    "is sealed at rest: give --storage-key so that the restore erases it again"
+                )
+            try:
+                obs = t.observations.get(txn, seq)
+            except sealing.SealError as exc:
+                raise BackupError(f"observation {seq}: {exc}") from None
+            if obs is None or is_erased(obs):
+                continue
+            leaf = t.observation_leaves.get_raw(txn, seq)
+            if leaf is None:
+                raise BackupError(f"observation {obs.id} has no leaf digest: cannot erase it again")
+            t.observations.put(txn, seq, erased(obs, by))
+            t.observation_leaves.put_raw(txn, seq, leaf[:LEAF_DIGEST_BYTES])
+            done.append(obs.id)
+            sources.add(later[seq])
+    result.erased_again = done
+    result.erasures_reapplied = sorted(sources)
 
 
 def schema_of(chain: list[BackupManifest]) -> int:

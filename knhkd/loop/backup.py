@@ -169,6 +169,10 @@ class _Marker(msgspec.Struct):
     base_id: str
     tree_size: int
     point: str
+    # What the restore erased again (datadir/backup.py): each of those records
+    # names this receipt.
+    erased_again: list[str] = []
+    erasures_reapplied: list[str] = []
 
 
 async def record_restore(data_dir: Path, writer: StoreWriter, receipts: ReceiptLog) -> bool:
@@ -179,16 +183,21 @@ async def record_restore(data_dir: Path, writer: StoreWriter, receipts: ReceiptL
     except FileNotFoundError:
         return False
 
+    inputs = {
+        "backup_id": marker.backup_id,
+        "base_id": marker.base_id,
+        "restored_tree_size": str(marker.tree_size),
+        "point": marker.point,
+    }
+    if marker.erased_again:
+        inputs["erased_again"] = str(len(marker.erased_again))
+        inputs["erased_again_ids"] = ",".join(marker.erased_again)
+        inputs["erasures_reapplied"] = ",".join(marker.erasures_reapplied)
     draft = Draft(
         kind="restored",
         outcome=Outcome("approved"),
         subject_ids=[marker.backup_id],
-        inputs={
-            "backup_id": marker.backup_id,
-            "base_id": marker.base_id,
-            "restored_tree_size": str(marker.tree_size),
-            "point": marker.point,
-        },
+        inputs=inputs,
     )
     await writer.submit(_append_job(receipts, draft))
     await trio.to_thread.run_sync(path.unlink)

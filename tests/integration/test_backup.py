@@ -4,6 +4,7 @@ writers ingest, verify, restore, point-in-time restore, damage and forks."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -42,6 +43,18 @@ def _receipts(d: RunningDaemon) -> list[dict[str, Any]]:
     res = d.ctl("receipts", "list", "--limit", "100000", "--format", "json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def _restore_and_fsck(d: RunningDaemon, source: Path, new: Path, *args: str) -> str:
+    """``knhkctl restore`` from ``source`` into ``new`` (with the daemon's
+    signing key), which must succeed and pass fsck; its output."""
+    key = str(d.data_dir / "keys" / "signing.key")
+    res = run_ctl(d.data_dir, "restore", "--from", str(source), "--data-dir", str(new),
+                  "--signing-key", key, *args)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    fsck = run_ctl(new, "fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    return res.stdout
 
 
 def _restored(d: RunningDaemon, data_dir: Path) -> RunningDaemon:
@@ -235,6 +248,28 @@ def test_scheduled_backups_keep_their_chains(make_daemon: Any, tmp_path: Path) -
 
 
 ERASED = "user-in-a-backup-4711"
+LOGIN = {"event_type": "login", "sector": "generic", "value": "ok", "metadata": {"user_id": ERASED}}
+
+
+def _base_then_erasure(
+    d: RunningDaemon, out: Path, logins: int, others: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``logins`` observations of the subject ERASED and ``others``, a base
+    backup under ``out``, then the subject's erasure: (the base's manifest,
+    what the erasure answered)."""
+    with d.client() as c:
+        assert (
+            c.post("/api/v1/observations", json=[LOGIN] * logins + [OBS] * others).status_code
+            == 201
+        )
+    taken = d.ctl("backup", "--out", str(out), "--kind", "base")
+    assert taken.returncode == 0, taken.stderr
+    (base,) = [json.loads((p / "manifest.json").read_text()) for p in out.iterdir()]
+    erase = d.ctl("erase", "--subject", ERASED)
+    assert erase.returncode == 0, erase.stderr
+    erasure: dict[str, Any] = json.loads(erase.stdout)
+    assert erasure["erased"] == logins
+    return base, erasure
 
 
 def test_an_erasure_after_the_base_stays_erased_in_a_restore(
@@ -245,13 +280,7 @@ def test_an_erasure_after_the_base_stays_erased_in_a_restore(
     them erased (content and salt gone), and the restored store verifies."""
     d: RunningDaemon = make_daemon(ORIGIN, auth=True)
     out = tmp_path / "backups"
-    login = {"event_type": "login", "sector": "generic", "value": "ok",
-             "metadata": {"user_id": ERASED}}  # fmt: skip
-    with d.client() as c:
-        assert c.post("/api/v1/observations", json=[login] * 3 + [OBS] * 5).status_code == 201
-    assert d.ctl("backup", "--out", str(out), "--kind", "base").returncode == 0
-    erase = d.ctl("erase", "--subject", ERASED)
-    assert erase.returncode == 0 and json.loads(erase.stdout)["erased"] == 3, erase.stderr
+    _base_then_erasure(d, out, logins=3, others=5)
     with d.client() as c:
         assert c.post("/api/v1/observations", json=[OBS] * 2).status_code == 201
     incr = d.ctl("backup", "--out", str(out))
@@ -264,6 +293,111 @@ def test_an_erasure_after_the_base_stays_erased_in_a_restore(
     assert ERASED.encode() not in (new / "lmdb" / "data.mdb").read_bytes()
     fsck = run_ctl(new, "fsck")
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_a_restore_to_before_an_erasure_erases_again(make_daemon: Any, tmp_path: Path) -> None:
+    """A point-in-time restore to before an erasure that a later backup
+    records (an incremental, or another base) would bring the erased
+    observations back. The restore erases them again: their content and
+    salts are gone from the restored file, each erased record names the
+    restored daemon's first receipt, and that ``restored`` receipt names the
+    erasure it re-applied and the observations. The restored store passes
+    fsck, its chain verifies, and it counts the observations of the point."""
+    d: RunningDaemon = make_daemon(ORIGIN, auth=True)
+    out = tmp_path / "backups"
+    first, erasure = _base_then_erasure(d, out, logins=3, others=5)
+    with d.client() as c:
+        assert c.post("/api/v1/observations", json=[OBS] * 2).status_code == 201
+    assert d.ctl("backup", "--out", str(out), "--kind", "incremental").returncode == 0
+    # The same base, then a later base (not an incremental) after the erasure.
+    bases = tmp_path / "bases"
+    shutil.copytree(out / first["id"], bases / first["id"])
+    assert d.ctl("backup", "--out", str(bases), "--kind", "base").returncode == 0
+
+    key = str(d.data_dir / "keys" / "signing.key")
+    point = first["tree_size"] - 1
+    for source in (out, bases):
+        new = tmp_path / f"restored-{source.name}"
+        said = _restore_and_fsck(d, source, new, "--receipt", str(point))
+        assert f"erased again 3 observations ({erasure['receipt_id']})" in said, said
+        assert ERASED.encode() not in (new / "lmdb" / "data.mdb").read_bytes()
+        r = _restored(d, new)
+        r.start()
+        try:
+            st = json.loads(r.ctl("status", "--format", "json").stdout)
+            assert st["observations"] == 8, source
+            restored = _receipts(r)[point + 1]
+            assert restored["body"]["kind"] == "restored"
+            inputs = restored["body"]["inputs"]
+            assert inputs["erasures_reapplied"] == erasure["receipt_id"]
+            assert inputs["erased_again"] == "3"
+            assert sorted(inputs["erased_again_ids"].split(",")) == sorted(
+                erasure["observation_ids"]
+            )
+            with r.client() as c:
+                for obs_id in erasure["observation_ids"]:
+                    got = c.get(f"/api/v1/observations/{obs_id}")
+                    assert got.status_code == 200, got.text
+                    obs = got.json()
+                    assert obs["value"] is None
+                    assert obs["metadata"] == {"knhk.erased": restored["id"]}
+            verify = r.ctl("receipts", "verify-chain")
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+        finally:
+            assert r.stop() == 0
+
+    # A later backup that cannot be read is not skipped: its erasures would be.
+    (incr,) = [p for p in out.iterdir() if p.name.endswith("-incremental")]
+    (segment,) = [p for p in incr.iterdir() if p.name.startswith("segment.")]
+    with segment.open("r+b") as fh:
+        fh.seek(segment.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    new = tmp_path / "restored-damaged"
+    res = run_ctl(d.data_dir, "restore", "--from", str(out), "--data-dir", str(new),
+                  "--receipt", str(point), "--signing-key", key)  # fmt: skip
+    assert res.returncode == 2 and incr.name in res.stderr, res.stdout + res.stderr
+    assert "erasures" in res.stderr and not (new / "lmdb").exists()
+
+
+def test_a_sealed_observation_is_erased_again_only_with_the_storage_key(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    """Observations sealed at rest can be erased again only with the storage
+    key: without it the restore is refused in one line and leaves nothing a
+    daemon could start on; with it the restored records are erased forms."""
+    key = tmp_path / "storage.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    d: RunningDaemon = make_daemon(f'\n[storage]\nencryption_key = "{key}"\n' + ORIGIN)
+    out = tmp_path / "backups"
+    first, erasure = _base_then_erasure(d, out, logins=2, others=1)
+    assert d.ctl("backup", "--out", str(out), "--kind", "incremental").returncode == 0
+
+    new = tmp_path / "restored"
+    args = ["restore", "--from", str(out), "--data-dir", str(new),
+            "--receipt", str(first["tree_size"] - 1),
+            "--signing-key", str(d.data_dir / "keys" / "signing.key")]  # fmt: skip
+    refused = run_ctl(d.data_dir, *args)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "--storage-key" in refused.stderr and erasure["receipt_id"] in refused.stderr
+    assert not (new / "lmdb").exists()
+    res = run_ctl(d.data_dir, *args, "--storage-key", str(key))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"erased again 2 observations ({erasure['receipt_id']})" in res.stdout
+    fsck = run_ctl(new, "fsck", "--storage-key", str(key))
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    r = _restored(d, new)
+    r.start()
+    try:
+        with r.client() as c:
+            for obs_id in erasure["observation_ids"]:
+                obs = c.get(f"/api/v1/observations/{obs_id}").json()
+                assert obs["value"] is None and list(obs["metadata"]) == ["knhk.erased"]
+    finally:
+        assert r.stop() == 0
 
 
 def test_an_incremental_is_framed_in_chunks_and_an_earlier_releases_still_restores(
@@ -316,11 +450,7 @@ def test_an_incremental_is_framed_in_chunks_and_an_earlier_releases_still_restor
     assert want == 11_000
     for source in (out, old):
         new = tmp_path / f"restored-{source.name}"
-        res = run_ctl(d.data_dir, "restore", "--from", str(source), "--data-dir", str(new),
-                      "--signing-key", str(d.data_dir / "keys" / "signing.key"))  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        fsck = run_ctl(new, "fsck")
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        _restore_and_fsck(d, source, new)
         r = _restored(d, new)
         r.start()
         try:
