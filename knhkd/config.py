@@ -250,8 +250,8 @@ class ReceiptsConfig(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class BackupConfig(Struct, forbid_unknown_fields=True, frozen=True):
-    # Scheduled backups go under this directory; empty: no schedule
-    # (``knhkctl backup`` still works).
+    # Scheduled backups go under this directory, and one right after each
+    # erasure; empty: no schedule (``knhkctl backup`` still works).
     dir: str = ""
     # Seconds between scheduled backups.
     interval_s: PositiveFloat = 3600.0

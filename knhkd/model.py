@@ -178,6 +178,9 @@ class Erasure(Struct):
     receipt_id: str
     # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
     scrubbed_pages: list[int] = []
+    # The backup taken at once under ``[backup] dir`` to record the erasure
+    # (None: no such directory, or that backup failed and the log says why).
+    backup_id: str | None = None
 
 
 class KeyCount(Struct, frozen=True):

@@ -318,6 +318,19 @@ class Daemon:
         )
         self.metrics.receipts_appended.labels("observations_erased").inc()
         result.scrubbed_pages = await scrub_free_pages(self.writer, self.store)
+        backups = self.cfg.backup.dir
+        if backups:
+            # A restore re-applies the erasures that a later backup records
+            # (datadir/backup.py); the next scheduled backup may be an hour
+            # away, and the store may not survive that long.
+            try:
+                result.backup_id = (await self.backups.take(Path(backups))).id
+            except KnhkdError as exc:
+                log.error(
+                    "erasure %s: the backup that would record it failed: %s",
+                    result.receipt_id,
+                    exc,
+                )
         # Never the subject: it is the personal data being erased.
         log.info(
             "erasure %s by %s: %d observation(s) erased, free pages overwritten %s",

@@ -269,6 +269,7 @@ def _base_then_erasure(
     assert erase.returncode == 0, erase.stderr
     erasure: dict[str, Any] = json.loads(erase.stdout)
     assert erasure["erased"] == logins
+    assert erasure["backup_id"] is None  # no [backup] dir
     return base, erasure
 
 
@@ -359,6 +360,30 @@ def test_a_restore_to_before_an_erasure_erases_again(make_daemon: Any, tmp_path:
                   "--receipt", str(point), "--signing-key", key)  # fmt: skip
     assert res.returncode == 2 and incr.name in res.stderr, res.stdout + res.stderr
     assert "erasures" in res.stderr and not (new / "lmdb").exists()
+
+
+def test_an_erasure_is_recorded_at_once_in_the_scheduled_backups(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    """With ``[backup] dir`` set, an erasure takes a backup there as soon as
+    it is done (the next scheduled one may be an hour away), so a restore
+    from that directory to a point before it erases again."""
+    scheduled = tmp_path / "scheduled"
+    d: RunningDaemon = make_daemon(f'\n[backup]\ndir = "{scheduled}"\n' + ORIGIN)
+    with d.client() as c:
+        assert c.post("/api/v1/observations", json=[LOGIN, OBS]).status_code == 201
+    assert d.ctl("backup", "--out", str(scheduled), "--kind", "base").returncode == 0
+    (base,) = [json.loads((p / "manifest.json").read_text()) for p in scheduled.iterdir()]
+    with d.client() as c:
+        got = c.post("/api/v1/erasures", json={"subject": ERASED})
+    assert got.status_code == 200, got.text
+    erasure = got.json()
+    assert erasure["erased"] == 1 and erasure["backup_id"].endswith("-incremental")
+    assert (scheduled / erasure["backup_id"] / "manifest.json").is_file()
+    said = _restore_and_fsck(
+        d, scheduled, tmp_path / "restored", "--receipt", str(base["tree_size"] - 1)
+    )
+    assert f"erased again 1 observations ({erasure['receipt_id']})" in said, said
 
 
 def test_a_sealed_observation_is_erased_again_only_with_the_storage_key(
