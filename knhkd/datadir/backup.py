@@ -62,10 +62,9 @@ from knhkd.receipts import backup as rb
 from knhkd.receipts import canonical, tlog_checkpoint
 from knhkd.receipts.backup import BackupError
 from knhkd.store import anchor, schema
-from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store
+from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store, receipts_in_file
 from knhkd.store.ids import seq_of
 from knhkd.store.schema import LEAF_DIGEST_BYTES
-from knhkd.store.tables import Table
 
 MARKER = "restored.json"
 # Where the store is rebuilt before it is renamed to ``lmdb``.
@@ -323,23 +322,10 @@ def _receipts_of(root: Path, m: BackupManifest, since: int) -> Iterator[tuple[in
                     if seq >= since:
                         yield seq, bytes(raw)
         return
-    path = root / m.id / rb.DATA_FILE
     try:
-        env = lmdb.open(
-            str(path), subdir=False, readonly=True, lock=False, max_dbs=len(schema.DB_NAMES) + 2
-        )
-    except lmdb.Error as exc:
-        raise BackupError(f"{path}: not a store: {exc}") from None
-    try:
-        try:
-            db = env.open_db(schema.RECEIPTS.name.encode(), create=False)
-        except lmdb.Error as exc:
-            raise BackupError(f"{path}: no receipts: {exc}") from None
-        receipts = Table(schema.RECEIPTS, {schema.RECEIPTS.name: db})
-        with env.begin(buffers=False) as txn:
-            yield from receipts.items_raw(txn, start=since)
-    finally:
-        env.close()
+        yield from receipts_in_file(root / m.id / rb.DATA_FILE, since)
+    except StoreError as exc:
+        raise BackupError(str(exc)) from None
 
 
 def _erase_again(

@@ -53,9 +53,10 @@ from knhkd.store.schema import (
     META_SCHEMA,
     META_SNAPSHOT_CURRENT,
     META_SNAPSHOT_HISTORY,
+    RECEIPTS,
     SCHEMA_VERSION,
 )
-from knhkd.store.tables import Tables
+from knhkd.store.tables import Table, Tables
 
 # The schema (database names, key and value encodings, meta keys, version) is
 # store/schema.py; these names stay importable from here.
@@ -387,6 +388,27 @@ def raw_env(data_dir: Path) -> Iterator[lmdb.Environment]:
     env = lmdb.open(str(data_dir / "lmdb"), readonly=True, max_dbs=len(DB_NAMES) + 2, lock=True)
     try:
         yield env
+    finally:
+        env.close()
+
+
+def receipts_in_file(path: Path, start: int) -> Iterator[tuple[int, bytes]]:
+    """The stored receipts ``start`` onwards of a store file on its own (a
+    base backup's ``data.mdb``), opened read-only in place, no lock file
+    written. ``StoreError`` when it is not a store or holds no receipts."""
+    try:
+        env = lmdb.open(
+            str(path), subdir=False, readonly=True, lock=False, max_dbs=len(DB_NAMES) + 2
+        )
+    except lmdb.Error as exc:
+        raise StoreError(f"{path}: not a store: {exc}") from None
+    try:
+        try:
+            db = env.open_db(RECEIPTS.name.encode(), create=False)
+        except lmdb.Error as exc:
+            raise StoreError(f"{path}: no receipts: {exc}") from None
+        with env.begin(buffers=False) as txn:
+            yield from Table(RECEIPTS, {RECEIPTS.name: db}).items_raw(txn, start=start)
     finally:
         env.close()
 

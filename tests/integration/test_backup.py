@@ -369,7 +369,7 @@ def test_an_erasure_is_recorded_at_once_in_the_scheduled_backups(
     it is done (the next scheduled one may be an hour away), so a restore
     from that directory to a point before it erases again."""
     scheduled = tmp_path / "scheduled"
-    d: RunningDaemon = make_daemon(f'\n[backup]\ndir = "{scheduled}"\n' + ORIGIN)
+    d: RunningDaemon = make_daemon(f'\n[backup]\ndir = "{scheduled}"\n' + ORIGIN, auth=True)
     with d.client() as c:
         assert c.post("/api/v1/observations", json=[LOGIN, OBS]).status_code == 201
     assert d.ctl("backup", "--out", str(scheduled), "--kind", "base").returncode == 0
