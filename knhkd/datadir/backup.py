@@ -63,7 +63,7 @@ from knhkd.receipts import canonical, tlog_checkpoint
 from knhkd.receipts.backup import BackupError
 from knhkd.store import anchor, schema
 from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store, receipts_in_file
-from knhkd.store.ids import seq_of
+from knhkd.store.ids import BadId, seq_of
 from knhkd.store.schema import LEAF_DIGEST_BYTES
 
 MARKER = "restored.json"
@@ -303,11 +303,15 @@ def _erased_later(root: Path, later: list[BackupManifest], since: int) -> dict[i
     for m in later:
         for seq, raw in _receipts_of(root, m, since):
             # A byte test first: the kind is in every receipt's plain msgpack.
-            if kind in raw:
+            if kind not in raw:
+                continue
+            try:
                 body = _kind_and_body(raw)
                 if body.kind == "observations_erased":
                     for obs_id in body.subject_ids:
                         found.setdefault(seq_of(obs_id), canonical.receipt_id(seq))
+            except (msgspec.MsgspecError, BadId) as exc:
+                raise BackupError(f"backup {m.id}: receipt {seq} does not read: {exc}") from None
     return found
 
 
