@@ -85,17 +85,24 @@ class Backups:
         self._checkpointer = checkpointer
         self._lock = trio.Lock()
 
-    async def take(self, out_root: Path, kind: BackupKind | None = None) -> BackupManifest:
-        """``kind`` None: incremental on the newest backup there, base if none."""
+    async def take(
+        self, out_root: Path, kind: BackupKind | None = None, *, small: bool = False
+    ) -> BackupManifest:
+        """``kind`` None: by the schedule (a base every ``base_every``
+        backups, incrementals on the newest between), a base if there is
+        none; with ``small`` an incremental whenever there is one to take it
+        from (a base copies the whole store: not for a caller who waits)."""
         async with self._lock:
             try:
-                return await self._take(out_root, kind)
+                return await self._take(out_root, kind, small)
             except (rb.BackupError, OSError) as exc:
                 raise BackupFailed(str(exc)) from None
 
-    async def _take(self, out_root: Path, kind: BackupKind | None) -> BackupManifest:
+    async def _take(self, out_root: Path, kind: BackupKind | None, small: bool) -> BackupManifest:
         existing = await trio.to_thread.run_sync(newest, out_root)
         parent = existing[-1] if existing else None
+        if kind is None and small:
+            kind = "base" if parent is None else "incremental"
         if kind is None:
             since_base = 0
             for m in reversed(existing):

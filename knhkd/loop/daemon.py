@@ -324,7 +324,7 @@ class Daemon:
             # (datadir/backup.py); the next scheduled backup may be an hour
             # away, and the store may not survive that long.
             try:
-                result.backup_id = (await self.backups.take(Path(backups))).id
+                result.backup_id = (await self.backups.take(Path(backups), small=True)).id
             except KnhkdError as exc:
                 log.error(
                     "erasure %s: the backup that would record it failed: %s",

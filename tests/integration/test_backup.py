@@ -367,9 +367,12 @@ def test_an_erasure_is_recorded_at_once_in_the_scheduled_backups(
 ) -> None:
     """With ``[backup] dir`` set, an erasure takes a backup there as soon as
     it is done (the next scheduled one may be an hour away), so a restore
-    from that directory to a point before it erases again."""
+    from that directory to a point before it erases again. It is an
+    incremental whatever the schedule (here: a base every time), since the
+    erasure's caller waits for it."""
     scheduled = tmp_path / "scheduled"
-    d: RunningDaemon = make_daemon(f'\n[backup]\ndir = "{scheduled}"\n' + ORIGIN, auth=True)
+    backup = f'\n[backup]\ndir = "{scheduled}"\nbase_every = 1\n'
+    d: RunningDaemon = make_daemon(backup + ORIGIN, auth=True)
     with d.client() as c:
         assert c.post("/api/v1/observations", json=[LOGIN, OBS]).status_code == 201
     assert d.ctl("backup", "--out", str(scheduled), "--kind", "base").returncode == 0
