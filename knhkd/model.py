@@ -179,8 +179,9 @@ class Erasure(Struct):
     # Free pages of the LMDB file overwritten afterwards, per round (store/scrub.py).
     scrubbed_pages: list[int] = []
     # The backup taken at once under ``[backup] dir`` to record the erasure
-    # (None: no such directory, or that backup failed and the log says why).
+    # (None: no such directory, or that backup failed: ``backup_error`` says why).
     backup_id: str | None = None
+    backup_error: str | None = None
 
 
 class KeyCount(Struct, frozen=True):

@@ -326,6 +326,8 @@ class Daemon:
             try:
                 result.backup_id = (await self.backups.take(Path(backups), small=True)).id
             except KnhkdError as exc:
+                # The erasure stands; the caller learns that no backup records it yet.
+                result.backup_error = str(exc)
                 log.error(
                     "erasure %s: the backup that would record it failed: %s",
                     result.receipt_id,

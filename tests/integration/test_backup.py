@@ -387,6 +387,19 @@ def test_an_erasure_is_recorded_at_once_in_the_scheduled_backups(
         d, scheduled, tmp_path / "restored", "--receipt", str(base["tree_size"] - 1)
     )
     assert f"erased again 1 observations ({erasure['receipt_id']})" in said, said
+    assert erasure["backup_error"] is None
+
+    # A backup that cannot be taken leaves the erasure standing, and says why.
+    shutil.rmtree(scheduled)
+    scheduled.write_text("not a directory")
+    with d.client() as c:
+        assert c.post("/api/v1/observations", json=[LOGIN]).status_code == 201
+        got = c.post("/api/v1/erasures", json={"subject": ERASED})
+    assert got.status_code == 200, got.text
+    failed = got.json()
+    assert failed["erased"] == 1 and failed["backup_id"] is None
+    assert str(scheduled) in failed["backup_error"], failed
+    assert "the backup that would record it failed" in d.log()
 
 
 def test_a_sealed_observation_is_erased_again_only_with_the_storage_key(
