@@ -64,7 +64,6 @@ from knhkd.receipts.backup import BackupError
 from knhkd.store import anchor, schema
 from knhkd.store.env import MB, SCHEMA_VERSION, Store, StoreError, open_store, receipts_in_file
 from knhkd.store.ids import BadId, seq_of
-from knhkd.store.schema import LEAF_DIGEST_BYTES
 
 MARKER = "restored.json"
 # Where the store is rebuilt before it is renamed to ``lmdb``.
@@ -368,11 +367,8 @@ def _erase_again(
                 raise BackupError(f"observation {seq}: {exc}") from None
             if obs is None or is_erased(obs):
                 continue
-            leaf = t.observation_leaves.get_raw(txn, seq)
-            if leaf is None:
+            if not t.shred_observation(txn, seq, erased(obs, by)):
                 raise BackupError(f"observation {obs.id} has no leaf digest: cannot erase it again")
-            t.observations.put(txn, seq, erased(obs, by))
-            t.observation_leaves.put_raw(txn, seq, leaf[:LEAF_DIGEST_BYTES])
             done.append(obs.id)
             sources.add(later[seq])
     result.erased_again = done

@@ -54,7 +54,7 @@ from knhkd.receipts import canonical
 from knhkd.receipts.log import Draft, ReceiptLog
 from knhkd.store import scrub
 from knhkd.store.env import Store
-from knhkd.store.schema import LEAF_DIGEST_BYTES, OBSERVATIONS
+from knhkd.store.schema import OBSERVATIONS
 
 
 class ErasureRefused(Conflict):
@@ -120,12 +120,9 @@ def erase_job(
         todo = matches
         receipt_id = canonical.receipt_id(receipts.head(txn).next_seq)
         for obs in todo:
-            leaf = t.observation_leaves.get_raw(txn, obs.seq)
-            if leaf is None:
-                raise ErasureRefused(f"observation {obs.id} has no leaf digest; nothing erased")
-            t.observations.put(txn, obs.seq, erased(obs, receipt_id))
             # The digest stays (receipts verify from it), the salt goes.
-            t.observation_leaves.put_raw(txn, obs.seq, leaf[:LEAF_DIGEST_BYTES])
+            if not t.shred_observation(txn, obs.seq, erased(obs, receipt_id)):
+                raise ErasureRefused(f"observation {obs.id} has no leaf digest; nothing erased")
         receipts.append(
             txn,
             Draft(

@@ -336,6 +336,18 @@ class Tables:
             self.tick_baseline,
         )
 
+    def shred_observation(self, txn: lmdb.Transaction, seq: int, erased: Any) -> bool:
+        """Crypto-shredding of observation ``seq`` in ``txn`` (loop/erasure.py):
+        its record replaced by ``erased`` (``model.erased``), its leaf digest
+        kept and its salt destroyed. False, with nothing written, when it has
+        no leaf digest (it cannot be erased without breaking its receipt)."""
+        leaf = self.observation_leaves.get_raw(txn, seq)
+        if leaf is None:
+            return False
+        self.observations.put(txn, seq, erased)
+        self.observation_leaves.put_raw(txn, seq, leaf[: schema.LEAF_DIGEST_BYTES])
+        return True
+
     def put_meta(self, txn: lmdb.Transaction, entries: Mapping[bytes, bytes]) -> None:
         """Write ``MetaSlot.entry`` results (keys of store/schema.py only)."""
         for key, value in entries.items():
